@@ -1,0 +1,114 @@
+//! Herald's background work (the commit announcer, the relay, projection
+//! workers, the payment process manager) under one stop signal, so that shutdown reaches every task and the
+//! process exits only when they have drained.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use commands::gateway::PaymentGateway;
+use commands::{PaymentProcess, WriteSide};
+use herald_nats::{Relay, RelayStatus, Topology};
+use projections::{Projection, Worker};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long background tasks get to finish after the signal to stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes when the background is told to stop.
+pub type StopSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Background tasks that all stop on one signal.
+pub struct Background {
+    tasks: JoinSet<()>,
+    stop: watch::Sender<()>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            stop: watch::channel(()).0,
+        }
+    }
+}
+
+impl Background {
+    /// Runs `task`, handing it the signal it must stop on.
+    pub fn spawn<T>(&mut self, task: impl FnOnce(StopSignal) -> T)
+    where
+        T: Future<Output = ()> + Send + 'static,
+    {
+        let mut receiver = self.stop.subscribe();
+        let stop: StopSignal = Box::pin(async move {
+            let _ = receiver.changed().await;
+        });
+        self.tasks.spawn(task(stop));
+    }
+
+    /// Announces commits of `write` to the relay until stopped.
+    pub fn announce_commits(&mut self, write: Arc<WriteSide>) {
+        self.spawn(|stop| async move {
+            tokio::select! {
+                () = stop => {}
+                () = write.announce_commits() => {}
+            }
+        });
+    }
+
+    /// Runs a relay (active or standby) until stopped; returns its status.
+    pub fn relay(
+        &mut self,
+        pool: &PgPool,
+        client: &async_nats::Client,
+        topology: &Topology,
+    ) -> Arc<RelayStatus> {
+        let relay = Relay::new(pool.clone(), client.clone(), topology.clone());
+        let status = relay.status();
+        self.spawn(|stop| relay.run(stop));
+        status
+    }
+
+    /// Runs a worker for each projection until stopped.
+    pub fn workers(
+        &mut self,
+        pool: &PgPool,
+        client: &async_nats::Client,
+        topology: &Topology,
+        projections: &[Projection],
+    ) {
+        for projection in projections {
+            let worker = Worker::new(pool.clone(), client.clone(), topology.clone(), *projection);
+            self.spawn(|stop| worker.run(stop));
+        }
+    }
+
+    /// Runs the booking ⇄ payment process manager (active or standby) until
+    /// stopped.
+    pub fn process_manager(
+        &mut self,
+        write: &Arc<WriteSide>,
+        gateway: &Arc<dyn PaymentGateway>,
+        client: &async_nats::Client,
+        topology: &Topology,
+    ) {
+        let process = PaymentProcess::new(
+            write.clone(),
+            gateway.clone(),
+            client.clone(),
+            topology.clone(),
+        );
+        self.spawn(|stop| process.run(stop));
+    }
+
+    /// Signals every task to stop and waits for them, at most [`DRAIN_TIMEOUT`].
+    pub async fn drain(mut self) {
+        drop(self.stop);
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN_TIMEOUT, all).await.is_err() {
+            tracing::warn!("background tasks did not stop in time");
+        }
+    }
+}

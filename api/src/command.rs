@@ -1,0 +1,297 @@
+//! What every command endpoint shares: the authenticated caller, the request and
+//! idempotency ids turned into event metadata, a strictly parsed JSON body, field
+//! validation, and the `{ id, version, consistency }` answer.
+
+use axum::body::Body;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use commands::{request_hash, Committed, IdempotencyKey, Metadata};
+use cqrs_es::Aggregate;
+use domain::values::Actor;
+use domain::ValidationError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::request_id::X_REQUEST_ID;
+use crate::AppState;
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A command request: who sends it, the metadata its events will carry, and its body.
+pub struct CommandRequest<T> {
+    /// The authenticated caller.
+    pub actor: Actor,
+    /// Metadata for the events the command produces.
+    pub metadata: Metadata,
+    /// The parsed body; an empty body reads as `{}`.
+    pub body: T,
+}
+
+impl<S, T> FromRequest<S> for CommandRequest<T>
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Caller(actor) = Caller::from_request_parts(&mut parts, state).await?;
+        let bytes = read_body(&parts.headers, body).await?;
+        let body = parse_json(&parts.headers, &bytes)?;
+        let request_id = parts
+            .headers
+            .get(&X_REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+        let idempotency = idempotency_key(&parts.headers)?.map(|key| IdempotencyKey {
+            key,
+            request_hash: request_hash(parts.method.as_str(), parts.uri.path(), &bytes),
+        });
+        Ok(Self {
+            actor,
+            metadata: Metadata::for_request(actor, request_id).with_idempotency(idempotency),
+            body,
+        })
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = ApiError::PayloadTooLarge { limit: BODY_LIMIT };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT) {
+        return Err(too_large);
+    }
+    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|err| {
+        if std::error::Error::source(&err)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
+        {
+            too_large
+        } else {
+            ApiError::BadRequest("the request body could not be read".to_owned())
+        }
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<mime::Mime>().ok())
+            .is_some_and(|mime| {
+                mime.type_() == mime::APPLICATION
+                    && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+            });
+        if !is_json {
+            return Err(ApiError::BadRequest(
+                "the body must be JSON, sent with Content-Type: application/json".to_owned(),
+            ));
+        }
+        bytes
+    };
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        reject_nul("", &value)?;
+    }
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        ApiError::BadRequest(if path == "." {
+            format!("the body is not valid: {inner}")
+        } else {
+            format!("the body is not valid at `{path}`: {inner}")
+        })
+    })
+}
+
+/// Refuses a string holding the NUL character (U+0000), naming its field:
+/// valid JSON, but no event holding it could be stored, since Postgres `jsonb`
+/// does not accept it.
+fn reject_nul(path: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    let nested = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => {
+            Err(ApiError::Invalid(vec![ValidationError::new(
+                if path.is_empty() { "body" } else { path },
+                "must not contain the NUL character (U+0000)",
+            )]))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(index, item)| reject_nul(&nested(&index.to_string()), item)),
+        serde_json::Value::Object(members) => members
+            .iter()
+            .try_for_each(|(name, member)| reject_nul(&nested(name), member)),
+        _ => Ok(()),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Gathers every invalid field of a request before answering, so that a client
+/// learns all of them at once.
+#[derive(Debug, Default)]
+pub struct Fields {
+    errors: Vec<ValidationError>,
+}
+
+impl Fields {
+    /// A value that must be present.
+    pub fn required<T>(&mut self, field: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.errors.push(ValidationError::new(field, "is required"));
+        }
+        value
+    }
+
+    /// The outcome of parsing one field.
+    pub fn check<T>(&mut self, parsed: Result<T, ValidationError>) -> Option<T> {
+        parsed.map_err(|error| self.errors.push(error)).ok()
+    }
+
+    /// A required field parsed by `parse`.
+    pub fn parse<R, T>(
+        &mut self,
+        field: &str,
+        raw: Option<R>,
+        parse: impl FnOnce(R) -> Result<T, ValidationError>,
+    ) -> Option<T> {
+        let raw = self.required(field, raw)?;
+        self.check(parse(raw))
+    }
+
+    /// An optional field parsed by `parse` when present.
+    pub fn optional<R, T>(
+        &mut self,
+        raw: Option<R>,
+        parse: impl FnOnce(R) -> Result<T, ValidationError>,
+    ) -> Option<Option<T>> {
+        match raw {
+            None => Some(None),
+            Some(raw) => self.check(parse(raw)).map(Some),
+        }
+    }
+
+    /// The built value when every field was valid, else a 422 naming the bad ones.
+    pub fn finish<T>(self, built: Option<T>) -> Result<T, ApiError> {
+        match built {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => Err(ApiError::Invalid(self.errors)),
+        }
+    }
+}
+
+/// The answer to an accepted command.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    #[serde(skip)]
+    status: StatusCode,
+    #[serde(skip)]
+    replayed: bool,
+    /// The id of what the command created or changed.
+    pub id: Uuid,
+    /// The aggregate's version after the command.
+    pub version: u64,
+    /// Pass to a read as `?consistency=` to see this command's effect.
+    pub consistency: String,
+    /// Fields particular to the command.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Accepted {
+    /// `200 OK` with the aggregate's id.
+    pub fn ok<A: Aggregate>(committed: &Committed<A>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            replayed: committed.replayed,
+            id: committed.aggregate_id,
+            version: committed.version,
+            consistency: committed.token().encode(),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// `201 Created` with the aggregate's id.
+    pub fn created<A: Aggregate>(committed: &Committed<A>) -> Self {
+        Self {
+            status: StatusCode::CREATED,
+            ..Self::ok(committed)
+        }
+    }
+
+    /// Answers with another id than the aggregate's (e.g. a message's).
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Adds a command-specific field.
+    pub fn with(mut self, field: &str, value: impl Serialize) -> Self {
+        self.extra.insert(
+            field.to_owned(),
+            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        );
+        self
+    }
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(&self)).into_response();
+        if self.replayed {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+/// Path parameters; a malformed id names nothing that exists, so it is a 404.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(_: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::NotFound("no resource has that id")
+    }
+}

@@ -1,0 +1,254 @@
+//! The `herald` command line: one typed struct per subcommand, every setting also
+//! read from its `HERALD_*` environment variable.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+use domain::values::Role;
+use secrecy::SecretString;
+use uuid::Uuid;
+
+/// Herald: the event-sourced backend of a care-at-home platform.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `herald` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Herald: migrate the database, then serve the API and run the relay
+    /// and every projection worker in this one process.
+    Up(UpArgs),
+    /// Run only the relay (the active one holds a Postgres lock; others stand by).
+    Relay(RelayArgs),
+    /// Run only projection workers: the named ones, or all.
+    Project(ProjectArgs),
+    /// List the entries projections set aside as dead letters, or retry them.
+    DeadLetters(DeadLetterArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Read the event log, for offline audit.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Check the log's hash chains, or print their head to keep outside the database.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Rebuild read models from the log into shadow tables and swap them in,
+    /// while reads go on being served.
+    Replay(ReplayArgs),
+    /// Mint a signed JWT for a user and role.
+    Token(TokenArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL; the database is created when it does not exist.
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/herald",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Most connections the pool opens.
+    #[arg(long, env = "HERALD_DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+}
+
+/// Settings of `herald up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// NATS.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret that signs and checks JWTs; at least 32 bytes.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, value_parser = secret)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// Secret the payment provider signs its webhooks with; at least 16 bytes.
+    /// Required outside `--dev`, which makes an ephemeral one.
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret)]
+    pub webhook_secret: Option<SecretString>,
+
+    /// The URL Herald is reached at from outside: the base of the sandbox
+    /// provider's confirmation pages and the address it delivers webhooks to.
+    /// Defaults to `http://<HERALD_LISTEN>`.
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+
+    /// Development mode: without a JWT secret, make an ephemeral one and print a
+    /// ready token for every role.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Token buckets of the rate limits.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
+
+    /// Browser origins allowed to call the API (comma-separated); none by default.
+    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+}
+
+/// Where NATS is and which deployment's stream to use.
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Names the JetStream stream and starts every subject, so that several
+    /// deployments can share one NATS.
+    #[arg(long, env = "HERALD_NATS_PREFIX", default_value = "herald", value_parser = prefix)]
+    pub nats_prefix: String,
+}
+
+/// Settings of `herald relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// NATS.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// Settings of `herald project`.
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// NATS.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// Projections to run (chats, bookings, payments, summary); all when none.
+    pub projections: Vec<projections::Projection>,
+}
+
+/// Settings of `herald dead-letters`.
+#[derive(Debug, Args)]
+pub struct DeadLetterArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Apply them again; those that now apply are removed.
+    #[arg(long)]
+    pub retry: bool,
+
+    /// Only this projection's.
+    pub projection: Option<projections::Projection>,
+}
+
+/// `herald events …`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Write the log as NDJSON to stdout, one entry a line, in position order,
+    /// with the fields of `GET /api/v1/events`.
+    Export(ExportArgs),
+}
+
+/// Settings of `herald events export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Start after this position.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+}
+
+/// `herald audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chains over the whole log; exits non-zero, naming
+    /// the first bad position, when anything was tampered with.
+    Verify(VerifyArgs),
+    /// Verify, then print the chain's head as `<position>:<hash>`: keep it
+    /// outside the database and pass it to `verify --expect` later.
+    Checkpoint(DatabaseArgs),
+}
+
+/// Settings of `herald audit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// A head printed earlier by `herald audit checkpoint`, `<position>:<hash>`:
+    /// the chain must still pass through it, so the log was neither rewritten
+    /// nor cut short before it.
+    #[arg(long)]
+    pub expect: Option<herald_nats::chain::Checkpoint>,
+}
+
+/// Settings of `herald replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Projections to rebuild (chats, bookings, payments, summary); all when none.
+    pub projections: Vec<projections::Projection>,
+}
+
+/// Settings of `herald token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user the token speaks for.
+    #[arg(long)]
+    pub sub: Uuid,
+
+    /// patient, doctor, admin or auditor.
+    #[arg(long)]
+    pub role: Role,
+
+    /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h")]
+    pub ttl: humantime::Duration,
+
+    /// The secret Herald checks tokens with.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, value_parser = secret)]
+    pub jwt_secret: SecretString,
+}
+
+fn secret(value: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// A prefix must be one subject token: letters, digits, `-` and `_`.
+fn prefix(value: &str) -> Result<String, String> {
+    if !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(value.to_owned())
+    } else {
+        Err("must be letters, digits, `-` or `_`".to_owned())
+    }
+}

@@ -1,0 +1,231 @@
+//! Herald's HTTP server and the `herald` command line.
+//!
+//! `router(state)` builds the whole HTTP surface; `serve` runs it until shutdown.
+//! The binary in `main.rs` is only the recipe: configuration, pool, migrations, serve.
+
+pub mod auth;
+pub mod background;
+pub mod command;
+pub mod config;
+pub mod consistency;
+pub mod db;
+pub mod error;
+pub mod limits;
+pub mod live;
+pub mod openapi;
+pub mod ops;
+pub mod request_id;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::http::{HeaderName, HeaderValue};
+use axum::Router;
+use commands::gateway::PaymentGateway;
+use commands::WriteSide;
+use herald_nats::RelayStatus;
+use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::JwtKeys;
+use crate::error::ApiError;
+use crate::limits::RateLimits;
+use crate::ops::Ops;
+use crate::routes::sandbox::Sandbox;
+use crate::routes::webhooks::WebhookSecret;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Executes commands against the event store.
+    pub write: Arc<WriteSide>,
+    /// Checks callers' tokens.
+    pub keys: JwtKeys,
+    /// The payment provider, behind timeouts, retries and a circuit breaker.
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// Checks the payment provider's signature on its notifications.
+    pub webhook_secret: WebhookSecret,
+    /// The built-in sandbox provider, when it is the one in use.
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// The live gateway's hub; without one, `/ws` and `/stream` answer 503.
+    pub live: Option<Arc<live::LiveHub>>,
+}
+
+/// What a running Herald adds around its routes; the default is what tests of
+/// the routes alone need.
+#[derive(Default)]
+pub struct Surface {
+    /// The NATS client, for readiness.
+    pub nats: Option<async_nats::Client>,
+    /// The relay running in this process, for readiness and metrics.
+    pub relay: Option<Arc<RelayStatus>>,
+    /// Token buckets; none means no rate limits.
+    pub limits: Option<Arc<RateLimits>>,
+    /// Browser origins allowed to call the API; none means no CORS headers.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+/// The HTTP surface of Herald with the default [`Surface`].
+pub fn router(state: AppState) -> Router {
+    router_with(state, Surface::default())
+}
+
+/// The whole HTTP surface of Herald: the API under `/api/v1`, the payment
+/// webhook and sandbox, the operations endpoints, and around them request ids,
+/// metrics, rate limits, security headers and CORS.
+pub fn router_with(state: AppState, surface: Surface) -> Router {
+    let ops = Arc::new(Ops::new(
+        state.write.pool().clone(),
+        surface.nats,
+        surface.relay,
+    ));
+    let (documented, doc) = documented(state.sandbox.is_some(), ops).split_for_parts();
+    // The WebSocket and the event stream answer no single body a handler
+    // attribute could describe; `openapi::finish` describes them.
+    let api = Router::new().merge(routes::live::routes());
+    let mut app = documented
+        .nest("/api/v1", api)
+        .merge(openapi::routes(openapi::finish(doc)))
+        .route_layer(axum::middleware::from_fn(ops::track_http))
+        .fallback(|| async { ApiError::NotFound("no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    if let Some(limits) = surface.limits {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            limits,
+            limits::enforce,
+        ));
+    }
+    if !surface.cors_origins.is_empty() {
+        app = app.layer(cors(surface.cors_origins));
+    }
+    app.layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+/// The routes registered together with their OpenAPI descriptions, so that
+/// none is served undocumented: the API under `/api/v1`, the payment webhook
+/// and sandbox, and the operations endpoints.
+fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::new()
+        .merge(routes::chats::routes())
+        .merge(routes::bookings::routes())
+        .merge(routes::payments::routes())
+        .merge(routes::reads::routes())
+        .merge(routes::audit::routes());
+    let mut outside =
+        OpenApiRouter::with_openapi(openapi::base()).merge(routes::webhooks::routes());
+    if sandbox {
+        outside = outside.merge(routes::sandbox::routes());
+    }
+    outside.nest("/api/v1", api).merge(ops::routes(ops))
+}
+
+/// Headers that keep browsers from misreading or framing Herald's answers.
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn cors(origins: Vec<HeaderValue>) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-consistency"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// How long requests in flight get to finish after the signal to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops
+/// accepting connections and lets the requests in flight finish, for at most
+/// [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    });
+    let deadline = async {
+        if on_signal.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = deadline => {
+            tracing::warn!("requests still in flight after the grace period; stopping anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

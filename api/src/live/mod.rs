@@ -1,0 +1,701 @@
+//! The live gateway's hub: one JetStream subscription per Herald process,
+//! fanned out in-process to WebSocket connections and SSE streams.
+//!
+//! Each process follows the whole event stream with one ephemeral *ordered*
+//! consumer delivering from "now" on `<prefix>.events.>` (NATS 2.9 allows one
+//! filter subject). The whole stream rather than only chats, because positions
+//! are dense over the whole log: a jump in position proves that something was
+//! missed (a reconnect, a recreated consumer), and the hub reads exactly the
+//! missing entries from the Postgres log before going on. SSE streams need the
+//! booking and payment entries too. A sender on one instance therefore reaches
+//! a member connected to any other instance, and no connection ever creates a
+//! consumer of its own.
+//!
+//! The hub is a single task that owns every connection's chat set, keyed both
+//! ways (chat → connections, user → connections). It applies membership events
+//! as it routes them, in log order, so a member removed at position `p` gets
+//! nothing after `p`, and one added at `p` gets everything from `p` on.
+
+mod audience;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use axum::extract::ws::Utf8Bytes;
+use domain::chat::ChatEvent;
+use futures::StreamExt;
+use herald_nats::{log, LogEntry, Topology};
+use projections::Projection;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use uuid::Uuid;
+
+pub use audience::Audience;
+
+/// The aggregate type whose events go to WebSocket connections.
+const CHAT: &str = "Chat";
+/// Entries read from the Postgres log per query when filling a gap.
+const FILL_BATCH: i64 = 1000;
+/// How long NATS may stay quiet before the hub looks at the log head itself.
+const IDLE_CATCH_UP: Duration = Duration::from_secs(1);
+/// Requests from connections waiting for the hub.
+const COMMAND_BUFFER: usize = 4096;
+
+/// Tunables of the live gateway; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// Frames queued for one socket before its client counts as too slow and
+    /// is disconnected, so a stalled reader never grows memory without bound.
+    /// Frames are shared between sockets, so a queued frame costs a pointer;
+    /// the room is for bursts, such as the relay catching up after an outage.
+    pub outgoing_buffer: usize,
+    /// How often an idle socket is pinged; one silent for three intervals is
+    /// closed.
+    pub ping_interval: Duration,
+    /// Longest one frame may take to reach the socket before the client is
+    /// cut off as too slow.
+    pub write_timeout: Duration,
+    /// Entries held for a connection while its chat set is being loaded.
+    pub pending_limit: usize,
+    /// Entries an SSE stream may fall behind the hub before it re-reads them
+    /// from the Postgres log.
+    pub broadcast_capacity: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            outgoing_buffer: 1024,
+            ping_interval: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(10),
+            pending_limit: 4096,
+            broadcast_capacity: 4096,
+        }
+    }
+}
+
+/// Why the hub let a connection go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Its outgoing buffer was full: the client does not read fast enough.
+    TooSlow,
+}
+
+/// Why the hub could not take a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The hub is not running (shutting down, or never started).
+    #[error("live updates are not running on this instance")]
+    Stopped,
+    /// The hub did not answer in time (NATS or Postgres is away).
+    #[error("live updates are unavailable right now")]
+    Busy,
+    /// Postgres failed while loading the caller's chats.
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+}
+
+/// Why the hub stopped following the stream for a while.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("nats: {0}")]
+    Nats(#[from] async_nats::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("the ordered consumer's message stream ended")]
+    StreamEnded,
+}
+
+/// The handle connections use; cheap to share.
+pub struct LiveHub {
+    commands: mpsc::Sender<HubCommand>,
+    entries: broadcast::Sender<Arc<LogEntry>>,
+    closing: Arc<watch::Sender<bool>>,
+    pool: PgPool,
+    config: LiveConfig,
+    next_id: AtomicU64,
+}
+
+/// The task behind a [`LiveHub`]; run it with [`HubRunner::run`].
+pub struct HubRunner {
+    pool: PgPool,
+    jetstream: jetstream::Context,
+    topology: Topology,
+    commands: mpsc::Receiver<HubCommand>,
+    entries: broadcast::Sender<Arc<LogEntry>>,
+    closing: Arc<watch::Sender<bool>>,
+    routes: Routes,
+    /// The last position routed; `None` until the log head was first read.
+    position: Option<i64>,
+}
+
+enum HubCommand {
+    Attach {
+        id: u64,
+        user: Uuid,
+        outgoing: mpsc::Sender<Utf8Bytes>,
+        kick: oneshot::Sender<Kick>,
+        position: oneshot::Sender<i64>,
+    },
+    Synced {
+        id: u64,
+        at: i64,
+        chats: HashSet<Uuid>,
+    },
+    Detach {
+        id: u64,
+    },
+}
+
+impl LiveHub {
+    /// A hub following `topology`'s stream through `client`; nothing flows
+    /// until the returned runner runs.
+    pub fn new(
+        pool: PgPool,
+        client: async_nats::Client,
+        topology: Topology,
+        config: LiveConfig,
+    ) -> (Arc<Self>, HubRunner) {
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_BUFFER);
+        let (entries, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let closing = Arc::new(watch::channel(false).0);
+        let hub = Arc::new(Self {
+            commands: commands_tx,
+            entries: entries.clone(),
+            closing: closing.clone(),
+            pool: pool.clone(),
+            config: config.clone(),
+            next_id: AtomicU64::new(1),
+        });
+        let runner = HubRunner {
+            pool,
+            jetstream: jetstream::new(client),
+            topology,
+            commands: commands_rx,
+            entries,
+            closing,
+            routes: Routes::new(config.pending_limit),
+            position: None,
+        };
+        (hub, runner)
+    }
+
+    /// The gateway's tunables.
+    pub fn config(&self) -> &LiveConfig {
+        &self.config
+    }
+
+    /// The database the log and read models live in.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Completes when the hub stops, so that sockets and streams end with it
+    /// instead of holding a graceful shutdown open.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|closed| *closed).await;
+        }
+    }
+
+    /// Every entry the hub routes, for SSE streams. Subscribe before reading
+    /// the log, so that nothing falls between the two.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogEntry>> {
+        self.entries.subscribe()
+    }
+
+    /// Registers a socket of `user`: the hub starts holding its entries at
+    /// once, its chat set is loaded from the chats read model plus the log
+    /// after the read model's checkpoint, and from then on every entry of its
+    /// chats is queued on the returned receiver.
+    pub async fn connect(&self, user: Uuid) -> Result<Connection, LiveError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (outgoing, frames) = mpsc::channel(self.config.outgoing_buffer.max(1));
+        let (kick, kicked) = oneshot::channel();
+        let (position_tx, position_rx) = oneshot::channel();
+        self.commands
+            .send(HubCommand::Attach {
+                id,
+                user,
+                outgoing,
+                kick,
+                position: position_tx,
+            })
+            .await
+            .map_err(|_| LiveError::Stopped)?;
+        let registration = Registration {
+            id,
+            commands: self.commands.clone(),
+        };
+        let hub_position = tokio::time::timeout(Duration::from_secs(10), position_rx)
+            .await
+            .map_err(|_| LiveError::Busy)?
+            .map_err(|_| LiveError::Stopped)?;
+        let (at, chats) = chats_of(&self.pool, user, hub_position).await?;
+        self.commands
+            .send(HubCommand::Synced { id, at, chats })
+            .await
+            .map_err(|_| LiveError::Stopped)?;
+        Ok(Connection {
+            position: at,
+            frames,
+            kicked,
+            _registration: registration,
+        })
+    }
+
+    /// Signals every socket and stream to end, ahead of a graceful shutdown.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+}
+
+/// A socket's registration with the hub: its frames, and the news that it was
+/// cut off. Dropping it tells the hub the socket is gone.
+pub struct Connection {
+    /// The position the socket's chat set is exact at: it receives every
+    /// event of its chats after this one; earlier ones are history, read
+    /// through the HTTP API.
+    pub position: i64,
+    /// Event frames for the socket, already serialized.
+    pub frames: mpsc::Receiver<Utf8Bytes>,
+    /// Fires when the hub cut the socket off.
+    pub kicked: oneshot::Receiver<Kick>,
+    _registration: Registration,
+}
+
+struct Registration {
+    id: u64,
+    commands: mpsc::Sender<HubCommand>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let detach = HubCommand::Detach { id: self.id };
+        if let Err(mpsc::error::TrySendError::Full(detach)) = self.commands.try_send(detach) {
+            let commands = self.commands.clone();
+            tokio::spawn(async move {
+                let _ = commands.send(detach).await;
+            });
+        }
+    }
+}
+
+impl HubRunner {
+    /// Follows the stream until `stop` completes, waiting out NATS or Postgres
+    /// failures; then tells every socket and stream to end.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                result = self.follow() => match result {
+                    Ok(()) => break,
+                    Err(err) => tracing::warn!(%err, "live hub paused"),
+                },
+            }
+            failures = (failures + 1).min(6);
+            tokio::select! {
+                () = &mut stop => break,
+                () = tokio::time::sleep(Duration::from_millis(50 << failures)) => {}
+            }
+        }
+        self.closing.send_replace(true);
+    }
+
+    /// Routes entries and serves connections until every hub handle is gone.
+    async fn follow(&mut self) -> Result<(), FollowError> {
+        if self.position.is_none() {
+            // "Now": what is already in the log is history, not news.
+            self.position = Some(log::head(&self.pool).await?);
+        }
+        let stream = self
+            .topology
+            .ensure_stream(&self.jetstream)
+            .await
+            .map_err(async_nats::Error::from)?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.topology.all_events(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(async_nats::Error::from)?;
+        let mut messages = consumer.messages().await.map_err(async_nats::Error::from)?;
+        tracing::info!("live hub following the event stream");
+        // Whatever was sequenced while the consumer did not exist.
+        self.fill_up_to(log::head(&self.pool).await?).await?;
+        let mut idle = tokio::time::interval(IDLE_CATCH_UP);
+        let mut last_message = Instant::now();
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return Ok(()),
+                },
+                message = messages.next() => match message {
+                    Some(Ok(message)) => {
+                        last_message = Instant::now();
+                        match LogEntry::from_json(&message.payload) {
+                            Ok(entry) => self.advance(entry).await?,
+                            // The log in Postgres fills whatever this message held.
+                            Err(err) => tracing::error!(%err, "undecodable event message"),
+                        }
+                    }
+                    Some(Err(err)) => tracing::debug!(%err, "ordered consumer error"),
+                    None => return Err(FollowError::StreamEnded),
+                },
+                _ = idle.tick() => {
+                    if last_message.elapsed() >= IDLE_CATCH_UP {
+                        self.fill_up_to(log::head(&self.pool).await?).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes `entry`, first reading from the log whatever came before it and
+    /// was not routed yet; entries routed already change nothing.
+    async fn advance(&mut self, entry: LogEntry) -> Result<(), FollowError> {
+        let position = self.position.unwrap_or(0);
+        if entry.position <= position {
+            return Ok(());
+        }
+        if entry.position > position + 1 {
+            self.fill_up_to(entry.position - 1).await?;
+        }
+        if self.position.is_some_and(|p| p + 1 == entry.position) {
+            self.route(entry);
+        }
+        Ok(())
+    }
+
+    /// Routes every entry of the Postgres log up to `target`.
+    async fn fill_up_to(&mut self, target: i64) -> Result<(), FollowError> {
+        while let Some(position) = self.position.filter(|p| *p < target) {
+            let entries =
+                log::read_after(&self.pool, position, (target - position).min(FILL_BATCH)).await?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in entries {
+                self.route(entry);
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, entry: LogEntry) {
+        self.position = Some(entry.position);
+        let entry = Arc::new(entry);
+        if entry.aggregate_type == CHAT {
+            match ChatDelivery::new(&entry) {
+                Ok(delivery) => self.routes.route(&Arc::new(delivery)),
+                Err(err) => {
+                    tracing::error!(position = entry.position, %err, "undecodable chat event")
+                }
+            }
+        }
+        // No SSE stream listening is fine.
+        let _ = self.entries.send(entry);
+    }
+
+    fn handle(&mut self, command: HubCommand) {
+        match command {
+            HubCommand::Attach {
+                id,
+                user,
+                outgoing,
+                kick,
+                position,
+            } => {
+                self.routes.attach(id, user, outgoing, kick);
+                if position.send(self.position.unwrap_or(0)).is_err() {
+                    self.routes.detach(id);
+                }
+            }
+            HubCommand::Synced { id, at, chats } => self.routes.synced(id, at, chats),
+            HubCommand::Detach { id } => self.routes.detach(id),
+        }
+    }
+}
+
+/// A chat entry ready to go out: decoded for routing, serialized once for
+/// every socket.
+struct ChatDelivery {
+    position: i64,
+    chat_id: Uuid,
+    event: ChatEvent,
+    frame: Utf8Bytes,
+}
+
+/// The frame a socket receives for each event of its chats.
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    position: i64,
+    chat_id: Uuid,
+    event_type: &'a str,
+    event: &'a serde_json::Value,
+}
+
+impl ChatDelivery {
+    fn new(entry: &LogEntry) -> Result<Self, serde_json::Error> {
+        let event: ChatEvent = serde_json::from_value(entry.payload.clone())?;
+        let chat_id = entry
+            .aggregate_id
+            .parse()
+            .map_err(serde::de::Error::custom)?;
+        let frame = serde_json::to_string(&EventFrame {
+            kind: "event",
+            position: entry.position,
+            chat_id,
+            event_type: &entry.event_type,
+            event: entry
+                .payload
+                .get(&entry.event_type)
+                .unwrap_or(&entry.payload),
+        })?;
+        Ok(Self {
+            position: entry.position,
+            chat_id,
+            event,
+            frame: frame.into(),
+        })
+    }
+}
+
+/// Who an event brings into its chat.
+fn joining(event: &ChatEvent) -> &[Uuid] {
+    match event {
+        ChatEvent::ChatCreated { members, .. } => members,
+        ChatEvent::MemberAdded { user_id, .. } => std::slice::from_ref(user_id),
+        _ => &[],
+    }
+}
+
+/// Who an event takes out of its chat.
+fn leaving(event: &ChatEvent) -> Option<Uuid> {
+    match event {
+        ChatEvent::MemberRemoved { user_id, .. } => Some(*user_id),
+        _ => None,
+    }
+}
+
+/// The chats `user` belongs to as of position `at` (at least `hub_position`):
+/// the chats read model at its checkpoint, plus the membership events of the
+/// log after it. The read model answers from an index instead of a scan of
+/// every chat's history, and the log closes the gap to the hub's position, so
+/// no membership change falls between the two.
+async fn chats_of(
+    pool: &PgPool,
+    user: Uuid,
+    hub_position: i64,
+) -> Result<(i64, HashSet<Uuid>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One snapshot for the checkpoint and the rows it covers.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let checkpoint = projections::checkpoint(&mut *tx, Projection::Chats).await?;
+    let rows: Vec<Uuid> =
+        sqlx::query_scalar("SELECT chat_id FROM rm_chat_members WHERE user_id = $1")
+            .bind(user)
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    let mut chats: HashSet<Uuid> = rows.into_iter().collect();
+    let at = checkpoint.max(hub_position);
+    let mut position = checkpoint;
+    while position < at {
+        let entries = log::read_after(pool, position, (at - position).min(FILL_BATCH)).await?;
+        let Some(last) = entries.last().map(|entry| entry.position) else {
+            break;
+        };
+        for entry in entries.iter().filter(|e| e.aggregate_type == CHAT) {
+            let Ok(event) = serde_json::from_value::<ChatEvent>(entry.payload.clone()) else {
+                continue;
+            };
+            let Ok(chat_id) = entry.aggregate_id.parse::<Uuid>() else {
+                continue;
+            };
+            if joining(&event).contains(&user) {
+                chats.insert(chat_id);
+            }
+            if leaving(&event) == Some(user) {
+                chats.remove(&chat_id);
+            }
+        }
+        position = last;
+    }
+    Ok((at, chats))
+}
+
+/// One socket as the hub sees it.
+struct Socket {
+    user: Uuid,
+    outgoing: mpsc::Sender<Utf8Bytes>,
+    kick: Option<oneshot::Sender<Kick>>,
+    /// The position its chat set is exact at; `None` while it is loaded.
+    synced_at: Option<i64>,
+    chats: HashSet<Uuid>,
+    /// Chat entries held while its chat set is loaded.
+    pending: Vec<Arc<ChatDelivery>>,
+}
+
+/// Which socket gets which chat's entries.
+struct Routes {
+    sockets: HashMap<u64, Socket>,
+    by_chat: HashMap<Uuid, HashSet<u64>>,
+    by_user: HashMap<Uuid, HashSet<u64>>,
+    syncing: HashSet<u64>,
+    pending_limit: usize,
+}
+
+impl Routes {
+    fn new(pending_limit: usize) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            by_chat: HashMap::new(),
+            by_user: HashMap::new(),
+            syncing: HashSet::new(),
+            pending_limit,
+        }
+    }
+
+    fn attach(
+        &mut self,
+        id: u64,
+        user: Uuid,
+        outgoing: mpsc::Sender<Utf8Bytes>,
+        kick: oneshot::Sender<Kick>,
+    ) {
+        self.sockets.insert(
+            id,
+            Socket {
+                user,
+                outgoing,
+                kick: Some(kick),
+                synced_at: None,
+                chats: HashSet::new(),
+                pending: Vec::new(),
+            },
+        );
+        self.by_user.entry(user).or_default().insert(id);
+        self.syncing.insert(id);
+        metrics::gauge!("herald_websocket_connections").increment(1.0);
+    }
+
+    fn synced(&mut self, id: u64, at: i64, chats: HashSet<Uuid>) {
+        let Some(socket) = self.sockets.get_mut(&id) else {
+            return;
+        };
+        self.syncing.remove(&id);
+        socket.synced_at = Some(at);
+        for chat in &chats {
+            self.by_chat.entry(*chat).or_default().insert(id);
+        }
+        socket.chats = chats;
+        let pending = std::mem::take(&mut socket.pending);
+        for delivery in pending {
+            self.deliver_to(id, &delivery);
+        }
+    }
+
+    fn detach(&mut self, id: u64) {
+        let Some(socket) = self.sockets.remove(&id) else {
+            return;
+        };
+        metrics::gauge!("herald_websocket_connections").decrement(1.0);
+        self.syncing.remove(&id);
+        for chat in &socket.chats {
+            remove_from(&mut self.by_chat, chat, id);
+        }
+        remove_from(&mut self.by_user, &socket.user, id);
+    }
+
+    /// Routes one chat entry to every socket it concerns.
+    fn route(&mut self, delivery: &Arc<ChatDelivery>) {
+        let mut candidates: Vec<u64> = self
+            .by_chat
+            .get(&delivery.chat_id)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        for user in joining(&delivery.event) {
+            if let Some(ids) = self.by_user.get(user) {
+                candidates.extend(ids.iter().copied());
+            }
+        }
+        candidates.extend(self.syncing.iter().copied());
+        candidates.sort_unstable();
+        candidates.dedup();
+        for id in candidates {
+            self.deliver_to(id, delivery);
+        }
+    }
+
+    /// Applies one chat entry to one socket: membership first for a joiner,
+    /// the frame if the chat is theirs, membership last for a leaver (who
+    /// thus learns of their own removal and nothing after it).
+    fn deliver_to(&mut self, id: u64, delivery: &Arc<ChatDelivery>) {
+        let Some(socket) = self.sockets.get_mut(&id) else {
+            return;
+        };
+        let Some(synced_at) = socket.synced_at else {
+            if socket.pending.len() < self.pending_limit {
+                socket.pending.push(delivery.clone());
+            } else {
+                self.kick(id);
+            }
+            return;
+        };
+        if delivery.position <= synced_at {
+            return;
+        }
+        let chat = delivery.chat_id;
+        if joining(&delivery.event).contains(&socket.user) && socket.chats.insert(chat) {
+            self.by_chat.entry(chat).or_default().insert(id);
+        }
+        let mut too_slow = false;
+        if socket.chats.contains(&chat) {
+            match socket.outgoing.try_send(delivery.frame.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => too_slow = true,
+                // The socket is ending; its detach is on the way.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        if leaving(&delivery.event) == Some(socket.user) && socket.chats.remove(&chat) {
+            remove_from(&mut self.by_chat, &chat, id);
+        }
+        if too_slow {
+            self.kick(id);
+        }
+    }
+
+    /// Cuts a socket off: it gets no more frames, and its task closes it.
+    fn kick(&mut self, id: u64) {
+        if let Some(kick) = self.sockets.get_mut(&id).and_then(|s| s.kick.take()) {
+            let _ = kick.send(Kick::TooSlow);
+        }
+        self.detach(id);
+    }
+}
+
+fn remove_from(index: &mut HashMap<Uuid, HashSet<u64>>, key: &Uuid, id: u64) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Operations endpoints (no `/api/v1`, no JWT): liveness, readiness with the
+//! failing check named, and Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_nats::RelayStatus;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use projections::Projection;
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::openapi;
+
+/// A projection further behind the log than this many entries is not ready.
+const MAX_PROJECTION_LAG: i64 = 10_000;
+/// Committed events waiting this long behind an open transaction make the relay not ready.
+const MAX_HORIZON_AGE: Duration = Duration::from_secs(30);
+/// Longest a readiness probe waits for Postgres.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Histogram buckets of every `*_seconds` metric: from a fast read to a slow
+/// command under load.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// What the operations endpoints look at.
+pub struct Ops {
+    pool: PgPool,
+    nats: Option<async_nats::Client>,
+    relay: Option<Arc<RelayStatus>>,
+    metrics: PrometheusHandle,
+}
+
+impl Ops {
+    /// Operations of a process using `pool`; `nats` and `relay` when it runs them.
+    pub fn new(
+        pool: PgPool,
+        nats: Option<async_nats::Client>,
+        relay: Option<Arc<RelayStatus>>,
+    ) -> Self {
+        Self {
+            pool,
+            nats,
+            relay,
+            metrics: recorder(),
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (several servers in one
+            // test process); this handle then renders an empty page.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The operations routes, each with its description.
+pub fn routes<S: Clone + Send + Sync + 'static>(ops: Arc<Ops>) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(metrics_page))
+        .with_state(ops)
+}
+
+/// Answers while the process runs, whatever its dependencies do.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    operation_id = "health_live",
+    responses((status = 200, description = "The process runs", body = openapi::Liveness))
+)]
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "live" }))
+}
+
+/// Middleware: counts requests by route, method and status, and times them.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("herald_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("herald_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    ok: bool,
+    #[serde(flatten)]
+    detail: serde_json::Value,
+}
+
+impl Check {
+    fn new(ok: bool, detail: serde_json::Value) -> Self {
+        Self { ok, detail }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Readiness {
+    status: &'static str,
+    failing: Vec<String>,
+    checks: BTreeMap<String, Check>,
+}
+
+/// Whether this process can serve: Postgres, NATS, the relay's horizon and
+/// each projection's lag.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    operation_id = "health_ready",
+    responses(
+        (status = 200, description = "Every check passed", body = openapi::ReadinessView),
+        (status = 503, description = "`failing` names each failed check", body = openapi::ReadinessView),
+    )
+)]
+async fn ready(State(ops): State<Arc<Ops>>) -> Response {
+    let mut checks = BTreeMap::new();
+    let postgres = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        sqlx::query_scalar::<_, i64>("SELECT sequenced_position FROM relay_cursor")
+            .fetch_one(&ops.pool),
+    )
+    .await;
+    let head = match postgres {
+        Ok(Ok(head)) => {
+            checks.insert(
+                "postgres".to_owned(),
+                Check::new(true, serde_json::json!({})),
+            );
+            Some(head)
+        }
+        Ok(Err(err)) => {
+            checks.insert(
+                "postgres".to_owned(),
+                Check::new(false, serde_json::json!({ "error": err.to_string() })),
+            );
+            None
+        }
+        Err(_) => {
+            checks.insert(
+                "postgres".to_owned(),
+                Check::new(false, serde_json::json!({ "error": "timed out" })),
+            );
+            None
+        }
+    };
+    if let Some(nats) = &ops.nats {
+        let state = nats.connection_state();
+        let connected = matches!(state, async_nats::connection::State::Connected);
+        checks.insert(
+            "nats".to_owned(),
+            Check::new(connected, serde_json::json!({ "state": state.to_string() })),
+        );
+    }
+    if let Some(relay) = &ops.relay {
+        let age = relay.horizon_age();
+        checks.insert(
+            "relay".to_owned(),
+            Check::new(
+                age < MAX_HORIZON_AGE,
+                serde_json::json!({
+                    "active": relay.is_active(),
+                    "sequenced": relay.sequenced(),
+                    "published": relay.published(),
+                    "horizon_age_seconds": age.as_secs_f64(),
+                }),
+            ),
+        );
+    }
+    if let Some(head) = head {
+        if let Ok(positions) = projections::checkpoints(&ops.pool, &Projection::ALL).await {
+            for (projection, position) in Projection::ALL.iter().zip(positions) {
+                let lag = head - position;
+                checks.insert(
+                    format!("projection:{projection}"),
+                    Check::new(
+                        lag <= MAX_PROJECTION_LAG,
+                        serde_json::json!({ "position": position, "lag": lag }),
+                    ),
+                );
+            }
+        }
+    }
+    let failing: Vec<String> = checks
+        .iter()
+        .filter(|(_, c)| !c.ok)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let (status, word) = if failing.is_empty() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    (
+        status,
+        Json(Readiness {
+            status: word,
+            failing,
+            checks,
+        }),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+    )
+)]
+async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
+    if let Some(relay) = &ops.relay {
+        metrics::gauge!("herald_relay_active").set(if relay.is_active() { 1.0 } else { 0.0 });
+        metrics::gauge!("herald_relay_sequenced_position").set(relay.sequenced() as f64);
+        metrics::gauge!("herald_relay_published_position").set(relay.published() as f64);
+        metrics::gauge!("herald_relay_lag").set((relay.sequenced() - relay.published()) as f64);
+        metrics::gauge!("herald_relay_horizon_age_seconds").set(relay.horizon_age().as_secs_f64());
+    }
+    if let Ok(head) = herald_nats::log::head(&ops.pool).await {
+        if let Ok(positions) = projections::checkpoints(&ops.pool, &Projection::ALL).await {
+            for (projection, position) in Projection::ALL.iter().zip(positions) {
+                metrics::gauge!("herald_projection_position", "projection" => projection.name())
+                    .set(position as f64);
+                metrics::gauge!("herald_projection_lag", "projection" => projection.name())
+                    .set((head - position) as f64);
+            }
+        }
+    }
+    if let Ok(letters) = projections::dead_letters(&ops.pool).await {
+        for projection in Projection::ALL {
+            let count = letters
+                .iter()
+                .filter(|l| l.projection == projection.name())
+                .count();
+            metrics::gauge!("herald_dead_letters", "projection" => projection.name())
+                .set(count as f64);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ops.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,250 @@
+//! Booking commands: request a visit, assign a doctor, complete, cancel.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use domain::booking::{Booking, BookingCommand};
+use domain::values::{Address, CallType, Currency, Money, Reason};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::command::{Accepted, CommandRequest, Fields, Path};
+use crate::error::ApiError;
+use crate::openapi::{self, IdempotencyKeyHeader};
+use crate::routes::chats::NoBody;
+use crate::AppState;
+
+/// The booking command routes, under `/api/v1`, each with its description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(request))
+        .routes(routes!(assign))
+        .routes(routes!(complete))
+        .routes(routes!(cancel))
+}
+
+/// A visit a patient asks for. Fields are read as optional so that a missing
+/// one is a 422 naming it; the contract requires `call_type`, `address` and
+/// `amount_minor`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RequestBooking {
+    /// The booking's id; generated when absent.
+    id: Option<Uuid>,
+    /// What kind of visit.
+    #[schema(value_type = openapi::CallTypeName, required = true)]
+    call_type: Option<String>,
+    /// Where to go; not blank.
+    #[schema(value_type = String, required = true, min_length = 1)]
+    address: Option<String>,
+    /// The price in kopecks (minor units), more than 0.
+    #[schema(value_type = i64, required = true, minimum = 1)]
+    amount_minor: Option<i64>,
+    /// ISO 4217 code; `RUB` when absent.
+    #[schema(value_type = Option<String>, pattern = "^[A-Z]{3}$", example = "RUB")]
+    currency: Option<String>,
+    /// When, for a `scheduled` visit (required then, and in the future).
+    scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// A patient asks for a visit; it starts `pending`.
+#[utoipa::path(
+    post,
+    path = "/bookings",
+    tag = "bookings",
+    operation_id = "request_booking",
+    params(IdempotencyKeyHeader),
+    request_body = RequestBooking,
+    responses(
+        (status = 201, description = "The booking was stored (BookingRequested)", body = openapi::BookingAccepted),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn request(
+    State(app): State<AppState>,
+    request: CommandRequest<RequestBooking>,
+) -> Result<Accepted, ApiError> {
+    let CommandRequest {
+        actor,
+        metadata,
+        body,
+    } = request;
+    let booking_id = body.id.unwrap_or_else(Uuid::now_v7);
+    let mut fields = Fields::default();
+    let call_type = fields.parse("call_type", body.call_type, |t| t.parse::<CallType>());
+    let address = fields.parse("address", body.address, Address::parse);
+    let currency = fields
+        .optional(body.currency, |c| Currency::parse(&c))
+        .map(Option::unwrap_or_default);
+    let amount_minor = fields.required("amount_minor", body.amount_minor);
+    // The amount is checked even when the currency is invalid, so that the
+    // client learns about both at once.
+    let price = amount_minor
+        .and_then(|amount| fields.check(Money::new(amount, currency.clone().unwrap_or_default())))
+        .filter(|_| currency.is_some());
+    let command = fields.finish(call_type.zip(address).zip(price).map(
+        |((call_type, address), price)| BookingCommand::Request {
+            actor,
+            booking_id,
+            call_type,
+            address,
+            price,
+            scheduled_at: body.scheduled_at,
+            now: Utc::now(),
+        },
+    ))?;
+    let committed = app
+        .write
+        .execute::<Booking>(booking_id, command, &metadata)
+        .await?;
+    Ok(Accepted::created(&committed).with("status", "pending"))
+}
+
+/// The doctor who takes a visit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Assign {
+    /// The doctor's user id.
+    #[schema(value_type = Uuid, required = true)]
+    doctor_id: Option<Uuid>,
+}
+
+/// Assigns a doctor: an admin assigns anyone, a doctor only themself.
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/assign",
+    tag = "bookings",
+    operation_id = "assign_doctor",
+    params(("id" = Uuid, Path, description = "The booking"), IdempotencyKeyHeader),
+    request_body = Assign,
+    responses(
+        (status = 200, description = "The doctor was assigned (DoctorAssigned)", body = openapi::BookingAccepted),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn assign(
+    State(app): State<AppState>,
+    Path(booking_id): Path<Uuid>,
+    request: CommandRequest<Assign>,
+) -> Result<Accepted, ApiError> {
+    let CommandRequest {
+        actor,
+        metadata,
+        body,
+    } = request;
+    let mut fields = Fields::default();
+    let doctor_id = fields.required("doctor_id", body.doctor_id);
+    let command = fields.finish(doctor_id.map(|doctor_id| BookingCommand::AssignDoctor {
+        actor,
+        doctor_id,
+        at: Utc::now(),
+    }))?;
+    let committed = app
+        .write
+        .execute::<Booking>(booking_id, command, &metadata)
+        .await?;
+    Ok(Accepted::ok(&committed).with("status", "assigned"))
+}
+
+/// The assigned doctor completes the visit.
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/complete",
+    tag = "bookings",
+    operation_id = "complete_booking",
+    params(("id" = Uuid, Path, description = "The booking"), IdempotencyKeyHeader),
+    responses(
+        (status = 200, description = "The visit is completed (BookingCompleted)", body = openapi::BookingAccepted),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn complete(
+    State(app): State<AppState>,
+    Path(booking_id): Path<Uuid>,
+    request: CommandRequest<NoBody>,
+) -> Result<Accepted, ApiError> {
+    let CommandRequest {
+        actor, metadata, ..
+    } = request;
+    let command = BookingCommand::Complete {
+        actor,
+        at: Utc::now(),
+    };
+    let committed = app
+        .write
+        .execute::<Booking>(booking_id, command, &metadata)
+        .await?;
+    Ok(Accepted::ok(&committed).with("status", "completed"))
+}
+
+/// Why a visit is called off.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Cancel {
+    /// The reason; not blank.
+    #[schema(value_type = String, required = true, min_length = 1)]
+    reason: Option<String>,
+}
+
+/// Its patient or an admin cancels a pending or assigned visit; a paid one is
+/// refunded by itself.
+#[utoipa::path(
+    post,
+    path = "/bookings/{id}/cancel",
+    tag = "bookings",
+    operation_id = "cancel_booking",
+    params(("id" = Uuid, Path, description = "The booking"), IdempotencyKeyHeader),
+    request_body = Cancel,
+    responses(
+        (status = 200, description = "The visit is cancelled (BookingCancelled)", body = openapi::BookingAccepted),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn cancel(
+    State(app): State<AppState>,
+    Path(booking_id): Path<Uuid>,
+    request: CommandRequest<Cancel>,
+) -> Result<Accepted, ApiError> {
+    let CommandRequest {
+        actor,
+        metadata,
+        body,
+    } = request;
+    let mut fields = Fields::default();
+    let reason = fields.parse("reason", body.reason, Reason::parse);
+    let command = fields.finish(reason.map(|reason| BookingCommand::Cancel {
+        actor,
+        reason,
+        at: Utc::now(),
+    }))?;
+    let committed = app
+        .write
+        .execute::<Booking>(booking_id, command, &metadata)
+        .await?;
+    Ok(Accepted::ok(&committed).with("status", "cancelled"))
+}

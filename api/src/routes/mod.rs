@@ -1,0 +1,10 @@
+//! The HTTP routes, one module per aggregate.
+
+pub mod audit;
+pub mod bookings;
+pub mod chats;
+pub mod live;
+pub mod payments;
+pub mod reads;
+pub mod sandbox;
+pub mod webhooks;

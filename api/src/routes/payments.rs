@@ -1,0 +1,186 @@
+//! Payment commands: pay for a booking, refund by hand.
+//!
+//! A refund requested here is recorded as `RefundRequested`; the payment
+//! process manager then asks the provider for it, as it does for refunds of
+//! cancelled bookings, so there is one path to the provider's refunds.
+
+use axum::extract::State;
+use chrono::Utc;
+use commands::gateway::ChargeRequest;
+use commands::{CommandError, Committed};
+use domain::payment::{Payment, PaymentCommand, PaymentEvent};
+use domain::values::{PaymentMethod, Reason};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::command::{Accepted, CommandRequest, Fields, Path};
+use crate::error::ApiError;
+use crate::openapi::{self, IdempotencyKeyHeader};
+use crate::AppState;
+
+/// The payment command routes, under `/api/v1`, each with its description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(initiate))
+        .routes(routes!(refund))
+}
+
+/// A payment for a booking. Fields are read as optional so that a missing one
+/// is a 422 naming it; the contract requires `booking_id` and `method`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Initiate {
+    /// The payment's id; generated when absent.
+    id: Option<Uuid>,
+    /// The booking paid for.
+    #[schema(value_type = Uuid, required = true)]
+    booking_id: Option<Uuid>,
+    /// How the patient pays.
+    #[schema(value_type = openapi::PaymentMethodName, required = true)]
+    method: Option<String>,
+}
+
+/// Starts a payment: the amount is the booking's, the provider opens a charge,
+/// and the answer carries the page where the patient confirms it.
+#[utoipa::path(
+    post,
+    path = "/payments",
+    tag = "payments",
+    operation_id = "initiate_payment",
+    params(IdempotencyKeyHeader),
+    request_body = Initiate,
+    responses(
+        (status = 201, description = "The charge was opened (PaymentInitiated), status `pending`", body = openapi::PaymentStarted),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 502, response = openapi::BadGateway),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn initiate(
+    State(app): State<AppState>,
+    request: CommandRequest<Initiate>,
+) -> Result<Accepted, ApiError> {
+    let CommandRequest {
+        actor,
+        metadata,
+        body,
+    } = request;
+    // A repeated request is answered from the log, without opening a charge
+    // or meeting its own payment as the booking's active one.
+    if let Some(recorded) = app.write.recorded::<Payment>(&metadata).await? {
+        return Ok(answer(&recorded));
+    }
+    let payment_id = body.id.unwrap_or_else(Uuid::now_v7);
+    let mut fields = Fields::default();
+    let booking_id = fields.required("booking_id", body.booking_id);
+    let method = fields.parse("method", body.method, |m| m.parse::<PaymentMethod>());
+    let (booking_id, method) = fields.finish(booking_id.zip(method))?;
+    let booking = app.write.booking_facts(booking_id).await?;
+    // Refused before the provider is asked, so no charge is opened for nothing;
+    // the commit checks the rules again.
+    Payment::may_initiate(&actor, &booking).map_err(CommandError::Rejected)?;
+    let charge = app
+        .gateway
+        .create_payment(&ChargeRequest {
+            idempotence_key: format!("payment-{payment_id}"),
+            payment_id,
+            amount: booking.price.clone(),
+            method,
+            description: format!("Herald visit {booking_id}"),
+        })
+        .await?;
+    let command = PaymentCommand::Initiate {
+        actor,
+        payment_id,
+        booking,
+        method,
+        charge,
+        at: Utc::now(),
+    };
+    let committed = app
+        .write
+        .execute::<Payment>(payment_id, command, &metadata)
+        .await?;
+    Ok(answer(&committed))
+}
+
+/// The answer to a started payment, read from its `PaymentInitiated`.
+fn answer(committed: &Committed<Payment>) -> Accepted {
+    let mut accepted = Accepted::created(committed).with("status", "pending");
+    if let Some(PaymentEvent::PaymentInitiated {
+        booking_id,
+        amount,
+        provider_payment_id,
+        confirmation_url,
+        ..
+    }) = committed.events.first()
+    {
+        accepted = accepted
+            .with("booking_id", booking_id)
+            .with("amount_minor", amount.amount_minor())
+            .with("currency", amount.currency().as_str())
+            .with("provider_payment_id", provider_payment_id)
+            .with("confirmation_url", confirmation_url);
+    }
+    accepted
+}
+
+/// Why a payment is refunded.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Refund {
+    /// The reason; not blank.
+    #[schema(value_type = String, required = true, min_length = 1)]
+    reason: Option<String>,
+}
+
+/// An admin refunds a succeeded payment; the provider is asked for it.
+#[utoipa::path(
+    post,
+    path = "/payments/{id}/refund",
+    tag = "payments",
+    operation_id = "refund_payment",
+    params(("id" = Uuid, Path, description = "The payment"), IdempotencyKeyHeader),
+    request_body = Refund,
+    responses(
+        (status = 200, description = "The refund was requested (RefundRequested)", body = openapi::PaymentChanged),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn refund(
+    State(app): State<AppState>,
+    Path(payment_id): Path<Uuid>,
+    request: CommandRequest<Refund>,
+) -> Result<Accepted, ApiError> {
+    let CommandRequest {
+        actor,
+        metadata,
+        body,
+    } = request;
+    let mut fields = Fields::default();
+    let reason = fields.parse("reason", body.reason, Reason::parse);
+    let command = fields.finish(reason.map(|reason| PaymentCommand::RequestRefund {
+        actor,
+        reason,
+        at: Utc::now(),
+    }))?;
+    let committed = app
+        .write
+        .execute::<Payment>(payment_id, command, &metadata)
+        .await?;
+    Ok(Accepted::ok(&committed).with("status", "refund_pending"))
+}

@@ -1,0 +1,487 @@
+//! Query endpoints: answers from the projections' read models.
+//!
+//! Each read first waits for the caller's consistency token (if any) on the
+//! projections it reads, then shows only what the caller may see. Rows the
+//! caller may not see answer 404, like rows that do not exist, so ids cannot be
+//! probed; a role that may never use an endpoint gets 403 before any waiting.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::State;
+use axum::Json;
+use domain::booking::BookingStatus;
+use domain::values::{Actor, Role};
+use domain::ValidationError;
+use projections::bookings::{BookingFilter, BookingRow};
+use projections::chats::{ChatDetails, ChatSummary, MessageRow};
+use projections::payments::PaymentRow;
+use projections::summary::Summary;
+use projections::{bookings, chats, payments, summary, Projection};
+use serde::de::IntoDeserializer;
+use serde::{Deserialize, Serialize};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::command::{Fields, Path};
+use crate::consistency::{self, Consistency};
+use crate::error::ApiError;
+use crate::openapi::{self, ConsistencyParams};
+use crate::AppState;
+
+/// Rows a page holds when the client does not say.
+const DEFAULT_LIMIT: i64 = 50;
+/// Most rows a page may hold, so one request cannot ask for a whole table.
+const MAX_LIMIT: i64 = 200;
+
+/// The read routes, under `/api/v1`, each with its description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_chats))
+        .routes(routes!(get_chat))
+        .routes(routes!(list_messages))
+        .routes(routes!(list_bookings))
+        .routes(routes!(get_booking))
+        .routes(routes!(list_payments))
+        .routes(routes!(get_payment))
+        .routes(routes!(get_summary))
+}
+
+/// Query-string parameters. Every field of a query struct is an optional
+/// string parsed by the handler, so a bad value is a 422 naming its field;
+/// only a query string that cannot be read at all is a 400. Unknown
+/// parameters, such as `consistency`, are left to other extractors.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(format!(
+            "the query string is not valid: {}",
+            rejection.body_text()
+        ))
+    }
+}
+
+/// A page of rows; `next_cursor` is `null` on the last page.
+#[derive(Debug, Serialize)]
+struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+/// A list small enough to answer whole, wrapped so it can gain fields later.
+#[derive(Debug, Serialize)]
+struct Items<T> {
+    items: Vec<T>,
+}
+
+/// A page of a chat's messages, newest first; pass `next_before_seq` as
+/// `before_seq` for the older ones, until it is `null`.
+#[derive(Debug, Serialize)]
+struct MessagePage {
+    items: Vec<MessageRow>,
+    next_before_seq: Option<i64>,
+}
+
+/// A query parameter's value, with an empty one (`?status=`) read as absent.
+fn present(raw: Option<String>) -> Option<String> {
+    raw.filter(|value| !value.is_empty())
+}
+
+fn page_limit(raw: String) -> Result<i64, ValidationError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| {
+            ValidationError::new(
+                "limit",
+                format!("must be a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })
+}
+
+/// A positive whole number, e.g. a sequence number or a cursor.
+fn positive(field: &'static str, raw: &str) -> Result<i64, ValidationError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|value| *value >= 1)
+        .ok_or_else(|| ValidationError::new(field, "must be a positive whole number"))
+}
+
+/// A status name as the domain spells it; the domain's enum is the one list.
+fn booking_status(raw: String) -> Result<BookingStatus, ValidationError> {
+    BookingStatus::deserialize(raw.as_str().into_deserializer())
+        .map_err(|err: serde::de::value::Error| ValidationError::new("status", err.to_string()))
+}
+
+/// Chats are shown to their members, and to admins who moderate them.
+async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<(), ApiError> {
+    let pool = app.write.pool();
+    let visible = if actor.is_admin() {
+        chats::get(pool, chat_id)
+            .await
+            .map_err(ApiError::store)?
+            .is_some()
+    } else {
+        chats::is_member(pool, chat_id, actor.user_id)
+            .await
+            .map_err(ApiError::store)?
+    };
+    if visible {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("no chat with that id"))
+    }
+}
+
+/// The caller's chats.
+#[utoipa::path(
+    get,
+    path = "/chats",
+    tag = "chats",
+    operation_id = "list_chats",
+    params(ConsistencyParams),
+    responses(
+        (status = 200, description = "The chats the caller is a member of", body = openapi::ChatList),
+        (status = 400, response = openapi::BadRequest),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn list_chats(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+) -> Result<Json<Items<ChatSummary>>, ApiError> {
+    consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
+    let items = chats::list_for_user(app.write.pool(), actor.user_id)
+        .await
+        .map_err(ApiError::store)?;
+    Ok(Json(Items { items }))
+}
+
+/// One chat, for its members and admins.
+#[utoipa::path(
+    get,
+    path = "/chats/{id}",
+    tag = "chats",
+    operation_id = "get_chat",
+    params(("id" = Uuid, Path, description = "The chat"), ConsistencyParams),
+    responses(
+        (status = 200, description = "The chat", body = openapi::ChatView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn get_chat(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+    Path(chat_id): Path<Uuid>,
+) -> Result<Json<ChatDetails>, ApiError> {
+    consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
+    let chat = chats::get(app.write.pool(), chat_id)
+        .await
+        .map_err(ApiError::store)?
+        .filter(|chat| actor.is_admin() || chat.members.contains(&actor.user_id))
+        .ok_or(ApiError::NotFound("no chat with that id"))?;
+    Ok(Json(chat))
+}
+
+/// Keyset paging of a chat's messages. Read as text so that a bad value is
+/// a 422 naming its parameter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MessagesQuery {
+    /// Only messages before this `seq` (the previous page's `next_before_seq`).
+    #[param(value_type = Option<i64>, minimum = 1)]
+    before_seq: Option<String>,
+    /// Messages per page, 1 to 200; 50 when absent.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
+    limit: Option<String>,
+}
+
+/// A chat's messages, newest first, for its members and admins.
+#[utoipa::path(
+    get,
+    path = "/chats/{id}/messages",
+    tag = "chats",
+    operation_id = "list_messages",
+    params(("id" = Uuid, Path, description = "The chat"), MessagesQuery, ConsistencyParams),
+    responses(
+        (status = 200, description = "A page of messages", body = openapi::MessagePage),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn list_messages(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+    Path(chat_id): Path<Uuid>,
+    Query(query): Query<MessagesQuery>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let mut fields = Fields::default();
+    let before_seq = fields.optional(present(query.before_seq), |raw| {
+        positive("before_seq", &raw)
+    });
+    let limit = fields
+        .optional(present(query.limit), page_limit)
+        .map(|limit| limit.unwrap_or(DEFAULT_LIMIT));
+    let (before_seq, limit) = fields.finish(before_seq.zip(limit))?;
+    consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
+    visible_chat(&app, actor, chat_id).await?;
+    let items = chats::messages(app.write.pool(), chat_id, before_seq, limit)
+        .await
+        .map_err(ApiError::store)?;
+    // The first message has seq 1, so a page ending there is the last.
+    let next_before_seq = items
+        .last()
+        .filter(|last| items.len() as i64 == limit && last.seq > 1)
+        .map(|last| last.seq);
+    Ok(Json(MessagePage {
+        items,
+        next_before_seq,
+    }))
+}
+
+/// Filtering and paging of bookings. Read as text so that a bad value is a
+/// 422 naming its parameter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct BookingsQuery {
+    /// Only bookings in this status.
+    #[param(value_type = Option<openapi::BookingStatusName>)]
+    status: Option<String>,
+    /// Bookings per page, 1 to 200; 50 when absent.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
+    limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    #[param(value_type = Option<String>)]
+    cursor: Option<String>,
+}
+
+/// Which bookings a role sees: patients their own, doctors those assigned to
+/// them, admins all; auditors read the event log, not bookings.
+fn bookings_scope(actor: Actor) -> Result<BookingFilter, ApiError> {
+    match actor.role {
+        Role::Patient => Ok(BookingFilter {
+            patient_id: Some(actor.user_id),
+            ..BookingFilter::default()
+        }),
+        Role::Doctor => Ok(BookingFilter {
+            doctor_id: Some(actor.user_id),
+            ..BookingFilter::default()
+        }),
+        Role::Admin | Role::System => Ok(BookingFilter::default()),
+        Role::Auditor => Err(ApiError::Forbidden(
+            "auditors read the event log, not bookings",
+        )),
+    }
+}
+
+/// Bookings the caller may see: a patient their own, a doctor those assigned
+/// to them, an admin all.
+#[utoipa::path(
+    get,
+    path = "/bookings",
+    tag = "bookings",
+    operation_id = "list_bookings",
+    params(BookingsQuery, ConsistencyParams),
+    responses(
+        (status = 200, description = "A page of bookings", body = openapi::BookingPage),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn list_bookings(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+    Query(query): Query<BookingsQuery>,
+) -> Result<Json<Page<BookingRow>>, ApiError> {
+    let scope = bookings_scope(actor)?;
+    let mut fields = Fields::default();
+    let status = fields.optional(present(query.status), booking_status);
+    let limit = fields
+        .optional(present(query.limit), page_limit)
+        .map(|limit| limit.unwrap_or(DEFAULT_LIMIT));
+    let cursor = fields.optional(present(query.cursor), |raw| positive("cursor", &raw));
+    let ((status, limit), cursor) = fields.finish(status.zip(limit).zip(cursor))?;
+    consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
+    let filter = BookingFilter { status, ..scope };
+    // One row more than asked tells whether another page follows.
+    let mut items = bookings::list(app.write.pool(), filter, cursor, limit + 1)
+        .await
+        .map_err(ApiError::store)?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        items.last().map(|last| last.created_position.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// One booking, for whoever may see it in the list.
+#[utoipa::path(
+    get,
+    path = "/bookings/{id}",
+    tag = "bookings",
+    operation_id = "get_booking",
+    params(("id" = Uuid, Path, description = "The booking"), ConsistencyParams),
+    responses(
+        (status = 200, description = "The booking", body = openapi::BookingView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn get_booking(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+    Path(booking_id): Path<Uuid>,
+) -> Result<Json<BookingRow>, ApiError> {
+    let scope = bookings_scope(actor)?;
+    consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
+    let booking = bookings::get(app.write.pool(), booking_id)
+        .await
+        .map_err(ApiError::store)?
+        .filter(|booking| {
+            scope
+                .patient_id
+                .is_none_or(|patient| booking.patient_id == patient)
+                && scope
+                    .doctor_id
+                    .is_none_or(|doctor| booking.doctor_id == Some(doctor))
+        })
+        .ok_or(ApiError::NotFound("no booking with that id"))?;
+    Ok(Json(booking))
+}
+
+/// Payments are shown to the patient who pays and to admins.
+fn may_see_payments_of(actor: Actor, patient_id: Uuid) -> bool {
+    actor.is_admin() || (actor.role == Role::Patient && actor.user_id == patient_id)
+}
+
+/// One payment, for the booking's patient and admins.
+#[utoipa::path(
+    get,
+    path = "/payments/{id}",
+    tag = "payments",
+    operation_id = "get_payment",
+    params(("id" = Uuid, Path, description = "The payment"), ConsistencyParams),
+    responses(
+        (status = 200, description = "The payment", body = openapi::PaymentView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn get_payment(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+    Path(payment_id): Path<Uuid>,
+) -> Result<Json<PaymentRow>, ApiError> {
+    consistency::wait(&app, &consistency, &[Projection::Payments]).await?;
+    let payment = payments::get(app.write.pool(), payment_id)
+        .await
+        .map_err(ApiError::store)?
+        .filter(|payment| may_see_payments_of(actor, payment.patient_id))
+        .ok_or(ApiError::NotFound("no payment with that id"))?;
+    Ok(Json(payment))
+}
+
+/// Which booking's payments. Read as text so that a missing or bad value is a
+/// 422 naming it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PaymentsQuery {
+    /// The booking.
+    #[param(value_type = Uuid, required = true)]
+    booking_id: Option<String>,
+}
+
+/// A booking's payments, for its patient and admins.
+#[utoipa::path(
+    get,
+    path = "/payments",
+    tag = "payments",
+    operation_id = "list_payments",
+    params(PaymentsQuery, ConsistencyParams),
+    responses(
+        (status = 200, description = "The booking's payments", body = openapi::PaymentList),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, response = openapi::NotFound),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn list_payments(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+    Query(query): Query<PaymentsQuery>,
+) -> Result<Json<Items<PaymentRow>>, ApiError> {
+    let mut fields = Fields::default();
+    let booking_id = fields.parse("booking_id", present(query.booking_id), |raw| {
+        Uuid::parse_str(&raw).map_err(|_| ValidationError::new("booking_id", "must be a UUID"))
+    });
+    let booking_id = fields.finish(booking_id)?;
+    // The booking says whose payments these are, even before the first one.
+    consistency::wait(
+        &app,
+        &consistency,
+        &[Projection::Payments, Projection::Bookings],
+    )
+    .await?;
+    let pool = app.write.pool();
+    bookings::get(pool, booking_id)
+        .await
+        .map_err(ApiError::store)?
+        .filter(|booking| may_see_payments_of(actor, booking.patient_id))
+        .ok_or(ApiError::NotFound("no booking with that id"))?;
+    let items = payments::for_booking(pool, booking_id)
+        .await
+        .map_err(ApiError::store)?;
+    Ok(Json(Items { items }))
+}
+
+/// The admin dashboard: bookings and payments by status, and revenue.
+#[utoipa::path(
+    get,
+    path = "/dashboard/summary",
+    tag = "dashboard",
+    operation_id = "get_summary",
+    params(ConsistencyParams),
+    responses(
+        (status = 200, description = "The figures", body = openapi::SummaryView),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn get_summary(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+) -> Result<Json<Summary>, ApiError> {
+    if !actor.is_admin() {
+        return Err(ApiError::Forbidden("only admins see the dashboard"));
+    }
+    consistency::wait(&app, &consistency, &[Projection::Summary]).await?;
+    let figures = summary::get(app.write.pool())
+        .await
+        .map_err(ApiError::store)?;
+    Ok(Json(figures))
+}

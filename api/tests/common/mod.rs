@@ -1,0 +1,721 @@
+//! Starts a real Herald on port 0 against a fresh Postgres database of its own.
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
+
+pub mod pg_proxy;
+#[path = "../../../nats/tests/support/mod.rs"]
+mod support;
+
+pub use support::{assert_complete_and_ordered, fresh_database, nats_url, stream_entries};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::auth::JwtKeys;
+use api::background::Background;
+use api::config::DatabaseArgs;
+use api::live::{LiveConfig, LiveHub};
+use api::routes::sandbox::{Redelivery, Sandbox};
+use api::routes::webhooks::WebhookSecret;
+use api::{db, AppState, Surface};
+use chrono::{DateTime, Utc};
+use commands::gateway::{PaymentGateway, Resilience, Resilient, SandboxGateway};
+use commands::WriteSide;
+use domain::values::{Actor, Role};
+use herald_nats::Topology;
+use projections::Projection;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The secret the test servers sign tokens with.
+pub const JWT_SECRET: &str = "tttttttttttttttttttttttttttttttt";
+
+/// The secret the test servers' payment provider signs notifications with.
+pub const WEBHOOK_SECRET: &str = "wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww";
+
+/// A running Herald and what a test needs to talk to it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// A pool on the test's own database, for looking at the event store.
+    pub pool: PgPool,
+    pub keys: JwtKeys,
+    pub write: Arc<WriteSide>,
+    pub database_url: String,
+    /// The stream names of this test's deployment.
+    pub topology: Topology,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// The HTTP server's task; it ends once shut down and drained.
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Relay and projection workers, when the test runs the read side.
+    background: Option<Background>,
+    /// The payment provider Herald calls.
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// What the provider signs its notifications with.
+    pub webhook_secret: WebhookSecret,
+    /// The payment process manager, when the test runs it.
+    process: Option<Background>,
+    /// The live gateway's hub, when the test runs one.
+    pub live: Option<Arc<LiveHub>>,
+    /// The hub's task.
+    live_background: Option<Background>,
+}
+
+impl TestApp {
+    /// Herald's write side on its own fresh database.
+    pub async fn spawn() -> Self {
+        Self::spawn_on(&fresh_database().await).await
+    }
+
+    /// All of Herald, as `herald up` runs it: API, relay and every projection
+    /// worker, on a fresh database and a stream of the test's own.
+    pub async fn spawn_with_pipeline() -> Self {
+        let mut app = Self::spawn().await;
+        app.start_pipeline().await;
+        app
+    }
+
+    /// Starts the relay and the projection workers (again, after a stop).
+    pub async fn start_pipeline(&mut self) {
+        support::delete_stale_streams().await;
+        let client = herald_nats::connect(&nats_url()).await.unwrap();
+        let mut background = Background::default();
+        background.announce_commits(self.write.clone());
+        background.relay(&self.pool, &client, &self.topology);
+        background.workers(&self.pool, &client, &self.topology, &Projection::ALL);
+        self.background = Some(background);
+    }
+
+    /// All of Herald with the payment process manager too, as `herald up` runs it.
+    pub async fn spawn_with_payments() -> Self {
+        let mut app = Self::spawn_with_pipeline().await;
+        app.start_process_manager().await;
+        app
+    }
+
+    /// Starts a payment process manager (again, after a stop).
+    pub async fn start_process_manager(&mut self) {
+        let client = herald_nats::connect(&nats_url()).await.unwrap();
+        let mut process = Background::default();
+        process.process_manager(&self.write, &self.gateway, &client, &self.topology);
+        self.process = Some(process);
+    }
+
+    /// Stops the payment process manager, as a shutdown would.
+    pub async fn stop_process_manager(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.drain().await;
+        }
+    }
+
+    /// Stops the relay and the projection workers, as a shutdown would.
+    pub async fn stop_pipeline(&mut self) {
+        if let Some(background) = self.background.take() {
+            background.drain().await;
+        }
+    }
+
+    /// Waits until every projection has applied every committed event.
+    pub async fn wait_for_projections(&self) {
+        for _ in 0..400 {
+            let committed = self.event_count().await;
+            let sequenced = herald_nats::log::head(&self.pool).await.unwrap();
+            let applied = projections::checkpoints(&self.pool, &Projection::ALL)
+                .await
+                .unwrap();
+            if sequenced == committed as i64 && applied.iter().all(|&p| p == sequenced) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let committed = self.event_count().await;
+        let sequenced = herald_nats::log::head(&self.pool).await.unwrap();
+        let applied = projections::checkpoints(&self.pool, &Projection::ALL)
+            .await
+            .unwrap();
+        let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        panic!(
+            "the projections did not catch up with the log: {committed} committed, \
+             {sequenced} sequenced, applied {applied:?}, {dead} dead letters"
+        );
+    }
+
+    /// Herald on the given database URL (which may point through a proxy).
+    pub async fn spawn_on(database_url: &str) -> Self {
+        Self::spawn_with_gateway(database_url, None).await
+    }
+
+    /// Herald on `database_url` calling `gateway`, or by default the sandbox
+    /// provider it serves itself.
+    pub async fn spawn_with_gateway(
+        database_url: &str,
+        gateway: Option<Arc<dyn PaymentGateway>>,
+    ) -> Self {
+        Self::spawn_with(database_url, gateway, |_| Surface::default()).await
+    }
+
+    /// Herald with the surface `surface` makes from the app's signing keys:
+    /// rate limits, readiness of NATS, and so on.
+    pub async fn spawn_with_surface(surface: impl FnOnce(&JwtKeys) -> Surface) -> Self {
+        Self::spawn_with(&fresh_database().await, None, surface).await
+    }
+
+    /// All of Herald with the live gateway (WebSocket and SSE) tuned by
+    /// `config`, on a fresh database and a stream of the test's own.
+    pub async fn spawn_live(config: LiveConfig) -> Self {
+        let database_url = fresh_database().await;
+        let mut app = Self::spawn_full(
+            &database_url,
+            None,
+            |_| Surface::default(),
+            support::unique_topology(),
+            Some(config),
+        )
+        .await;
+        app.start_pipeline().await;
+        app
+    }
+
+    /// [`TestApp::spawn_live`] whose server sockets have a send buffer of a few
+    /// kilobytes instead of the kernel's self-tuned megabytes, so that a client
+    /// that stops reading holds frames up within a few messages.
+    pub async fn spawn_live_with_small_send_buffers(config: LiveConfig) -> Self {
+        let database_url = fresh_database().await;
+        let mut app = Self::spawn_listening(
+            &database_url,
+            None,
+            |_| Surface::default(),
+            support::unique_topology(),
+            Some(config),
+            small_send_buffer_listener(),
+        )
+        .await;
+        app.start_pipeline().await;
+        app
+    }
+
+    /// Another Herald instance (API and live hub, no relay or workers) on the
+    /// database and stream of an existing one, as a second process behind a
+    /// load balancer would be.
+    pub async fn spawn_live_on(
+        database_url: &str,
+        topology: &Topology,
+        config: LiveConfig,
+    ) -> Self {
+        Self::spawn_full(
+            database_url,
+            None,
+            |_| Surface::default(),
+            topology.clone(),
+            Some(config),
+        )
+        .await
+    }
+
+    /// The WebSocket URL of this instance's live gateway, with `actor`'s token
+    /// in the query string.
+    pub fn ws_url(&self, actor: Actor) -> String {
+        format!(
+            "{}/api/v1/ws?token={}",
+            self.address.replacen("http://", "ws://", 1),
+            self.token(actor)
+        )
+    }
+
+    async fn spawn_with(
+        database_url: &str,
+        gateway: Option<Arc<dyn PaymentGateway>>,
+        surface: impl FnOnce(&JwtKeys) -> Surface,
+    ) -> Self {
+        Self::spawn_full(
+            database_url,
+            gateway,
+            surface,
+            support::unique_topology(),
+            None,
+        )
+        .await
+    }
+
+    async fn spawn_full(
+        database_url: &str,
+        gateway: Option<Arc<dyn PaymentGateway>>,
+        surface: impl FnOnce(&JwtKeys) -> Surface,
+        topology: Topology,
+        live: Option<LiveConfig>,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_listening(database_url, gateway, surface, topology, live, listener).await
+    }
+
+    async fn spawn_listening(
+        database_url: &str,
+        gateway: Option<Arc<dyn PaymentGateway>>,
+        surface: impl FnOnce(&JwtKeys) -> Surface,
+        topology: Topology,
+        live: Option<LiveConfig>,
+        listener: tokio::net::TcpListener,
+    ) -> Self {
+        let args = DatabaseArgs {
+            database_url: database_url.to_owned(),
+            database_pool_size: 8,
+        };
+        let pool = db::connect(&args).await.unwrap();
+        db::migrate(&pool).await.unwrap();
+        let keys = JwtKeys::new(&SecretString::from(JWT_SECRET)).unwrap();
+        let write = Arc::new(WriteSide::new(pool.clone()));
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let webhook_secret = WebhookSecret::new(SecretString::from(WEBHOOK_SECRET)).unwrap();
+        let sandbox_gateway: Arc<dyn PaymentGateway> = Arc::new(Resilient::new(
+            Arc::new(SandboxGateway::new(&address).unwrap()),
+            Resilience::default(),
+        ));
+        let redelivery = Redelivery {
+            first_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            attempts: 60,
+            timeout: Duration::from_secs(5),
+        };
+        let sandbox = Sandbox::new(&address, webhook_secret.clone(), redelivery).unwrap();
+        let gateway = gateway.unwrap_or(sandbox_gateway);
+        let (live, live_background) = match live {
+            Some(config) => {
+                let client = herald_nats::connect(&nats_url()).await.unwrap();
+                let (hub, runner) = LiveHub::new(pool.clone(), client, topology.clone(), config);
+                let mut background = Background::default();
+                background.spawn(|stop| runner.run(stop));
+                (Some(hub), Some(background))
+            }
+            None => (None, None),
+        };
+        let state = AppState {
+            write: write.clone(),
+            keys: keys.clone(),
+            gateway: gateway.clone(),
+            webhook_secret: webhook_secret.clone(),
+            sandbox: Some(Arc::new(sandbox)),
+            live: live.clone(),
+        };
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let router = api::router_with(state, surface(&keys));
+        let closing = live.clone();
+        let server = tokio::spawn(api::serve(listener, router, async move {
+            let _ = stopped.await;
+            if let Some(hub) = closing {
+                hub.close();
+            }
+        }));
+        Self {
+            address,
+            client: reqwest::Client::new(),
+            pool,
+            keys,
+            database_url: database_url.to_owned(),
+            topology,
+            write,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            background: None,
+            gateway,
+            webhook_secret,
+            process: None,
+            live,
+            live_background,
+        }
+    }
+
+    /// Shuts the HTTP server down as a SIGTERM would, and waits until the
+    /// requests in flight are answered.
+    pub async fn shut_down(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// A bearer token for `actor`.
+    pub fn token(&self, actor: Actor) -> String {
+        self.keys.mint(actor, Duration::from_secs(3600))
+    }
+
+    /// Sends `method path` as `actor` with a JSON body (or none).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        actor: Actor,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(self.token(actor));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Reply::from(request.send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, actor: Actor, body: Value) -> Reply {
+        self.send(Method::POST, path, actor, Some(body)).await
+    }
+
+    /// Every committed event's identity.
+    pub async fn event_ids(&self) -> Vec<i64> {
+        sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// How many events the log holds.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// A request to `path` with no credentials.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+    }
+
+    /// `call` as `actor`, ready to send.
+    pub fn request_as(&self, actor: Actor, call: &Call) -> RequestBuilder {
+        let request = self
+            .request(call.method.clone(), &call.path)
+            .bearer_auth(self.token(actor));
+        match &call.body {
+            Some(body) => request.json(body),
+            None => request,
+        }
+    }
+
+    /// Sends `call` as `actor`.
+    pub async fn call(&self, actor: Actor, call: &Call) -> Reply {
+        Reply::send(self.request_as(actor, call)).await
+    }
+
+    /// Sends `call` as `actor` with a fresh `X-Request-Id` and checks that it is
+    /// answered with `status`, that the id is echoed, and that every event the
+    /// command stored carries the caller and the request in its metadata.
+    pub async fn accepts(&self, actor: Actor, call: Call, status: StatusCode) -> Outcome {
+        let before = self.last_event_id().await;
+        let request_id = format!("test-{}", Uuid::new_v4());
+        let request = self
+            .request_as(actor, &call)
+            .header("x-request-id", &request_id);
+        let reply = Reply::send(request).await;
+        assert_eq!(
+            reply.status, status,
+            "{} {}: {}",
+            call.method, call.path, reply.body
+        );
+        assert_eq!(reply.headers["x-request-id"], request_id.as_str());
+        assert!(reply.body["consistency"].is_string(), "{}", reply.body);
+        let events = self.events_after(before).await;
+        let last = events.last().unwrap_or_else(|| {
+            panic!("{} {} stored no event", call.method, call.path);
+        });
+        assert_eq!(reply.body["version"], last.sequence, "{}", reply.body);
+        for event in &events {
+            event.assert_caused_by(actor, &request_id);
+        }
+        Outcome { reply, events }
+    }
+
+    /// Sends `call` as `actor` and checks that it is refused with an RFC 9457
+    /// problem of `status` and stores nothing.
+    pub async fn refuses(&self, actor: Actor, call: Call, status: StatusCode) -> Reply {
+        self.refuses_request(self.request_as(actor, &call), status)
+            .await
+    }
+
+    /// Sends `request` and checks that it is refused with an RFC 9457 problem of
+    /// `status` and stores nothing.
+    pub async fn refuses_request(&self, request: RequestBuilder, status: StatusCode) -> Reply {
+        self.stores_nothing(async {
+            let reply = Reply::send(request).await;
+            reply.assert_problem(status);
+            reply
+        })
+        .await
+    }
+
+    /// Runs `request` and checks that the event log did not grow.
+    pub async fn stores_nothing<T>(&self, request: impl Future<Output = T>) -> T {
+        let before = self.event_count().await;
+        let outcome = request.await;
+        assert_eq!(
+            self.event_count().await,
+            before,
+            "the request must not store events"
+        );
+        outcome
+    }
+
+    /// The `event_id` of the newest event, 0 when the log is empty.
+    pub async fn last_event_id(&self) -> i64 {
+        sqlx::query_scalar("SELECT coalesce(max(event_id), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The events stored after `event_id`, in insert order.
+    pub async fn events_after(&self, event_id: i64) -> Vec<StoredEvent> {
+        sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, payload, metadata, \
+                    event_id, xid::text AS xid, recorded_at \
+             FROM events WHERE event_id > $1 ORDER BY event_id",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// A chat created by `creator` with `others`, and its id.
+    pub async fn group_chat(&self, creator: Actor, others: &[Actor]) -> Uuid {
+        let members: Vec<Uuid> = others.iter().map(|a| a.user_id).collect();
+        let reply = self
+            .post(
+                "/api/v1/chats",
+                creator,
+                serde_json::json!({ "kind": "group", "title": "Care team", "members": members }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.id()
+    }
+
+    /// A booking requested by `patient`, and its id.
+    pub async fn booking(&self, patient: Actor) -> Uuid {
+        let reply = self
+            .post(
+                "/api/v1/bookings",
+                patient,
+                serde_json::json!({ "call_type": "urgent", "address": "Tverskaya 1, Moscow", "amount_minor": 150000 }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.id()
+    }
+}
+
+/// A loopback listener whose accepted sockets inherit a 4 KiB send buffer.
+fn small_send_buffer_listener() -> tokio::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(1024).unwrap()
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A command to send: method, path and JSON body, if any.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+    pub body: Option<Value>,
+}
+
+pub fn post(path: impl Into<String>, body: Value) -> Call {
+    Call {
+        method: Method::POST,
+        path: path.into(),
+        body: Some(body),
+    }
+}
+
+pub fn patch(path: impl Into<String>, body: Value) -> Call {
+    Call {
+        method: Method::PATCH,
+        path: path.into(),
+        body: Some(body),
+    }
+}
+
+pub fn delete(path: impl Into<String>) -> Call {
+    Call {
+        method: Method::DELETE,
+        path: path.into(),
+        body: None,
+    }
+}
+
+/// An accepted command: the answer and the events it stored.
+#[derive(Debug)]
+pub struct Outcome {
+    pub reply: Reply,
+    pub events: Vec<StoredEvent>,
+}
+
+impl Outcome {
+    /// The one event the command stored.
+    pub fn event(&self) -> &StoredEvent {
+        assert_eq!(self.events.len(), 1, "{:?}", self.events);
+        &self.events[0]
+    }
+}
+
+/// One row of the event log.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub event_id: i64,
+    pub xid: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// A field of the event's payload.
+    pub fn field(&self, name: &str) -> &Value {
+        &self.payload[&self.event_type][name]
+    }
+
+    /// Checks that the event records `actor` and the request `request_id` as its
+    /// correlation and cause, and that the store filled in its own columns.
+    pub fn assert_caused_by(&self, actor: Actor, request_id: &str) {
+        let metadata = &self.metadata;
+        assert_eq!(metadata["actor"], actor.user_id.to_string(), "{metadata}");
+        assert_eq!(metadata["role"], actor.role.as_str(), "{metadata}");
+        assert_eq!(metadata["correlation_id"], request_id, "{metadata}");
+        assert_eq!(metadata["causation_id"], request_id, "{metadata}");
+        assert!(self.event_id > 0);
+        assert!(self.xid.parse::<u64>().unwrap() > 0, "xid {}", self.xid);
+        let age = Utc::now() - self.recorded_at;
+        assert!(
+            age.num_seconds().abs() < 60,
+            "recorded_at {}",
+            self.recorded_at
+        );
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub async fn send(request: RequestBuilder) -> Self {
+        Self::from(request.send().await.unwrap()).await
+    }
+
+    pub async fn from(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The `id` of an accepted command's answer.
+    pub fn id(&self) -> Uuid {
+        self.body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Asserts an RFC 9457 problem document with `status`.
+    pub fn assert_problem(&self, status: StatusCode) -> &Self {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.headers[reqwest::header::CONTENT_TYPE],
+            "application/problem+json",
+            "{}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status.as_u16(), "{}", self.body);
+        for member in ["type", "title", "detail"] {
+            assert!(self.body[member].is_string(), "{}", self.body);
+        }
+        self
+    }
+
+    /// Asserts a 422 problem that names exactly `field`.
+    pub fn assert_names(&self, field: &str) -> &Self {
+        self.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(self.invalid_fields(), [field], "{}", self.body);
+        self
+    }
+
+    /// The fields a 422 problem names.
+    pub fn invalid_fields(&self) -> Vec<String> {
+        self.body["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e["field"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub fn patient() -> Actor {
+    Actor::new(Uuid::new_v4(), Role::Patient)
+}
+pub fn doctor() -> Actor {
+    Actor::new(Uuid::new_v4(), Role::Doctor)
+}
+pub fn admin() -> Actor {
+    Actor::new(Uuid::new_v4(), Role::Admin)
+}
+pub fn auditor() -> Actor {
+    Actor::new(Uuid::new_v4(), Role::Auditor)
+}
+
+/// Asserts that every read model of `projection` holds exactly the rows that a
+/// fresh rebuild from the log up to the live checkpoint gives.
+pub async fn assert_matches_rebuild(pool: &PgPool, projection: projections::Projection) {
+    let up_to = projections::checkpoint(pool, projection).await.unwrap();
+    let schema = format!("rebuild_{}", projection.name());
+    projections::rebuild_into(pool, projection, &schema, up_to)
+        .await
+        .unwrap();
+    for table in projection.tables() {
+        let differing: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (
+                (SELECT * FROM public.{table} EXCEPT ALL SELECT * FROM {schema}.{table})
+                UNION ALL
+                (SELECT * FROM {schema}.{table} EXCEPT ALL SELECT * FROM public.{table})
+             ) AS differences"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(differing, 0, "{table} differs from a rebuild from the log");
+    }
+}

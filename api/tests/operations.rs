@@ -1,0 +1,254 @@
+//! What operators rely on: readiness, metrics, rate limits, graceful shutdown.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::limits::{LimitArgs, RateLimits};
+use api::Surface;
+use common::pg_proxy::PgProxy;
+use common::{fresh_database, patient, TestApp};
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn readiness(app: &TestApp) -> (StatusCode, Value) {
+    let response = app
+        .client
+        .get(format!("{}/health/ready", app.address))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+async fn wait_for_readiness(app: &TestApp, wanted: StatusCode) -> Value {
+    for _ in 0..100 {
+        let (status, body) = readiness(app).await;
+        if status == wanted {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("readiness never answered {wanted}");
+}
+
+#[tokio::test]
+async fn liveness_answers_without_a_token() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(format!("{}/health/live", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn readiness_fails_naming_postgres_while_it_is_down_and_recovers() {
+    let direct = fresh_database().await;
+    let name = direct.rsplit('/').next().unwrap();
+    let proxy = PgProxy::start("127.0.0.1:5432").await;
+    let app = TestApp::spawn_on(&format!(
+        "postgres://postgres@127.0.0.1:{}/{name}",
+        proxy.port
+    ))
+    .await;
+    let body = wait_for_readiness(&app, StatusCode::OK).await;
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+
+    proxy.go_down();
+    let body = wait_for_readiness(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        body["failing"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("postgres")),
+        "{body}"
+    );
+
+    proxy.come_back();
+    wait_for_readiness(&app, StatusCode::OK).await;
+}
+
+/// A NATS server of the test's own, on a free port, that it can stop.
+struct PrivateNats {
+    child: Child,
+    url: String,
+}
+
+impl PrivateNats {
+    fn start(port: u16, store: &std::path::Path) -> Self {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn readiness_fails_naming_nats_while_it_is_down_and_recovers() {
+    let store = std::env::temp_dir().join(format!("herald-nats-{}", uuid::Uuid::new_v4()));
+    let port = free_port();
+    let nats = PrivateNats::start(port, &store);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = herald_nats::connect(&nats.url).await.unwrap();
+    let app = TestApp::spawn_with_surface(|_| Surface {
+        nats: Some(client),
+        ..Surface::default()
+    })
+    .await;
+    wait_for_readiness(&app, StatusCode::OK).await;
+
+    drop(nats);
+    let body = wait_for_readiness(&app, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        body["failing"].as_array().unwrap().contains(&json!("nats")),
+        "{body}"
+    );
+
+    let _nats = PrivateNats::start(port, &store);
+    wait_for_readiness(&app, StatusCode::OK).await;
+    let _ = std::fs::remove_dir_all(store);
+}
+
+#[tokio::test]
+async fn metrics_count_a_commands_life_from_request_to_outcome() {
+    let app = TestApp::spawn().await;
+    app.booking(patient()).await;
+    let refused = app
+        .post(
+            "/api/v1/bookings",
+            patient(),
+            json!({ "call_type": "urgent", "address": "", "amount_minor": 1 }),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let page = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        r#"herald_http_requests_total{route="/api/v1/bookings",method="POST",status="201"}"#,
+        r#"herald_http_requests_total{route="/api/v1/bookings",method="POST",status="422"}"#,
+        r#"herald_commands_total{aggregate="Booking",outcome="accepted"}"#,
+        "herald_http_request_duration_seconds_bucket",
+        r#"herald_projection_lag{projection="chats"}"#,
+    ] {
+        assert!(page.contains(expected), "{expected} missing from\n{page}");
+    }
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_bucket_is_answered_429_with_retry_after_and_ratelimit_headers() {
+    let app = TestApp::spawn_with_surface(|keys| Surface {
+        limits: RateLimits::new(
+            &LimitArgs {
+                rate_limit_per_second: 1,
+                rate_limit_burst: 3,
+                ..LimitArgs::default()
+            },
+            keys.clone(),
+        )
+        .map(Arc::new),
+        ..Surface::default()
+    })
+    .await;
+    let alice = patient();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let reply = app
+            .send(reqwest::Method::GET, "/api/v1/chats", alice, None)
+            .await;
+        assert!(reply.headers.contains_key("ratelimit-limit"));
+        assert!(reply.headers.contains_key("ratelimit-remaining"));
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            reply.assert_problem(StatusCode::TOO_MANY_REQUESTS);
+            assert!(reply.headers.contains_key("retry-after"));
+        }
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses[..3], [StatusCode::OK; 3]);
+    assert!(
+        statuses[3..].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_shutdown_with_requests_in_flight_answers_every_one_and_loses_none() {
+    let mut app = TestApp::spawn().await;
+    let (client, url, token) = (
+        app.client.clone(),
+        format!("{}/api/v1/bookings", app.address),
+        app.token(patient()),
+    );
+    let in_flight: Vec<_> = (0..40)
+        .map(|_| {
+            let request = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({ "call_type": "urgent", "address": "Arbat 5", "amount_minor": 700 }));
+            tokio::spawn(async move {
+                match request.send().await {
+                    Ok(response) => Ok(response.status()),
+                    Err(err) => Err(err),
+                }
+            })
+        })
+        .collect();
+    // Shut down once the first of them is stored, with the rest in flight.
+    for _ in 0..500 {
+        if app.event_count().await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    app.shut_down().await;
+
+    let mut accepted = 0i64;
+    for outcome in join_all(in_flight).await {
+        match outcome.unwrap() {
+            Ok(status) => {
+                assert_eq!(status, StatusCode::CREATED);
+                accepted += 1;
+            }
+            // Refused at the door after the signal: never accepted, so not lost.
+            Err(err) => assert!(err.is_connect() || err.is_request(), "{err}"),
+        }
+    }
+    assert!(accepted > 0, "the shutdown came before any request");
+    assert_eq!(app.event_count().await, accepted);
+}

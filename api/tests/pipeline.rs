@@ -1,0 +1,309 @@
+//! The whole pipeline under load and crashes: every committed event reaches
+//! every projection exactly once in effect.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{admin, doctor, patient, TestApp};
+use domain::values::Actor;
+use futures::stream::{self, StreamExt};
+use projections::Projection;
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+/// A mix of commands like the platform's: mostly chat messages, then reads,
+/// edits, deletions, bookings and their lifecycle, and payments. Returns how
+/// many were accepted.
+async fn mixed_workload(app: &TestApp, commands: usize) -> usize {
+    let patients: Vec<Actor> = (0..6).map(|_| patient()).collect();
+    let doctors: Vec<Actor> = (0..3).map(|_| doctor()).collect();
+    let admin = admin();
+    let mut chats = Vec::new();
+    for (i, patient) in patients.iter().enumerate() {
+        chats.push((
+            app.group_chat(*patient, &[doctors[i % 3]]).await,
+            *patient,
+            doctors[i % 3],
+        ));
+    }
+    let accepted = stream::iter(0..commands)
+        .map(|i| {
+            let (chat, patient, doctor) = chats[i % chats.len()];
+            async move {
+                let reply = match i % 20 {
+                    0 => {
+                        let booking = app.booking(patient).await;
+                        let path = format!("/api/v1/bookings/{booking}");
+                        match i % 3 {
+                            0 => {
+                                app.post(
+                                    &format!("{path}/cancel"),
+                                    patient,
+                                    json!({ "reason": "better" }),
+                                )
+                                .await
+                            }
+                            1 => {
+                                app.post(
+                                    &format!("{path}/assign"),
+                                    admin,
+                                    json!({ "doctor_id": doctor.user_id }),
+                                )
+                                .await;
+                                app.post(&format!("{path}/complete"), doctor, json!({}))
+                                    .await
+                            }
+                            _ => {
+                                app.post(
+                                    "/api/v1/payments",
+                                    patient,
+                                    json!({ "booking_id": booking, "method": "sbp" }),
+                                )
+                                .await
+                            }
+                        }
+                    }
+                    1 => {
+                        app.post(
+                            &format!("/api/v1/chats/{chat}/read"),
+                            doctor,
+                            json!({ "up_to_seq": 1 }),
+                        )
+                        .await
+                    }
+                    2 => {
+                        let sent = app
+                            .post(
+                                &format!("/api/v1/chats/{chat}/messages"),
+                                patient,
+                                json!({ "body": "to edit" }),
+                            )
+                            .await;
+                        let message = sent.id();
+                        if i % 3 == 0 {
+                            app.send(
+                                reqwest::Method::DELETE,
+                                &format!("/api/v1/chats/{chat}/messages/{message}"),
+                                patient,
+                                None,
+                            )
+                            .await
+                        } else {
+                            app.send(
+                                reqwest::Method::PATCH,
+                                &format!("/api/v1/chats/{chat}/messages/{message}"),
+                                patient,
+                                Some(json!({ "body": "edited" })),
+                            )
+                            .await
+                        }
+                    }
+                    n => {
+                        let author = if n % 2 == 0 { patient } else { doctor };
+                        app.post(
+                            &format!("/api/v1/chats/{chat}/messages"),
+                            author,
+                            json!({ "body": format!("note {i}") }),
+                        )
+                        .await
+                    }
+                };
+                reply.status.is_success()
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    assert!(
+        accepted > commands * 9 / 10,
+        "only {accepted} of {commands} accepted"
+    );
+    accepted
+}
+
+#[tokio::test]
+async fn after_thousands_of_mixed_commands_every_read_model_equals_a_rebuild_from_the_log() {
+    let app = TestApp::spawn_with_pipeline().await;
+    mixed_workload(&app, 2000).await;
+    app.wait_for_projections().await;
+    for projection in Projection::ALL {
+        common::assert_matches_rebuild(&app.pool, projection).await;
+    }
+    common::assert_complete_and_ordered(
+        &common::stream_entries(&app.topology).await,
+        &app.event_ids().await,
+    );
+}
+
+/// Where the `herald` processes of a test write their logs.
+fn log_file(app: &TestApp) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("herald-{}.log", app.topology.prefix()));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
+/// A `herald` process of its own, killed with SIGKILL when dropped or asked.
+struct Herald(Child);
+
+impl Herald {
+    fn start(app: &TestApp, args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("HERALD_DATABASE_URL", &app.database_url)
+            .env("HERALD_NATS_URL", common::nats_url())
+            .env("HERALD_NATS_PREFIX", app.topology.prefix())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(app))
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `workload` while a `herald` process with `args` is SIGKILLed and
+/// restarted every few hundred milliseconds, then leaves one running.
+async fn kill_repeatedly_during(
+    app: &TestApp,
+    args: &[&str],
+    workload: impl std::future::Future<Output = usize>,
+) -> Herald {
+    let killer = async {
+        for round in 0..8u64 {
+            let process = Herald::start(app, args);
+            tokio::time::sleep(Duration::from_millis(250 + 70 * round)).await;
+            process.kill();
+        }
+    };
+    let (accepted, ()) = tokio::join!(workload, killer);
+    assert!(accepted > 0);
+    Herald::start(app, args)
+}
+
+#[tokio::test]
+async fn a_relay_killed_again_and_again_under_load_publishes_every_event_exactly_once() {
+    let app = TestApp::spawn().await;
+    let _relay = kill_repeatedly_during(&app, &["relay"], mixed_workload(&app, 800)).await;
+
+    let committed = app.event_ids().await;
+    for _ in 0..400 {
+        if common::stream_entries(&app.topology).await.len() >= committed.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    common::assert_complete_and_ordered(&common::stream_entries(&app.topology).await, &committed);
+}
+
+#[tokio::test]
+async fn projection_workers_killed_again_and_again_mid_batch_lose_and_double_apply_nothing() {
+    let mut app = TestApp::spawn().await;
+    let _relay = Herald::start(&app, &["relay"]);
+    let workers = kill_repeatedly_during(&app, &["project"], mixed_workload(&app, 800)).await;
+    app.wait_for_projections().await;
+    for projection in Projection::ALL {
+        common::assert_matches_rebuild(&app.pool, projection).await;
+    }
+    workers.kill();
+    app.stop_pipeline().await;
+}
+
+#[tokio::test]
+async fn a_read_model_catches_up_after_its_worker_was_down() {
+    let mut app = TestApp::spawn_with_pipeline().await;
+    let alice = patient();
+    let chat = app.group_chat(alice, &[doctor()]).await;
+    app.stop_pipeline().await;
+
+    let sent = app
+        .post(
+            &format!("/api/v1/chats/{chat}/messages"),
+            alice,
+            json!({ "body": "while away" }),
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::CREATED);
+    app.start_pipeline().await;
+    let token = sent.body["consistency"].as_str().unwrap();
+    let page = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/chats/{chat}/messages?consistency={token}"),
+            alice,
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.body["items"][0]["id"], json!(sent.id()));
+}
+
+#[tokio::test]
+async fn a_poison_event_is_set_aside_as_a_dead_letter_and_the_projection_goes_on() {
+    let app = TestApp::spawn_with_pipeline().await;
+    let alice = patient();
+    let chat = app.group_chat(alice, &[doctor()]).await;
+    // An event the chats projection cannot read, as if written by a broken release.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Chat', $1, 1, 'MessageSent', '1', '{\"MessageSent\": {\"garbage\": true}}', '{}')",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let sent = app
+        .post(
+            &format!("/api/v1/chats/{chat}/messages"),
+            alice,
+            json!({ "body": "after the poison" }),
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::CREATED);
+
+    app.wait_for_projections().await;
+    let dead: Vec<(String, String)> =
+        sqlx::query_as("SELECT projection, error FROM projection_dead_letters")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "chats");
+    assert!(dead[0].1.contains("MessageSent"), "{}", dead[0].1);
+    let token = sent.body["consistency"].as_str().unwrap();
+    let page = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/chats/{chat}/messages?consistency={token}"),
+            alice,
+            None,
+        )
+        .await;
+    assert_eq!(page.body["items"][0]["body"], "after the poison");
+    assert_eq!(
+        projections::retry_dead_letters(&app.pool, Projection::Chats)
+            .await
+            .unwrap(),
+        (0, 1),
+        "a poison event stays poison"
+    );
+}

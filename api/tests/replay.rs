@@ -1,0 +1,184 @@
+//! Replaying read models from the log while Herald keeps serving: the rebuilt
+//! tables are swapped in atomically, no read fails meanwhile, and the result
+//! equals a fresh rebuild.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{admin, doctor, patient, TestApp};
+use domain::values::Actor;
+use futures::stream::{self, StreamExt};
+use projections::Projection;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Chats, messages, reads and bookings with their lifecycle, `commands` of them.
+async fn workload(app: &TestApp, chats: &[(Uuid, Actor, Actor)], commands: usize, offset: usize) {
+    let admin = admin();
+    stream::iter(offset..offset + commands)
+        .for_each_concurrent(16, |i| {
+            let (chat, patient, doctor) = chats[i % chats.len()];
+            async move {
+                match i % 10 {
+                    0 => {
+                        let booking = app.booking(patient).await;
+                        let path = format!("/api/v1/bookings/{booking}");
+                        if i % 3 == 0 {
+                            app.post(
+                                &format!("{path}/cancel"),
+                                patient,
+                                json!({ "reason": "better" }),
+                            )
+                            .await;
+                        } else {
+                            app.post(
+                                &format!("{path}/assign"),
+                                admin,
+                                json!({ "doctor_id": doctor.user_id }),
+                            )
+                            .await;
+                        }
+                    }
+                    1 => {
+                        app.post(
+                            &format!("/api/v1/chats/{chat}/read"),
+                            doctor,
+                            json!({ "up_to_seq": 1 }),
+                        )
+                        .await;
+                    }
+                    n => {
+                        let author = if n % 2 == 0 { patient } else { doctor };
+                        app.post(
+                            &format!("/api/v1/chats/{chat}/messages"),
+                            author,
+                            json!({ "body": format!("note {i}") }),
+                        )
+                        .await;
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// What the clients running during the replay saw.
+#[derive(Default)]
+struct Seen {
+    reads: AtomicUsize,
+    failed_reads: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+#[tokio::test]
+async fn replaying_every_projection_while_clients_read_and_write_ends_equal_to_a_rebuild_and_no_read_fails(
+) {
+    let app = TestApp::spawn_with_pipeline().await;
+    let patients: Vec<Actor> = (0..6).map(|_| patient()).collect();
+    let doctors: Vec<Actor> = (0..3).map(|_| doctor()).collect();
+    let mut chats = Vec::new();
+    for (i, patient) in patients.iter().enumerate() {
+        let doctor = doctors[i % doctors.len()];
+        chats.push((app.group_chat(*patient, &[doctor]).await, *patient, doctor));
+    }
+    workload(&app, &chats, 3000, 0).await;
+    app.wait_for_projections().await;
+
+    let stop = AtomicBool::new(false);
+    let seen = Arc::new(Seen::default());
+    let admin = admin();
+    let clients = async {
+        let mut round = 0;
+        while !stop.load(Ordering::Relaxed) {
+            round += 1;
+            workload(&app, &chats, 20, 3000 + round * 20).await;
+            seen.writes.fetch_add(20, Ordering::Relaxed);
+            let (chat, patient, _) = chats[round % chats.len()];
+            for (path, actor) in [
+                ("/api/v1/chats".to_owned(), patient),
+                (format!("/api/v1/chats/{chat}"), patient),
+                (format!("/api/v1/chats/{chat}/messages?limit=50"), patient),
+                ("/api/v1/bookings".to_owned(), patient),
+                ("/api/v1/bookings?status=assigned".to_owned(), admin),
+                ("/api/v1/dashboard/summary".to_owned(), admin),
+            ] {
+                let reply = app.send(Method::GET, &path, actor, None).await;
+                seen.reads.fetch_add(1, Ordering::Relaxed);
+                if reply.status != StatusCode::OK {
+                    seen.failed_reads.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("GET {path} answered {}: {}", reply.status, reply.body);
+                }
+            }
+        }
+    };
+    let replays = async {
+        let mut reports = Vec::new();
+        for projection in Projection::ALL {
+            let reads_before = seen.reads.load(Ordering::Relaxed);
+            let started = Instant::now();
+            let report = projections::replay(&app.pool, projection, &|_, _| {})
+                .await
+                .unwrap();
+            // Make sure clients were really at work while this one ran.
+            while seen.reads.load(Ordering::Relaxed) < reads_before + 6 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            eprintln!(
+                "replayed {projection}: {} entries in {:?} ({:.0} events/s)",
+                report.entries,
+                started.elapsed(),
+                report.rate()
+            );
+            reports.push(report);
+        }
+        stop.store(true, Ordering::Relaxed);
+        reports
+    };
+    let ((), reports) = tokio::join!(clients, replays);
+
+    assert_eq!(seen.failed_reads.load(Ordering::Relaxed), 0);
+    assert!(seen.writes.load(Ordering::Relaxed) > 0);
+    for report in &reports {
+        assert!(report.entries >= 3000, "{report:?}");
+    }
+    app.wait_for_projections().await;
+    for projection in Projection::ALL {
+        common::assert_matches_rebuild(&app.pool, projection).await;
+        // The swapped-in tables carry the migrations' index names.
+        for table in projection.tables() {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1",
+            )
+            .bind(table)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            assert!(live >= 1, "{table} lost its indexes");
+        }
+    }
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'rm_bookings'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    for name in [
+        "rm_bookings_pkey",
+        "rm_bookings_patient",
+        "rm_bookings_status",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'replay\\_%' OR nspname LIKE 'retired\\_%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(leftovers, 0, "shadow schemas were left behind");
+}

@@ -1,0 +1,52 @@
+# Helpers shared by bench/run.sh and bench/faults.sh. Every process they start
+# is remembered by its pid and ended by that pid, never by name.
+
+PG_SERVER=${BENCH_PG_SERVER:-postgres://postgres@127.0.0.1:5432}
+PSQL=(psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt)
+BIN=target/release
+STARTED=()
+
+log() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# start NAME CMD...: runs CMD in its own session, logging to $WORK/NAME.log;
+# sets STARTED_PID.
+start() {
+    local name=$1; shift
+    setsid "$@" >>"$WORK/$name.log" 2>&1 &
+    STARTED_PID=$!
+    STARTED+=("$STARTED_PID")
+}
+
+# stop PID [SIGNAL]: ends one process we started and waits for it.
+stop() {
+    kill "-${2:-TERM}" "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+cleanup() {
+    for pid in "${STARTED[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+
+# wait_for_port PORT: until something accepts connections on 127.0.0.1:PORT.
+wait_for_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "nothing listens on port $1"; return 1
+}
+
+# fresh_db NAME: drops the database if it exists; Herald creates it again.
+fresh_db() {
+    "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)"
+}
+
+# start_nats PORT DIR: a private JetStream server with its own store.
+start_nats() {
+    start "nats-$1" /usr/sbin/nats-server -js -a 127.0.0.1 -p "$1" -sd "$2"
+    NATS_PID=$STARTED_PID
+    wait_for_port "$1"
+}

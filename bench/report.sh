@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Writes bench/run.sh's results (the files in $WORK) as its section of
+# BENCHMARKS.md, replacing only that section, so the other sections of the
+# file stay as they are. Run again on a results directory to rewrite it:
+#   WORK=/tmp/herald-bench.XXXXXX bash bench/report.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The settings and wall-clock timings run.sh measured.
+source "$WORK/timings.env"
+
+j() { jq -r "$2" "$WORK/$1"; }
+num() { awk -v x="$1" "BEGIN { printf \"%.${2:-0}f\", x }"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+# verdict VALUE TARGET higher|lower UNIT: "met" or how far off.
+verdict() {
+    awk -v v="$1" -v t="$2" -v dir="$3" -v unit="$4" 'BEGIN {
+        ok = (dir == "higher") ? v >= t : v <= t
+        if (ok) { print "met"; exit }
+        if (dir == "higher") printf "missed: %.0f %% below (%.3g%s short)\n", (t - v) / t * 100, t - v, unit
+        else printf "missed: %.0f %% over (%.3g%s over)\n", (v - t) / t * 100, v - t, unit
+    }'
+}
+
+HERALD=$(j herald.json .throughput); PLAIN=$(j plain.json .throughput)
+VS_PLAIN=$(ratio "$HERALD" "$PLAIN"); VS_PG=$(ratio "$HERALD" "$PGBENCH_TPS")
+VS_PG_PCT=$(awk -v r="$VS_PG" 'BEGIN { printf "%.0f", r * 100 }')
+RSS=$(j herald.json '.rss.hwm_mb'); PLAIN_RSS=$(j plain.json '.rss.hwm_mb')
+EVENTS=$(j seed.json .events)
+REPLAY_RATE=$(awk -v n="$EVENTS" -v s="$REPLAY_S" 'BEGIN { printf "%.0f", n / s }')
+VERIFY_RATE=$(awk -v n="$EVENTS" -v s="$VERIFY_S" 'BEGIN { printf "%.0f", n / s }')
+RELAY_RATE=$(awk -v n="$EVENTS" -v s="$(j relay.json .seconds)" 'BEGIN { printf "%.0f", n / s }')
+LAG_WORST_P99=$(j lag.json '[.lag[].p99_ms] | max')
+READ_WORST_P99=$(j reads.json '[.chat_messages.p99_ms, .bookings.p99_ms] | max')
+
+lag_rows() {
+    jq -r --slurpfile f "$WORK/lag.json" -n '
+        $f[0].lag | to_entries[] |
+        "| \(.key) | \(.value.p50_ms) | \(.value.p99_ms) | \(.value.max_ms) | \(.value.count) | \($f[0].lag_failures[.key] // 0) |"' 
+}
+
+SECTION=$(cat <<MD
+<!-- bench/run.sh: begin -->
+## Commands, lag, reads, replay
+
+Measured by \`bash bench/run.sh\` (BENCH_DURATION_S=$DURATION, $CONCURRENCY clients) on
+$(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- . ':!BENCHMARKS.md' 2>/dev/null || echo ' (with uncommitted changes)').
+Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)),
+$(free -g | awk '/^Mem:/ { print $2 }') GiB memory, shared with other work while it ran
+(load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)), so the ratios, measured
+side by side in one run, say more than the absolute numbers.
+Postgres 15 and a private NATS 2.9 JetStream server on loopback; every database fresh.
+
+### Commands at $CONCURRENCY concurrent clients
+
+| line | commands/s | p50 ms | p99 ms | peak RSS MB |
+| --- | ---: | ---: | ---: | ---: |
+| pgbench \`-M prepared -c $CONCURRENCY -j 2\`, one-row insert transactions into Herald's \`events\` table | $(num "$PGBENCH_TPS") | $PGBENCH_LAT (mean) | | |
+| plain cqrs-es + postgres-es app (bench/src/plain.rs), one command per POST | $(num "$PLAIN") | $(j plain.json .latency.p50_ms) | $(j plain.json .latency.p99_ms) | $(num "$PLAIN_RSS" 1) |
+| **Herald** \`herald up\` (API, relay, projections, process manager), mixed workload | **$(num "$HERALD")** | $(j herald.json .latency.p50_ms) | $(j herald.json .latency.p99_ms) | $(num "$RSS" 1) |
+
+Herald / plain cqrs-es: **${VS_PLAIN}×**. Herald / pgbench: **${VS_PG_PCT} %**.
+Herald's mix: about 70 % chat messages, 4 % read receipts, 3 % edits, then bookings
+(requested, assigned, completed, cancelled) and payments (the sandbox provider is
+called in the request), plus provider confirmations on the side
+($(j herald.json .side_ok) of them, not counted). Answers by status: \`$(jq -c .statuses "$WORK/herald.json")\`.
+The pipeline during the run: the slowest projection was at most $(j herald.json .pipeline.max_positions_behind)
+positions behind the relay (mean $(num "$(j herald.json .pipeline.mean_positions_behind)" 1)), and
+$(num "$(j herald.json .pipeline.catch_up_s)" 2) s after the load every event was numbered, published and applied
+by every projection (0 s would mean it kept up exactly).
+RSS is the kernel's high-water mark (VmHWM) of the process over setup and run.
+
+### End-to-end lag at half load ($(j lag.json '.target_rate') commands/s aimed, $(num "$(j lag.json .throughput)") achieved)
+
+From a command's answer until the read model holds its effect: one watcher in
+\`herald-load\` looks up each answered command's log position and polls the projections'
+checkpoints (committed in the same transaction as their rows) every 2 ms.
+
+| read model | p50 ms | p99 ms | max ms | commands | not seen in 30 s |
+| --- | ---: | ---: | ---: | ---: | ---: |
+$(lag_rows)
+
+### Reads at $READ_RATE requests/s (on an otherwise idle Herald)
+
+| endpoint | p50 ms | p99 ms | max ms | reads |
+| --- | ---: | ---: | ---: | ---: |
+| GET /api/v1/chats/{id}/messages?limit=50 | $(j reads.json .chat_messages.p50_ms) | $(j reads.json .chat_messages.p99_ms) | $(j reads.json .chat_messages.max_ms) | $(j reads.json .chat_messages.count) |
+| GET /api/v1/bookings?limit=50 | $(j reads.json .bookings.p50_ms) | $(j reads.json .bookings.p99_ms) | $(j reads.json .bookings.max_ms) | $(j reads.json .bookings.count) |
+
+### Replay and audit over $EVENTS events
+
+The log (90 % chat traffic in chats of 100 events, 10 % bookings of 3) was written by
+\`herald-load seed\` with \`INSERT … SELECT generate_series\` in $(num "$(j seed.json .seconds)" 1) s, then numbered,
+hashed and published by \`herald relay\` at $RELAY_RATE events/s. No projection worker ran, so
+before \`herald replay\` (which rebuilds up to each live checkpoint) the checkpoints were set to
+the head, as if the live read models had gone stale there; replay then rebuilt all four from
+position 1 and swapped them in.
+
+| what | seconds | events/s |
+| --- | ---: | ---: |
+| \`herald replay\` of all four read models, one after another | $(num "$REPLAY_S" 1) | $REPLAY_RATE |
+$(sed -n 's/^\([a-z]*\): \([0-9]*\) entries in \([0-9.]*\)s (\([0-9]*\) events\/s).*/| \&nbsp; \1 alone | \3 | \4 |/p' "$WORK/replay.txt")
+| \`herald audit verify\` (both hash chains) | $(num "$VERIFY_S" 1) | $VERIFY_RATE |
+
+### Against the targets
+
+| target | measured | |
+| --- | --- | --- |
+| commands ≥ 2× plain cqrs-es | ${VS_PLAIN}× | $(verdict "$VS_PLAIN" 2 higher ×) |
+| commands ≥ 30 % of pgbench | ${VS_PG_PCT} % | $(verdict "$VS_PG_PCT" 30 higher ' points') |
+| e2e lag p99 ≤ 50 ms at half load (worst read model) | $LAG_WORST_P99 ms | $(verdict "$LAG_WORST_P99" 50 lower ' ms') |
+| replay ≥ 100 000 events/s | $REPLAY_RATE | $(verdict "$REPLAY_RATE" 100000 higher ' events/s') |
+| audit verify ≥ 200 000 events/s | $VERIFY_RATE | $(verdict "$VERIFY_RATE" 200000 higher ' events/s') |
+| read p99 ≤ 10 ms | $READ_WORST_P99 ms | $(verdict "$READ_WORST_P99" 10 lower ' ms') |
+| Herald RSS ≤ 150 MB under load | $(num "$RSS" 1) MB | $(verdict "$RSS" 150 lower ' MB') |
+<!-- bench/run.sh: end -->
+MD
+)
+
+# Replace our section, keep every other one (the faults' and anyone else's).
+FILE=BENCHMARKS.md
+[ -f "$FILE" ] || printf '# Benchmarks\n\n' >"$FILE"
+SECTION="$SECTION" python3 - "$FILE" <<'PY'
+import os, re, sys
+path = sys.argv[1]
+text = open(path, encoding="utf-8").read()
+section = os.environ["SECTION"].strip() + "\n"
+pattern = re.compile(r"<!-- bench/run\.sh: begin -->.*?<!-- bench/run\.sh: end -->\n?", re.S)
+if pattern.search(text):
+    text = pattern.sub(lambda _: section, text, count=1)
+else:
+    lines = text.split("\n", 1)
+    head, rest = (lines[0] + "\n", lines[1] if len(lines) > 1 else "") if text.startswith("# ") else ("", text)
+    text = head + "\n" + section + "\n" + rest.lstrip("\n")
+open(path, "w", encoding="utf-8").write(text)
+PY
+echo "wrote $FILE" >&2

@@ -1,0 +1,376 @@
+//! `herald-load`: drives Herald (or the plain cqrs-es app) over HTTP and
+//! prints what it measured as JSON; also the fault suite's Postgres proxy,
+//! its checker, and the generator of the replay benchmark's log.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use api::auth::JwtKeys;
+use bench::driver::{self, RunConfig};
+use bench::stats::{self, Percentiles};
+use clap::{Parser, Subcommand, ValueEnum};
+use herald_nats::Topology;
+use secrecy::SecretString;
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// Load generator and checks for Herald's benchmarks and fault suite.
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send commands and report throughput, latency, lag and memory.
+    Commands(CommandArgs),
+    /// Read chat messages and bookings at a fixed rate and report latency.
+    Reads(ReadArgs),
+    /// Forward TCP connections (to Postgres); kill it to cut them all.
+    Proxy {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Address to forward to.
+        #[arg(long, default_value = "127.0.0.1:5432")]
+        upstream: String,
+    },
+    /// Fill an empty, migrated Herald database with a log of chats and bookings.
+    Seed {
+        /// The database.
+        #[arg(long, env = "HERALD_DATABASE_URL")]
+        database_url: String,
+        /// How many events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: i64,
+    },
+    /// Wait until every committed event is numbered, published and applied;
+    /// prints how long that took.
+    CatchUp {
+        /// The database.
+        #[arg(long, env = "HERALD_DATABASE_URL")]
+        database_url: String,
+        /// Longest wait, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+        /// Only wait for the relay to number every event.
+        #[arg(long)]
+        sequenced_only: bool,
+    },
+    /// After a fault run: check the log, the stream and the read models.
+    CheckFaults {
+        /// The database.
+        #[arg(long, env = "HERALD_DATABASE_URL")]
+        database_url: String,
+        /// NATS.
+        #[arg(long, env = "HERALD_NATS_URL")]
+        nats_url: String,
+        /// The deployment's prefix.
+        #[arg(long, env = "HERALD_NATS_PREFIX")]
+        nats_prefix: String,
+        /// The file `commands --record` wrote.
+        #[arg(long)]
+        record: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Target {
+    /// Herald's mixed workload.
+    Herald,
+    /// The plain cqrs-es app's accounts.
+    Plain,
+}
+
+#[derive(Debug, clap::Args)]
+struct CommandArgs {
+    /// Which app is being driven.
+    #[arg(long, value_enum, default_value = "herald")]
+    target: Target,
+    /// Its base URL.
+    #[arg(long)]
+    url: String,
+    /// Clients sending at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Requests per second to aim at; as fast as possible when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Time each command's effect in its read models (needs --database-url).
+    #[arg(long, requires = "database_url")]
+    lag: bool,
+    /// Record every accepted command to this file (see `RunConfig::record`).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// The server's pid, to sample its memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Herald's database, to follow the pipeline during the run and time its
+    /// catch-up afterwards.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The secret Herald checks tokens with.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReadArgs {
+    /// Herald's base URL.
+    #[arg(long)]
+    url: String,
+    /// Reads per second, half of each kind.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Seconds to read.
+    #[arg(long, default_value_t = 20)]
+    duration_s: u64,
+    /// The secret Herald checks tokens with.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Commands(args) => commands(args).await,
+        Command::Reads(args) => reads(args).await,
+        Command::Proxy { listen, upstream } => Ok(bench::proxy::run(&listen, &upstream).await?),
+        Command::Seed {
+            database_url,
+            events,
+        } => {
+            let pool = PgPool::connect(&database_url).await?;
+            let started = Instant::now();
+            let inserted = bench::seed::seed(&pool, events).await?;
+            print_json(&serde_json::json!({
+                "events": inserted,
+                "seconds": started.elapsed().as_secs_f64(),
+            }))
+        }
+        Command::CatchUp {
+            database_url,
+            timeout_s,
+            sequenced_only,
+        } => {
+            let pool = PgPool::connect(&database_url).await?;
+            let limit = Duration::from_secs(timeout_s);
+            let waited = if sequenced_only {
+                wait_sequenced(&pool, limit).await?
+            } else {
+                bench::check::wait_caught_up(&pool, limit).await?
+            };
+            print_json(&serde_json::json!({ "seconds": waited.as_secs_f64() }))
+        }
+        Command::CheckFaults {
+            database_url,
+            nats_url,
+            nats_prefix,
+            record,
+        } => {
+            let pool = PgPool::connect(&database_url).await?;
+            let caught_up = bench::check::wait_caught_up(&pool, Duration::from_secs(300)).await?;
+            eprintln!(
+                "the pipeline caught up {:.1}s after the load",
+                caught_up.as_secs_f64()
+            );
+            let report =
+                bench::check::faults(&pool, &nats_url, &Topology::new(nats_prefix), &record)
+                    .await?;
+            print_json(&report)?;
+            anyhow::ensure!(
+                report.passed(),
+                "the fault suite found a loss, a double or a difference"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+fn keys(secret: Option<String>) -> anyhow::Result<JwtKeys> {
+    let secret = secret.context("HERALD_JWT_SECRET is needed to mint tokens")?;
+    JwtKeys::new(&SecretString::from(secret)).map_err(|err| anyhow::anyhow!("{err}"))
+}
+
+/// The pipeline during and after a command run.
+#[derive(Debug, Serialize)]
+struct PipelineReport {
+    /// Most positions the slowest projection was behind the relay, sampled
+    /// every 100 ms.
+    max_positions_behind: i64,
+    /// Mean of those samples.
+    mean_positions_behind: f64,
+    /// Seconds from the end of the load until every committed event was
+    /// numbered, published and applied by every projection.
+    catch_up_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct CommandsOutput {
+    #[serde(flatten)]
+    report: driver::CommandReport,
+    pipeline: Option<PipelineReport>,
+}
+
+async fn commands(args: CommandArgs) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let pool = match &args.database_url {
+        Some(url) => Some(PgPool::connect(url).await?),
+        None => None,
+    };
+    let config = RunConfig {
+        duration: Duration::from_secs(args.duration_s),
+        rate: args.rate,
+        lag: pool.clone().filter(|_| args.lag),
+        record: args.record.clone(),
+        pid: args.pid,
+    };
+    let follower = pool.clone().map(|pool| {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        (stop, tokio::spawn(follow(pool, stopped)))
+    });
+    let report = match args.target {
+        Target::Herald => {
+            let keys = keys(args.jwt_secret)?;
+            let workers =
+                bench::herald_mix::setup(&client, &args.url, &keys, args.concurrency).await?;
+            driver::run(&client, workers, &config).await?
+        }
+        Target::Plain => {
+            let workers = (0..args.concurrency)
+                .map(|index| bench::plain_mix::PlainWorker::new(&args.url, index))
+                .collect();
+            driver::run(&client, workers, &config).await?
+        }
+    };
+    let pipeline = match (pool, follower) {
+        (Some(pool), Some((stop, follower))) => {
+            let _ = stop.send(());
+            let samples = follower.await.unwrap_or_default();
+            let catch_up = bench::check::wait_caught_up(&pool, Duration::from_secs(300)).await?;
+            Some(PipelineReport {
+                max_positions_behind: samples.iter().copied().max().unwrap_or(0),
+                mean_positions_behind: samples.iter().sum::<i64>() as f64
+                    / samples.len().max(1) as f64,
+                catch_up_s: catch_up.as_secs_f64(),
+            })
+        }
+        _ => None,
+    };
+    print_json(&CommandsOutput { report, pipeline })
+}
+
+/// Samples how far the slowest projection is behind the relay until told to stop.
+async fn follow(pool: PgPool, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<i64> {
+    let mut samples = Vec::new();
+    loop {
+        if let Ok(now) = bench::check::progress(&pool).await {
+            samples.push(now.sequenced - now.applied);
+        }
+        tokio::select! {
+            _ = &mut stop => return samples,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Waits until the relay has numbered every committed event.
+async fn wait_sequenced(pool: &PgPool, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let now = bench::check::progress(pool).await?;
+        if now.sequenced == now.committed {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "the relay did not catch up: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ReadsOutput {
+    rate: f64,
+    elapsed_s: f64,
+    chat_messages: Percentiles,
+    bookings: Percentiles,
+    failures: u64,
+}
+
+/// Reads at a fixed rate: each read is sent at its scheduled time on its own
+/// task, so a slow answer does not delay the next read, and timed from then.
+async fn reads(args: ReadArgs) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let keys = keys(Some(args.jwt_secret))?;
+    let fixture = bench::herald_mix::read_fixture(&client, &args.url, &keys, 200, 60).await?;
+    let period = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_s);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut index = 0u64;
+    while Instant::now() < deadline {
+        ticker.tick().await;
+        let (kind, url) = if index.is_multiple_of(2) {
+            (0, fixture.messages_url.clone())
+        } else {
+            (1, fixture.bookings_url.clone())
+        };
+        index += 1;
+        let (client, token) = (client.clone(), fixture.token.clone());
+        tasks.spawn(async move {
+            let scheduled = Instant::now();
+            let ok = client
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success());
+            let body = match ok {
+                Some(response) => response.bytes().await.is_ok(),
+                None => false,
+            };
+            (kind, body, scheduled.elapsed())
+        });
+    }
+    let (mut messages, mut bookings) = (stats::histogram(), stats::histogram());
+    let mut failures = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (kind, ok, elapsed) = done?;
+        if !ok {
+            failures += 1;
+        } else if kind == 0 {
+            stats::record(&mut messages, elapsed);
+        } else {
+            stats::record(&mut bookings, elapsed);
+        }
+    }
+    print_json(&ReadsOutput {
+        rate: args.rate,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        chat_messages: Percentiles::of(&messages),
+        bookings: Percentiles::of(&bookings),
+        failures,
+    })
+}

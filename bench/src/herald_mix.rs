@@ -1,0 +1,377 @@
+//! Herald's workload: what a care-at-home platform's clients send. Most
+//! commands are chat messages between a patient and their doctor; then come
+//! read receipts and edits, bookings through their lifecycle, and payments,
+//! some of which the patient confirms on the provider's page.
+//!
+//! Each client plays one patient and one doctor with a chat of their own, so
+//! clients do not queue behind each other on one aggregate, as the users of
+//! a real platform mostly do not.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use anyhow::Context;
+use api::auth::JwtKeys;
+use domain::values::{Actor, Role};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::{Client, Method};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::driver::{self, Kind, Reply, Request, Worker};
+
+/// How long the minted tokens live: longer than any run.
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Most bookings a client remembers in each state; older ones are forgotten.
+const REMEMBERED: usize = 64;
+
+/// What a command was, to learn from its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Message { by_patient: bool },
+    ReadUpTo,
+    Edit,
+    Book,
+    Assign(Uuid),
+    Complete(Uuid),
+    Cancel(Uuid),
+    Pay(Uuid),
+    Confirm,
+}
+
+/// One client's patient, doctor, chat and bookings.
+pub struct HeraldWorker {
+    api: String,
+    patient: Actor,
+    patient_token: String,
+    doctor: Actor,
+    doctor_token: String,
+    admin_token: String,
+    chat: Uuid,
+    last_seq: u64,
+    /// The doctor's read marker: a read receipt at or below it stores
+    /// nothing, and every command of the load must store an event.
+    doctor_read: u64,
+    last_patient_message: Option<Uuid>,
+    pending: VecDeque<Uuid>,
+    assigned: VecDeque<Uuid>,
+    payable: VecDeque<Uuid>,
+    confirmations: VecDeque<String>,
+    last: Option<Op>,
+    rng: StdRng,
+}
+
+/// Mints tokens and creates one patient, doctor and chat per client.
+pub async fn setup(
+    client: &Client,
+    base: &str,
+    keys: &JwtKeys,
+    clients: usize,
+) -> anyhow::Result<Vec<HeraldWorker>> {
+    let api = format!("{}/api/v1", base.trim_end_matches('/'));
+    let admin = Actor::new(Uuid::new_v4(), Role::Admin);
+    let admin_token = keys.mint(admin, TOKEN_TTL);
+    let mut workers = Vec::with_capacity(clients);
+    for index in 0..clients {
+        let patient = Actor::new(Uuid::new_v4(), Role::Patient);
+        let doctor = Actor::new(Uuid::new_v4(), Role::Doctor);
+        let patient_token = keys.mint(patient, TOKEN_TTL);
+        let request = Request {
+            method: Method::POST,
+            url: format!("{api}/chats"),
+            token: Some(patient_token.clone()),
+            body: Some(json!({
+                "kind": "group",
+                "title": "Care team",
+                "members": [doctor.user_id],
+            })),
+            kind: Kind::Command,
+        };
+        let reply = driver::send(client, &request, None)
+            .await
+            .context("Herald did not answer while creating a chat")?;
+        anyhow::ensure!(
+            reply.status.is_success(),
+            "creating a chat answered {}: {}",
+            reply.status,
+            reply.body
+        );
+        let chat = reply.body["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .context("a chat's answer carries no id")?;
+        workers.push(HeraldWorker {
+            api: api.clone(),
+            patient,
+            patient_token,
+            doctor,
+            doctor_token: keys.mint(doctor, TOKEN_TTL),
+            admin_token: admin_token.clone(),
+            chat,
+            last_seq: 0,
+            doctor_read: 0,
+            last_patient_message: None,
+            pending: VecDeque::new(),
+            assigned: VecDeque::new(),
+            payable: VecDeque::new(),
+            confirmations: VecDeque::new(),
+            last: None,
+            rng: StdRng::seed_from_u64(index as u64),
+        });
+    }
+    Ok(workers)
+}
+
+fn remember(queue: &mut VecDeque<Uuid>, id: Uuid) {
+    if queue.len() >= REMEMBERED {
+        queue.pop_front();
+    }
+    queue.push_back(id);
+}
+
+impl HeraldWorker {
+    fn command(
+        &self,
+        method: Method,
+        path: String,
+        token: &str,
+        body: serde_json::Value,
+    ) -> Request {
+        Request {
+            method,
+            url: format!("{}{path}", self.api),
+            token: Some(token.to_owned()),
+            body: Some(body),
+            kind: Kind::Command,
+        }
+    }
+
+    /// The weighted choice of the next command, falling back to a chat
+    /// message or a new booking when the chosen one has nothing to act on.
+    fn choose(&mut self) -> Op {
+        let roll = self.rng.gen_range(0..100);
+        let by_patient = self.rng.gen_bool(0.5);
+        match roll {
+            0..=67 => Op::Message { by_patient },
+            68..=71 if self.last_seq > self.doctor_read => Op::ReadUpTo,
+            72..=74 if self.last_patient_message.is_some() => Op::Edit,
+            75..=83 => Op::Book,
+            84..=88 => match self.pending.pop_front() {
+                Some(booking) => Op::Assign(booking),
+                None => Op::Book,
+            },
+            89..=91 => match self.assigned.pop_front() {
+                Some(booking) => Op::Complete(booking),
+                None => Op::Book,
+            },
+            92 => match self.pending.pop_back() {
+                Some(booking) => {
+                    self.payable.retain(|b| *b != booking);
+                    Op::Cancel(booking)
+                }
+                None => Op::Book,
+            },
+            93..=97 => match self.payable.pop_front() {
+                Some(booking) => Op::Pay(booking),
+                None => Op::Book,
+            },
+            98..=99 if !self.confirmations.is_empty() => Op::Confirm,
+            _ => Op::Message { by_patient },
+        }
+    }
+
+    fn request(&mut self, op: Op) -> Request {
+        let chat = self.chat;
+        match op {
+            Op::Message { by_patient } => {
+                let token = if by_patient {
+                    &self.patient_token
+                } else {
+                    &self.doctor_token
+                };
+                let body = json!({ "body": format!("How are you feeling today? Note {}.", self.last_seq + 1) });
+                self.command(
+                    Method::POST,
+                    format!("/chats/{chat}/messages"),
+                    &token.clone(),
+                    body,
+                )
+            }
+            Op::ReadUpTo => self.command(
+                Method::POST,
+                format!("/chats/{chat}/read"),
+                &self.doctor_token.clone(),
+                json!({ "up_to_seq": self.last_seq }),
+            ),
+            Op::Edit => {
+                let message = self.last_patient_message.unwrap_or_default();
+                // A new text every time: an edit to the same text may store nothing.
+                let variant: u32 = self.rng.gen();
+                self.command(
+                    Method::PATCH,
+                    format!("/chats/{chat}/messages/{message}"),
+                    &self.patient_token.clone(),
+                    json!({ "body": format!("Sorry, I meant tomorrow morning ({variant}).") }),
+                )
+            }
+            Op::Book => self.command(
+                Method::POST,
+                "/bookings".to_owned(),
+                &self.patient_token.clone(),
+                json!({
+                    "call_type": "urgent",
+                    "address": "Tverskaya 1, Moscow",
+                    "amount_minor": 150_000,
+                }),
+            ),
+            Op::Assign(booking) => self.command(
+                Method::POST,
+                format!("/bookings/{booking}/assign"),
+                &self.admin_token.clone(),
+                json!({ "doctor_id": self.doctor.user_id }),
+            ),
+            Op::Complete(booking) => self.command(
+                Method::POST,
+                format!("/bookings/{booking}/complete"),
+                &self.doctor_token.clone(),
+                json!({}),
+            ),
+            Op::Cancel(booking) => self.command(
+                Method::POST,
+                format!("/bookings/{booking}/cancel"),
+                &self.patient_token.clone(),
+                json!({ "reason": "feeling better" }),
+            ),
+            Op::Pay(booking) => self.command(
+                Method::POST,
+                "/payments".to_owned(),
+                &self.patient_token.clone(),
+                json!({ "booking_id": booking, "method": "sbp" }),
+            ),
+            Op::Confirm => Request {
+                method: Method::POST,
+                url: format!(
+                    "{}/succeed",
+                    self.confirmations.pop_front().unwrap_or_default()
+                ),
+                token: None,
+                body: None,
+                kind: Kind::Side,
+            },
+        }
+    }
+}
+
+impl Worker for HeraldWorker {
+    fn next(&mut self) -> Request {
+        let op = self.choose();
+        self.last = Some(op);
+        self.request(op)
+    }
+
+    fn answered(&mut self, _request: &Request, reply: &Reply) -> &'static [&'static str] {
+        const CHATS: &[&str] = &["chats"];
+        const BOOKINGS: &[&str] = &["bookings", "summary"];
+        const PAYMENTS: &[&str] = &["payments", "bookings", "summary"];
+        let Some(op) = self.last.take() else {
+            return &[];
+        };
+        if !reply.status.is_success() {
+            return &[];
+        }
+        let id: Option<Uuid> = reply.body["id"].as_str().and_then(|id| id.parse().ok());
+        match op {
+            Op::Message { by_patient } => {
+                if let Some(seq) = reply.body["seq"].as_u64() {
+                    self.last_seq = self.last_seq.max(seq);
+                }
+                if by_patient {
+                    self.last_patient_message = id.or(self.last_patient_message);
+                }
+                CHATS
+            }
+            Op::ReadUpTo => {
+                self.doctor_read = self.doctor_read.max(self.last_seq);
+                CHATS
+            }
+            Op::Edit => CHATS,
+            Op::Book => {
+                if let Some(booking) = id {
+                    remember(&mut self.pending, booking);
+                    remember(&mut self.payable, booking);
+                }
+                BOOKINGS
+            }
+            Op::Assign(booking) => {
+                remember(&mut self.assigned, booking);
+                BOOKINGS
+            }
+            Op::Complete(_) | Op::Cancel(_) => BOOKINGS,
+            Op::Pay(_) => {
+                if let Some(url) = reply.body["confirmation_url"].as_str() {
+                    if self.confirmations.len() < REMEMBERED {
+                        self.confirmations.push_back(url.to_owned());
+                    }
+                }
+                PAYMENTS
+            }
+            Op::Confirm => &[],
+        }
+    }
+}
+
+/// A patient with a chat of `messages` messages and `bookings` bookings, for
+/// timing reads of the chat's messages and the patient's bookings.
+pub struct ReadFixture {
+    /// `GET …/chats/{id}/messages`.
+    pub messages_url: String,
+    /// `GET …/bookings`.
+    pub bookings_url: String,
+    /// The patient's token.
+    pub token: String,
+}
+
+/// Creates the data the read benchmark reads.
+pub async fn read_fixture(
+    client: &Client,
+    base: &str,
+    keys: &JwtKeys,
+    messages: usize,
+    bookings: usize,
+) -> anyhow::Result<ReadFixture> {
+    let mut worker = setup(client, base, keys, 1)
+        .await?
+        .pop()
+        .context("setup made no client")?;
+    let mut plan: Vec<Op> = (0..messages)
+        .map(|i| Op::Message {
+            by_patient: i.is_multiple_of(2),
+        })
+        .collect();
+    plan.extend((0..bookings).map(|_| Op::Book));
+    for op in plan {
+        let request = worker.request(op);
+        let reply = driver::send(client, &request, None)
+            .await
+            .context("Herald did not answer while preparing reads")?;
+        anyhow::ensure!(
+            reply.status.is_success(),
+            "preparing reads answered {}: {}",
+            reply.status,
+            reply.body
+        );
+    }
+    Ok(ReadFixture {
+        messages_url: format!("{}/chats/{}/messages?limit=50", worker.api, worker.chat),
+        bookings_url: format!("{}/bookings?limit=50", worker.api),
+        token: worker.patient_token,
+    })
+}
+
+impl HeraldWorker {
+    /// The patient this client plays.
+    pub fn patient(&self) -> Actor {
+        self.patient
+    }
+}

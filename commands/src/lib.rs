@@ -1,0 +1,30 @@
+//! Herald's write side.
+//!
+//! Commands are decided by the pure aggregates of [`domain`] and their events are
+//! committed to the Postgres event store (cqrs-es + postgres-es) together with the
+//! metadata every event carries: who acted, in which role, and which request or
+//! event caused it. Version conflicts are retried here, idempotency keys are
+//! honoured here, and store failures are told apart from rejected commands.
+//!
+//! The payment gateway port and the booking ⇄ payment process manager live here
+//! too: both turn outside facts and events into commands.
+
+mod error;
+mod executor;
+mod facts;
+pub mod gateway;
+mod idempotency;
+mod metadata;
+pub mod process_manager;
+mod token;
+
+pub use error::CommandError;
+pub use executor::{Committed, WriteSide};
+pub use idempotency::{request_hash, IdempotencyKey};
+pub use metadata::Metadata;
+pub use process_manager::PaymentProcess;
+pub use token::ConsistencyToken;
+
+/// Migrations of the whole schema: the event store, idempotency keys, checkpoints
+/// and every read model. Applied by `herald up` and `herald migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -1,0 +1,1143 @@
+//! Conversations between patients, doctors and staff.
+//!
+//! A chat is one aggregate that orders its own messages with a contiguous
+//! sequence number, so clients can detect gaps and read markers are a single
+//! integer per member.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{DomainError, Permission, ValidationError};
+use crate::values::{Actor, ChatKind, ChatTitle, MessageBody, Role};
+
+/// Most people a group chat may hold, to bound fan-out of every message.
+pub const MAX_GROUP_MEMBERS: usize = 256;
+
+/// What someone asks a chat to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatCommand {
+    /// Open a new chat; the creator joins it unless Herald itself creates it.
+    Create {
+        /// Who asks.
+        actor: Actor,
+        /// Caller-chosen id, so retries are detectable.
+        chat_id: Uuid,
+        /// Direct or group.
+        kind: ChatKind,
+        /// Optional display name.
+        title: Option<ChatTitle>,
+        /// Other people to include besides the creator.
+        members: Vec<Uuid>,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+    /// Bring someone into a group chat.
+    AddMember {
+        /// Who asks.
+        actor: Actor,
+        /// Who joins.
+        user_id: Uuid,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+    /// Take someone out of a group chat (or leave it).
+    RemoveMember {
+        /// Who asks.
+        actor: Actor,
+        /// Who leaves.
+        user_id: Uuid,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+    /// Post a new message.
+    SendMessage {
+        /// Who asks; becomes the author.
+        actor: Actor,
+        /// Caller-chosen id, so retries are detectable.
+        message_id: Uuid,
+        /// The text.
+        body: MessageBody,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+    /// Replace the text of one's own message.
+    EditMessage {
+        /// Who asks.
+        actor: Actor,
+        /// The message to change.
+        message_id: Uuid,
+        /// The new text.
+        body: MessageBody,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+    /// Retract a message.
+    DeleteMessage {
+        /// Who asks.
+        actor: Actor,
+        /// The message to retract.
+        message_id: Uuid,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+    /// Record that the actor has read everything up to a sequence number.
+    MarkRead {
+        /// Who asks; the marker is theirs.
+        actor: Actor,
+        /// Highest sequence number read.
+        up_to_seq: u64,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+}
+
+/// What happened in a chat, as stored and published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChatEvent {
+    /// The chat was opened.
+    ChatCreated {
+        /// The chat's id.
+        chat_id: Uuid,
+        /// Direct or group.
+        kind: ChatKind,
+        /// Optional display name.
+        title: Option<ChatTitle>,
+        /// Initial members, creator first.
+        members: Vec<Uuid>,
+        /// Who opened it.
+        created_by: Uuid,
+        /// When.
+        created_at: DateTime<Utc>,
+    },
+    /// Someone joined a group chat.
+    MemberAdded {
+        /// Who joined.
+        user_id: Uuid,
+        /// Who added them.
+        added_by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Someone left or was removed from a group chat.
+    MemberRemoved {
+        /// Who left.
+        user_id: Uuid,
+        /// Who removed them (themself when leaving).
+        removed_by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A message was posted.
+    MessageSent {
+        /// The message's id.
+        message_id: Uuid,
+        /// Its position in the chat, starting at 1 with no gaps.
+        seq: u64,
+        /// Who wrote it.
+        author: Uuid,
+        /// The text, verbatim.
+        body: MessageBody,
+        /// When.
+        sent_at: DateTime<Utc>,
+    },
+    /// A message's text was replaced.
+    MessageEdited {
+        /// The message's id.
+        message_id: Uuid,
+        /// Its position, so readers need not look it up.
+        seq: u64,
+        /// The new text.
+        body: MessageBody,
+        /// Who edited it.
+        edited_by: Uuid,
+        /// When.
+        edited_at: DateTime<Utc>,
+    },
+    /// A message was retracted.
+    MessageDeleted {
+        /// The message's id.
+        message_id: Uuid,
+        /// Its position, so readers need not look it up.
+        seq: u64,
+        /// Who deleted it.
+        deleted_by: Uuid,
+        /// When.
+        deleted_at: DateTime<Utc>,
+    },
+    /// A member's read marker moved forward.
+    ReadUpTo {
+        /// Whose marker.
+        user_id: Uuid,
+        /// Highest sequence number read.
+        up_to_seq: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for ChatEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::ChatCreated { .. } => "ChatCreated",
+            Self::MemberAdded { .. } => "MemberAdded",
+            Self::MemberRemoved { .. } => "MemberRemoved",
+            Self::MessageSent { .. } => "MessageSent",
+            Self::MessageEdited { .. } => "MessageEdited",
+            Self::MessageDeleted { .. } => "MessageDeleted",
+            Self::ReadUpTo { .. } => "ReadUpTo",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// The little the chat must remember about each message to decide on edits
+/// and deletions; short field names keep snapshots of long chats small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct MessageInfo {
+    #[serde(rename = "a")]
+    author: Uuid,
+    #[serde(rename = "s")]
+    seq: u64,
+    #[serde(rename = "d", default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+}
+
+/// A conversation's decision state: membership, message ownership and read
+/// markers, but no message text, since decisions never need it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chat {
+    kind: Option<ChatKind>,
+    title: Option<ChatTitle>,
+    members: Vec<Uuid>,
+    last_seq: u64,
+    messages: HashMap<Uuid, MessageInfo>,
+    read: HashMap<Uuid, u64>,
+}
+
+impl Chat {
+    /// Whether the chat has been created.
+    pub fn exists(&self) -> bool {
+        self.kind.is_some()
+    }
+
+    /// Direct or group, once created.
+    pub fn kind(&self) -> Option<ChatKind> {
+        self.kind
+    }
+
+    /// The display name, if one was given.
+    pub fn title(&self) -> Option<&ChatTitle> {
+        self.title.as_ref()
+    }
+
+    /// Current members in the order they joined.
+    pub fn members(&self) -> &[Uuid] {
+        &self.members
+    }
+
+    /// Whether the user currently belongs to the chat.
+    pub fn is_member(&self, user_id: Uuid) -> bool {
+        self.members.contains(&user_id)
+    }
+
+    /// Sequence number of the latest message, 0 when there is none.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The member's read marker, 0 when they have read nothing.
+    pub fn read_up_to(&self, user_id: Uuid) -> u64 {
+        self.read.get(&user_id).copied().unwrap_or(0)
+    }
+
+    /// Decides what a command means for this chat without changing it, so the
+    /// rules can be exercised without any infrastructure.
+    pub fn decide(&self, command: ChatCommand) -> Result<Vec<ChatEvent>, DomainError> {
+        if let ChatCommand::Create {
+            actor,
+            chat_id,
+            kind,
+            title,
+            members,
+            at,
+        } = command
+        {
+            return self.create(actor, chat_id, kind, title, members, at);
+        }
+        let kind = self.kind.ok_or(DomainError::ChatNotFound)?;
+        match command {
+            ChatCommand::Create { .. } => Err(DomainError::ChatAlreadyExists),
+            ChatCommand::AddMember { actor, user_id, at } => {
+                if kind == ChatKind::Direct {
+                    return Err(DomainError::DirectChatMembersAreFixed);
+                }
+                if !actor.is_admin() && !self.is_member(actor.user_id) {
+                    return Err(Permission::OnlyMembersMayAddMembers.into());
+                }
+                if self.is_member(user_id) {
+                    return Err(DomainError::AlreadyAMember);
+                }
+                if self.members.len() >= MAX_GROUP_MEMBERS {
+                    return Err(ValidationError::new(
+                        "user_id",
+                        format!("the chat already has the maximum of {MAX_GROUP_MEMBERS} members"),
+                    )
+                    .into());
+                }
+                Ok(vec![ChatEvent::MemberAdded {
+                    user_id,
+                    added_by: actor.user_id,
+                    at,
+                }])
+            }
+            ChatCommand::RemoveMember { actor, user_id, at } => {
+                if !actor.is_admin() && actor.user_id != user_id {
+                    return Err(Permission::OnlyTheMemberOrAnAdminMayRemove.into());
+                }
+                if kind == ChatKind::Direct {
+                    return Err(DomainError::DirectChatMembersAreFixed);
+                }
+                if !self.is_member(user_id) {
+                    return Err(DomainError::NotAMember);
+                }
+                Ok(vec![ChatEvent::MemberRemoved {
+                    user_id,
+                    removed_by: actor.user_id,
+                    at,
+                }])
+            }
+            ChatCommand::SendMessage {
+                actor,
+                message_id,
+                body,
+                at,
+            } => {
+                if !self.is_member(actor.user_id) {
+                    return Err(Permission::OnlyMembersMaySendMessages.into());
+                }
+                if self.messages.contains_key(&message_id) {
+                    return Err(DomainError::MessageAlreadyExists);
+                }
+                Ok(vec![ChatEvent::MessageSent {
+                    message_id,
+                    seq: self.last_seq + 1,
+                    author: actor.user_id,
+                    body,
+                    sent_at: at,
+                }])
+            }
+            ChatCommand::EditMessage {
+                actor,
+                message_id,
+                body,
+                at,
+            } => {
+                let message = self.message(message_id)?;
+                if message.author != actor.user_id {
+                    return Err(Permission::OnlyTheAuthorMayEdit.into());
+                }
+                if !self.is_member(actor.user_id) {
+                    return Err(Permission::OnlyMembersMayEdit.into());
+                }
+                if message.deleted {
+                    return Err(DomainError::MessageAlreadyDeleted);
+                }
+                Ok(vec![ChatEvent::MessageEdited {
+                    message_id,
+                    seq: message.seq,
+                    body,
+                    edited_by: actor.user_id,
+                    edited_at: at,
+                }])
+            }
+            ChatCommand::DeleteMessage {
+                actor,
+                message_id,
+                at,
+            } => {
+                let message = self.message(message_id)?;
+                if message.author != actor.user_id && !actor.is_admin() {
+                    return Err(Permission::OnlyTheAuthorOrAnAdminMayDelete.into());
+                }
+                if message.deleted {
+                    return Err(DomainError::MessageAlreadyDeleted);
+                }
+                Ok(vec![ChatEvent::MessageDeleted {
+                    message_id,
+                    seq: message.seq,
+                    deleted_by: actor.user_id,
+                    deleted_at: at,
+                }])
+            }
+            ChatCommand::MarkRead {
+                actor,
+                up_to_seq,
+                at,
+            } => {
+                if !self.is_member(actor.user_id) {
+                    return Err(Permission::OnlyMembersMayMarkRead.into());
+                }
+                if up_to_seq > self.last_seq {
+                    return Err(ValidationError::new(
+                        "up_to_seq",
+                        "must not be beyond the latest message",
+                    )
+                    .into());
+                }
+                if up_to_seq <= self.read_up_to(actor.user_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![ChatEvent::ReadUpTo {
+                    user_id: actor.user_id,
+                    up_to_seq,
+                    at,
+                }])
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        actor: Actor,
+        chat_id: Uuid,
+        kind: ChatKind,
+        title: Option<ChatTitle>,
+        requested: Vec<Uuid>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ChatEvent>, DomainError> {
+        if self.exists() {
+            return Err(DomainError::ChatAlreadyExists);
+        }
+        if actor.role == Role::Auditor {
+            return Err(Permission::AuditorsCannotCreateChats.into());
+        }
+        // Herald's own actor is not a person, so it never joins the chats it
+        // opens on people's behalf.
+        let creator = (actor.role != Role::System).then_some(actor.user_id);
+        let mut members: Vec<Uuid> = Vec::with_capacity(requested.len() + 1);
+        for user_id in creator.into_iter().chain(requested) {
+            if !members.contains(&user_id) {
+                members.push(user_id);
+            }
+        }
+        match kind {
+            ChatKind::Direct if members.len() != 2 => {
+                return Err(ValidationError::new(
+                    "members",
+                    "a direct chat must have exactly two distinct members",
+                )
+                .into());
+            }
+            ChatKind::Group if members.is_empty() || members.len() > MAX_GROUP_MEMBERS => {
+                return Err(ValidationError::new(
+                    "members",
+                    format!("a group chat must have between 1 and {MAX_GROUP_MEMBERS} members"),
+                )
+                .into());
+            }
+            _ => {}
+        }
+        Ok(vec![ChatEvent::ChatCreated {
+            chat_id,
+            kind,
+            title,
+            members,
+            created_by: actor.user_id,
+            created_at: at,
+        }])
+    }
+
+    fn message(&self, message_id: Uuid) -> Result<MessageInfo, DomainError> {
+        self.messages
+            .get(&message_id)
+            .copied()
+            .ok_or(DomainError::MessageNotFound)
+    }
+}
+
+impl Aggregate for Chat {
+    const TYPE: &'static str = "Chat";
+    type Command = ChatCommand;
+    type Event = ChatEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            ChatEvent::ChatCreated {
+                kind,
+                title,
+                members,
+                ..
+            } => {
+                self.kind = Some(kind);
+                self.title = title;
+                self.members = members;
+            }
+            ChatEvent::MemberAdded { user_id, .. } => {
+                if !self.members.contains(&user_id) {
+                    self.members.push(user_id);
+                }
+            }
+            ChatEvent::MemberRemoved { user_id, .. } => {
+                self.members.retain(|member| *member != user_id);
+                self.read.remove(&user_id);
+            }
+            ChatEvent::MessageSent {
+                message_id,
+                seq,
+                author,
+                ..
+            } => {
+                self.last_seq = self.last_seq.max(seq);
+                self.messages.insert(
+                    message_id,
+                    MessageInfo {
+                        author,
+                        seq,
+                        deleted: false,
+                    },
+                );
+            }
+            ChatEvent::MessageEdited { .. } => {}
+            ChatEvent::MessageDeleted { message_id, .. } => {
+                if let Some(message) = self.messages.get_mut(&message_id) {
+                    message.deleted = true;
+                }
+            }
+            ChatEvent::ReadUpTo {
+                user_id, up_to_seq, ..
+            } => {
+                let marker = self.read.entry(user_id).or_insert(0);
+                *marker = (*marker).max(up_to_seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+
+    type Given = Vec<ChatEvent>;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn user(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    const ALICE: u128 = 1;
+    const BOB: u128 = 2;
+    const CAROL: u128 = 3;
+    const OUTSIDER: u128 = 9;
+
+    fn patient(n: u128) -> Actor {
+        Actor::new(user(n), Role::Patient)
+    }
+
+    fn admin() -> Actor {
+        Actor::new(user(100), Role::Admin)
+    }
+
+    fn msg(n: u128) -> Uuid {
+        Uuid::from_u128(1000 + n)
+    }
+
+    fn body(text: &str) -> MessageBody {
+        MessageBody::parse(text).unwrap()
+    }
+
+    fn created(kind: ChatKind, members: &[u128]) -> ChatEvent {
+        ChatEvent::ChatCreated {
+            chat_id: user(500),
+            kind,
+            title: None,
+            members: members.iter().copied().map(user).collect(),
+            created_by: user(members[0]),
+            created_at: at(),
+        }
+    }
+
+    /// A group of Alice and Bob.
+    fn group() -> Given {
+        vec![created(ChatKind::Group, &[ALICE, BOB])]
+    }
+
+    /// A direct chat between Alice and Bob.
+    fn direct() -> Given {
+        vec![created(ChatKind::Direct, &[ALICE, BOB])]
+    }
+
+    fn sent(seq: u64, author: u128) -> ChatEvent {
+        ChatEvent::MessageSent {
+            message_id: msg(seq as u128),
+            seq,
+            author: user(author),
+            body: body("hello"),
+            sent_at: at(),
+        }
+    }
+
+    fn deleted(seq: u64, by: u128) -> ChatEvent {
+        ChatEvent::MessageDeleted {
+            message_id: msg(seq as u128),
+            seq,
+            deleted_by: user(by),
+            deleted_at: at(),
+        }
+    }
+
+    fn with(mut given: Given, more: impl IntoIterator<Item = ChatEvent>) -> Given {
+        given.extend(more);
+        given
+    }
+
+    async fn expect(given: Given, command: ChatCommand, events: Vec<ChatEvent>) {
+        TestFramework::<Chat>::with(())
+            .given(given)
+            .when_async(command)
+            .await
+            .then_expect_events(events);
+    }
+
+    async fn reject(given: Given, command: ChatCommand, error: DomainError) {
+        TestFramework::<Chat>::with(())
+            .given(given)
+            .when_async(command)
+            .await
+            .then_expect_error(error);
+    }
+
+    async fn reject_invalid(given: Given, command: ChatCommand, field: &str) {
+        let error = TestFramework::<Chat>::with(())
+            .given(given)
+            .when_async(command)
+            .await
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(error.validation().map(|v| v.field.as_str()), Some(field));
+    }
+
+    fn create(actor: Actor, kind: ChatKind, members: &[u128]) -> ChatCommand {
+        ChatCommand::Create {
+            actor,
+            chat_id: user(500),
+            kind,
+            title: None,
+            members: members.iter().copied().map(user).collect(),
+            at: at(),
+        }
+    }
+
+    fn add(actor: Actor, who: u128) -> ChatCommand {
+        ChatCommand::AddMember {
+            actor,
+            user_id: user(who),
+            at: at(),
+        }
+    }
+
+    fn remove(actor: Actor, who: u128) -> ChatCommand {
+        ChatCommand::RemoveMember {
+            actor,
+            user_id: user(who),
+            at: at(),
+        }
+    }
+
+    fn send(actor: Actor, n: u128) -> ChatCommand {
+        ChatCommand::SendMessage {
+            actor,
+            message_id: msg(n),
+            body: body("hello"),
+            at: at(),
+        }
+    }
+
+    fn edit(actor: Actor, n: u128) -> ChatCommand {
+        ChatCommand::EditMessage {
+            actor,
+            message_id: msg(n),
+            body: body("edited"),
+            at: at(),
+        }
+    }
+
+    fn delete(actor: Actor, n: u128) -> ChatCommand {
+        ChatCommand::DeleteMessage {
+            actor,
+            message_id: msg(n),
+            at: at(),
+        }
+    }
+
+    fn mark_read(actor: Actor, up_to_seq: u64) -> ChatCommand {
+        ChatCommand::MarkRead {
+            actor,
+            up_to_seq,
+            at: at(),
+        }
+    }
+
+    // --- Create ---
+
+    #[tokio::test]
+    async fn the_creator_is_the_first_member_and_duplicates_are_dropped() {
+        let command = ChatCommand::Create {
+            actor: patient(ALICE),
+            chat_id: user(500),
+            kind: ChatKind::Group,
+            title: Some(ChatTitle::parse("Care team").unwrap()),
+            members: vec![user(BOB), user(ALICE), user(CAROL), user(BOB)],
+            at: at(),
+        };
+        let event = ChatEvent::ChatCreated {
+            chat_id: user(500),
+            kind: ChatKind::Group,
+            title: Some(ChatTitle::parse("Care team").unwrap()),
+            members: vec![user(ALICE), user(BOB), user(CAROL)],
+            created_by: user(ALICE),
+            created_at: at(),
+        };
+        expect(vec![], command, vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn a_direct_chat_joins_the_creator_and_one_other_person() {
+        expect(
+            vec![],
+            create(patient(ALICE), ChatKind::Direct, &[BOB]),
+            direct(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn herald_itself_does_not_join_the_chats_it_opens() {
+        let command = create(Actor::system(), ChatKind::Direct, &[ALICE, BOB]);
+        let event = ChatEvent::ChatCreated {
+            chat_id: user(500),
+            kind: ChatKind::Direct,
+            title: None,
+            members: vec![user(ALICE), user(BOB)],
+            created_by: Uuid::nil(),
+            created_at: at(),
+        };
+        expect(vec![], command, vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn a_chat_cannot_be_created_twice() {
+        let command = create(patient(ALICE), ChatKind::Group, &[]);
+        reject(group(), command, DomainError::ChatAlreadyExists).await;
+    }
+
+    #[tokio::test]
+    async fn an_auditor_cannot_create_a_chat() {
+        let auditor = Actor::new(user(ALICE), Role::Auditor);
+        let command = create(auditor, ChatKind::Group, &[BOB]);
+        let error = DomainError::Forbidden(Permission::AuditorsCannotCreateChats);
+        reject(vec![], command, error).await;
+    }
+
+    #[tokio::test]
+    async fn a_direct_chat_needs_exactly_two_distinct_members() {
+        for others in [&[][..], &[ALICE], &[ALICE, ALICE], &[BOB, CAROL]] {
+            let command = create(patient(ALICE), ChatKind::Direct, others);
+            reject_invalid(vec![], command, "members").await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_chat_holds_between_one_and_256_members() {
+        let alone = create(patient(ALICE), ChatKind::Group, &[]);
+        expect(vec![], alone, vec![created(ChatKind::Group, &[ALICE])]).await;
+
+        let full: Vec<u128> = (2..=256).collect();
+        let command = create(patient(ALICE), ChatKind::Group, &full);
+        let result = Chat::default().decide(command).unwrap();
+        assert!(
+            matches!(&result[0], ChatEvent::ChatCreated { members, .. } if members.len() == 256)
+        );
+
+        let over: Vec<u128> = (2..=257).collect();
+        let command = create(patient(ALICE), ChatKind::Group, &over);
+        reject_invalid(vec![], command, "members").await;
+
+        let nobody = create(Actor::system(), ChatKind::Group, &[]);
+        reject_invalid(vec![], nobody, "members").await;
+    }
+
+    #[tokio::test]
+    async fn commands_on_a_missing_chat_are_not_found() {
+        for command in [
+            add(admin(), BOB),
+            remove(admin(), BOB),
+            send(patient(ALICE), 1),
+            edit(patient(ALICE), 1),
+            delete(admin(), 1),
+            mark_read(patient(ALICE), 0),
+        ] {
+            reject(vec![], command, DomainError::ChatNotFound).await;
+        }
+    }
+
+    // --- AddMember ---
+
+    #[tokio::test]
+    async fn a_member_can_add_someone_to_a_group() {
+        let event = ChatEvent::MemberAdded {
+            user_id: user(CAROL),
+            added_by: user(ALICE),
+            at: at(),
+        };
+        expect(group(), add(patient(ALICE), CAROL), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn an_admin_who_is_not_a_member_can_add_someone() {
+        let event = ChatEvent::MemberAdded {
+            user_id: user(CAROL),
+            added_by: admin().user_id,
+            at: at(),
+        };
+        expect(group(), add(admin(), CAROL), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn an_outsider_cannot_add_members() {
+        let error = DomainError::Forbidden(Permission::OnlyMembersMayAddMembers);
+        reject(group(), add(patient(OUTSIDER), CAROL), error).await;
+    }
+
+    #[tokio::test]
+    async fn nobody_can_add_members_to_a_direct_chat() {
+        let error = DomainError::DirectChatMembersAreFixed;
+        reject(direct(), add(admin(), CAROL), error).await;
+    }
+
+    #[tokio::test]
+    async fn an_existing_member_cannot_be_added_again() {
+        reject(
+            group(),
+            add(patient(ALICE), BOB),
+            DomainError::AlreadyAMember,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_full_group_accepts_no_more_members() {
+        let full: Vec<u128> = (1..=256).collect();
+        let given = vec![created(ChatKind::Group, &full)];
+        reject_invalid(given, add(patient(ALICE), 999), "user_id").await;
+    }
+
+    // --- RemoveMember ---
+
+    #[tokio::test]
+    async fn a_member_can_leave_a_group() {
+        let event = ChatEvent::MemberRemoved {
+            user_id: user(BOB),
+            removed_by: user(BOB),
+            at: at(),
+        };
+        expect(group(), remove(patient(BOB), BOB), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn an_admin_can_remove_someone_else() {
+        let event = ChatEvent::MemberRemoved {
+            user_id: user(BOB),
+            removed_by: admin().user_id,
+            at: at(),
+        };
+        expect(group(), remove(admin(), BOB), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn a_member_cannot_remove_someone_else() {
+        let error = DomainError::Forbidden(Permission::OnlyTheMemberOrAnAdminMayRemove);
+        reject(group(), remove(patient(ALICE), BOB), error).await;
+    }
+
+    #[tokio::test]
+    async fn nobody_can_leave_a_direct_chat() {
+        let error = DomainError::DirectChatMembersAreFixed;
+        reject(direct(), remove(patient(BOB), BOB), error).await;
+    }
+
+    #[tokio::test]
+    async fn removing_a_non_member_is_a_conflict() {
+        reject(group(), remove(admin(), CAROL), DomainError::NotAMember).await;
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_can_be_added_back() {
+        let given = with(
+            group(),
+            [ChatEvent::MemberRemoved {
+                user_id: user(BOB),
+                removed_by: user(BOB),
+                at: at(),
+            }],
+        );
+        let event = ChatEvent::MemberAdded {
+            user_id: user(BOB),
+            added_by: user(ALICE),
+            at: at(),
+        };
+        expect(given, add(patient(ALICE), BOB), vec![event]).await;
+    }
+
+    // --- SendMessage ---
+
+    #[tokio::test]
+    async fn the_first_message_gets_sequence_one() {
+        expect(group(), send(patient(ALICE), 1), vec![sent(1, ALICE)]).await;
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_continue_without_gaps_after_deletions() {
+        let given = with(group(), [sent(1, ALICE), sent(2, BOB), deleted(2, BOB)]);
+        expect(given, send(patient(BOB), 3), vec![sent(3, BOB)]).await;
+    }
+
+    #[tokio::test]
+    async fn a_non_member_cannot_send_even_as_admin() {
+        let error = DomainError::Forbidden(Permission::OnlyMembersMaySendMessages);
+        reject(group(), send(admin(), 1), error.clone()).await;
+        reject(group(), send(patient(OUTSIDER), 1), error).await;
+    }
+
+    #[tokio::test]
+    async fn a_message_id_cannot_be_reused() {
+        let given = with(group(), [sent(1, ALICE)]);
+        reject(
+            given,
+            send(patient(BOB), 1),
+            DomainError::MessageAlreadyExists,
+        )
+        .await;
+    }
+
+    // --- EditMessage ---
+
+    #[tokio::test]
+    async fn the_author_can_edit_their_message() {
+        let given = with(group(), [sent(1, ALICE), sent(2, ALICE)]);
+        let event = ChatEvent::MessageEdited {
+            message_id: msg(2),
+            seq: 2,
+            body: body("edited"),
+            edited_by: user(ALICE),
+            edited_at: at(),
+        };
+        expect(given, edit(patient(ALICE), 2), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn editing_an_unknown_message_is_not_found() {
+        reject(
+            group(),
+            edit(patient(ALICE), 1),
+            DomainError::MessageNotFound,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn nobody_else_can_edit_a_message_not_even_an_admin() {
+        let given = with(group(), [sent(1, ALICE)]);
+        let error = DomainError::Forbidden(Permission::OnlyTheAuthorMayEdit);
+        reject(given.clone(), edit(patient(BOB), 1), error.clone()).await;
+        reject(given, edit(admin(), 1), error).await;
+    }
+
+    #[tokio::test]
+    async fn an_author_who_left_cannot_edit() {
+        let left = ChatEvent::MemberRemoved {
+            user_id: user(ALICE),
+            removed_by: user(ALICE),
+            at: at(),
+        };
+        let given = with(group(), [sent(1, ALICE), left]);
+        let error = DomainError::Forbidden(Permission::OnlyMembersMayEdit);
+        reject(given, edit(patient(ALICE), 1), error).await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_message_cannot_be_edited() {
+        let given = with(group(), [sent(1, ALICE), deleted(1, ALICE)]);
+        let error = DomainError::MessageAlreadyDeleted;
+        reject(given, edit(patient(ALICE), 1), error).await;
+    }
+
+    // --- DeleteMessage ---
+
+    #[tokio::test]
+    async fn the_author_can_delete_their_message() {
+        let given = with(group(), [sent(1, ALICE)]);
+        expect(given, delete(patient(ALICE), 1), vec![deleted(1, ALICE)]).await;
+    }
+
+    #[tokio::test]
+    async fn an_admin_can_delete_anyones_message() {
+        let given = with(group(), [sent(1, ALICE)]);
+        let event = ChatEvent::MessageDeleted {
+            message_id: msg(1),
+            seq: 1,
+            deleted_by: admin().user_id,
+            deleted_at: at(),
+        };
+        expect(given, delete(admin(), 1), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn another_member_cannot_delete_a_message() {
+        let given = with(group(), [sent(1, ALICE)]);
+        let error = DomainError::Forbidden(Permission::OnlyTheAuthorOrAnAdminMayDelete);
+        reject(given, delete(patient(BOB), 1), error).await;
+    }
+
+    #[tokio::test]
+    async fn deleting_an_unknown_message_is_not_found() {
+        reject(group(), delete(admin(), 1), DomainError::MessageNotFound).await;
+    }
+
+    #[tokio::test]
+    async fn a_message_cannot_be_deleted_twice() {
+        let given = with(group(), [sent(1, ALICE), deleted(1, ALICE)]);
+        let error = DomainError::MessageAlreadyDeleted;
+        reject(given, delete(patient(ALICE), 1), error).await;
+    }
+
+    // --- MarkRead ---
+
+    #[tokio::test]
+    async fn a_member_can_move_their_read_marker_forward() {
+        let given = with(group(), [sent(1, ALICE), sent(2, ALICE)]);
+        let event = ChatEvent::ReadUpTo {
+            user_id: user(BOB),
+            up_to_seq: 2,
+            at: at(),
+        };
+        expect(given, mark_read(patient(BOB), 2), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn marking_read_at_or_behind_the_marker_records_nothing() {
+        let read = ChatEvent::ReadUpTo {
+            user_id: user(BOB),
+            up_to_seq: 2,
+            at: at(),
+        };
+        let given = with(group(), [sent(1, ALICE), sent(2, ALICE), read]);
+        expect(given.clone(), mark_read(patient(BOB), 2), vec![]).await;
+        expect(given.clone(), mark_read(patient(BOB), 1), vec![]).await;
+        expect(given, mark_read(patient(ALICE), 0), vec![]).await;
+    }
+
+    #[tokio::test]
+    async fn marking_read_beyond_the_latest_message_is_invalid() {
+        let given = with(group(), [sent(1, ALICE)]);
+        reject_invalid(given, mark_read(patient(BOB), 2), "up_to_seq").await;
+    }
+
+    #[tokio::test]
+    async fn a_non_member_cannot_mark_read() {
+        let given = with(group(), [sent(1, ALICE)]);
+        let error = DomainError::Forbidden(Permission::OnlyMembersMayMarkRead);
+        reject(given, mark_read(admin(), 1), error).await;
+    }
+
+    // --- State ---
+
+    #[test]
+    fn state_tracks_members_sequence_and_read_markers() {
+        let mut chat = Chat::default();
+        assert!(!chat.exists());
+        for event in with(
+            group(),
+            [
+                sent(1, ALICE),
+                ChatEvent::ReadUpTo {
+                    user_id: user(BOB),
+                    up_to_seq: 1,
+                    at: at(),
+                },
+            ],
+        ) {
+            chat.apply(event);
+        }
+        assert!(chat.exists());
+        assert_eq!(chat.kind(), Some(ChatKind::Group));
+        assert_eq!(chat.members(), &[user(ALICE), user(BOB)]);
+        assert!(chat.is_member(user(BOB)) && !chat.is_member(user(CAROL)));
+        assert_eq!(chat.last_seq(), 1);
+        assert_eq!(chat.read_up_to(user(BOB)), 1);
+        assert_eq!(chat.read_up_to(user(ALICE)), 0);
+    }
+
+    #[test]
+    fn snapshots_keep_per_message_state_compact_and_round_trip() {
+        let mut chat = Chat::default();
+        for event in with(group(), [sent(1, ALICE), sent(2, BOB), deleted(2, BOB)]) {
+            chat.apply(event);
+        }
+        let json = serde_json::to_value(&chat).unwrap();
+        let first = &json["messages"][msg(1).to_string()];
+        assert_eq!(first, &serde_json::json!({"a": user(ALICE), "s": 1}));
+        let second = &json["messages"][msg(2).to_string()];
+        assert_eq!(second["d"], serde_json::json!(true));
+        assert_eq!(serde_json::from_value::<Chat>(json).unwrap(), chat);
+    }
+
+    #[test]
+    fn stored_events_are_revalidated_on_load() {
+        let event = sent(1, ALICE);
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["MessageSent"]["body"], "hello");
+        assert_eq!(
+            serde_json::from_value::<ChatEvent>(json.clone()).unwrap(),
+            event
+        );
+
+        let mut tampered = json;
+        tampered["MessageSent"]["body"] = serde_json::json!("   ");
+        assert!(serde_json::from_value::<ChatEvent>(tampered).is_err());
+    }
+
+    #[test]
+    fn events_are_named_after_their_variant_at_version_one() {
+        assert_eq!(sent(1, ALICE).event_type(), "MessageSent");
+        assert_eq!(deleted(1, ALICE).event_type(), "MessageDeleted");
+        assert_eq!(sent(1, ALICE).event_version(), "1");
+    }
+}

@@ -1,0 +1,94 @@
+//! The sequenced event log, read from Postgres: what the relay publishes, what a
+//! projection falls back on to fill a gap, what auditors read.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgExecutor;
+
+/// One event at its place in the log: the message body published to JetStream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct LogEntry {
+    /// Dense position in commit order, starting at 1.
+    pub position: i64,
+    /// The event's identity (`events.event_id`), also its `Nats-Msg-Id`.
+    pub event_id: i64,
+    /// `Chat`, `Booking` or `Payment`.
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The event's sequence within its aggregate, starting at 1.
+    pub sequence: i64,
+    /// The event's type, e.g. `MessageSent`.
+    pub event_type: String,
+    /// The version of the payload's shape.
+    pub event_version: String,
+    /// The event itself, as the domain serialized it.
+    pub payload: serde_json::Value,
+    /// Who, in which role, and why: `actor`, `role`, `correlation_id`, `causation_id`.
+    pub metadata: serde_json::Value,
+    /// When the event was stored.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl LogEntry {
+    /// The request that set this event in motion.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.metadata.get("correlation_id")?.as_str()
+    }
+
+    /// The JSON body published for this entry.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings, numbers and JSON values always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads an entry back from a published body.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+const SELECT_ENTRIES: &str = "
+    SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
+           e.event_type, e.event_version, e.payload, e.metadata, e.recorded_at
+      FROM event_log l JOIN events e ON e.event_id = l.event_id";
+
+/// Up to `limit` entries after `position`, in order.
+pub async fn read_after<'c>(
+    executor: impl PgExecutor<'c>,
+    position: i64,
+    limit: i64,
+) -> Result<Vec<LogEntry>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{SELECT_ENTRIES} WHERE l.position > $1 ORDER BY l.position LIMIT $2"
+    ))
+    .bind(position)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// The last position sequenced so far (0 for an empty log).
+pub async fn head<'c>(executor: impl PgExecutor<'c>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT sequenced_position FROM relay_cursor")
+        .fetch_one(executor)
+        .await
+}
+
+/// The position of an aggregate's event, once the relay has sequenced it.
+pub async fn position_of<'c>(
+    executor: impl PgExecutor<'c>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT l.position FROM events e JOIN event_log l ON l.event_id = e.event_id
+          WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence = $3",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .fetch_optional(executor)
+    .await
+}

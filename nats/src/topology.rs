@@ -1,0 +1,123 @@
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+/// Names of the stream and subjects of one Herald deployment. Several deployments
+/// can share one NATS by using different prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a republished duplicate.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+impl Topology {
+    /// The topology for a prefix; it must be a valid subject token.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The configured prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The JetStream stream that carries every event of this deployment.
+    pub fn stream_name(&self) -> String {
+        format!(
+            "{}_EVENTS",
+            self.prefix
+                .replace(['.', '*', '>', ' '], "_")
+                .to_uppercase()
+        )
+    }
+
+    /// The subject one aggregate's events are published on.
+    pub fn subject(&self, aggregate_type: &str, aggregate_id: &str) -> String {
+        format!("{}.events.{aggregate_type}.{aggregate_id}", self.prefix)
+    }
+
+    /// The subjects of every event of this deployment.
+    pub fn all_events(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// The subjects of one aggregate type's events.
+    pub fn events_of(&self, aggregate_type: &str) -> String {
+        format!("{}.events.{aggregate_type}.*", self.prefix)
+    }
+
+    /// Creates the stream if it does not exist yet (file-backed, keeping every
+    /// event) and returns it.
+    pub async fn ensure_stream(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+        jetstream
+            .get_or_create_stream(stream::Config {
+                name: self.stream_name(),
+                subjects: vec![self.all_events()],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                duplicate_window: DUPLICATE_WINDOW,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+    }
+}
+
+impl Topology {
+    /// The durable pull consumer `name` of every event of this deployment, with
+    /// the stream created if missing. Acknowledging a message acknowledges all
+    /// before it, so a worker acknowledges a batch once, after committing it.
+    pub async fn durable_consumer(
+        &self,
+        jetstream: &jetstream::Context,
+        name: &str,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
+        let stream = self.ensure_stream(jetstream).await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                name,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(name.to_owned()),
+                    filter_subject: self.all_events(),
+                    ack_policy: jetstream::consumer::AckPolicy::All,
+                    ack_wait,
+                    max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(consumer)
+    }
+}
+
+/// Connects to NATS, retrying in the background for as long as it takes: Herald
+/// keeps accepting commands while NATS is away.
+pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name("herald")
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let topology = Topology::new("herald");
+        assert_eq!(topology.stream_name(), "HERALD_EVENTS");
+        assert_eq!(topology.subject("Chat", "c1"), "herald.events.Chat.c1");
+        assert_eq!(topology.all_events(), "herald.events.>");
+    }
+}

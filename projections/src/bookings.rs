@@ -1,0 +1,305 @@
+//! The bookings read model: bookings by patient, doctor and status, newest
+//! first, with whether they are paid and how their payment stands.
+//!
+//! A booking's payment state comes from payment events, which this projection
+//! also follows; it keeps its own small map from payment to booking rather
+//! than reading the payments projection, whose progress is independent.
+
+use chrono::{DateTime, Utc};
+use domain::booking::{BookingEvent, BookingStatus};
+use domain::payment::{PaymentEvent, PaymentStatus};
+use herald_nats::LogEntry;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::ApplyError;
+
+/// The aggregate type of bookings in the log.
+const BOOKING: &str = "Booking";
+/// The aggregate type of payments in the log.
+const PAYMENT: &str = "Payment";
+
+/// A booking as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct BookingRow {
+    /// The booking's id.
+    pub id: Uuid,
+    /// Who receives the visit.
+    pub patient_id: Uuid,
+    /// The doctor who took it, once assigned.
+    pub doctor_id: Option<Uuid>,
+    /// `urgent`, `scheduled` or `consultation`.
+    pub call_type: String,
+    /// Where to go.
+    pub address: String,
+    /// The price in minor units.
+    pub amount_minor: i64,
+    /// The price's ISO 4217 currency.
+    pub currency: String,
+    /// The agreed time, for scheduled visits.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// `pending`, `assigned`, `completed` or `cancelled`.
+    pub status: String,
+    /// Whether a payment for it succeeded; stays set after a refund, which
+    /// `payment_status` shows.
+    pub paid: bool,
+    /// The payment that settled it, else the latest one started for it.
+    pub payment_id: Option<Uuid>,
+    /// That payment's status, `null` before any payment was started.
+    pub payment_status: Option<String>,
+    /// Why it was cancelled, if it was.
+    pub cancel_reason: Option<String>,
+    /// When the patient asked for it.
+    pub requested_at: DateTime<Utc>,
+    /// When the latest event that changed it was stored.
+    pub updated_at: DateTime<Utc>,
+    /// The paging key: the log position of its request. Clients get it only
+    /// wrapped in an opaque cursor.
+    #[serde(skip)]
+    pub created_position: i64,
+}
+
+/// Which bookings to list; every field given narrows the list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BookingFilter {
+    /// Only this patient's bookings.
+    pub patient_id: Option<Uuid>,
+    /// Only bookings assigned to this doctor.
+    pub doctor_id: Option<Uuid>,
+    /// Only bookings in this status.
+    pub status: Option<BookingStatus>,
+}
+
+/// The entry's aggregate id as a UUID, shared by every read model. An id that
+/// is not a UUID is as undecodable as a malformed payload.
+pub(crate) fn aggregate_uuid(entry: &LogEntry) -> Result<Uuid, ApplyError> {
+    Uuid::parse_str(&entry.aggregate_id).map_err(|err| ApplyError::Decode {
+        event_type: entry.event_type.clone(),
+        position: entry.position,
+        source: <serde_json::Error as serde::de::Error>::custom(format!(
+            "aggregate id `{}` is not a UUID: {err}",
+            entry.aggregate_id
+        )),
+    })
+}
+
+/// Applies one log entry to the booking tables; entries of chats change nothing.
+pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {
+    match entry.aggregate_type.as_str() {
+        BOOKING => {
+            let booking_id = aggregate_uuid(entry)?;
+            let event = crate::decode::<BookingEvent>(entry)?;
+            apply_booking(conn, entry, booking_id, event).await?;
+        }
+        PAYMENT => {
+            let payment_id = aggregate_uuid(entry)?;
+            let event = crate::decode::<PaymentEvent>(entry)?;
+            apply_payment(conn, entry, payment_id, event).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn apply_booking(
+    conn: &mut PgConnection,
+    entry: &LogEntry,
+    booking_id: Uuid,
+    event: BookingEvent,
+) -> Result<(), sqlx::Error> {
+    match event {
+        BookingEvent::BookingRequested {
+            booking_id,
+            patient_id,
+            call_type,
+            address,
+            price,
+            scheduled_at,
+            requested_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO rm_bookings (booking_id, patient_id, doctor_id, call_type, address,
+                                          amount_minor, currency, scheduled_at, status, paid,
+                                          payment_id, payment_status, cancel_reason,
+                                          requested_at, created_position, updated_at)
+                 VALUES ($1, $2, NULL, $3, $4, $5, $6, $7, $8, false, NULL, NULL, NULL,
+                         $9, $10, $11)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(booking_id)
+            .bind(patient_id)
+            .bind(call_type.as_str())
+            .bind(address.as_str())
+            .bind(price.amount_minor())
+            .bind(price.currency().as_str())
+            .bind(scheduled_at)
+            .bind(BookingStatus::Pending.as_str())
+            .bind(requested_at)
+            .bind(entry.position)
+            .bind(entry.recorded_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        BookingEvent::DoctorAssigned { doctor_id, .. } => {
+            set_status(conn, entry, booking_id, BookingStatus::Assigned, doctor_id).await?;
+        }
+        BookingEvent::BookingCompleted { doctor_id, .. } => {
+            set_status(conn, entry, booking_id, BookingStatus::Completed, doctor_id).await?;
+        }
+        BookingEvent::BookingCancelled { reason, .. } => {
+            sqlx::query(
+                "UPDATE rm_bookings SET status = $2, cancel_reason = $3, updated_at = $4
+                  WHERE booking_id = $1",
+            )
+            .bind(booking_id)
+            .bind(BookingStatus::Cancelled.as_str())
+            .bind(reason.as_str())
+            .bind(entry.recorded_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        BookingEvent::BookingPaid { payment_id, .. } => {
+            // The payment's own events came first; should they be missing, a
+            // payment that paid a booking has by definition succeeded.
+            sqlx::query(
+                "UPDATE rm_bookings
+                    SET paid = true, payment_id = $2,
+                        payment_status = COALESCE(
+                            (SELECT status FROM rm_booking_payments WHERE payment_id = $2), $3),
+                        updated_at = $4
+                  WHERE booking_id = $1",
+            )
+            .bind(booking_id)
+            .bind(payment_id)
+            .bind(PaymentStatus::Succeeded.as_str())
+            .bind(entry.recorded_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn set_status(
+    conn: &mut PgConnection,
+    entry: &LogEntry,
+    booking_id: Uuid,
+    status: BookingStatus,
+    doctor_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE rm_bookings SET status = $2, doctor_id = $3, updated_at = $4
+          WHERE booking_id = $1",
+    )
+    .bind(booking_id)
+    .bind(status.as_str())
+    .bind(doctor_id)
+    .bind(entry.recorded_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn apply_payment(
+    conn: &mut PgConnection,
+    entry: &LogEntry,
+    payment_id: Uuid,
+    event: PaymentEvent,
+) -> Result<(), sqlx::Error> {
+    let status = match event {
+        PaymentEvent::PaymentInitiated {
+            payment_id,
+            booking_id,
+            ..
+        } => {
+            let pending = PaymentStatus::Pending.as_str();
+            sqlx::query(
+                "INSERT INTO rm_booking_payments (payment_id, booking_id, status)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(payment_id)
+            .bind(booking_id)
+            .bind(pending)
+            .execute(&mut *conn)
+            .await?;
+            // Once paid, the booking keeps showing the payment that paid it.
+            sqlx::query(
+                "UPDATE rm_bookings SET payment_id = $2, payment_status = $3, updated_at = $4
+                  WHERE booking_id = $1 AND NOT paid",
+            )
+            .bind(booking_id)
+            .bind(payment_id)
+            .bind(pending)
+            .bind(entry.recorded_at)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(());
+        }
+        PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
+        PaymentEvent::PaymentFailed { .. } => PaymentStatus::Failed,
+        PaymentEvent::RefundRequested { .. } => PaymentStatus::RefundPending,
+        PaymentEvent::PaymentRefunded { .. } => PaymentStatus::Refunded,
+    };
+    sqlx::query(
+        "WITH link AS (
+             UPDATE rm_booking_payments SET status = $2 WHERE payment_id = $1
+          RETURNING booking_id)
+         UPDATE rm_bookings b SET payment_status = $2, updated_at = $3
+           FROM link
+          WHERE b.booking_id = link.booking_id AND b.payment_id = $1",
+    )
+    .bind(payment_id)
+    .bind(status.as_str())
+    .bind(entry.recorded_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+const SELECT_BOOKINGS: &str = "
+    SELECT booking_id AS id, patient_id, doctor_id, call_type, address, amount_minor, currency,
+           scheduled_at, status, paid, payment_id, payment_status, cancel_reason, requested_at,
+           updated_at, created_position
+      FROM rm_bookings";
+
+/// Up to `limit` bookings matching `filter`, newest first. Pass the
+/// `created_position` of the last row of a page as `after_cursor` to get the
+/// next one; new bookings never shift a page, since positions only grow.
+pub async fn list(
+    pool: &PgPool,
+    filter: BookingFilter,
+    after_cursor: Option<i64>,
+    limit: i64,
+) -> Result<Vec<BookingRow>, sqlx::Error> {
+    // Only the conditions in use are written, so each query matches one of
+    // the (column, created_position) indexes.
+    let mut query = QueryBuilder::<Postgres>::new(SELECT_BOOKINGS);
+    query.push(" WHERE true");
+    if let Some(patient_id) = filter.patient_id {
+        query.push(" AND patient_id = ").push_bind(patient_id);
+    }
+    if let Some(doctor_id) = filter.doctor_id {
+        query.push(" AND doctor_id = ").push_bind(doctor_id);
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(cursor) = after_cursor {
+        query.push(" AND created_position < ").push_bind(cursor);
+    }
+    query
+        .push(" ORDER BY created_position DESC LIMIT ")
+        .push_bind(limit);
+    query.build_query_as::<BookingRow>().fetch_all(pool).await
+}
+
+/// One booking, whoever asks; callers check visibility with its
+/// `patient_id` and `doctor_id`.
+pub async fn get(pool: &PgPool, booking_id: Uuid) -> Result<Option<BookingRow>, sqlx::Error> {
+    sqlx::query_as::<_, BookingRow>(&format!("{SELECT_BOOKINGS} WHERE booking_id = $1"))
+        .bind(booking_id)
+        .fetch_optional(pool)
+        .await
+}

@@ -1,0 +1,359 @@
+//! The chats read model: each user's chat list with unread counts, a chat's
+//! details, and its message history, newest first.
+//!
+//! A member's `unread_count` is kept equal to the number of messages after
+//! their read marker that are not deleted and that someone else wrote. It is
+//! maintained incrementally (a new message adds one for everyone but its
+//! author, a deletion takes one back from those who had not read it) and
+//! recounted when the marker moves, so the chat list never counts rows.
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use domain::chat::ChatEvent;
+use herald_nats::LogEntry;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::bookings::aggregate_uuid;
+use crate::ApplyError;
+
+/// The aggregate type whose events this read model follows.
+const CHAT: &str = "Chat";
+
+/// A chat as it appears in one user's chat list.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ChatSummary {
+    /// The chat's id.
+    pub id: Uuid,
+    /// `direct` or `group`.
+    pub kind: String,
+    /// The display name, if one was given.
+    pub title: Option<String>,
+    /// Current members in the order they joined.
+    pub members: Vec<Uuid>,
+    /// `{id, seq, author, body, sent_at}` of the newest message not deleted,
+    /// so a list can show a preview without loading messages.
+    pub last_message: Option<Value>,
+    /// Messages after the user's read marker, not deleted, written by others.
+    pub unread_count: i64,
+}
+
+/// A chat on its own, for its members and admins.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ChatDetails {
+    /// The chat's id.
+    pub id: Uuid,
+    /// `direct` or `group`.
+    pub kind: String,
+    /// The display name, if one was given.
+    pub title: Option<String>,
+    /// Who opened it.
+    pub created_by: Uuid,
+    /// When it was opened.
+    pub created_at: DateTime<Utc>,
+    /// Current members in the order they joined.
+    pub members: Vec<Uuid>,
+    /// `{id, seq, author, body, sent_at}` of the newest message not deleted.
+    pub last_message: Option<Value>,
+}
+
+/// One message of a chat's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct MessageRow {
+    /// The message's id.
+    pub id: Uuid,
+    /// Its place in the chat, from 1 without gaps; the paging key.
+    pub seq: i64,
+    /// Who wrote it.
+    pub author: Uuid,
+    /// The text; `null` once deleted, since a retracted text is not shown again.
+    pub body: Option<String>,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+    /// When it was last edited, if ever.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Whether it was retracted; kept in the history so `seq` stays gapless.
+    pub deleted: bool,
+}
+
+/// Applies one log entry to the chat tables; entries of other aggregates
+/// change nothing.
+pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {
+    if entry.aggregate_type != CHAT {
+        return Ok(());
+    }
+    let chat_id = aggregate_uuid(entry)?;
+    match crate::decode::<ChatEvent>(entry)? {
+        ChatEvent::ChatCreated {
+            chat_id,
+            kind,
+            title,
+            members,
+            created_by,
+            created_at,
+        } => {
+            let created = sqlx::query(
+                "INSERT INTO rm_chats (chat_id, kind, title, created_by, created_at, last_seq,
+                                       last_message, last_activity_position)
+                 VALUES ($1, $2, $3, $4, $5, 0, NULL, $6)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(chat_id)
+            .bind(kind.as_str())
+            .bind(title.map(String::from))
+            .bind(created_by)
+            .bind(created_at)
+            .bind(entry.position)
+            .execute(&mut *conn)
+            .await?;
+            if created.rows_affected() == 1 {
+                sqlx::query(
+                    "INSERT INTO rm_chat_members (chat_id, user_id, read_up_to, unread_count,
+                                                  joined_position, join_index)
+                     SELECT $1, m.user_id, 0, 0, $3, m.ordinality::integer
+                       FROM UNNEST($2::uuid[]) WITH ORDINALITY AS m (user_id, ordinality)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(chat_id)
+                .bind(&members)
+                .bind(entry.position)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        ChatEvent::MemberAdded { user_id, .. } => {
+            // A newcomer (or someone coming back: leaving drops the marker)
+            // starts with nothing read.
+            sqlx::query(
+                "INSERT INTO rm_chat_members (chat_id, user_id, read_up_to, unread_count,
+                                              joined_position, join_index)
+                 SELECT $1, $2, 0,
+                        (SELECT count(*) FROM rm_chat_messages x
+                          WHERE x.chat_id = $1 AND NOT x.deleted AND x.author <> $2),
+                        $3, 0
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(chat_id)
+            .bind(user_id)
+            .bind(entry.position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ChatEvent::MemberRemoved { user_id, .. } => {
+            sqlx::query("DELETE FROM rm_chat_members WHERE chat_id = $1 AND user_id = $2")
+                .bind(chat_id)
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        ChatEvent::MessageSent {
+            message_id,
+            seq,
+            author,
+            body,
+            sent_at,
+        } => {
+            let seq = to_i64(seq);
+            let body = String::from(body);
+            // Postgres keeps microseconds; the preview is cut the same way so
+            // it reads the same whether written here or recomputed later.
+            let sent_at = sent_at.trunc_subsecs(6);
+            let inserted = sqlx::query(
+                "INSERT INTO rm_chat_messages (chat_id, seq, message_id, author, body, sent_at,
+                                               edited_at, deleted)
+                 VALUES ($1, $2, $3, $4, $5, $6, NULL, false)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(chat_id)
+            .bind(seq)
+            .bind(message_id)
+            .bind(author)
+            .bind(&body)
+            .bind(sent_at)
+            .execute(&mut *conn)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Ok(());
+            }
+            sqlx::query(
+                "UPDATE rm_chat_members SET unread_count = unread_count + 1
+                  WHERE chat_id = $1 AND user_id <> $2 AND read_up_to < $3",
+            )
+            .bind(chat_id)
+            .bind(author)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+            let preview = last_message(message_id, seq, author, &body, sent_at);
+            sqlx::query(
+                "UPDATE rm_chats
+                    SET last_message = CASE WHEN $2 >= last_seq THEN $3 ELSE last_message END,
+                        last_seq = GREATEST(last_seq, $2),
+                        last_activity_position = GREATEST(last_activity_position, $4)
+                  WHERE chat_id = $1",
+            )
+            .bind(chat_id)
+            .bind(seq)
+            .bind(preview)
+            .bind(entry.position)
+            .execute(&mut *conn)
+            .await?;
+        }
+        ChatEvent::MessageEdited {
+            seq,
+            body,
+            edited_at,
+            ..
+        } => {
+            sqlx::query(
+                "UPDATE rm_chat_messages SET body = $3, edited_at = $4
+                  WHERE chat_id = $1 AND seq = $2 AND NOT deleted",
+            )
+            .bind(chat_id)
+            .bind(to_i64(seq))
+            .bind(String::from(body))
+            .bind(edited_at)
+            .execute(&mut *conn)
+            .await?;
+            refresh_last_message(conn, chat_id).await?;
+        }
+        ChatEvent::MessageDeleted { seq, .. } => {
+            sqlx::query(
+                "WITH retracted AS (
+                     UPDATE rm_chat_messages SET deleted = true, body = NULL
+                      WHERE chat_id = $1 AND seq = $2 AND NOT deleted
+                  RETURNING seq, author)
+                 UPDATE rm_chat_members m SET unread_count = m.unread_count - 1
+                   FROM retracted r
+                  WHERE m.chat_id = $1 AND m.user_id <> r.author AND m.read_up_to < r.seq
+                    AND m.unread_count > 0",
+            )
+            .bind(chat_id)
+            .bind(to_i64(seq))
+            .execute(&mut *conn)
+            .await?;
+            refresh_last_message(conn, chat_id).await?;
+        }
+        ChatEvent::ReadUpTo {
+            user_id, up_to_seq, ..
+        } => {
+            sqlx::query(
+                "UPDATE rm_chat_members m
+                    SET read_up_to = GREATEST(m.read_up_to, $3),
+                        unread_count = (SELECT count(*) FROM rm_chat_messages x
+                                         WHERE x.chat_id = $1 AND x.seq > GREATEST(m.read_up_to, $3)
+                                           AND NOT x.deleted AND x.author <> m.user_id)
+                  WHERE m.chat_id = $1 AND m.user_id = $2",
+            )
+            .bind(chat_id)
+            .bind(user_id)
+            .bind(to_i64(up_to_seq))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sequence numbers start at 1 and grow by one per message, so they never
+/// come near the top of `bigint`; saturating keeps the conversion total.
+fn to_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// The chat-list preview of a message, built in one place so the live path and
+/// a recomputation after an edit or deletion produce identical JSON.
+fn last_message(id: Uuid, seq: i64, author: Uuid, body: &str, sent_at: DateTime<Utc>) -> Value {
+    serde_json::json!({
+        "id": id.to_string(),
+        "seq": seq,
+        "author": author.to_string(),
+        "body": body,
+        "sent_at": sent_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    })
+}
+
+/// Points the chat's preview at its newest message that is still there.
+async fn refresh_last_message(conn: &mut PgConnection, chat_id: Uuid) -> Result<(), sqlx::Error> {
+    let newest: Option<(Uuid, i64, Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT message_id, seq, author, body, sent_at FROM rm_chat_messages
+          WHERE chat_id = $1 AND NOT deleted AND body IS NOT NULL
+          ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(chat_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let preview = newest
+        .map(|(id, seq, author, body, sent_at)| last_message(id, seq, author, &body, sent_at));
+    sqlx::query("UPDATE rm_chats SET last_message = $2 WHERE chat_id = $1")
+        .bind(chat_id)
+        .bind(preview)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The chat's members in joining order, as a column of the surrounding query.
+const MEMBERS: &str = "ARRAY(SELECT o.user_id FROM rm_chat_members o WHERE o.chat_id = c.chat_id
+                              ORDER BY o.joined_position, o.join_index) AS members";
+
+/// The chats `user_id` belongs to, most recently active first.
+pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<ChatSummary>, sqlx::Error> {
+    sqlx::query_as::<_, ChatSummary>(&format!(
+        "SELECT c.chat_id AS id, c.kind, c.title, {MEMBERS}, c.last_message, m.unread_count
+           FROM rm_chat_members m JOIN rm_chats c ON c.chat_id = m.chat_id
+          WHERE m.user_id = $1
+          ORDER BY c.last_activity_position DESC, c.chat_id"
+    ))
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// One chat, whoever asks; callers check visibility with its `members`.
+pub async fn get(pool: &PgPool, chat_id: Uuid) -> Result<Option<ChatDetails>, sqlx::Error> {
+    sqlx::query_as::<_, ChatDetails>(&format!(
+        "SELECT c.chat_id AS id, c.kind, c.title, c.created_by, c.created_at, {MEMBERS},
+                c.last_message
+           FROM rm_chats c
+          WHERE c.chat_id = $1"
+    ))
+    .bind(chat_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether `user_id` currently belongs to the chat (false for unknown chats).
+pub async fn is_member(pool: &PgPool, chat_id: Uuid, user_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rm_chat_members WHERE chat_id = $1 AND user_id = $2)",
+    )
+    .bind(chat_id)
+    .bind(user_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Up to `limit` messages with `seq` below `before_seq` (all when `None`),
+/// newest first: the next page starts before the last row's `seq`, which stays
+/// stable however many messages arrive meanwhile.
+pub async fn messages(
+    pool: &PgPool,
+    chat_id: Uuid,
+    before_seq: Option<i64>,
+    limit: i64,
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    sqlx::query_as::<_, MessageRow>(
+        "SELECT message_id AS id, seq, author, body, sent_at, edited_at, deleted
+           FROM rm_chat_messages
+          WHERE chat_id = $1 AND seq < $2
+          ORDER BY seq DESC
+          LIMIT $3",
+    )
+    .bind(chat_id)
+    .bind(before_seq.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,141 @@
+//! Herald's read side: projections keep read models as pure functions of the log.
+//!
+//! Each projection is a JetStream durable pull consumer of every event. A worker
+//! applies a batch of entries in one Postgres transaction together with the
+//! projection's checkpoint (the log position), and acknowledges after commit; an
+//! entry at or below the checkpoint changes nothing. Positions are dense, so a
+//! missing one is noticed, and read from Postgres, which stays the truth.
+
+pub mod bookings;
+pub mod chats;
+mod checkpoint;
+pub mod payments;
+mod rebuild;
+mod replay;
+pub mod summary;
+mod worker;
+
+use std::fmt;
+use std::str::FromStr;
+
+use herald_nats::LogEntry;
+use sqlx::PgConnection;
+
+pub use checkpoint::{checkpoint, checkpoints, dead_letters, retry_dead_letters, DeadLetter};
+pub use rebuild::rebuild_into;
+pub use replay::{replay, ReplayError, ReplayReport};
+pub use worker::Worker;
+
+/// The read models Herald keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Projection {
+    /// Chats, their members with unread counts, and messages.
+    Chats,
+    /// Bookings by patient, doctor and status, with their payment state.
+    Bookings,
+    /// Payments per booking.
+    Payments,
+    /// The admin dashboard's counts and revenue.
+    Summary,
+}
+
+impl Projection {
+    /// Every projection.
+    pub const ALL: [Projection; 4] = [
+        Projection::Chats,
+        Projection::Bookings,
+        Projection::Payments,
+        Projection::Summary,
+    ];
+
+    /// The name of its checkpoint and its JetStream consumer.
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::Chats => "chats",
+            Projection::Bookings => "bookings",
+            Projection::Payments => "payments",
+            Projection::Summary => "summary",
+        }
+    }
+
+    /// The tables that hold this projection's read model, all written only by it.
+    pub fn tables(self) -> &'static [&'static str] {
+        match self {
+            Projection::Chats => &["rm_chats", "rm_chat_members", "rm_chat_messages"],
+            Projection::Bookings => &["rm_bookings", "rm_booking_payments"],
+            Projection::Payments => &["rm_payments"],
+            Projection::Summary => &[
+                "rm_summary_counts",
+                "rm_summary_revenue",
+                "rm_summary_bookings",
+                "rm_summary_payments",
+            ],
+        }
+    }
+
+    /// Applies one log entry inside the caller's transaction. Entries of events
+    /// the projection does not follow change nothing.
+    pub async fn apply(self, conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {
+        match self {
+            Projection::Chats => chats::apply(conn, entry).await,
+            Projection::Bookings => bookings::apply(conn, entry).await,
+            Projection::Payments => payments::apply(conn, entry).await,
+            Projection::Summary => summary::apply(conn, entry).await,
+        }
+    }
+}
+
+impl fmt::Display for Projection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Projection {
+    type Err = UnknownProjection;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Projection::ALL
+            .into_iter()
+            .find(|projection| projection.name() == name)
+            .ok_or_else(|| UnknownProjection(name.to_owned()))
+    }
+}
+
+/// A projection name that is not one of [`Projection::ALL`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown projection `{0}`; known: chats, bookings, payments, summary")]
+pub struct UnknownProjection(String);
+
+/// Why an entry could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The payload is not the event its type says.
+    #[error("cannot decode {event_type} at position {position}: {source}")]
+    Decode {
+        /// The entry's event type.
+        event_type: String,
+        /// The entry's position.
+        position: i64,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// The read model's SQL failed.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Decodes an entry's payload into a domain event enum, brought up to the
+/// current shape first when it was stored in an older one.
+pub fn decode<E: serde::de::DeserializeOwned>(entry: &LogEntry) -> Result<E, ApplyError> {
+    let payload = domain::upcast::upcast(
+        &entry.event_type,
+        &entry.event_version,
+        entry.payload.clone(),
+    );
+    serde_json::from_value(payload).map_err(|source| ApplyError::Decode {
+        event_type: entry.event_type.clone(),
+        position: entry.position,
+        source,
+    })
+}

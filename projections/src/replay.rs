@@ -1,0 +1,226 @@
+//! Replaying a projection from the log with no downtime for reads.
+//!
+//! The read model is rebuilt into shadow tables while the live ones keep
+//! serving reads and the live worker keeps applying new entries. The rebuild
+//! chases the live checkpoint until it is close, then one transaction:
+//!
+//! 1. locks the projection's checkpoint row, as every worker batch does, so the
+//!    live workers pause at a known position;
+//! 2. applies the few entries between the shadow and that position to the shadow;
+//! 3. moves the live tables out of `public` and the shadow tables in
+//!    (`ALTER TABLE … SET SCHEMA`), and commits.
+//!
+//! The checkpoint is not moved: the new tables hold exactly what the old ones
+//! held at it, so the workers resume where they paused, missing nothing and
+//! applying nothing twice. Reads in flight during the swap wait for it (a few
+//! milliseconds) and then read the new tables. The old tables are dropped after.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{Acquire, PgConnection, PgPool};
+
+use crate::rebuild::{apply_range, create_shadow, make_durable, quote_ident};
+use crate::{checkpoint, ApplyError, Projection};
+
+/// The rebuild stops chasing the live checkpoint and swaps once it is at most
+/// this many entries behind: the rest are applied while the workers pause.
+const SWAP_WITHIN: i64 = 2000;
+/// How long the swap waits for reads in flight to let go of the live tables
+/// before it gives up and tries again, so queued reads are never held long.
+const SWAP_LOCK_TIMEOUT: &str = "2s";
+/// How long the swapped-out tables stay for reads that were already on them.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the swap is tried before the replay gives up.
+const SWAP_ATTEMPTS: u32 = 5;
+/// Base of the advisory locks that keep two replays of one projection apart.
+const REPLAY_LOCK: i64 = 0x4845_5241_4c44_0100;
+
+/// Why a replay did not finish; the live tables are untouched whenever it fails.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Another replay of the same projection is running.
+    #[error("another replay of {0} is running")]
+    Busy(Projection),
+    /// An entry could not be applied, or Postgres failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl From<sqlx::Error> for ReplayError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Apply(ApplyError::Sql(err))
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// The projection replayed.
+    pub projection: Projection,
+    /// Log entries read and applied to the new tables.
+    pub entries: i64,
+    /// The checkpoint at the swap: the new tables hold the log up to here.
+    pub position: i64,
+    /// How long the rebuild took, swap included.
+    pub elapsed: Duration,
+}
+
+impl ReplayReport {
+    /// Entries applied per second.
+    pub fn rate(&self) -> f64 {
+        self.entries as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Rebuilds `projection` from the log into shadow tables and swaps them in
+/// atomically while reads and the live worker go on. `progress` is told the
+/// position the rebuild reached and the live checkpoint it chases.
+pub async fn replay(
+    pool: &PgPool,
+    projection: Projection,
+    progress: &(dyn Fn(i64, i64) + Sync),
+) -> Result<ReplayReport, ReplayError> {
+    let started = Instant::now();
+    // Held for the whole replay on a connection that never returns to the pool,
+    // so the lock ends with the replay whatever happens.
+    let mut guard = pool.acquire().await?.detach();
+    let lock = REPLAY_LOCK
+        + Projection::ALL
+            .iter()
+            .position(|p| *p == projection)
+            .unwrap_or(0) as i64;
+    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(lock)
+        .fetch_one(&mut guard)
+        .await?;
+    if !acquired {
+        return Err(ReplayError::Busy(projection));
+    }
+    checkpoint::ensure(pool, projection).await?;
+    let shadow = format!("replay_{}", projection.name());
+    let retired = format!("retired_{}", projection.name());
+    create_shadow(pool, projection, &shadow).await?;
+    let mut position = 0;
+    let mut entries = 0;
+    loop {
+        let live = checkpoint::checkpoint(pool, projection).await?;
+        if live - position <= SWAP_WITHIN {
+            break;
+        }
+        entries += apply_range(pool, projection, &shadow, position, live, &|at| {
+            progress(at, live)
+        })
+        .await?;
+        position = live;
+    }
+    make_durable(pool, projection, &shadow).await?;
+    for table in projection.tables() {
+        sqlx::query(&format!("ANALYZE {}.{table}", quote_ident(&shadow)))
+            .execute(pool)
+            .await?;
+    }
+    let mut attempt = 0;
+    let (position, applied) = loop {
+        attempt += 1;
+        match swap(pool, projection, &shadow, &retired, position).await {
+            Ok(done) => break done,
+            Err(ApplyError::Sql(sqlx::Error::Database(err)))
+                if err.code().as_deref() == Some("55P03") && attempt < SWAP_ATTEMPTS =>
+            {
+                tracing::warn!(%projection, attempt, "reads held the live tables too long; swapping again");
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    entries += applied;
+    progress(position, position);
+    // Reads that resolved the old tables just before the swap finish on them
+    // before they are dropped.
+    tokio::time::sleep(RETIRE_AFTER).await;
+    let mut conn = pool.acquire().await?;
+    for schema in [&retired, &shadow] {
+        sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(schema)
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let report = ReplayReport {
+        projection,
+        entries,
+        position,
+        elapsed: started.elapsed(),
+    };
+    tracing::info!(
+        %projection,
+        entries,
+        position,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        rate = report.rate() as u64,
+        "replayed"
+    );
+    Ok(report)
+}
+
+/// The swap transaction. Returns the checkpoint it swapped at and how many
+/// entries it applied to the shadow on the way.
+async fn swap(
+    pool: &PgPool,
+    projection: Projection,
+    shadow: &str,
+    retired: &str,
+    from: i64,
+) -> Result<(i64, i64), ApplyError> {
+    let (shadow, retired) = (quote_ident(shadow), quote_ident(retired));
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {retired}"))
+        .execute(&mut *conn)
+        .await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    // The workers of this projection now wait for this transaction.
+    let live = checkpoint::lock(&mut tx, projection).await?;
+    sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
+        .execute(&mut *tx)
+        .await?;
+    let applied = catch_up(&mut tx, projection, from, live).await?;
+    for table in projection.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {retired}.{table}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE public.{table} SET SCHEMA {retired}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE {shadow}.{table} SET SCHEMA public"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok((live, applied))
+}
+
+/// Applies the entries after `from` up to `up_to` inside the swap transaction.
+async fn catch_up(
+    tx: &mut PgConnection,
+    projection: Projection,
+    from: i64,
+    up_to: i64,
+) -> Result<i64, ApplyError> {
+    let mut position = from;
+    let mut applied = 0;
+    while position < up_to {
+        let entries = herald_nats::log::read_after(&mut *tx, position, up_to - position).await?;
+        let Some(last) = entries.last().map(|entry| entry.position) else {
+            break;
+        };
+        for entry in &entries {
+            projection.apply(&mut *tx, entry).await?;
+        }
+        applied += entries.len() as i64;
+        position = last;
+    }
+    Ok(applied)
+}
