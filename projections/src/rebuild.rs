@@ -26,8 +26,17 @@ use crate::{ApplyError, Projection};
 
 /// Entries read and applied per transaction while rebuilding.
 const REBUILD_BATCH: i64 = 5000;
-/// Connections that apply a partitionable projection side by side.
+/// Most connections that apply a partitionable projection side by side.
 const PARTITIONS: usize = 8;
+
+/// How many connections apply a partitionable projection: at most half of the
+/// pool, less the reader's, so the live workers and requests sharing the pool
+/// still get connections while a rebuild runs.
+fn partitions(pool: &PgPool) -> usize {
+    (pool.options().get_max_connections() as usize / 2)
+        .saturating_sub(1)
+        .clamp(1, PARTITIONS)
+}
 
 /// Rebuilds `projection` into `schema` from the log up to and including
 /// position `up_to`, returning how many entries were applied.
@@ -228,7 +237,7 @@ async fn apply_in_order(
     Ok(())
 }
 
-/// Splits each batch by aggregate over [`PARTITIONS`] connections.
+/// Splits each batch by aggregate over [`partitions`] connections.
 async fn apply_partitioned(
     pool: &PgPool,
     projection: Projection,
@@ -236,15 +245,16 @@ async fn apply_partitioned(
     mut received: mpsc::Receiver<Vec<LogEntry>>,
     progress: &(dyn Fn(i64) + Sync),
 ) -> Result<(), ApplyError> {
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..PARTITIONS)
+    let partitions = partitions(pool);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..partitions)
         .map(|_| mpsc::channel::<Vec<LogEntry>>(1))
         .unzip();
     let dispatch = async move {
         while let Some(entries) = received.recv().await {
             let last = entries.last().map(|entry| entry.position);
-            let mut shares: Vec<Vec<LogEntry>> = vec![Vec::new(); PARTITIONS];
+            let mut shares: Vec<Vec<LogEntry>> = vec![Vec::new(); partitions];
             for entry in entries {
-                shares[partition_of(&entry.aggregate_id)].push(entry);
+                shares[partition_of(&entry.aggregate_id, partitions)].push(entry);
             }
             for (sender, share) in senders.iter().zip(shares) {
                 if !share.is_empty() && sender.send(share).await.is_err() {
@@ -258,19 +268,19 @@ async fn apply_partitioned(
         }
         Ok::<(), ApplyError>(())
     };
-    let partitions = try_join_all(
+    let appliers = try_join_all(
         receivers
             .into_iter()
             .map(|received| apply_in_order(pool, projection, schema, received, &|_| {})),
     );
-    tokio::try_join!(dispatch, partitions)?;
+    tokio::try_join!(dispatch, appliers)?;
     Ok(())
 }
 
-fn partition_of(aggregate_id: &str) -> usize {
+fn partition_of(aggregate_id: &str, partitions: usize) -> usize {
     let mut hasher = DefaultHasher::new();
     aggregate_id.hash(&mut hasher);
-    (hasher.finish() % PARTITIONS as u64) as usize
+    (hasher.finish() % partitions as u64) as usize
 }
 
 /// A name made safe to splice into SQL as an identifier.

@@ -9,7 +9,7 @@ pub use support::{assert_complete_and_ordered, fresh_database, nats_url, stream_
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::auth::JwtKeys;
 use api::background::Background;
@@ -119,9 +119,11 @@ impl TestApp {
         }
     }
 
-    /// Waits until every projection has applied every committed event.
+    /// Waits until every projection has applied every committed event, for up
+    /// to a minute: a loaded two-core machine runs a debug build slowly.
     pub async fn wait_for_projections(&self) {
-        for _ in 0..400 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
             let committed = self.event_count().await;
             let sequenced = herald_nats::log::head(&self.pool).await.unwrap();
             let applied = projections::checkpoints(&self.pool, &Projection::ALL)
