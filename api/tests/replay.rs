@@ -182,3 +182,57 @@ async fn replaying_every_projection_while_clients_read_and_write_ends_equal_to_a
     .unwrap();
     assert_eq!(leftovers, 0, "shadow schemas were left behind");
 }
+
+#[tokio::test]
+async fn a_read_holding_one_live_table_while_it_asks_for_another_does_not_deadlock_with_the_swap() {
+    let app = TestApp::spawn_with_pipeline().await;
+    let (patient, doctor) = (patient(), doctor());
+    let chat = app.group_chat(patient, &[doctor]).await;
+    for i in 0..5 {
+        app.post(
+            &format!("/api/v1/chats/{chat}/messages"),
+            patient,
+            json!({ "body": format!("note {i}") }),
+        )
+        .await;
+    }
+    app.wait_for_projections().await;
+
+    // A read that has one of the chat tables and will ask for another, as a
+    // query joining them does while the swap comes in.
+    let mut reader = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM rm_chat_members")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    let replay = tokio::spawn({
+        let pool = app.pool.clone();
+        async move { projections::replay(&pool, Projection::Chats, &|_, _| {}).await }
+    });
+    // Give the replay time to reach its swap and, if the swap waits for
+    // locks, to queue behind the read.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        let swap_waits: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks
+                             WHERE NOT granted AND relation = 'rm_chat_members'::regclass)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if swap_waits {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let chats: i64 = sqlx::query_scalar("SELECT count(*) FROM rm_chats")
+        .fetch_one(&mut *reader)
+        .await
+        .unwrap();
+    assert_eq!(chats, 1);
+    reader.commit().await.unwrap();
+
+    let report = replay.await.unwrap().unwrap();
+    assert!(report.position >= 6, "{report:?}");
+    common::assert_matches_rebuild(&app.pool, Projection::Chats).await;
+}

@@ -30,6 +30,12 @@ const SWAP_WITHIN: i64 = 2000;
 const SWAP_LOCK_TIMEOUT: &str = "2s";
 /// How long the swapped-out tables stay for reads that were already on them.
 const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often, and how far apart, the swap tries to take the live tables
+/// before it lets go of everything and starts over.
+const LOCK_ATTEMPTS: u32 = 200;
+const LOCK_PAUSE: Duration = Duration::from_millis(10);
+/// Postgres's `lock_not_available`: a lock not taken in time, or at once.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// How often the swap is tried before the replay gives up.
 const SWAP_ATTEMPTS: u32 = 5;
 /// Base of the advisory locks that keep two replays of one projection apart.
@@ -57,7 +63,8 @@ impl From<sqlx::Error> for ReplayError {
 pub struct ReplayReport {
     /// The projection replayed.
     pub projection: Projection,
-    /// Log entries read and applied to the new tables.
+    /// Log entries rebuilt into the new tables: every position the rebuild
+    /// covered, whether or not the projection follows its aggregate.
     pub entries: i64,
     /// The checkpoint at the swap: the new tables hold the log up to here.
     pub position: i64,
@@ -125,7 +132,7 @@ pub async fn replay(
         match swap(pool, projection, &shadow, &retired, position).await {
             Ok(done) => break done,
             Err(ApplyError::Sql(sqlx::Error::Database(err)))
-                if err.code().as_deref() == Some("55P03") && attempt < SWAP_ATTEMPTS =>
+                if err.code().as_deref() == Some(LOCK_NOT_AVAILABLE) && attempt < SWAP_ATTEMPTS =>
             {
                 tracing::warn!(%projection, attempt, "reads held the live tables too long; swapping again");
             }
@@ -187,6 +194,7 @@ async fn swap(
         .execute(&mut *tx)
         .await?;
     let applied = catch_up(&mut tx, projection, from, live).await?;
+    lock_live_tables(&mut tx, projection).await?;
     for table in projection.tables() {
         sqlx::query(&format!("DROP TABLE IF EXISTS {retired}.{table}"))
             .execute(&mut *tx)
@@ -200,6 +208,48 @@ async fn swap(
     }
     tx.commit().await?;
     Ok((live, applied))
+}
+
+/// Takes all of the projection's live tables at once, without waiting, trying
+/// again after a short pause while reads hold them. Waiting for one table
+/// while holding another could deadlock with a read that holds the second and
+/// waits for the first, and Postgres would end one of the two. When the tables
+/// stay busy the swap's lock timeout error is returned, and the swap is tried
+/// again later.
+async fn lock_live_tables(
+    tx: &mut PgConnection,
+    projection: Projection,
+) -> Result<(), sqlx::Error> {
+    let tables = projection
+        .tables()
+        .iter()
+        .map(|table| format!("public.{table}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        sqlx::query("SAVEPOINT lock_live_tables")
+            .execute(&mut *tx)
+            .await?;
+        match sqlx::query(&format!(
+            "LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE NOWAIT"
+        ))
+        .execute(&mut *tx)
+        .await
+        {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(err))
+                if err.code().as_deref() == Some(LOCK_NOT_AVAILABLE) && attempt < LOCK_ATTEMPTS =>
+            {
+                sqlx::query("ROLLBACK TO SAVEPOINT lock_live_tables")
+                    .execute(&mut *tx)
+                    .await?;
+                tokio::time::sleep(LOCK_PAUSE).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Applies the entries after `from` up to `up_to` inside the swap transaction.
@@ -216,9 +266,7 @@ async fn catch_up(
         let Some(last) = entries.last().map(|entry| entry.position) else {
             break;
         };
-        for entry in &entries {
-            projection.apply(&mut *tx, entry).await?;
-        }
+        projection.apply_all(&mut *tx, &entries).await?;
         applied += entries.len() as i64;
         position = last;
     }

@@ -265,6 +265,11 @@ impl TestApp {
         live: Option<LiveConfig>,
         listener: tokio::net::TcpListener,
     ) -> Self {
+        // Herald's warnings and errors, printed with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_test_writer()
+            .try_init();
         let args = DatabaseArgs {
             database_url: database_url.to_owned(),
             database_pool_size: 8,
