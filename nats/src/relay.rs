@@ -4,9 +4,11 @@
 //! lock; others wait as hot standbys. The active relay runs two loops:
 //!
 //! * the **sequencer** reads committed events in `(xid, event_id)` order, only
-//!   below the transaction-id horizon `pg_snapshot_xmin(pg_current_snapshot())`:
-//!   every transaction older than that has ended, so no event can ever appear
-//!   behind the cursor. It numbers them densely in `event_log`, through the very
+//!   below the transaction-id horizon `event_horizon()`: every transaction
+//!   older than that has ended or has declared that it never writes events
+//!   (projection batches, rebuilds; see the `event_horizon` migration), so no
+//!   event can ever appear behind the cursor. It numbers them densely in
+//!   `event_log`, through the very
 //!   connection that holds the lock, so a relay that lost its lock can no longer
 //!   write a position. In the same transaction it links the entries into the
 //!   log's hash chains ([`crate::chain`]), so no entry is ever sequenced
@@ -238,8 +240,7 @@ impl Relay {
         let blocker: Option<Blocker> = sqlx::query_as(
             "SELECT pid, datname::text AS database, state, left(query, 200) AS query
                FROM pg_stat_activity
-              WHERE backend_xid IS NOT NULL
-              ORDER BY age(backend_xid) DESC
+              WHERE backend_xid = xid(event_horizon())
               LIMIT 1",
         )
         .fetch_optional(&mut *lock)
@@ -472,23 +473,27 @@ async fn sequence_batch(lock: &mut PgConnection) -> Result<SequenceStep, sqlx::E
             unhashed: hashed < position,
         });
     }
+    let horizon: String = sqlx::query_scalar("SELECT event_horizon()::text")
+        .fetch_one(&mut *tx)
+        .await?;
     let next: Vec<(i64, String)> = sqlx::query_as(
         "SELECT event_id, xid::text FROM events
           WHERE (xid, event_id) > ($1::xid8, $2)
-            AND xid < pg_snapshot_xmin(pg_current_snapshot())
+            AND xid < $4::xid8
           ORDER BY xid, event_id
           LIMIT $3",
     )
     .bind(&cursor_xid)
     .bind(cursor_event_id)
     .bind(SEQUENCE_BATCH)
+    .bind(&horizon)
     .fetch_all(&mut *tx)
     .await?;
-    let blocked: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+    let blocked: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE xid >= $1::xid8)")
+            .bind(&horizon)
+            .fetch_one(&mut *tx)
+            .await?;
     let Some((last_event_id, last_xid)) = next.last().cloned() else {
         tx.commit().await?;
         return Ok(SequenceStep {

@@ -97,6 +97,73 @@ async fn an_event_committed_late_with_an_earlier_id_is_relayed_where_a_naive_rea
     support::delete_stream(&topology).await;
 }
 
+/// A connection inside a transaction that has written something other than an
+/// event, so it holds a transaction id; `declared` says whether it first
+/// declared that it writes no events, as projection batches do.
+async fn open_transaction_with_an_id(url: &str, declared: bool) -> PgConnection {
+    let mut connection = PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut connection).await.unwrap();
+    if declared {
+        sqlx::query("SELECT declare_no_event_writes()")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO projection_checkpoints (projection) VALUES ('long-batch')")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection
+}
+
+async fn commit(mut connection: PgConnection) {
+    sqlx::query("COMMIT")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_open_transaction_that_may_write_events_holds_the_relay_back_until_it_ends() {
+    let url = support::fresh_database().await;
+    let pool = support::migrated_pool(&url).await;
+    let topology = support::fresh_topology().await;
+    let (relay, _stop) = start_relay(&pool, &topology).await;
+
+    let open = open_transaction_with_an_id(&url, false).await;
+    let mut writer = PgConnection::connect(&url).await.unwrap();
+    append(&mut writer, "chat", 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        relay.status().sequenced(),
+        0,
+        "sequenced past an open writer"
+    );
+
+    commit(open).await;
+    wait_until_published(&relay, 1).await;
+    support::delete_stream(&topology).await;
+}
+
+#[tokio::test]
+async fn a_long_transaction_that_declared_it_writes_no_events_does_not_hold_the_relay_back() {
+    let url = support::fresh_database().await;
+    let pool = support::migrated_pool(&url).await;
+    let topology = support::fresh_topology().await;
+    let (relay, _stop) = start_relay(&pool, &topology).await;
+
+    let open = open_transaction_with_an_id(&url, true).await;
+    let mut writer = PgConnection::connect(&url).await.unwrap();
+    append(&mut writer, "chat", 1).await;
+    append(&mut writer, "chat", 2).await;
+    wait_until_published(&relay, 2).await;
+
+    commit(open).await;
+    let entries = support::stream_entries(&topology).await;
+    support::assert_complete_and_ordered(&entries, &all_event_ids(&pool).await);
+    support::delete_stream(&topology).await;
+}
+
 #[tokio::test]
 async fn many_writers_committing_out_of_order_are_all_relayed_once_while_a_naive_reader_misses_some(
 ) {

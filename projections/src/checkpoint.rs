@@ -55,10 +55,15 @@ pub(crate) async fn ensure(pool: &PgPool, projection: Projection) -> Result<(), 
 
 /// Locks the projection's checkpoint for the rest of the transaction, so that
 /// two workers of one projection never apply the same entry, and reads it.
+/// It must be the transaction's first write: it also declares that the
+/// transaction writes no events, so the relay does not wait for it.
 pub(crate) async fn lock(
     conn: &mut PgConnection,
     projection: Projection,
 ) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT declare_no_event_writes()")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query_scalar(
         "SELECT position FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
     )

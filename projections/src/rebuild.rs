@@ -213,6 +213,10 @@ async fn begin_shadow<'c>(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
+    // Long batches of shadow writes must not hold the relay back.
+    sqlx::query("SELECT declare_no_event_writes()")
+        .execute(&mut *tx)
+        .await?;
     Ok(tx)
 }
 
