@@ -68,6 +68,28 @@ pub async fn read_after<'c>(
     .await
 }
 
+/// Up to `limit` entries of the given aggregate types after `position` and no
+/// later than `up_to`, in order: a projection's share of a stretch of the log.
+pub async fn read_of_types<'c>(
+    executor: impl PgExecutor<'c>,
+    aggregate_types: &[&str],
+    position: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<LogEntry>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{SELECT_ENTRIES}
+          WHERE l.position > $1 AND l.position <= $2 AND e.aggregate_type = ANY($3)
+          ORDER BY l.position LIMIT $4"
+    ))
+    .bind(position)
+    .bind(up_to)
+    .bind(aggregate_types)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
 /// The last position sequenced so far (0 for an empty log).
 pub async fn head<'c>(executor: impl PgExecutor<'c>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT sequenced_position FROM relay_cursor")

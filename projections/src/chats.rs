@@ -77,14 +77,40 @@ pub struct MessageRow {
     pub deleted: bool,
 }
 
-/// Applies one log entry to the chat tables; entries of other aggregates
-/// change nothing.
-pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {
-    if entry.aggregate_type != CHAT {
-        return Ok(());
+/// Applies log entries, in order, to the chat tables; entries of other
+/// aggregates change nothing. Consecutive new messages, the bulk of chat
+/// traffic, are written together in one statement, which changes the tables
+/// exactly as writing them one at a time would.
+pub(crate) async fn apply_all(
+    conn: &mut PgConnection,
+    entries: &[LogEntry],
+) -> Result<(), ApplyError> {
+    let mut sent = NewMessages::default();
+    for entry in entries {
+        if entry.aggregate_type != CHAT {
+            continue;
+        }
+        let chat_id = aggregate_uuid(entry)?;
+        let event = crate::decode::<ChatEvent>(entry)?;
+        apply_event(conn, &mut sent, entry, chat_id, event).await?;
     }
-    let chat_id = aggregate_uuid(entry)?;
-    match crate::decode::<ChatEvent>(entry)? {
+    Ok(sent.write(conn).await?)
+}
+
+/// Applies one chat event: a new message joins `sent`, to be written with the
+/// ones around it; any other event first writes what `sent` holds, so every
+/// event applies in log order.
+async fn apply_event(
+    conn: &mut PgConnection,
+    sent: &mut NewMessages,
+    entry: &LogEntry,
+    chat_id: Uuid,
+    event: ChatEvent,
+) -> Result<(), ApplyError> {
+    if !matches!(event, ChatEvent::MessageSent { .. }) {
+        sent.write(conn).await?;
+    }
+    match event {
         ChatEvent::ChatCreated {
             chat_id,
             kind,
@@ -153,53 +179,15 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
             author,
             body,
             sent_at,
-        } => {
-            let seq = to_i64(seq);
-            let body = String::from(body);
-            // Postgres keeps microseconds; the preview is cut the same way so
-            // it reads the same whether written here or recomputed later.
-            let sent_at = sent_at.trunc_subsecs(6);
-            let inserted = sqlx::query(
-                "INSERT INTO rm_chat_messages (chat_id, seq, message_id, author, body, sent_at,
-                                               edited_at, deleted)
-                 VALUES ($1, $2, $3, $4, $5, $6, NULL, false)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(chat_id)
-            .bind(seq)
-            .bind(message_id)
-            .bind(author)
-            .bind(&body)
-            .bind(sent_at)
-            .execute(&mut *conn)
-            .await?;
-            if inserted.rows_affected() == 0 {
-                return Ok(());
-            }
-            sqlx::query(
-                "UPDATE rm_chat_members SET unread_count = unread_count + 1
-                  WHERE chat_id = $1 AND user_id <> $2 AND read_up_to < $3",
-            )
-            .bind(chat_id)
-            .bind(author)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await?;
-            let preview = last_message(message_id, seq, author, &body, sent_at);
-            sqlx::query(
-                "UPDATE rm_chats
-                    SET last_message = CASE WHEN $2 >= last_seq THEN $3 ELSE last_message END,
-                        last_seq = GREATEST(last_seq, $2),
-                        last_activity_position = GREATEST(last_activity_position, $4)
-                  WHERE chat_id = $1",
-            )
-            .bind(chat_id)
-            .bind(seq)
-            .bind(preview)
-            .bind(entry.position)
-            .execute(&mut *conn)
-            .await?;
-        }
+        } => sent.push(
+            entry,
+            chat_id,
+            message_id,
+            seq,
+            author,
+            body.into(),
+            sent_at,
+        ),
         ChatEvent::MessageEdited {
             seq,
             body,
@@ -254,6 +242,99 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
         }
     }
     Ok(())
+}
+
+/// New messages gathered to be written in one statement.
+#[derive(Default)]
+struct NewMessages {
+    chat_ids: Vec<Uuid>,
+    seqs: Vec<i64>,
+    message_ids: Vec<Uuid>,
+    authors: Vec<Uuid>,
+    bodies: Vec<String>,
+    sent_at: Vec<DateTime<Utc>>,
+    positions: Vec<i64>,
+    previews: Vec<String>,
+}
+
+impl NewMessages {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        entry: &LogEntry,
+        chat_id: Uuid,
+        message_id: Uuid,
+        seq: u64,
+        author: Uuid,
+        body: String,
+        sent_at: DateTime<Utc>,
+    ) {
+        let seq = to_i64(seq);
+        // Postgres keeps microseconds; the preview is cut the same way so it
+        // reads the same whether written here or recomputed later.
+        let sent_at = sent_at.trunc_subsecs(6);
+        self.previews
+            .push(last_message(message_id, seq, author, &body, sent_at).to_string());
+        self.chat_ids.push(chat_id);
+        self.seqs.push(seq);
+        self.message_ids.push(message_id);
+        self.authors.push(author);
+        self.bodies.push(body);
+        self.sent_at.push(sent_at);
+        self.positions.push(entry.position);
+    }
+
+    /// Writes the gathered messages and empties the list. A message already
+    /// stored (a redelivery) changes nothing; each new one adds one unread
+    /// message for every member but its author who has not read that far, and
+    /// becomes its chat's preview when it is the newest.
+    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.chat_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[],
+                                      $5::text[], $6::timestamptz[], $7::bigint[], $8::text[])
+                     AS i (chat_id, seq, message_id, author, body, sent_at, position, preview)),
+             inserted AS (
+                 INSERT INTO rm_chat_messages (chat_id, seq, message_id, author, body, sent_at,
+                                               edited_at, deleted)
+                 SELECT chat_id, seq, message_id, author, body, sent_at, NULL, false FROM input
+                 ON CONFLICT DO NOTHING
+                 RETURNING chat_id, seq, author),
+             unread AS (
+                 UPDATE rm_chat_members m
+                    SET unread_count = m.unread_count
+                        + (SELECT count(*) FROM inserted n
+                            WHERE n.chat_id = m.chat_id AND n.author <> m.user_id
+                              AND n.seq > m.read_up_to)
+                  WHERE m.chat_id IN (SELECT chat_id FROM inserted)),
+             newest AS (
+                 SELECT DISTINCT ON (i.chat_id) i.chat_id, i.seq, i.preview, i.position
+                   FROM input i JOIN inserted n ON n.chat_id = i.chat_id AND n.seq = i.seq
+                  ORDER BY i.chat_id, i.seq DESC)
+             UPDATE rm_chats c
+                SET last_message = CASE WHEN n.seq >= c.last_seq THEN n.preview::jsonb
+                                        ELSE c.last_message END,
+                    last_seq = GREATEST(c.last_seq, n.seq),
+                    last_activity_position = GREATEST(c.last_activity_position, n.position)
+               FROM newest n
+              WHERE c.chat_id = n.chat_id",
+        )
+        .bind(&self.chat_ids)
+        .bind(&self.seqs)
+        .bind(&self.message_ids)
+        .bind(&self.authors)
+        .bind(&self.bodies)
+        .bind(&self.sent_at)
+        .bind(&self.positions)
+        .bind(&self.previews)
+        .execute(&mut *conn)
+        .await?;
+        *self = Self::default();
+        Ok(())
+    }
 }
 
 /// Sequence numbers start at 1 and grow by one per message, so they never

@@ -39,7 +39,7 @@ fn partitions(pool: &PgPool) -> usize {
 }
 
 /// Rebuilds `projection` into `schema` from the log up to and including
-/// position `up_to`, returning how many entries were applied.
+/// position `up_to`, returning how many log positions it covered.
 pub async fn rebuild_into(
     pool: &PgPool,
     projection: Projection,
@@ -144,8 +144,9 @@ async fn name_indexes_like_live(
 }
 
 /// Applies the log's entries after `from` up to and including `up_to` to the
-/// tables in `schema`; `progress` is told each position reached. Returns how
-/// many entries were read.
+/// tables in `schema`; `progress` is told each position reached. Only the
+/// entries of the aggregate types the projection follows are read. Returns how
+/// many log positions were covered.
 pub(crate) async fn apply_range(
     pool: &PgPool,
     projection: Projection,
@@ -158,7 +159,7 @@ pub(crate) async fn apply_range(
         return Ok(0);
     }
     let (batches, received) = mpsc::channel::<Vec<LogEntry>>(2);
-    let read = read_ahead(pool, from, up_to, batches);
+    let read = read_ahead(pool, projection, from, up_to, batches);
     let apply = async {
         if projection == Projection::Chats {
             apply_partitioned(pool, projection, schema, received, progress).await
@@ -166,35 +167,40 @@ pub(crate) async fn apply_range(
             apply_in_order(pool, projection, schema, received, progress).await
         }
     };
-    let (read, ()) = tokio::try_join!(read, apply)?;
-    Ok(read)
+    tokio::try_join!(read, apply)?;
+    Ok(up_to - from)
 }
 
-/// Reads the log in batches on its own connection, one batch ahead of the
-/// appliers.
+/// Reads the projection's share of the log in batches on its own connection,
+/// one batch ahead of the appliers.
 async fn read_ahead(
     pool: &PgPool,
+    projection: Projection,
     from: i64,
     up_to: i64,
     batches: mpsc::Sender<Vec<LogEntry>>,
-) -> Result<i64, ApplyError> {
+) -> Result<(), ApplyError> {
     let mut conn = pool.acquire().await?;
     let mut position = from;
-    let mut read = 0;
     while position < up_to {
-        let entries =
-            log::read_after(&mut *conn, position, REBUILD_BATCH.min(up_to - position)).await?;
+        let entries = log::read_of_types(
+            &mut *conn,
+            projection.aggregate_types(),
+            position,
+            up_to,
+            REBUILD_BATCH,
+        )
+        .await?;
         let Some(last) = entries.last().map(|entry| entry.position) else {
             break;
         };
-        read += entries.len() as i64;
         position = last;
         if batches.send(entries).await.is_err() {
             // The applier stopped; its error is the one to report.
             break;
         }
     }
-    Ok(read)
+    Ok(())
 }
 
 /// Opens a shadow-writing transaction: unqualified names resolve to `schema`.
@@ -230,9 +236,7 @@ async fn apply_in_order(
     let mut conn = pool.acquire().await?;
     while let Some(entries) = received.recv().await {
         let mut tx = begin_shadow(&mut conn, schema).await?;
-        for entry in &entries {
-            projection.apply(&mut tx, entry).await?;
-        }
+        projection.apply_all(&mut tx, &entries).await?;
         tx.commit().await?;
         if let Some(last) = entries.last() {
             progress(last.position);

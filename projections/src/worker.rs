@@ -173,26 +173,48 @@ impl Worker {
                 tx.commit().await?;
                 return Ok(());
             };
-            let mut failed = None;
-            for entry in &entries {
-                if let Err(err) = self.apply_traced(&mut tx, entry).await {
-                    failed = Some(err);
-                    break;
-                }
-            }
-            match failed {
-                None => {
+            match self.apply_batch_traced(&mut tx, &entries).await {
+                Ok(()) => {
                     checkpoint::advance(&mut tx, self.projection, upto).await?;
                     tx.commit().await?;
                 }
-                Some(ApplyError::Sql(err)) if is_transient(&err) => return Err(err.into()),
-                Some(err) => {
+                Err(ApplyError::Sql(err)) if is_transient(&err) => return Err(err.into()),
+                Err(err) => {
                     tx.rollback().await?;
                     tracing::warn!(projection = %self.projection, %err, "batch failed; applying one entry at a time");
                     self.apply_one_by_one(&mut conn, entries).await?;
                 }
             }
         }
+    }
+
+    /// Applies a batch inside a span that names each entry with its
+    /// correlation id, so that what a request set in motion can be followed
+    /// into the read side.
+    async fn apply_batch_traced(
+        &self,
+        conn: &mut PgConnection,
+        entries: &[LogEntry],
+    ) -> Result<(), ApplyError> {
+        let span = tracing::debug_span!(
+            "apply_batch",
+            projection = %self.projection,
+            from = entries.first().map(|entry| entry.position),
+            to = entries.last().map(|entry| entry.position),
+        );
+        async {
+            for entry in entries {
+                tracing::debug!(
+                    position = entry.position,
+                    event_type = entry.event_type,
+                    correlation_id = entry.correlation_id(),
+                    "applying"
+                );
+            }
+            self.projection.apply_all(conn, entries).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Applies one entry inside a span that carries its correlation id, so that

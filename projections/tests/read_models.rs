@@ -104,13 +104,12 @@ fn entry(
     }
 }
 
-/// Applies entries to every projection in one transaction.
+/// Applies entries to every projection as one batch in one transaction, as a
+/// worker or a rebuild does.
 async fn apply_all(pool: &PgPool, entries: &[LogEntry]) {
     let mut tx = pool.begin().await.unwrap();
-    for entry in entries {
-        for projection in Projection::ALL {
-            projection.apply(&mut tx, entry).await.unwrap();
-        }
+    for projection in Projection::ALL {
+        projection.apply_all(&mut tx, entries).await.unwrap();
     }
     tx.commit().await.unwrap();
 }
@@ -927,6 +926,60 @@ async fn rebuilding_from_the_log_in_one_batch_gives_the_same_rows_as_applying_li
         .values()
         .all(|rows| rows.as_array().is_some_and(|rows| !rows.is_empty()))));
     assert_eq!(dump(&rebuilt).await, live);
+}
+
+/// A message of the second chat in a test, with ids apart from [`sent`]'s.
+fn sent_elsewhere(seq: u64, author: u128, body: &str) -> ChatEvent {
+    ChatEvent::MessageSent {
+        message_id: Uuid::from_u128(2_000 + u128::from(seq)),
+        seq,
+        author: user(author),
+        body: MessageBody::parse(body).unwrap(),
+        sent_at: at(20 + i64::try_from(seq).unwrap()),
+    }
+}
+
+#[tokio::test]
+async fn messages_applied_as_one_batch_across_chats_give_the_same_rows_as_one_at_a_time() {
+    let mut log = Log::new().await;
+    let (ward, direct) = (Uuid::new_v4(), Uuid::new_v4());
+    log.chat(ward, created(ward, &[ALICE, BOB, CAROL])).await;
+    log.chat(direct, created(direct, &[BOB, DAN])).await;
+    log.chat(ward, sent(1, ALICE, "one")).await;
+    log.chat(direct, sent_elsewhere(1, BOB, "hello")).await;
+    log.chat(ward, sent(2, BOB, "two")).await;
+    log.chat(ward, sent(3, ALICE, "three")).await;
+    log.chat(direct, sent_elsewhere(2, DAN, "hi")).await;
+    log.chat(ward, read(CAROL, 2)).await;
+    log.chat(ward, sent(4, CAROL, "four")).await;
+    log.chat(direct, sent_elsewhere(3, BOB, "how are you?"))
+        .await;
+    log.chat(
+        ward,
+        ChatEvent::MemberAdded {
+            user_id: user(DAN),
+            added_by: user(ALICE),
+            at: at(60),
+        },
+    )
+    .await;
+    log.chat(ward, sent(5, DAN, "five")).await;
+    log.chat(ward, sent(6, BOB, "six")).await;
+    log.chat(ward, deleted(6, BOB)).await;
+    log.chat(direct, sent_elsewhere(4, DAN, "fine")).await;
+    // A message delivered twice, next to itself and after the rest.
+    let mut batch = log.entries.clone();
+    batch.insert(4, log.entries[3].clone());
+    batch.push(log.entries[2].clone());
+
+    let batched = fresh_pool().await;
+    apply_all(&batched, &batch).await;
+    assert_eq!(
+        unread_of_all(&batched, ward).await,
+        [Some(3), Some(4), Some(2)]
+    );
+    assert_eq!(unread(&batched, direct, BOB).await, Some(2));
+    assert_eq!(dump(&batched).await, dump(&log.pool).await);
 }
 
 #[tokio::test]
