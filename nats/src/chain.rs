@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor, PgPool};
+use tokio::sync::mpsc;
 
 use crate::{log, LogEntry};
 
@@ -351,21 +352,34 @@ pub async fn verify(
     let total: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_log")
         .fetch_one(pool)
         .await?;
-    let mut verification = Verification {
-        ok: true,
-        events_checked: 0,
-        first_bad_position: None,
-        reason: None,
-        head: None,
+    // The next batch is read on its own connection while this one is checked;
+    // when the check ends early it drops `received`, which stops the read.
+    let (batches, mut received) = mpsc::channel::<Vec<VerifyRow>>(1);
+    let check = async move {
+        let mut chain = Verifier::new(expect);
+        while let Some(rows) = received.recv().await {
+            let last = rows.last().map_or(0, |row| row.entry.position);
+            for row in rows {
+                if let Err(failed) = chain.check(row) {
+                    return Ok(failed);
+                }
+            }
+            progress(chain.verification.events_checked, total.max(last));
+        }
+        Ok::<_, sqlx::Error>(chain.finish())
     };
-    let mut previous = GENESIS;
+    let (verification, ()) = tokio::try_join!(check, read_for_verify(pool, batches))?;
+    Ok(verification)
+}
+
+/// Reads the log for [`verify`] in batches by position, each row with its
+/// aggregate predecessor's link, until the end or until nobody listens.
+async fn read_for_verify(
+    pool: &PgPool,
+    batches: mpsc::Sender<Vec<VerifyRow>>,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
     let mut position = 0;
-    let fail = |mut verification: Verification, at: i64, reason: String| {
-        verification.ok = false;
-        verification.first_bad_position = Some(at);
-        verification.reason = Some(reason);
-        verification
-    };
     loop {
         let rows: Vec<VerifyRow> = sqlx::query_as(
             "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
@@ -384,73 +398,109 @@ pub async fn verify(
         )
         .bind(position)
         .bind(VERIFY_BATCH)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         let Some(last) = rows.last().map(|row| row.entry.position) else {
-            break;
+            return Ok(());
         };
-        for row in rows {
-            let entry = &row.entry;
-            let at = position + 1;
-            if entry.position != at {
-                return Ok(fail(
-                    verification,
-                    at,
-                    format!("position {at} is missing from the log"),
-                ));
-            }
-            let computed = link(&previous, entry);
-            if as_hash(row.hash) != Some(computed) {
-                return Ok(fail(
-                    verification,
-                    at,
-                    "the entry does not match its hash: it was changed, moved or inserted, or an entry before it was removed".to_owned(),
-                ));
-            }
-            let previous_aggregate = match (entry.sequence, row.previous_position) {
-                (1, _) => Some(GENESIS),
-                (_, Some(before)) if before < at => as_hash(row.previous_aggregate_hash),
-                _ => None,
-            };
-            let aggregate_ok = previous_aggregate
-                .is_some_and(|before| as_hash(row.aggregate_hash) == Some(link(&before, entry)));
-            if !aggregate_ok {
-                return Ok(fail(
-                    verification,
-                    at,
-                    format!(
-                        "the chain of {} {} breaks at its event {}",
-                        entry.aggregate_type, entry.aggregate_id, entry.sequence
-                    ),
-                ));
-            }
-            if let Some(expected) = expect.filter(|e| e.position == at) {
-                if expected.hash != computed {
-                    return Ok(fail(
-                        verification,
-                        at,
-                        format!("the chain no longer passes through the checkpoint {expected}"),
-                    ));
-                }
-            }
-            previous = computed;
-            position = at;
-            verification.events_checked += 1;
-            verification.head = Some(Checkpoint {
-                position: at,
-                hash: computed,
-            });
+        position = last;
+        if batches.send(rows).await.is_err() {
+            return Ok(());
         }
-        progress(verification.events_checked, total.max(last));
     }
-    if let Some(expected) = expect.filter(|e| e.position > position) {
-        return Ok(fail(
-            verification,
-            position + 1,
-            format!("the log ends at position {position}, before the checkpoint {expected}"),
-        ));
+}
+
+/// Both chains recomputed entry by entry, in position order.
+struct Verifier {
+    expect: Option<Checkpoint>,
+    previous: Hash,
+    position: i64,
+    verification: Verification,
+}
+
+impl Verifier {
+    fn new(expect: Option<Checkpoint>) -> Self {
+        Self {
+            expect,
+            previous: GENESIS,
+            position: 0,
+            verification: Verification {
+                ok: true,
+                events_checked: 0,
+                first_bad_position: None,
+                reason: None,
+                head: None,
+            },
+        }
     }
-    Ok(verification)
+
+    /// Checks the next row; on a break, the verification that names it.
+    fn check(&mut self, row: VerifyRow) -> Result<(), Verification> {
+        let entry = &row.entry;
+        let at = self.position + 1;
+        if entry.position != at {
+            return Err(self.fail(at, format!("position {at} is missing from the log")));
+        }
+        let computed = link(&self.previous, entry);
+        if as_hash(row.hash) != Some(computed) {
+            return Err(self.fail(
+                at,
+                "the entry does not match its hash: it was changed, moved or inserted, or an entry before it was removed".to_owned(),
+            ));
+        }
+        let previous_aggregate = match (entry.sequence, row.previous_position) {
+            (1, _) => Some(GENESIS),
+            (_, Some(before)) if before < at => as_hash(row.previous_aggregate_hash),
+            _ => None,
+        };
+        let aggregate_ok = previous_aggregate
+            .is_some_and(|before| as_hash(row.aggregate_hash) == Some(link(&before, entry)));
+        if !aggregate_ok {
+            return Err(self.fail(
+                at,
+                format!(
+                    "the chain of {} {} breaks at its event {}",
+                    entry.aggregate_type, entry.aggregate_id, entry.sequence
+                ),
+            ));
+        }
+        if let Some(expected) = self.expect.filter(|e| e.position == at) {
+            if expected.hash != computed {
+                return Err(self.fail(
+                    at,
+                    format!("the chain no longer passes through the checkpoint {expected}"),
+                ));
+            }
+        }
+        self.previous = computed;
+        self.position = at;
+        self.verification.events_checked += 1;
+        self.verification.head = Some(Checkpoint {
+            position: at,
+            hash: computed,
+        });
+        Ok(())
+    }
+
+    /// The verification once the log has ended.
+    fn finish(mut self) -> Verification {
+        let position = self.position;
+        match self.expect.filter(|e| e.position > position) {
+            Some(expected) => self.fail(
+                position + 1,
+                format!("the log ends at position {position}, before the checkpoint {expected}"),
+            ),
+            None => self.verification,
+        }
+    }
+
+    fn fail(&mut self, at: i64, reason: String) -> Verification {
+        let mut verification = self.verification.clone();
+        verification.ok = false;
+        verification.first_bad_position = Some(at);
+        verification.reason = Some(reason);
+        verification
+    }
 }
 
 /// One entry as auditors read it: the entry and its two links.
