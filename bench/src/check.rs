@@ -40,7 +40,7 @@ impl Progress {
 pub async fn progress(pool: &PgPool) -> Result<Progress, sqlx::Error> {
     let (committed, sequenced, published, applied): (i64, i64, i64, Option<i64>) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM events),
-                sequenced_position, published_position,
+                sequenced_position, (SELECT position FROM relay_published),
                 (SELECT min(coalesce(c.position, 0))
                    FROM unnest($1::text[]) AS p(name)
                    LEFT JOIN projection_checkpoints c ON c.projection = p.name)

@@ -307,7 +307,7 @@ impl Relay {
                 Ok(now) => {
                     backoff.reset();
                     self.status.published.store(now.position, Ordering::Relaxed);
-                    sqlx::query("UPDATE relay_cursor SET published_position = $1")
+                    sqlx::query("UPDATE relay_published SET position = $1")
                         .bind(now.position)
                         .execute(&self.pool)
                         .await?;
@@ -449,13 +449,8 @@ async fn sequence_batch(lock: &mut PgConnection) -> Result<SequenceStep, sqlx::E
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
-    // The publisher updates the cursor row too. Locked before the snapshot is
-    // taken (LOCK takes none), a publisher's update is either committed and
-    // seen, or waits for this transaction, so the cursor is never updated
-    // behind the snapshot's back, which repeatable read would refuse.
-    sqlx::query("LOCK TABLE relay_cursor IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
+    // Only the sequencer, through the lock's connection, writes the cursor,
+    // so repeatable read never finds it updated behind the snapshot's back.
     let (cursor_xid, cursor_event_id, position, hashed): (String, i64, i64, i64) = sqlx::query_as(
         "SELECT sequenced_xid::text, sequenced_event_id, sequenced_position, hashed_position
            FROM relay_cursor",
