@@ -150,7 +150,7 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let mut conn = self.pool.acquire().await?;
         loop {
-            let mut tx = conn.begin().await?;
+            let mut tx = begin_batch(&mut conn).await?;
             let from = checkpoint::lock(&mut tx, self.projection).await?;
             if target <= from {
                 tx.commit().await?;
@@ -245,7 +245,7 @@ impl Worker {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let mut tx = conn.begin().await?;
+                let mut tx = begin_batch(conn).await?;
                 if checkpoint::lock(&mut tx, self.projection).await? >= entry.position {
                     tx.commit().await?;
                     break;
@@ -263,7 +263,7 @@ impl Worker {
                     }
                     Err(err) => {
                         tx.rollback().await?;
-                        let mut tx = conn.begin().await?;
+                        let mut tx = begin_batch(conn).await?;
                         checkpoint::lock(&mut tx, self.projection).await?;
                         checkpoint::bury(
                             &mut tx,
@@ -291,6 +291,20 @@ impl Worker {
 }
 
 /// Whether a failure is Postgres being away rather than a poison entry.
+/// Opens a batch's transaction. Its commit does not wait for the disk: the
+/// rows and the checkpoint commit together, so a batch that a Postgres crash
+/// loses is applied again from the log when the worker starts, and the disk's
+/// syncs are left to the commands, whose events are the record.
+async fn begin_batch(
+    conn: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 fn is_transient(err: &sqlx::Error) -> bool {
     matches!(
         err,
