@@ -26,6 +26,11 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// mimalloc instead of the system allocator: under load glibc's malloc and
+/// free took a quarter of Herald's CPU (see BENCHMARKS.md, the profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
