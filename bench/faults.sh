@@ -130,20 +130,5 @@ $(cat "$SCHEDULE")
 MD
 )
 printf '%s\n' "$SUMMARY"
-FILE=BENCHMARKS.md
-[ -f "$FILE" ] || printf '# Benchmarks\n\n' >"$FILE"
-SUMMARY="$SUMMARY" python3 - "$FILE" <<'PY'
-import os, re, sys
-path = sys.argv[1]
-text = open(path, encoding="utf-8").read()
-section = os.environ["SUMMARY"].strip() + "\n"
-pattern = re.compile(r"<!-- bench/faults\.sh: begin -->.*?<!-- bench/faults\.sh: end -->\n?", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section, text, count=1)
-else:
-    end = "<!-- bench/run.sh: end -->\n"
-    at = text.find(end)
-    text = (text[:at + len(end)] + "\n" + section + text[at + len(end):]) if at >= 0 else text.rstrip("\n") + "\n\n" + section
-open(path, "w", encoding="utf-8").write(text)
-PY
+replace_section "bench/faults.sh" "$SUMMARY"
 [ "$VERDICT" = passed ]

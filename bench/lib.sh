@@ -50,3 +50,25 @@ start_nats() {
     NATS_PID=$STARTED_PID
     wait_for_port "$1"
 }
+
+# replace_section NAME TEXT: puts TEXT (which starts with `<!-- NAME: begin -->`
+# and ends with `<!-- NAME: end -->`) into BENCHMARKS.md in place of the
+# section of that name, or appends it; every other section is kept.
+replace_section() {
+    local file=BENCHMARKS.md
+    [ -f "$file" ] || printf '# Benchmarks\n' >"$file"
+    SECTION_NAME="$1" SECTION="$2" python3 - "$file" <<'PY'
+import os, re, sys
+path = sys.argv[1]
+text = open(path, encoding="utf-8").read()
+name = re.escape(os.environ["SECTION_NAME"])
+section = os.environ["SECTION"].strip() + "\n"
+pattern = re.compile(r"<!-- " + name + r": begin -->.*?<!-- " + name + r": end -->\n?", re.S)
+if pattern.search(text):
+    text = pattern.sub(lambda _: section, text, count=1)
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(path, "w", encoding="utf-8").write(text)
+PY
+    log "wrote the $1 section of $file"
+}

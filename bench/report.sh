@@ -5,6 +5,7 @@
 #   WORK=/tmp/herald-bench.XXXXXX bash bench/report.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 # The settings and wall-clock timings run.sh measured.
 source "$WORK/timings.env"
 
@@ -116,21 +117,4 @@ $(sed -n 's/^\([a-z]*\): \([0-9]*\) entries in \([0-9.]*\)s (\([0-9]*\) events\/
 MD
 )
 
-# Replace our section, keep every other one (the faults' and anyone else's).
-FILE=BENCHMARKS.md
-[ -f "$FILE" ] || printf '# Benchmarks\n\n' >"$FILE"
-SECTION="$SECTION" python3 - "$FILE" <<'PY'
-import os, re, sys
-path = sys.argv[1]
-text = open(path, encoding="utf-8").read()
-section = os.environ["SECTION"].strip() + "\n"
-pattern = re.compile(r"<!-- bench/run\.sh: begin -->.*?<!-- bench/run\.sh: end -->\n?", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section, text, count=1)
-else:
-    lines = text.split("\n", 1)
-    head, rest = (lines[0] + "\n", lines[1] if len(lines) > 1 else "") if text.startswith("# ") else ("", text)
-    text = head + "\n" + section + "\n" + rest.lstrip("\n")
-open(path, "w", encoding="utf-8").write(text)
-PY
-echo "wrote $FILE" >&2
+replace_section "bench/run.sh" "$SECTION"

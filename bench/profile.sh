@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Where a Herald command run spends its time, in one run on a fresh database:
+# who uses the machine's CPU (Herald, Postgres, NATS, the load generator),
+# where Herald's own CPU goes (perf, by symbol), and what Postgres backends do
+# (pg_stat_activity sampled every 10 ms: average sessions per state, wait and
+# statement). Writes the "Profile" section of BENCHMARKS.md.
+#
+#   bash bench/profile.sh
+#
+# Settings (environment): BENCH_DURATION_S (30), BENCH_CONCURRENCY (32),
+# BENCH_NATS_PORT (14222), BENCH_HTTP_PORT (18080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+DURATION=${BENCH_DURATION_S:-30}
+CONCURRENCY=${BENCH_CONCURRENCY:-32}
+NATS_PORT=${BENCH_NATS_PORT:-14222}
+HTTP_PORT=${BENCH_HTTP_PORT:-18080}
+WORK=$(mktemp -d /tmp/herald-profile.XXXXXX)
+trap 'cleanup; rm -rf "$WORK/nats"' EXIT
+DB=herald_profile
+
+log "building release binaries (once)"
+cargo build --release -p api --bin herald -p bench --bins
+
+start_nats "$NATS_PORT" "$WORK/nats"
+export HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT" HERALD_NATS_PREFIX="profile$(date +%s)"
+export HERALD_JWT_SECRET HERALD_WEBHOOK_SECRET
+HERALD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+HERALD_WEBHOOK_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export HERALD_RATE_LIMIT_PER_SECOND=0
+export HERALD_DATABASE_URL="$PG_SERVER/$DB" HERALD_LISTEN="127.0.0.1:$HTTP_PORT"
+fresh_db "$DB"
+start herald "$BIN/herald" up
+HERALD_PID=$STARTED_PID
+wait_for_port "$HTTP_PORT"
+
+# CPU seconds used so far: by one process, by every Postgres process (the
+# postmaster's reaped children included), by the whole machine.
+ticks_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+postgres_ticks() {
+    local master total=0 pid
+    master=$(head -n1 "$(ls -d /var/lib/postgresql/*/main | head -n1)/postmaster.pid")
+    total=$(awk '{ print $16 + $17 }' "/proc/$master/stat")
+    for pid in $(pgrep -u postgres); do
+        total=$((total + $(ticks_of "$pid" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+snapshot() { echo "$(ticks_of "$HERALD_PID") $(postgres_ticks) $(ticks_of "$NATS_PID") $(machine_ticks)"; }
+
+"${PSQL[@]}" -d postgres -c "
+    CREATE OR REPLACE FUNCTION public.herald_profile_sample(db text, seconds float)
+        RETURNS TABLE (activity text, sessions float) LANGUAGE plpgsql AS \$\$
+    DECLARE
+        counts jsonb := '{}';
+        rounds bigint := 0;
+        key text;
+        until timestamptz := clock_timestamp() + seconds * interval '1 second';
+    BEGIN
+        WHILE clock_timestamp() < until LOOP
+            PERFORM pg_stat_clear_snapshot();
+            FOR key IN
+                SELECT state || ' | ' || coalesce(wait_event_type || ':' || wait_event, 'on CPU')
+                       || ' | ' || left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+                  FROM pg_stat_activity
+                 WHERE datname = db AND state <> 'idle' AND pid <> pg_backend_pid()
+            LOOP
+                counts := jsonb_set(counts, ARRAY[key],
+                                    to_jsonb(coalesce((counts ->> key)::bigint, 0) + 1));
+            END LOOP;
+            rounds := rounds + 1;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+        RETURN QUERY SELECT c.key, c.value::bigint::float / rounds
+                       FROM jsonb_each_text(counts) AS c
+                      ORDER BY 2 DESC;
+    END \$\$"
+
+log "profiling $DURATION s of commands at $CONCURRENCY clients"
+BEFORE=$(snapshot)
+"${PSQL[@]}" -d postgres -F ' | ' -c "SELECT round(sessions::numeric, 2), activity
+    FROM public.herald_profile_sample('$DB', $DURATION) LIMIT 25" >"$WORK/sessions.txt" &
+SAMPLER=$!
+perf record -F 499 -p "$HERALD_PID" -o "$WORK/perf.data" -- sleep "$DURATION" 2>"$WORK/perf.log" &
+PERF=$!
+TIMEFORMAT='%U %S'
+{ time "$BIN/herald-load" commands --url "http://127.0.0.1:$HTTP_PORT" \
+    --concurrency "$CONCURRENCY" --duration-s "$DURATION" >"$WORK/load.json" 2>"$WORK/load.log"; } \
+    2>"$WORK/load.time"
+AFTER=$(snapshot)
+wait "$SAMPLER" "$PERF"
+"${PSQL[@]}" -d postgres -c "DROP FUNCTION public.herald_profile_sample(text, float)"
+stop "$HERALD_PID"
+
+HZ=$(getconf CLK_TCK)
+read -r H0 P0 N0 M0 <<<"$BEFORE"
+read -r H1 P1 N1 M1 <<<"$AFTER"
+read -r LU LS <"$WORK/load.time"
+cpu() { awk -v t="$1" -v hz="$HZ" -v s="$DURATION" 'BEGIN { printf "%.2f", t / hz / s }'; }
+HERALD_CPU=$(cpu $((H1 - H0)))
+POSTGRES_CPU=$(cpu $((P1 - P0)))
+NATS_CPU=$(cpu $((N1 - N0)))
+MACHINE_CPU=$(cpu $((M1 - M0)))
+LOAD_CPU=$(awk -v u="$LU" -v s="$LS" -v d="$DURATION" 'BEGIN { printf "%.2f", (u + s) / d }')
+OTHER_CPU=$(awk -v m="$MACHINE_CPU" -v a="$HERALD_CPU" -v b="$POSTGRES_CPU" -v c="$NATS_CPU" -v d="$LOAD_CPU" \
+    'BEGIN { o = m - a - b - c - d; printf "%.2f", o < 0 ? 0 : o }')
+RATE=$(jq -r .throughput "$WORK/load.json")
+perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -30 >"$WORK/symbols.txt"
+
+SECTION=$(
+    echo "<!-- bench/profile.sh: begin -->"
+    echo "## Profile of a command run"
+    echo
+    echo "Measured by \`bash bench/profile.sh\` (BENCH_DURATION_S=$DURATION, $CONCURRENCY clients) on"
+    echo "$(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD || echo ' (with uncommitted changes)'):"
+    echo "\`herald up\` under the same mixed load as the benchmark, $RATE commands/s."
+    echo
+    echo "### Who uses the CPU (cores busy, averaged over the run; the machine has $(nproc))"
+    echo
+    echo "| process | cores |"
+    echo "| --- | ---: |"
+    echo "| Herald (API, relay, projections, process manager) | $HERALD_CPU |"
+    echo "| Postgres (all backends) | $POSTGRES_CPU |"
+    echo "| NATS | $NATS_CPU |"
+    echo "| load generator | $LOAD_CPU |"
+    echo "| anything else on the machine | $OTHER_CPU |"
+    echo "| **all** | **$MACHINE_CPU** |"
+    echo
+    echo "### What Postgres sessions of Herald's database do (average sessions at once)"
+    echo
+    echo "\"idle in transaction | Client:ClientRead\" is a transaction waiting for Herald to send"
+    echo "its next statement; \"on CPU\" is a backend working."
+    echo
+    echo "| sessions | state, wait, statement |"
+    echo "| ---: | --- |"
+    sed -E 's/^([^|]*) \| (.*)$/| \1 | `\2` |/' "$WORK/sessions.txt"
+    echo
+    echo "### Where Herald's own CPU goes (perf, self time by symbol, ≥ 0.7 %)"
+    echo
+    echo '```'
+    cat "$WORK/symbols.txt"
+    echo '```'
+    echo "<!-- bench/profile.sh: end -->"
+)
+replace_section "bench/profile.sh" "$SECTION"
+log "profile written to BENCHMARKS.md; raw results in $WORK"
