@@ -471,11 +471,14 @@ async fn sequence_batch(lock: &mut PgConnection) -> Result<SequenceStep, sqlx::E
     let horizon: String = sqlx::query_scalar("SELECT event_horizon()::text")
         .fetch_one(&mut *tx)
         .await?;
+    // Ordered by the xid8 column itself: an output column named `xid` (the
+    // text) would be what ORDER BY sorted by, and as text "10" comes before
+    // "9". The (xid, event_id) index serves the order and the range.
     let next: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT event_id, xid::text FROM events
-          WHERE (xid, event_id) > ($1::xid8, $2)
-            AND xid < $4::xid8
-          ORDER BY xid, event_id
+        "SELECT e.event_id, e.xid::text AS xid_text FROM events e
+          WHERE (e.xid, e.event_id) > ($1::xid8, $2)
+            AND e.xid < $4::xid8
+          ORDER BY e.xid, e.event_id
           LIMIT $3",
     )
     .bind(&cursor_xid)

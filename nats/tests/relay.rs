@@ -97,6 +97,35 @@ async fn an_event_committed_late_with_an_earlier_id_is_relayed_where_a_naive_rea
     support::delete_stream(&topology).await;
 }
 
+#[tokio::test]
+async fn events_are_sequenced_in_numeric_transaction_order_where_the_ids_gain_a_digit() {
+    let url = support::fresh_database().await;
+    let pool = support::migrated_pool(&url).await;
+    // Transactions 9 and 10 ended long ago: "10" sorts before "9" as text.
+    let mut ids = Vec::new();
+    for (xid, sequence) in [("9", 1), ("10", 2)] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, xid)
+             VALUES ('Chat', 'old-chat', $1, 'MessageSent', '1', '{}', '{}', $2::xid8)
+             RETURNING event_id",
+        )
+        .bind(sequence)
+        .bind(xid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let topology = support::fresh_topology().await;
+    let (relay, _stop) = start_relay(&pool, &topology).await;
+
+    wait_until_published(&relay, 2).await;
+    let entries = support::stream_entries(&topology).await;
+    support::assert_complete_and_ordered(&entries, &ids);
+    support::delete_stream(&topology).await;
+}
+
 /// A connection inside a transaction that has written something other than an
 /// event, so it holds a transaction id; `declared` says whether it first
 /// declared that it writes no events, as projection batches do.
