@@ -264,6 +264,48 @@ async fn a_member_added_later_receives_the_chat_from_then_on() {
 }
 
 #[tokio::test]
+async fn an_idle_socket_is_pinged_and_kept_while_it_answers_and_closed_once_it_falls_silent() {
+    let config = LiveConfig {
+        ping_interval: Duration::from_millis(200),
+        ..LiveConfig::default()
+    };
+    let app = TestApp::spawn_live(config).await;
+    let (doctor, answers, silent) = (doctor(), patient(), patient());
+    let chat = app.group_chat(doctor, &[answers, silent]).await;
+    let mut answering = connect(&app, answers).await;
+    let mut quiet = connect(&app, silent).await;
+
+    // A client that reads answers each ping with a pong (tungstenite does so
+    // on its own), for well over three ping intervals.
+    let mut pings = 0;
+    let listening = tokio::time::timeout(Duration::from_millis(1500), async {
+        while let Some(Ok(message)) = answering.next().await {
+            if matches!(message, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+    })
+    .await;
+    assert!(listening.is_err(), "the answering socket was closed");
+    assert!(pings >= 3, "{pings} pings in 1.5 s at one per 200 ms");
+    post_message(&app, chat, doctor, "still there?").await;
+    let event = next_event(&mut answering, "MessageSent").await;
+    assert_eq!(event["event"]["body"], "still there?", "{event}");
+
+    // The other one never read, so never answered: the server has closed it.
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match quiet.next().await {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent socket is still open");
+}
+
+#[tokio::test]
 async fn a_slow_reader_is_cut_off_while_another_member_keeps_receiving() {
     let config = LiveConfig {
         outgoing_buffer: 32,
