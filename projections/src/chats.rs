@@ -305,11 +305,12 @@ impl NewMessages {
                  RETURNING chat_id, seq, author),
              unread AS (
                  UPDATE rm_chat_members m
-                    SET unread_count = m.unread_count
-                        + (SELECT count(*) FROM inserted n
-                            WHERE n.chat_id = m.chat_id AND n.author <> m.user_id
-                              AND n.seq > m.read_up_to)
-                  WHERE m.chat_id IN (SELECT chat_id FROM inserted)),
+                    SET unread_count = m.unread_count + d.unread
+                   FROM (SELECT r.chat_id, r.user_id, count(*) AS unread
+                           FROM inserted n JOIN rm_chat_members r ON r.chat_id = n.chat_id
+                          WHERE n.author <> r.user_id AND n.seq > r.read_up_to
+                          GROUP BY r.chat_id, r.user_id) d
+                  WHERE m.chat_id = d.chat_id AND m.user_id = d.user_id),
              newest AS (
                  SELECT DISTINCT ON (i.chat_id) i.chat_id, i.seq, i.preview, i.position
                    FROM input i JOIN inserted n ON n.chat_id = i.chat_id AND n.seq = i.seq
