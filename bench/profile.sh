@@ -107,7 +107,7 @@ MACHINE_CPU=$(cpu $((M1 - M0)))
 LOAD_CPU=$(awk -v u="$LU" -v s="$LS" -v d="$DURATION" 'BEGIN { printf "%.2f", (u + s) / d }')
 OTHER_CPU=$(awk -v m="$MACHINE_CPU" -v a="$HERALD_CPU" -v b="$POSTGRES_CPU" -v c="$NATS_CPU" -v d="$LOAD_CPU" \
     'BEGIN { o = m - a - b - c - d; printf "%.2f", o < 0 ? 0 : o }')
-RATE=$(jq -r .throughput "$WORK/load.json")
+RATE=$(jq -r '.throughput | round' "$WORK/load.json")
 perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 2>/dev/null |
     grep -v '^#' | grep -v '^$' | head -30 >"$WORK/symbols.txt"
 
@@ -116,7 +116,7 @@ SECTION=$(
     echo "## Profile of a command run"
     echo
     echo "Measured by \`bash bench/profile.sh\` (BENCH_DURATION_S=$DURATION, $CONCURRENCY clients) on"
-    echo "$(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD || echo ' (with uncommitted changes)'):"
+    echo "$(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- . ':!BENCHMARKS.md' || echo ' (with uncommitted changes)'):"
     echo "\`herald up\` under the same mixed load as the benchmark, $RATE commands/s."
     echo
     echo "### Who uses the CPU (cores busy, averaged over the run; the machine has $(nproc))"
