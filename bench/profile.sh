@@ -109,7 +109,7 @@ OTHER_CPU=$(awk -v m="$MACHINE_CPU" -v a="$HERALD_CPU" -v b="$POSTGRES_CPU" -v c
     'BEGIN { o = m - a - b - c - d; printf "%.2f", o < 0 ? 0 : o }')
 RATE=$(jq -r '.throughput | round' "$WORK/load.json")
 perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 2>/dev/null |
-    grep -v '^#' | grep -v '^$' | head -30 >"$WORK/symbols.txt"
+    grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+(-[[:space:]]+)*$//' | head -30 >"$WORK/symbols.txt"
 
 SECTION=$(
     echo "<!-- bench/profile.sh: begin -->"
