@@ -8,12 +8,11 @@
 //!   older than that has ended or has declared that it never writes events
 //!   (projection batches, rebuilds; see the `event_horizon` migration), so no
 //!   event can ever appear behind the cursor. It numbers them densely in
-//!   `event_log`, through the very
-//!   connection that holds the lock, so a relay that lost its lock can no longer
-//!   write a position. In the same transaction it links the entries into the
-//!   log's hash chains ([`crate::chain`]), so no entry is ever sequenced
-//!   without its hash; entries numbered before the chains existed are hashed
-//!   first, oldest first.
+//!   `event_log`, through the very connection that holds the lock, so a relay
+//!   that lost its lock can no longer write a position. In the same
+//!   transaction it links the entries into the log's hash chains
+//!   ([`crate::chain`]), so no entry is ever sequenced without its hash;
+//!   entries numbered before the chains existed are hashed first, oldest first.
 //! * the **publisher** sends sequenced entries to JetStream in position order,
 //!   pipelined, each with `Nats-Msg-Id` = its event id and
 //!   `Nats-Expected-Last-Msg-Id` = the previous one's, awaiting every PubAck.
