@@ -16,9 +16,9 @@ use uuid::Uuid;
 use crate::ApplyError;
 
 /// The aggregate type of bookings in the log.
-const BOOKING: &str = "Booking";
+pub(crate) const BOOKING: &str = "Booking";
 /// The aggregate type of payments in the log.
-const PAYMENT: &str = "Payment";
+pub(crate) const PAYMENT: &str = "Payment";
 
 /// A booking as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

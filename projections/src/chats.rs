@@ -19,7 +19,7 @@ use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
 
 /// The aggregate type whose events this read model follows.
-const CHAT: &str = "Chat";
+pub(crate) const CHAT: &str = "Chat";
 
 /// A chat as it appears in one user's chat list.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]

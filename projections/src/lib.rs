@@ -77,9 +77,9 @@ impl Projection {
     /// reads only their entries.
     pub fn aggregate_types(self) -> &'static [&'static str] {
         match self {
-            Projection::Chats => &["Chat"],
-            Projection::Bookings | Projection::Summary => &["Booking", "Payment"],
-            Projection::Payments => &["Payment"],
+            Projection::Chats => &[chats::CHAT],
+            Projection::Bookings | Projection::Summary => &[bookings::BOOKING, bookings::PAYMENT],
+            Projection::Payments => &[bookings::PAYMENT],
         }
     }
 
