@@ -41,6 +41,7 @@ export HERALD_JWT_SECRET
 HERALD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export HERALD_WEBHOOK_SECRET
 HERALD_WEBHOOK_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export HERALD_SANDBOX=true   # payments go through the built-in sandbox provider
 export HERALD_RATE_LIMIT_PER_SECOND=0
 "$BIN/herald" migrate >/dev/null
 

@@ -22,7 +22,7 @@ pub struct Cli {
 pub enum Command {
     /// Run Herald: migrate the database, then serve the API and run the relay
     /// and every projection worker in this one process.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run only the relay (the active one holds a Postgres lock; others stand by).
     Relay(RelayArgs),
     /// Run only projection workers: the named ones, or all.
@@ -92,9 +92,13 @@ pub struct UpArgs {
     pub public_url: Option<url::Url>,
 
     /// Development mode: without a JWT secret, make an ephemeral one and print a
-    /// ready token for every role.
+    /// ready token for every role; serve the sandbox payment provider.
     #[arg(long)]
     pub dev: bool,
+
+    /// The payment provider.
+    #[command(flatten)]
+    pub provider: ProviderArgs,
 
     /// Token buckets of the rate limits.
     #[command(flatten)]
@@ -103,6 +107,30 @@ pub struct UpArgs {
     /// Browser origins allowed to call the API (comma-separated); none by default.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<axum::http::HeaderValue>,
+}
+
+/// Which payment provider Herald pays through.
+#[derive(Debug, Args)]
+pub struct ProviderArgs {
+    /// Serve the built-in sandbox payment provider under `/sandbox` and pay
+    /// through it. For development and tests only: no real money moves.
+    /// `--dev` switches it on.
+    #[arg(long, env = "HERALD_SANDBOX")]
+    pub sandbox: bool,
+
+    /// Base URL of the payment provider's API. Defaults to Herald's own public
+    /// URL when the sandbox is served.
+    #[arg(long, env = "HERALD_PROVIDER_URL")]
+    pub provider_url: Option<url::Url>,
+
+    /// The shop's id at the provider. With the sandbox and no credentials,
+    /// Herald makes ephemeral ones.
+    #[arg(long, env = "HERALD_PROVIDER_SHOP_ID")]
+    pub provider_shop_id: Option<String>,
+
+    /// The secret key the provider issued to the shop.
+    #[arg(long, env = "HERALD_PROVIDER_SECRET_KEY", hide_env_values = true, value_parser = secret)]
+    pub provider_secret_key: Option<SecretString>,
 }
 
 /// Where NATS is and which deployment's stream to use.

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod live;
 pub mod openapi;
 pub mod ops;
+pub mod provider;
 pub mod request_id;
 pub mod routes;
 

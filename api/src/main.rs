@@ -14,6 +14,7 @@ use api::config::{
     ProjectArgs, RelayArgs, ReplayArgs, UpArgs, VerifyArgs,
 };
 use api::limits::RateLimits;
+use api::provider::PaymentProvider;
 use api::{db, AppState, Surface};
 use clap::Parser;
 use commands::WriteSide;
@@ -37,7 +38,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> ExitCode {
     init_logs();
     let result = match Cli::parse().command {
-        Command::Up(args) => up(args).await,
+        Command::Up(args) => up(*args).await,
         Command::Relay(args) => relay(args).await,
         Command::Project(args) => project(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
@@ -256,7 +257,9 @@ async fn up(args: UpArgs) -> Result<(), BoxError> {
         .public_url
         .as_ref()
         .map_or_else(|| format!("http://{address}"), ToString::to_string);
-    let (gateway, sandbox) = api::routes::sandbox::gateway(&public_url, webhook_secret.clone())?;
+    let provider =
+        PaymentProvider::from_config(&args.provider, args.dev, &public_url, &webhook_secret)?;
+    let gateway = provider.gateway;
     let mut background = Background::default();
     background.announce_commits(write.clone());
     let relay = background.relay(&pool, &client, &topology);
@@ -276,7 +279,7 @@ async fn up(args: UpArgs) -> Result<(), BoxError> {
         keys,
         gateway,
         webhook_secret,
-        sandbox: Some(sandbox),
+        sandbox: provider.sandbox,
         live: Some(live.clone()),
     };
     let surface = Surface {

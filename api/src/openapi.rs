@@ -36,6 +36,9 @@ pub const DOCUMENT_PATH: &str = "/openapi.json";
 pub const DOCS_PATH: &str = "/docs";
 /// The name of the bearer JWT security scheme.
 pub const BEARER: &str = "bearer";
+/// The name of the sandbox provider's shop authentication scheme; the
+/// sandbox's routes name it literally in their `security(...)`.
+pub const SHOP: &str = "shop";
 /// The media type of every error answer.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -68,7 +71,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
             Unavailable
         )
     ),
-    modifiers(&BearerScheme),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "chats", description = "Chats, their members and messages"),
         (name = "bookings", description = "Doctor visits"),
@@ -82,10 +85,11 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 )]
 pub struct ApiDoc;
 
-/// Declares the bearer JWT scheme the `/api/v1` routes require.
-struct BearerScheme;
+/// Declares the bearer JWT scheme the `/api/v1` routes require, and the shop
+/// authentication of the sandbox provider's API.
+struct SecuritySchemes;
 
-impl Modify for BearerScheme {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
@@ -97,6 +101,18 @@ impl Modify for BearerScheme {
                     .description(Some(
                         "HS256 JWT with claims `sub` (user UUID), `role` (patient, doctor, \
                          admin or auditor) and `exp`; `herald up --dev` prints one per role.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            SHOP,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "The shop id and secret key the sandbox provider was configured with \
+                         (HERALD_PROVIDER_SHOP_ID, HERALD_PROVIDER_SECRET_KEY).",
                     ))
                     .build(),
             ),

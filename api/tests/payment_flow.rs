@@ -15,6 +15,7 @@ use commands::ConsistencyToken;
 use common::{admin, patient, post, Reply, StoredEvent, TestApp};
 use domain::values::Actor;
 use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -156,6 +157,23 @@ async fn deliver(app: &TestApp, notification: &Value, age_secs: i64) -> Reply {
         .webhook_secret
         .sign(Utc::now().timestamp() - age_secs, &body);
     deliver_signed_as(app, &body, Some(signature)).await
+}
+
+/// `request` signed in as the shop the sandbox serves.
+fn as_the_shop(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let shop = common::shop();
+    request.basic_auth(shop.shop_id, Some(shop.secret_key.expose_secret()))
+}
+
+/// A charge opened at the sandbox's API for `payment`, as `request` asks.
+async fn open_charge(request: reqwest::RequestBuilder, payment: Uuid, key: &str) -> Reply {
+    Reply::send(request.header("idempotence-key", key).json(&json!({
+        "amount": { "value": PRICE_TEXT, "currency": "RUB" },
+        "payment_method_type": "bank_card",
+        "description": "a visit",
+        "metadata": { "payment_id": payment.to_string() },
+    })))
+    .await
 }
 
 /// A payment the patient confirmed on the sandbox page, once Herald stored it.
@@ -376,12 +394,13 @@ async fn a_refund_confirmed_before_it_was_requested_is_refused_until_an_admin_re
     let app = TestApp::spawn_with_payments().await;
     let paying = paid_through_the_sandbox(&app).await;
     wait_for(&app, "BookingPaid", 1).await;
-    let early = notification(
+    let mut early = notification(
         "refund.succeeded",
         paying.payment,
         "early-refund",
         PRICE_TEXT,
     );
+    early["object"]["payment_id"] = json!(paying.provider_payment_id());
 
     // Out of order: answered 409, so the provider delivers it again later.
     app.stores_nothing(deliver(&app, &early, 0))
@@ -409,6 +428,100 @@ async fn a_refund_confirmed_before_it_was_requested_is_refused_until_an_admin_re
     // Delivered again once the payment is refunded, it changes nothing.
     let late = app.stores_nothing(deliver(&app, &early, 0)).await;
     assert_eq!(late.status, StatusCode::OK, "{}", late.body);
+}
+
+#[tokio::test]
+async fn nobody_pays_for_someone_elses_payment_with_a_charge_of_their_own() {
+    let app = TestApp::spawn_with_payments().await;
+    let victim = start_paying(&app).await;
+    let charges = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sandbox_payments")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let opened_by_herald = charges().await;
+
+    // The sandbox's API opens charges for its shop only.
+    let url = format!("{}/sandbox/api/payments", app.address);
+    for (who, request) in [
+        ("no credentials", app.client.post(&url)),
+        (
+            "a wrong secret key",
+            app.client
+                .post(&url)
+                .basic_auth("test-shop", Some("guessed")),
+        ),
+        (
+            "another shop",
+            app.client
+                .post(&url)
+                .basic_auth("attacker", Some("ssssssssssssssssssssssssssssssss")),
+        ),
+    ] {
+        let reply = open_charge(request, victim.payment, &format!("attack-{who}")).await;
+        reply.assert_problem(StatusCode::UNAUTHORIZED);
+        assert_eq!(charges().await, opened_by_herald, "{who}");
+    }
+
+    // A charge opened some other way, signed by the provider and naming the
+    // victim's payment, settles nothing: it is not the charge Herald opened.
+    let attackers = open_charge(
+        as_the_shop(app.request(Method::POST, "/sandbox/api/payments")),
+        victim.payment,
+        "attacker-charge",
+    )
+    .await;
+    assert_eq!(attackers.status, StatusCode::OK, "{}", attackers.body);
+    let charge = attackers.body["id"].as_str().unwrap().to_owned();
+    assert_ne!(charge, victim.provider_payment_id());
+    for event in ["payment.succeeded", "payment.canceled"] {
+        let forged = notification(event, victim.payment, &charge, PRICE_TEXT);
+        let reply = app.stores_nothing(deliver(&app, &forged, 0)).await;
+        reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            reply.body["detail"],
+            "the notification is not about the charge Herald asked the provider for"
+        );
+    }
+    let page = attackers.body["confirmation_url"].as_str().unwrap();
+    assert_eq!(choose(&app, page, "succeed").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(events_of(&app, "PaymentSucceeded").await.is_empty());
+    let status = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/payments/{}", victim.payment),
+            victim.patient,
+            None,
+        )
+        .await;
+    assert_eq!(status.body["status"], "pending", "{}", status.body);
+
+    // The victim's own charge still settles their payment, and a refund
+    // notification must name that charge too.
+    assert_eq!(
+        choose(&app, victim.page(), "succeed").await.status,
+        StatusCode::OK
+    );
+    let succeeded = &wait_for(&app, "PaymentSucceeded", 1).await[0];
+    assert_eq!(
+        succeeded.field("provider_payment_id"),
+        victim.provider_payment_id()
+    );
+    wait_for(&app, "BookingPaid", 1).await;
+    let refund = post(
+        format!("/api/v1/payments/{}/refund", victim.payment),
+        json!({ "reason": "charged by mistake" }),
+    );
+    let requested = app.call(admin(), &refund).await;
+    assert_eq!(requested.status, StatusCode::OK, "{}", requested.body);
+    wait_for(&app, "PaymentRefunded", 1).await;
+    let mut forged_refund = notification("refund.succeeded", victim.payment, "r-1", PRICE_TEXT);
+    forged_refund["object"]["payment_id"] = json!(charge);
+    app.stores_nothing(deliver(&app, &forged_refund, 0))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]
@@ -528,7 +641,7 @@ async fn a_notification_for_an_unknown_payment_is_retried_by_the_provider_until_
     // happens when the notification overtakes the commit.
     let payment = Uuid::new_v4();
     let opened = Reply::send(
-        app.request(Method::POST, "/sandbox/api/payments")
+        as_the_shop(app.request(Method::POST, "/sandbox/api/payments"))
             .header("idempotence-key", format!("payment-{payment}"))
             .json(&json!({
                 "amount": { "value": PRICE_TEXT, "currency": "RUB" },
@@ -653,7 +766,7 @@ async fn a_dead_payment_provider_gives_fast_503s_and_stores_nothing() {
         open_for: Duration::from_secs(60),
     };
     let gateway: Arc<dyn PaymentGateway> = Arc::new(Resilient::new(
-        Arc::new(SandboxGateway::new(&address).unwrap()),
+        Arc::new(SandboxGateway::new(&address, common::shop()).unwrap()),
         policy,
     ));
     let app = TestApp::spawn_with_gateway(&common::fresh_database().await, Some(gateway)).await;

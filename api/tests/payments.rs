@@ -66,7 +66,7 @@ impl Bill {
         let write = WriteSide::new(self.app.pool.clone());
         let metadata = Metadata::for_request(Actor::system(), "provider-notification");
         let confirmed = PaymentCommand::MarkSucceeded {
-            provider_payment_id: "provider-1".to_owned(),
+            provider_payment_id: self.app.provider_charge(payment).await,
             amount: Money::new(PRICE, Currency::rub()).unwrap(),
             at: Utc::now(),
         };

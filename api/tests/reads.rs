@@ -145,7 +145,7 @@ impl Herald {
     async fn succeed(&self, payment: Uuid, booking: Uuid) {
         let metadata = Metadata::for_request(Actor::system(), "provider-notification");
         let confirmed = PaymentCommand::MarkSucceeded {
-            provider_payment_id: format!("provider-{payment}"),
+            provider_payment_id: self.app.provider_charge(payment).await,
             amount: Money::new(PRICE, Currency::rub()).unwrap(),
             at: Utc::now(),
         };

@@ -228,6 +228,11 @@ pub enum DomainError {
         /// Step that was attempted.
         action: PaymentAction,
     },
+    /// The provider reported on a charge or refund that is not the one Herald
+    /// asked it for. Which charge Herald expected is not said: it is not the
+    /// sender's business.
+    #[error("the notification is not about the charge Herald asked the provider for")]
+    UnknownProviderCharge,
     /// The provider reported a different sum than the one we asked for.
     #[error("the amount paid does not match the amount due")]
     AmountMismatch {
@@ -242,7 +247,9 @@ impl DomainError {
     /// Classifies the refusal so transports can pick a status code.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Invalid(_) | Self::AmountMismatch { .. } => ErrorKind::Invalid,
+            Self::Invalid(_) | Self::AmountMismatch { .. } | Self::UnknownProviderCharge => {
+                ErrorKind::Invalid
+            }
             Self::Forbidden(_) => ErrorKind::Forbidden,
             Self::ChatNotFound
             | Self::MessageNotFound

@@ -124,6 +124,8 @@ pub enum PaymentCommand {
     MarkRefunded {
         /// The provider's reference for the refund.
         provider_refund_id: String,
+        /// The provider's reference for the charge it returned.
+        provider_payment_id: String,
         /// What the provider says it returned: only whole refunds exist.
         amount: Money,
         /// When the provider reported it.
@@ -231,6 +233,20 @@ fn provider_reference(field: &'static str, value: &str) -> Result<(), Validation
     }
 }
 
+impl Initiated {
+    /// Only the charge Herald itself opened at the provider settles this
+    /// payment: a notification about any other charge, even one whose metadata
+    /// names this payment, is refused, so nobody can pay with a charge of
+    /// their own making.
+    fn check_charge(&self, provider_payment_id: &str) -> Result<(), DomainError> {
+        if self.provider_payment_id.as_deref() == Some(provider_payment_id) {
+            Ok(())
+        } else {
+            Err(DomainError::UnknownProviderCharge)
+        }
+    }
+}
+
 impl Payment {
     /// Whether the payment has been initiated.
     pub fn exists(&self) -> bool {
@@ -282,6 +298,7 @@ impl Payment {
                 at,
             } => {
                 provider_reference("provider_payment_id", &provider_payment_id)?;
+                state.check_charge(&provider_payment_id)?;
                 match state.status {
                     PaymentStatus::Pending if amount != state.amount => {
                         Err(DomainError::AmountMismatch {
@@ -304,6 +321,7 @@ impl Payment {
                 at,
             } => {
                 provider_reference("provider_payment_id", &provider_payment_id)?;
+                state.check_charge(&provider_payment_id)?;
                 if state.status != PaymentStatus::Pending {
                     return Ok(vec![]);
                 }
@@ -327,10 +345,12 @@ impl Payment {
             }
             PaymentCommand::MarkRefunded {
                 provider_refund_id,
+                provider_payment_id,
                 amount,
                 at,
             } => {
                 provider_reference("provider_refund_id", &provider_refund_id)?;
+                state.check_charge(&provider_payment_id)?;
                 match state.status {
                     PaymentStatus::RefundPending if amount != state.amount => {
                         Err(DomainError::AmountMismatch {
@@ -544,14 +564,14 @@ mod tests {
 
     fn succeeded_event() -> PaymentEvent {
         PaymentEvent::PaymentSucceeded {
-            provider_payment_id: "pay-1".to_owned(),
+            provider_payment_id: "pay-0".to_owned(),
             at: at(),
         }
     }
 
     fn failed_event() -> PaymentEvent {
         PaymentEvent::PaymentFailed {
-            provider_payment_id: "pay-1".to_owned(),
+            provider_payment_id: "pay-0".to_owned(),
             at: at(),
         }
     }
@@ -589,7 +609,7 @@ mod tests {
 
     fn mark_succeeded(amount: Money) -> PaymentCommand {
         PaymentCommand::MarkSucceeded {
-            provider_payment_id: "pay-1".to_owned(),
+            provider_payment_id: "pay-0".to_owned(),
             amount,
             at: at(),
         }
@@ -597,7 +617,7 @@ mod tests {
 
     fn mark_failed() -> PaymentCommand {
         PaymentCommand::MarkFailed {
-            provider_payment_id: "pay-1".to_owned(),
+            provider_payment_id: "pay-0".to_owned(),
             at: at(),
         }
     }
@@ -613,6 +633,7 @@ mod tests {
     fn mark_refunded() -> PaymentCommand {
         PaymentCommand::MarkRefunded {
             provider_refund_id: "ref-1".to_owned(),
+            provider_payment_id: "pay-0".to_owned(),
             amount: rub(150_000),
             at: at(),
         }
@@ -800,11 +821,67 @@ mod tests {
         reject(pending(), command, error).await;
         let command = PaymentCommand::MarkRefunded {
             provider_refund_id: String::new(),
+            provider_payment_id: "pay-0".to_owned(),
             amount: rub(150_000),
             at: at(),
         };
         let error = ValidationError::new("provider_refund_id", "must not be empty").into();
         reject(refund_pending(), command, error).await;
+    }
+
+    #[tokio::test]
+    async fn a_notification_about_another_charge_settles_nothing() {
+        let other = |command: PaymentCommand| match command {
+            PaymentCommand::MarkSucceeded { amount, at, .. } => PaymentCommand::MarkSucceeded {
+                provider_payment_id: "someone-elses-charge".to_owned(),
+                amount,
+                at,
+            },
+            PaymentCommand::MarkFailed { at, .. } => PaymentCommand::MarkFailed {
+                provider_payment_id: "someone-elses-charge".to_owned(),
+                at,
+            },
+            PaymentCommand::MarkRefunded {
+                provider_refund_id,
+                amount,
+                at,
+                ..
+            } => PaymentCommand::MarkRefunded {
+                provider_refund_id,
+                provider_payment_id: "someone-elses-charge".to_owned(),
+                amount,
+                at,
+            },
+            command => command,
+        };
+        let error = DomainError::UnknownProviderCharge;
+        for given in [pending(), succeeded(), failed()] {
+            reject(
+                given.clone(),
+                other(mark_succeeded(rub(150_000))),
+                error.clone(),
+            )
+            .await;
+            reject(given, other(mark_failed()), error.clone()).await;
+        }
+        for given in [refund_pending(), refunded()] {
+            reject(given, other(mark_refunded()), error.clone()).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payment_that_opened_no_charge_accepts_no_notification() {
+        let mut legacy = pending();
+        if let Some(PaymentEvent::PaymentInitiated {
+            provider_payment_id,
+            ..
+        }) = legacy.first_mut()
+        {
+            *provider_payment_id = None;
+        }
+        let error = DomainError::UnknownProviderCharge;
+        reject(legacy.clone(), mark_succeeded(rub(150_000)), error.clone()).await;
+        reject(legacy, mark_failed(), error).await;
     }
 
     // --- MarkFailed ---
@@ -870,6 +947,7 @@ mod tests {
     async fn a_refund_of_another_amount_is_rejected_as_invalid() {
         let command = PaymentCommand::MarkRefunded {
             provider_refund_id: "ref-1".to_owned(),
+            provider_payment_id: "pay-0".to_owned(),
             amount: rub(1),
             at: at(),
         };
@@ -912,7 +990,7 @@ mod tests {
         assert_eq!(payment.patient_id(), Some(id(PATIENT)));
         assert_eq!(payment.status(), Some(PaymentStatus::RefundPending));
         assert_eq!(payment.amount(), Some(&rub(150_000)));
-        assert_eq!(payment.provider_payment_id(), Some("pay-1"));
+        assert_eq!(payment.provider_payment_id(), Some("pay-0"));
     }
 
     #[test]

@@ -13,8 +13,12 @@
 //! - `POST /sandbox/api/refunds` returns a succeeded charge and confirms it
 //!   with a `refund.succeeded` notification.
 //!
-//! Anyone who can reach it can confirm any charge: it is for development and
-//! tests, never for real money. Its records live in `sandbox_*` tables.
+//! Its API answers only the shop it was configured with (HTTP Basic with the
+//! shop id and secret key, as real acquirers ask), so only Herald opens charges
+//! and refunds. Anyone who can reach a charge's page can still confirm it: it is
+//! for development and tests, never for real money, and is served only where it
+//! is switched on (`--dev` or `HERALD_SANDBOX`). Its records live in
+//! `sandbox_*` tables.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -25,15 +29,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use chrono::Utc;
 use commands::gateway::sandbox::{
     ChargeAnswer, ChargeBody, RefundAnswer, RefundBody, CHARGES_PATH, IDEMPOTENCE_KEY, REFUNDS_PATH,
 };
 use commands::gateway::{
-    Notification, NotificationEvent, NotificationMetadata, NotificationObject, PaymentGateway,
-    ProviderAmount, Resilience, Resilient, SandboxGateway,
+    Notification, NotificationEvent, NotificationMetadata, NotificationObject, ProviderAmount,
+    ShopCredentials,
 };
 use domain::values::{Currency, Money};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -76,27 +83,57 @@ impl Default for Redelivery {
 pub struct Sandbox {
     public_url: String,
     secret: WebhookSecret,
+    shop: ShopCredentials,
     redelivery: Redelivery,
     http: reqwest::Client,
 }
 
 impl Sandbox {
     /// A sandbox reachable at `public_url` (Herald's own, e.g.
-    /// `http://127.0.0.1:8080`), delivering to `<public_url>/webhooks/payments`
-    /// signed with `secret`.
+    /// `http://127.0.0.1:8080`) that serves the shop of `shop`, delivering to
+    /// `<public_url>/webhooks/payments` signed with `secret`.
     pub fn new(
         public_url: &str,
         secret: WebhookSecret,
+        shop: ShopCredentials,
         redelivery: Redelivery,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             public_url: public_url.trim_end_matches('/').to_owned(),
             secret,
+            shop,
             http: reqwest::Client::builder()
                 .timeout(redelivery.timeout)
                 .build()?,
             redelivery,
         })
+    }
+
+    /// Whether `headers` carry the shop's id and secret key (HTTP Basic).
+    /// Digests are compared, so the time taken tells nothing about the key.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        const REFUSED: ApiError =
+            ApiError::Unauthorized("the sandbox API needs the shop id and secret key (HTTP Basic)");
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Basic "))
+            .and_then(|encoded| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+            })
+            .ok_or(REFUSED)?;
+        let expected = format!(
+            "{}:{}",
+            self.shop.shop_id,
+            self.shop.secret_key.expose_secret()
+        );
+        if Sha256::digest(&given) == Sha256::digest(expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(REFUSED)
+        }
     }
 
     fn page_url(&self, provider_payment_id: &str) -> String {
@@ -155,18 +192,6 @@ impl Sandbox {
             );
         });
     }
-}
-
-/// The sandbox provider served at `public_url`, and the gateway through which
-/// Herald reaches it, behind timeouts, retries and a circuit breaker.
-pub fn gateway(
-    public_url: &str,
-    secret: WebhookSecret,
-) -> Result<(Arc<dyn PaymentGateway>, Arc<Sandbox>), reqwest::Error> {
-    let client = SandboxGateway::new(public_url)?;
-    let gateway = Resilient::new(Arc::new(client), Resilience::default());
-    let sandbox = Sandbox::new(public_url, secret, Redelivery::default())?;
-    Ok((Arc::new(gateway), Arc::new(sandbox)))
 }
 
 /// The sandbox's routes, at the top level, each with its description.
@@ -327,9 +352,11 @@ async fn find_charge(pool: &PgPool, provider_payment_id: &str) -> Result<Option<
     params(("Idempotence-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$",
             description = "Makes a repeated request answer the first charge")),
     request_body = ChargeBodySchema,
+    security(("shop" = [])),
     responses(
         (status = 200, description = "The charge, new or opened before with this key", body = ChargeAnswerSchema),
         (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
         (status = 422, response = openapi::Invalid),
         (status = 503, response = openapi::Unavailable),
@@ -341,6 +368,7 @@ async fn open_charge(
     body: Result<Json<ChargeBody>, JsonRejection>,
 ) -> Result<Json<ChargeAnswer>, ApiError> {
     let sandbox = sandbox(&app)?;
+    sandbox.authenticate(&headers)?;
     let Json(body) = body.map_err(bad_json)?;
     let key = idempotence_key(&headers)?;
     let amount = body
@@ -392,9 +420,11 @@ async fn open_charge(
     params(("Idempotence-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$",
             description = "Makes a repeated request answer the first refund")),
     request_body = RefundBodySchema,
+    security(("shop" = [])),
     responses(
         (status = 200, description = "The refund, new or asked for before", body = RefundAnswerSchema),
         (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
         (status = 422, response = openapi::Invalid),
         (status = 503, response = openapi::Unavailable),
@@ -406,6 +436,7 @@ async fn refund(
     body: Result<Json<RefundBody>, JsonRejection>,
 ) -> Result<Json<RefundAnswer>, ApiError> {
     let sandbox = sandbox(&app)?;
+    sandbox.authenticate(&headers)?;
     let Json(body) = body.map_err(bad_json)?;
     let key = idempotence_key(&headers)?;
     let pool = app.write.pool();

@@ -214,36 +214,43 @@ fn parse(notification: Notification) -> Result<Parsed, ApiError> {
             .map_err(|_| ValidationError::new("object.metadata.payment_id", "must be a UUID")),
     );
     let amount = fields.check(object.amount.to_money());
+    // A refund names the charge it returns; Herald checks it is the payment's.
+    let refunded_charge = match event {
+        Some(NotificationEvent::RefundSucceeded) => {
+            fields.check(object.payment_id.ok_or_else(|| {
+                ValidationError::new("object.payment_id", "is required for refunds")
+            }))
+        }
+        _ => Some(String::new()),
+    };
     let at = Utc::now();
     let reference = object.id;
-    fields.finish(
-        event
-            .zip(payment_id)
-            .zip(amount)
-            .map(|((event, payment_id), amount)| {
-                let command = match event {
-                    NotificationEvent::PaymentSucceeded => PaymentCommand::MarkSucceeded {
-                        provider_payment_id: reference,
-                        amount,
-                        at,
-                    },
-                    NotificationEvent::PaymentCanceled => PaymentCommand::MarkFailed {
-                        provider_payment_id: reference,
-                        at,
-                    },
-                    NotificationEvent::RefundSucceeded => PaymentCommand::MarkRefunded {
-                        provider_refund_id: reference,
-                        amount,
-                        at,
-                    },
-                };
-                Parsed {
-                    payment_id,
-                    event,
-                    command,
-                }
-            }),
-    )
+    fields.finish(event.zip(payment_id).zip(amount).zip(refunded_charge).map(
+        |(((event, payment_id), amount), refunded_charge)| {
+            let command = match event {
+                NotificationEvent::PaymentSucceeded => PaymentCommand::MarkSucceeded {
+                    provider_payment_id: reference,
+                    amount,
+                    at,
+                },
+                NotificationEvent::PaymentCanceled => PaymentCommand::MarkFailed {
+                    provider_payment_id: reference,
+                    at,
+                },
+                NotificationEvent::RefundSucceeded => PaymentCommand::MarkRefunded {
+                    provider_refund_id: reference,
+                    provider_payment_id: refunded_charge,
+                    amount,
+                    at,
+                },
+            };
+            Parsed {
+                payment_id,
+                event,
+                command,
+            }
+        },
+    ))
 }
 
 /// The provider's identity of a notification: the same for every delivery of
@@ -378,12 +385,12 @@ async fn receive(
         .await
     {
         Ok(committed) => committed,
-        Err(CommandError::Rejected(DomainError::AmountMismatch { expected, received })) => {
-            tracing::warn!(%payment_id, notification = notification_id, %expected, %received,
-                "payment notification refused: the amount does not match the payment");
-            return Err(
-                CommandError::Rejected(DomainError::AmountMismatch { expected, received }).into(),
-            );
+        Err(CommandError::Rejected(
+            refused @ (DomainError::AmountMismatch { .. } | DomainError::UnknownProviderCharge),
+        )) => {
+            tracing::warn!(%payment_id, notification = notification_id, reason = %refused,
+                details = ?refused, "payment notification refused");
+            return Err(CommandError::Rejected(refused).into());
         }
         Err(err) => {
             tracing::info!(%payment_id, notification = notification_id, %err,

@@ -19,7 +19,7 @@ use api::routes::sandbox::{Redelivery, Sandbox};
 use api::routes::webhooks::WebhookSecret;
 use api::{db, AppState, Surface};
 use chrono::{DateTime, Utc};
-use commands::gateway::{PaymentGateway, Resilience, Resilient, SandboxGateway};
+use commands::gateway::{PaymentGateway, Resilience, Resilient, SandboxGateway, ShopCredentials};
 use commands::WriteSide;
 use domain::values::{Actor, Role};
 use herald_nats::Topology;
@@ -36,6 +36,14 @@ pub const JWT_SECRET: &str = "tttttttttttttttttttttttttttttttt";
 
 /// The secret the test servers' payment provider signs notifications with.
 pub const WEBHOOK_SECRET: &str = "wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww";
+
+/// The shop the test servers' sandbox provider serves.
+pub fn shop() -> ShopCredentials {
+    ShopCredentials {
+        shop_id: "test-shop".to_owned(),
+        secret_key: SecretString::from("ssssssssssssssssssssssssssssssss"),
+    }
+}
 
 /// A running Herald and what a test needs to talk to it.
 pub struct TestApp {
@@ -280,8 +288,9 @@ impl TestApp {
         let write = Arc::new(WriteSide::new(pool.clone()));
         let address = format!("http://{}", listener.local_addr().unwrap());
         let webhook_secret = WebhookSecret::new(SecretString::from(WEBHOOK_SECRET)).unwrap();
+        let shop = shop();
         let sandbox_gateway: Arc<dyn PaymentGateway> = Arc::new(Resilient::new(
-            Arc::new(SandboxGateway::new(&address).unwrap()),
+            Arc::new(SandboxGateway::new(&address, shop.clone()).unwrap()),
             Resilience::default(),
         ));
         let redelivery = Redelivery {
@@ -290,7 +299,7 @@ impl TestApp {
             attempts: 60,
             timeout: Duration::from_secs(5),
         };
-        let sandbox = Sandbox::new(&address, webhook_secret.clone(), redelivery).unwrap();
+        let sandbox = Sandbox::new(&address, webhook_secret.clone(), shop, redelivery).unwrap();
         let gateway = gateway.unwrap_or(sandbox_gateway);
         let (live, live_background) = match live {
             Some(config) => {
@@ -390,6 +399,18 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+
+    /// The provider's reference for the charge Herald opened for `payment`.
+    pub async fn provider_charge(&self, payment: Uuid) -> String {
+        sqlx::query_scalar(
+            "SELECT payload #>> '{PaymentInitiated,provider_payment_id}' FROM events
+              WHERE aggregate_type = 'Payment' AND aggregate_id = $1 AND sequence = 1",
+        )
+        .bind(payment.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
     }
 
     /// A request to `path` with no credentials.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use resilient::{Resilience, Resilient};
-pub use sandbox::SandboxGateway;
+pub use sandbox::{SandboxGateway, ShopCredentials};
 
 use crate::error::BoxError;
 

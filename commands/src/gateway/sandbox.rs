@@ -9,6 +9,7 @@ use std::time::Duration;
 use domain::payment::ProviderCharge;
 use domain::values::PaymentMethod;
 use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +74,37 @@ pub struct RefundAnswer {
     pub status: String,
 }
 
+/// How a shop proves to the provider that a request is its own, as real
+/// acquirers ask: HTTP Basic authentication with the shop's id and secret key.
+/// Without it, anyone could open charges whose notifications Herald would
+/// receive signed.
+#[derive(Clone)]
+pub struct ShopCredentials {
+    /// The shop's id at the provider.
+    pub shop_id: String,
+    /// The secret key the provider issued to the shop.
+    pub secret_key: SecretString,
+}
+
+impl ShopCredentials {
+    /// Fresh random credentials, for a sandbox that lives as long as the process.
+    pub fn ephemeral() -> Self {
+        Self {
+            shop_id: format!("shop-{}", hex::encode(rand::random::<[u8; 4]>())),
+            secret_key: SecretString::from(hex::encode(rand::random::<[u8; 24]>())),
+        }
+    }
+}
+
+impl std::fmt::Debug for ShopCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShopCredentials")
+            .field("shop_id", &self.shop_id)
+            .field("secret_key", &"[redacted]")
+            .finish()
+    }
+}
+
 /// The provider's name for a payment method.
 fn method_type(method: PaymentMethod) -> &'static str {
     match method {
@@ -86,17 +118,20 @@ fn method_type(method: PaymentMethod) -> &'static str {
 /// [`Resilient`](super::Resilient) for timeouts, retries and the breaker.
 pub struct SandboxGateway {
     base_url: String,
+    credentials: ShopCredentials,
     http: reqwest::Client,
 }
 
 impl SandboxGateway {
-    /// A client of the sandbox served at `base_url`, e.g. `http://127.0.0.1:8080`.
-    pub fn new(base_url: &str) -> Result<Self, reqwest::Error> {
+    /// A client of the provider API served at `base_url`, e.g.
+    /// `http://127.0.0.1:8080`, signing in as the shop of `credentials`.
+    pub fn new(base_url: &str, credentials: ShopCredentials) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .build()?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
+            credentials,
             http,
         })
     }
@@ -110,6 +145,10 @@ impl SandboxGateway {
         let response = self
             .http
             .post(format!("{}{path}", self.base_url))
+            .basic_auth(
+                &self.credentials.shop_id,
+                Some(self.credentials.secret_key.expose_secret()),
+            )
             .header(IDEMPOTENCE_KEY, idempotence_key)
             .json(body)
             .send()
