@@ -77,8 +77,7 @@ pub async fn wait(
     .bind(&token.aggregate_id)
     .bind(version)
     .fetch_one(pool)
-    .await
-    .map_err(ApiError::store)?;
+    .await?;
     if !stored {
         return Err(unknown());
     }
@@ -86,14 +85,11 @@ pub async fn wait(
     let mut position = None;
     loop {
         if position.is_none() {
-            position = log::position_of(pool, &token.aggregate_type, &token.aggregate_id, version)
-                .await
-                .map_err(ApiError::store)?;
+            position =
+                log::position_of(pool, &token.aggregate_type, &token.aggregate_id, version).await?;
         }
         if let Some(position) = position {
-            let applied = projections::checkpoints(pool, projections)
-                .await
-                .map_err(ApiError::store)?;
+            let applied = projections::checkpoints(pool, projections).await?;
             if applied.iter().all(|&checkpoint| checkpoint >= position) {
                 return Ok(());
             }

@@ -90,12 +90,15 @@ pub struct FieldError {
     message: String,
 }
 
-impl ApiError {
-    /// A failure of the store a read went to.
-    pub fn store(err: sqlx::Error) -> Self {
+/// A failure of the store a read went to: 503 while Postgres is away, an
+/// opaque 500 otherwise.
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
         Self::Command(CommandError::from(err))
     }
+}
 
+impl ApiError {
     /// The HTTP status this error is answered with.
     pub fn status_code(&self) -> StatusCode {
         match self {
@@ -172,16 +175,10 @@ impl ApiError {
 /// 22021 in a text parameter). The request carried it, so it is the client's
 /// error, wherever in the request it was.
 fn is_unstorable_text(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(err) = current {
-        if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>() {
-            return db
-                .code()
-                .is_some_and(|code| code == "22P05" || code == "22021");
-        }
-        current = err.source();
-    }
-    false
+    matches!(
+        commands::database_error(err),
+        Some(sqlx::Error::Database(db)) if db.code().is_some_and(|code| code == "22P05" || code == "22021")
+    )
 }
 
 impl IntoResponse for ApiError {

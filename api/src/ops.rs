@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use commands::CommandError;
 use herald_nats::RelayStatus;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use projections::Projection;
@@ -162,9 +163,16 @@ async fn ready(State(ops): State<Arc<Ops>>) -> Response {
             Some(head)
         }
         Ok(Err(err)) => {
+            // The probe needs no token, so it says what kind of failure this
+            // is and leaves the database's own words to the log.
+            tracing::warn!(error = %err, "readiness: the Postgres probe failed");
+            let error = match CommandError::from(err) {
+                CommandError::Unavailable(_) => "unavailable",
+                _ => "query failed",
+            };
             checks.insert(
                 "postgres".to_owned(),
-                Check::new(false, serde_json::json!({ "error": err.to_string() })),
+                Check::new(false, serde_json::json!({ "error": error })),
             );
             None
         }

@@ -70,6 +70,10 @@ async fn readiness_fails_naming_postgres_while_it_is_down_and_recovers() {
             .contains(&json!("postgres")),
         "{body}"
     );
+    // Anyone may ask, so the answer names the kind of failure, not the
+    // database's own error text.
+    let error = &body["checks"]["postgres"]["error"];
+    assert!(error == "unavailable" || error == "timed out", "{body}");
 
     proxy.come_back();
     wait_for_readiness(&app, StatusCode::OK).await;

@@ -60,43 +60,47 @@ impl From<AggregateError<DomainError>> for CommandError {
     }
 }
 
-/// The domain rule a write-side constraint enforced at commit, when a store
-/// error is one: the commit found what the facts looked up before it missed,
-/// e.g. a payment started for the same booking by a concurrent request.
-fn rule_of_constraint(err: &(dyn StdError + 'static)) -> Option<DomainError> {
+/// The database error behind `err`: the first `sqlx::Error` among it and its
+/// sources, however deep a store wrapped it.
+pub fn database_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a sqlx::Error> {
     let mut current = Some(err);
     while let Some(err) = current {
-        if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>() {
-            return match db.constraint() {
-                Some("one_active_payment_per_booking") => Some(DomainError::PaymentInProgress),
-                _ => None,
-            };
+        if let Some(found) = err.downcast_ref::<sqlx::Error>() {
+            return Some(found);
         }
         current = err.source();
     }
     None
 }
 
+/// The domain rule a write-side constraint enforced at commit, when a store
+/// error is one: the commit found what the facts looked up before it missed,
+/// e.g. a payment started for the same booking by a concurrent request.
+fn rule_of_constraint(err: &(dyn StdError + 'static)) -> Option<DomainError> {
+    let Some(sqlx::Error::Database(db)) = database_error(err) else {
+        return None;
+    };
+    match db.constraint() {
+        Some("one_active_payment_per_booking") => Some(DomainError::PaymentInProgress),
+        _ => None,
+    }
+}
+
 /// Whether an error means "Postgres is down or refusing connections right now".
 fn is_unavailable(err: &(dyn StdError + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(err) = current {
-        if let Some(sqlx_err) = err.downcast_ref::<sqlx::Error>() {
-            return match sqlx_err {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                // Class 08 is "connection exception"; 57P01-57P03 are the server
-                // shutting down or not yet accepting connections.
-                sqlx::Error::Database(db) => db
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
-                _ => false,
-            };
-        }
-        current = err.source();
+    match database_error(err) {
+        Some(
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed,
+        ) => true,
+        // Class 08 is "connection exception"; 57P01-57P03 are the server
+        // shutting down or not yet accepting connections.
+        Some(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
     }
-    false
 }

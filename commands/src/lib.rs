@@ -18,7 +18,7 @@ mod metadata;
 pub mod process_manager;
 mod token;
 
-pub use error::CommandError;
+pub use error::{database_error, CommandError};
 pub use executor::{Committed, WriteSide};
 pub use idempotency::{request_hash, IdempotencyKey};
 pub use metadata::Metadata;

@@ -161,8 +161,7 @@ async fn list_events(
         limit,
         aggregate_type.map(AggregateType::name),
     )
-    .await
-    .map_err(ApiError::store)?;
+    .await?;
     let next_after = items
         .last()
         .filter(|_| items.len() as i64 == limit)
@@ -208,8 +207,7 @@ async fn aggregate_events(
         &aggregate_id,
         AsOf::Now,
     )
-    .await
-    .map_err(ApiError::store)?;
+    .await?;
     if items.is_empty() {
         return Err(ApiError::NotFound("no aggregate with that id"));
     }
@@ -292,8 +290,7 @@ async fn aggregate_as_of(
         &aggregate_id,
         as_of,
     )
-    .await
-    .map_err(ApiError::store)?;
+    .await?;
     let last = entries.last().ok_or(ApiError::NotFound(
         "no aggregate with that id at that point",
     ))?;
@@ -365,8 +362,6 @@ async fn verify(
             .map_err(|err| ValidationError::new("expect", err.to_string()))
     });
     let expect = fields.finish(expect)?;
-    let verification = chain::verify(app.write.pool(), expect, |_, _| {})
-        .await
-        .map_err(ApiError::store)?;
+    let verification = chain::verify(app.write.pool(), expect, |_, _| {}).await?;
     Ok(Json(verification))
 }

@@ -478,7 +478,7 @@ async fn stream(
     let live = hub.subscribe();
     let after = match resume {
         Some(position) => position,
-        None => log::head(hub.pool()).await.map_err(ApiError::store)?,
+        None => log::head(hub.pool()).await?,
     };
     let feed = Feed {
         hub: hub.clone(),

@@ -121,14 +121,9 @@ fn booking_status(raw: String) -> Result<BookingStatus, ValidationError> {
 async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<(), ApiError> {
     let pool = app.write.pool();
     let visible = if actor.is_admin() {
-        chats::get(pool, chat_id)
-            .await
-            .map_err(ApiError::store)?
-            .is_some()
+        chats::get(pool, chat_id).await?.is_some()
     } else {
-        chats::is_member(pool, chat_id, actor.user_id)
-            .await
-            .map_err(ApiError::store)?
+        chats::is_member(pool, chat_id, actor.user_id).await?
     };
     if visible {
         Ok(())
@@ -156,9 +151,7 @@ async fn list_chats(
     consistency: Consistency,
 ) -> Result<Json<Items<ChatSummary>>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
-    let items = chats::list_for_user(app.write.pool(), actor.user_id)
-        .await
-        .map_err(ApiError::store)?;
+    let items = chats::list_for_user(app.write.pool(), actor.user_id).await?;
     Ok(Json(Items { items }))
 }
 
@@ -184,8 +177,7 @@ async fn get_chat(
 ) -> Result<Json<ChatDetails>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
     let chat = chats::get(app.write.pool(), chat_id)
-        .await
-        .map_err(ApiError::store)?
+        .await?
         .filter(|chat| actor.is_admin() || chat.members.contains(&actor.user_id))
         .ok_or(ApiError::NotFound("no chat with that id"))?;
     Ok(Json(chat))
@@ -236,9 +228,7 @@ async fn list_messages(
     let (before_seq, limit) = fields.finish(before_seq.zip(limit))?;
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
     visible_chat(&app, actor, chat_id).await?;
-    let items = chats::messages(app.write.pool(), chat_id, before_seq, limit)
-        .await
-        .map_err(ApiError::store)?;
+    let items = chats::messages(app.write.pool(), chat_id, before_seq, limit).await?;
     // The first message has seq 1, so a page ending there is the last.
     let next_before_seq = items
         .last()
@@ -318,9 +308,7 @@ async fn list_bookings(
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
     let filter = BookingFilter { status, ..scope };
     // One row more than asked tells whether another page follows.
-    let mut items = bookings::list(app.write.pool(), filter, cursor, limit + 1)
-        .await
-        .map_err(ApiError::store)?;
+    let mut items = bookings::list(app.write.pool(), filter, cursor, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         items.last().map(|last| last.created_position.to_string())
@@ -354,8 +342,7 @@ async fn get_booking(
     let scope = bookings_scope(actor)?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
     let booking = bookings::get(app.write.pool(), booking_id)
-        .await
-        .map_err(ApiError::store)?
+        .await?
         .filter(|booking| {
             scope
                 .patient_id
@@ -395,8 +382,7 @@ async fn get_payment(
 ) -> Result<Json<PaymentRow>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Payments]).await?;
     let payment = payments::get(app.write.pool(), payment_id)
-        .await
-        .map_err(ApiError::store)?
+        .await?
         .filter(|payment| may_see_payments_of(actor, payment.patient_id))
         .ok_or(ApiError::NotFound("no payment with that id"))?;
     Ok(Json(payment))
@@ -447,13 +433,10 @@ async fn list_payments(
     .await?;
     let pool = app.write.pool();
     bookings::get(pool, booking_id)
-        .await
-        .map_err(ApiError::store)?
+        .await?
         .filter(|booking| may_see_payments_of(actor, booking.patient_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
-    let items = payments::for_booking(pool, booking_id)
-        .await
-        .map_err(ApiError::store)?;
+    let items = payments::for_booking(pool, booking_id).await?;
     Ok(Json(Items { items }))
 }
 
@@ -480,8 +463,6 @@ async fn get_summary(
         return Err(ApiError::Forbidden("only admins see the dashboard"));
     }
     consistency::wait(&app, &consistency, &[Projection::Summary]).await?;
-    let figures = summary::get(app.write.pool())
-        .await
-        .map_err(ApiError::store)?;
+    let figures = summary::get(app.write.pool()).await?;
     Ok(Json(figures))
 }

@@ -340,7 +340,7 @@ async fn find_charge(pool: &PgPool, provider_payment_id: &str) -> Result<Option<
     .bind(provider_payment_id)
     .fetch_optional(pool)
     .await
-    .map_err(ApiError::store)
+    .map_err(ApiError::from)
 }
 
 /// Opens a charge (the provider API Herald's gateway calls).
@@ -402,8 +402,7 @@ async fn open_charge(
     .bind(amount.currency().as_str())
     .bind(&body.description)
     .fetch_one(pool)
-    .await
-    .map_err(ApiError::store)?;
+    .await?;
     Ok(Json(ChargeAnswer {
         confirmation_url: sandbox.page_url(&opened.provider_payment_id),
         id: opened.provider_payment_id,
@@ -469,8 +468,7 @@ async fn refund(
     .bind(&key)
     .bind(&charge.provider_payment_id)
     .fetch_one(pool)
-    .await
-    .map_err(ApiError::store)?;
+    .await?;
     // Confirmed at once, as a sandbox can; a repeated request confirms again,
     // which Herald takes as the duplicate it is.
     let mut notification = charge.notification(NotificationEvent::RefundSucceeded, "succeeded")?;
@@ -619,8 +617,7 @@ async fn choose(
     .bind(&id)
     .bind(status)
     .fetch_optional(app.write.pool())
-    .await
-    .map_err(ApiError::store)?;
+    .await?;
     let Some(charge) = settled else {
         return Ok(match find_charge(app.write.pool(), &id).await? {
             None => not_found(),
