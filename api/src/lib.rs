@@ -1,10 +1,13 @@
 //! Herald's HTTP server and the `herald` command line.
 //!
-//! `router(state)` builds the whole HTTP surface; `serve` runs it until shutdown.
-//! The binary in `main.rs` is only the recipe: configuration, pool, migrations, serve.
+//! `startup::Application::build` assembles a running Herald from its settings,
+//! for `herald up` and for every test; `router(state, surface)` is its
+//! HTTP surface and `serve` runs it until shutdown. The `herald` subcommands
+//! live in `cli`; the binary in `main.rs` only parses and dispatches.
 
 pub mod auth;
 pub mod background;
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod consistency;
@@ -17,6 +20,7 @@ pub mod ops;
 pub mod provider;
 pub mod request_id;
 pub mod routes;
+pub mod startup;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,9 +57,7 @@ pub struct AppState {
     pub live: Option<Arc<live::LiveHub>>,
 }
 
-/// What a running Herald adds around its routes; the default is what tests of
-/// the routes alone need.
-#[derive(Default)]
+/// What a running Herald adds around its routes.
 pub struct Surface {
     /// The NATS client, for readiness.
     pub nats: Option<async_nats::Client>,
@@ -67,15 +69,10 @@ pub struct Surface {
     pub cors_origins: Vec<HeaderValue>,
 }
 
-/// The HTTP surface of Herald with the default [`Surface`].
-pub fn router(state: AppState) -> Router {
-    router_with(state, Surface::default())
-}
-
 /// The whole HTTP surface of Herald: the API under `/api/v1`, the payment
 /// webhook and sandbox, the operations endpoints, and around them request ids,
 /// metrics, rate limits, security headers and CORS.
-pub fn router_with(state: AppState, surface: Surface) -> Router {
+pub fn router(state: AppState, surface: Surface) -> Router {
     let ops = Arc::new(Ops::new(
         state.write.pool().clone(),
         surface.nats,

@@ -60,25 +60,45 @@ impl PaymentProvider {
             (None, None) if args.provider_url.is_none() => return Err(ProviderError::Missing),
             _ => return Err(ProviderError::Credentials),
         };
-        let sandbox = if serve_sandbox {
-            let sandbox = Sandbox::new(
-                public_url,
-                webhook_secret.clone(),
-                credentials.clone(),
-                Redelivery::default(),
-            )?;
-            Some(Arc::new(sandbox))
-        } else {
-            None
-        };
-        let provider_url = match &args.provider_url {
-            Some(url) => url.as_str(),
-            None if serve_sandbox => public_url,
-            None => return Err(ProviderError::Missing),
-        };
-        let client = SandboxGateway::new(provider_url, credentials)?;
-        let gateway = Arc::new(Resilient::new(Arc::new(client), Resilience::default()));
-        Ok(Self { gateway, sandbox })
+        if !serve_sandbox {
+            let url = args.provider_url.as_ref().ok_or(ProviderError::Missing)?;
+            return Self::external(url.as_str(), credentials);
+        }
+        let mut provider = Self::sandbox(
+            public_url,
+            webhook_secret,
+            credentials.clone(),
+            Redelivery::default(),
+        )?;
+        // A sandbox served by another instance, say.
+        if let Some(url) = &args.provider_url {
+            provider.gateway = Self::external(url.as_str(), credentials)?.gateway;
+        }
+        Ok(provider)
+    }
+
+    /// The provider whose API is at `base_url`, signed in as `shop`.
+    fn external(base_url: &str, shop: ShopCredentials) -> Result<Self, ProviderError> {
+        let client = SandboxGateway::new(base_url, shop)?;
+        Ok(Self {
+            gateway: Arc::new(Resilient::new(Arc::new(client), Resilience::default())),
+            sandbox: None,
+        })
+    }
+
+    /// The built-in sandbox served at `public_url` for `shop`, and Herald
+    /// paying through it.
+    pub fn sandbox(
+        public_url: &str,
+        webhook_secret: &WebhookSecret,
+        shop: ShopCredentials,
+        redelivery: Redelivery,
+    ) -> Result<Self, ProviderError> {
+        let sandbox = Sandbox::new(public_url, webhook_secret.clone(), shop.clone(), redelivery)?;
+        Ok(Self {
+            sandbox: Some(Arc::new(sandbox)),
+            ..Self::external(public_url, shop)?
+        })
     }
 }
 

@@ -4,13 +4,11 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use api::limits::{LimitArgs, RateLimits};
-use api::Surface;
+use api::limits::LimitArgs;
 use common::pg_proxy::PgProxy;
-use common::{fresh_database, patient, TestApp};
+use common::{fresh_database, patient, Options, TestApp};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -122,10 +120,9 @@ async fn readiness_fails_naming_nats_while_it_is_down_and_recovers() {
     let port = free_port();
     let nats = PrivateNats::start(port, &store);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let client = herald_nats::connect(&nats.url).await.unwrap();
-    let app = TestApp::spawn_with_surface(|_| Surface {
-        nats: Some(client),
-        ..Surface::default()
+    let app = TestApp::spawn_with(Options {
+        nats_url: Some(nats.url.clone()),
+        ..Options::default()
     })
     .await;
     wait_for_readiness(&app, StatusCode::OK).await;
@@ -177,17 +174,13 @@ async fn metrics_count_a_commands_life_from_request_to_outcome() {
 
 #[tokio::test]
 async fn a_burst_beyond_the_bucket_is_answered_429_with_retry_after_and_ratelimit_headers() {
-    let app = TestApp::spawn_with_surface(|keys| Surface {
-        limits: RateLimits::new(
-            &LimitArgs {
-                rate_limit_per_second: 1,
-                rate_limit_burst: 3,
-                ..LimitArgs::default()
-            },
-            keys.clone(),
-        )
-        .map(Arc::new),
-        ..Surface::default()
+    let app = TestApp::spawn_with(Options {
+        limits: Some(LimitArgs {
+            rate_limit_per_second: 1,
+            rate_limit_burst: 3,
+            ..LimitArgs::default()
+        }),
+        ..Options::default()
     })
     .await;
     let alice = patient();

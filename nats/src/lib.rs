@@ -9,6 +9,8 @@
 pub mod chain;
 pub mod log;
 pub mod relay;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod topology;
 
 pub use log::LogEntry;

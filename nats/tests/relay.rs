@@ -2,7 +2,7 @@
 //! whatever order transactions commit in, and one relay at a time.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use herald_nats::testing as support;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! read back through the queries the API uses.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../nats/tests/support/mod.rs"]
-mod support;
+use herald_nats::testing as support;
 
 use std::collections::HashMap;
 

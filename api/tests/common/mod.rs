@@ -2,8 +2,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod pg_proxy;
-#[path = "../../../nats/tests/support/mod.rs"]
-mod support;
+use herald_nats::testing as support;
 
 pub use support::{assert_complete_and_ordered, fresh_database, nats_url, stream_entries};
 
@@ -14,12 +13,14 @@ use std::time::{Duration, Instant};
 use api::auth::JwtKeys;
 use api::background::Background;
 use api::config::DatabaseArgs;
+use api::limits::LimitArgs;
 use api::live::{LiveConfig, LiveHub};
-use api::routes::sandbox::{Redelivery, Sandbox};
+use api::provider::PaymentProvider;
+use api::routes::sandbox::Redelivery;
 use api::routes::webhooks::WebhookSecret;
-use api::{db, AppState, Surface};
+use api::startup::{Application, Parts, Settings};
 use chrono::{DateTime, Utc};
-use commands::gateway::{PaymentGateway, Resilience, Resilient, SandboxGateway, ShopCredentials};
+use commands::gateway::{PaymentGateway, ShopCredentials};
 use commands::WriteSide;
 use domain::values::{Actor, Role};
 use herald_nats::Topology;
@@ -69,8 +70,27 @@ pub struct TestApp {
     process: Option<Background>,
     /// The live gateway's hub, when the test runs one.
     pub live: Option<Arc<LiveHub>>,
-    /// The hub's task.
-    live_background: Option<Background>,
+}
+
+/// How a test's Herald differs from the default one: a fresh database, a
+/// stream of its own, the local NATS, the sandbox provider, no rate limits
+/// and no live gateway.
+#[derive(Default)]
+pub struct Options {
+    /// Another database (say, through a proxy, or one shared with another instance).
+    pub database_url: Option<String>,
+    /// Another NATS server.
+    pub nats_url: Option<String>,
+    /// Another deployment's stream names (to share them with another instance).
+    pub topology: Option<Topology>,
+    /// Another payment provider than the sandbox Herald serves.
+    pub gateway: Option<Arc<dyn PaymentGateway>>,
+    /// Rate limits.
+    pub limits: Option<LimitArgs>,
+    /// The live gateway, tuned.
+    pub live: Option<LiveConfig>,
+    /// Another listener than a plain one on a free loopback port.
+    pub listener: Option<tokio::net::TcpListener>,
 }
 
 impl TestApp {
@@ -92,7 +112,6 @@ impl TestApp {
         support::delete_stale_streams().await;
         let client = herald_nats::connect(&nats_url()).await.unwrap();
         let mut background = Background::default();
-        background.announce_commits(self.write.clone());
         background.relay(&self.pool, &client, &self.topology);
         background.workers(&self.pool, &client, &self.topology, &Projection::ALL);
         self.background = Some(background);
@@ -159,7 +178,11 @@ impl TestApp {
 
     /// Herald on the given database URL (which may point through a proxy).
     pub async fn spawn_on(database_url: &str) -> Self {
-        Self::spawn_with_gateway(database_url, None).await
+        Self::spawn_with(Options {
+            database_url: Some(database_url.to_owned()),
+            ..Options::default()
+        })
+        .await
     }
 
     /// Herald on `database_url` calling `gateway`, or by default the sandbox
@@ -168,26 +191,21 @@ impl TestApp {
         database_url: &str,
         gateway: Option<Arc<dyn PaymentGateway>>,
     ) -> Self {
-        Self::spawn_with(database_url, gateway, |_| Surface::default()).await
-    }
-
-    /// Herald with the surface `surface` makes from the app's signing keys:
-    /// rate limits, readiness of NATS, and so on.
-    pub async fn spawn_with_surface(surface: impl FnOnce(&JwtKeys) -> Surface) -> Self {
-        Self::spawn_with(&fresh_database().await, None, surface).await
+        Self::spawn_with(Options {
+            database_url: Some(database_url.to_owned()),
+            gateway,
+            ..Options::default()
+        })
+        .await
     }
 
     /// All of Herald with the live gateway (WebSocket and SSE) tuned by
     /// `config`, on a fresh database and a stream of the test's own.
     pub async fn spawn_live(config: LiveConfig) -> Self {
-        let database_url = fresh_database().await;
-        let mut app = Self::spawn_full(
-            &database_url,
-            None,
-            |_| Surface::default(),
-            support::unique_topology(),
-            Some(config),
-        )
+        let mut app = Self::spawn_with(Options {
+            live: Some(config),
+            ..Options::default()
+        })
         .await;
         app.start_pipeline().await;
         app
@@ -197,15 +215,11 @@ impl TestApp {
     /// kilobytes instead of the kernel's self-tuned megabytes, so that a client
     /// that stops reading holds frames up within a few messages.
     pub async fn spawn_live_with_small_send_buffers(config: LiveConfig) -> Self {
-        let database_url = fresh_database().await;
-        let mut app = Self::spawn_listening(
-            &database_url,
-            None,
-            |_| Surface::default(),
-            support::unique_topology(),
-            Some(config),
-            small_send_buffer_listener(),
-        )
+        let mut app = Self::spawn_with(Options {
+            live: Some(config),
+            listener: Some(small_send_buffer_listener()),
+            ..Options::default()
+        })
         .await;
         app.start_pipeline().await;
         app
@@ -219,13 +233,12 @@ impl TestApp {
         topology: &Topology,
         config: LiveConfig,
     ) -> Self {
-        Self::spawn_full(
-            database_url,
-            None,
-            |_| Surface::default(),
-            topology.clone(),
-            Some(config),
-        )
+        Self::spawn_with(Options {
+            database_url: Some(database_url.to_owned()),
+            topology: Some(topology.clone()),
+            live: Some(config),
+            ..Options::default()
+        })
         .await
     }
 
@@ -239,111 +252,77 @@ impl TestApp {
         )
     }
 
-    async fn spawn_with(
-        database_url: &str,
-        gateway: Option<Arc<dyn PaymentGateway>>,
-        surface: impl FnOnce(&JwtKeys) -> Surface,
-    ) -> Self {
-        Self::spawn_full(
-            database_url,
-            gateway,
-            surface,
-            support::unique_topology(),
-            None,
-        )
-        .await
-    }
-
-    async fn spawn_full(
-        database_url: &str,
-        gateway: Option<Arc<dyn PaymentGateway>>,
-        surface: impl FnOnce(&JwtKeys) -> Surface,
-        topology: Topology,
-        live: Option<LiveConfig>,
-    ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::spawn_listening(database_url, gateway, surface, topology, live, listener).await
-    }
-
-    async fn spawn_listening(
-        database_url: &str,
-        gateway: Option<Arc<dyn PaymentGateway>>,
-        surface: impl FnOnce(&JwtKeys) -> Surface,
-        topology: Topology,
-        live: Option<LiveConfig>,
-        listener: tokio::net::TcpListener,
-    ) -> Self {
+    /// Herald built by [`Application::build`], as `herald up` builds it, from
+    /// the test's settings: the sandbox provider on the server's own address
+    /// with quick redelivery, and no background parts (tests start and stop
+    /// the pipeline and the process manager themselves).
+    pub async fn spawn_with(options: Options) -> Self {
         // Herald's warnings and errors, printed with a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warn")
             .with_test_writer()
             .try_init();
-        let args = DatabaseArgs {
-            database_url: database_url.to_owned(),
-            database_pool_size: 8,
+        let database_url = match options.database_url {
+            Some(url) => url,
+            None => fresh_database().await,
         };
-        let pool = db::connect(&args).await.unwrap();
-        db::migrate(&pool).await.unwrap();
-        let keys = JwtKeys::new(&SecretString::from(JWT_SECRET)).unwrap();
-        let write = Arc::new(WriteSide::new(pool.clone()));
+        let topology = options.topology.unwrap_or_else(support::unique_topology);
+        let listener = match options.listener {
+            Some(listener) => listener,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let address = format!("http://{}", listener.local_addr().unwrap());
+        let keys = JwtKeys::new(&SecretString::from(JWT_SECRET)).unwrap();
         let webhook_secret = WebhookSecret::new(SecretString::from(WEBHOOK_SECRET)).unwrap();
-        let shop = shop();
-        let sandbox_gateway: Arc<dyn PaymentGateway> = Arc::new(Resilient::new(
-            Arc::new(SandboxGateway::new(&address, shop.clone()).unwrap()),
-            Resilience::default(),
-        ));
         let redelivery = Redelivery {
             first_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
             attempts: 60,
             timeout: Duration::from_secs(5),
         };
-        let sandbox = Sandbox::new(&address, webhook_secret.clone(), shop, redelivery).unwrap();
-        let gateway = gateway.unwrap_or(sandbox_gateway);
-        let (live, live_background) = match live {
-            Some(config) => {
-                let client = herald_nats::connect(&nats_url()).await.unwrap();
-                let (hub, runner) = LiveHub::new(pool.clone(), client, topology.clone(), config);
-                let mut background = Background::default();
-                background.spawn(|stop| runner.run(stop));
-                (Some(hub), Some(background))
-            }
-            None => (None, None),
-        };
-        let state = AppState {
-            write: write.clone(),
-            keys: keys.clone(),
-            gateway: gateway.clone(),
-            webhook_secret: webhook_secret.clone(),
-            sandbox: Some(Arc::new(sandbox)),
-            live: live.clone(),
-        };
+        let mut provider =
+            PaymentProvider::sandbox(&address, &webhook_secret, shop(), redelivery).unwrap();
+        if let Some(gateway) = options.gateway {
+            provider.gateway = gateway;
+        }
+        let application = Application::build(Settings {
+            listener,
+            database: DatabaseArgs {
+                database_url: database_url.clone(),
+                database_pool_size: 8,
+            },
+            nats_url: options.nats_url.unwrap_or_else(nats_url),
+            topology: topology.clone(),
+            keys,
+            webhook_secret,
+            provider,
+            limits: options.limits,
+            cors_origins: Vec::new(),
+            live: options.live,
+            parts: Parts::NONE,
+        })
+        .await
+        .unwrap();
+        let state = application.state().clone();
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let router = api::router_with(state, surface(&keys));
-        let closing = live.clone();
-        let server = tokio::spawn(api::serve(listener, router, async move {
+        let server = tokio::spawn(application.run_until_stopped(async move {
             let _ = stopped.await;
-            if let Some(hub) = closing {
-                hub.close();
-            }
         }));
         Self {
             address,
             client: reqwest::Client::new(),
-            pool,
-            keys,
-            database_url: database_url.to_owned(),
+            pool: state.write.pool().clone(),
+            keys: state.keys,
+            database_url,
             topology,
-            write,
+            write: state.write,
             shutdown: Some(shutdown),
             server: Some(server),
             background: None,
-            gateway,
-            webhook_secret,
+            gateway: state.gateway,
+            webhook_secret: state.webhook_secret,
             process: None,
-            live,
-            live_background,
+            live: state.live,
         }
     }
 

@@ -1,12 +1,13 @@
 //! Real Postgres and NATS for tests: a fresh migrated database and a stream
-//! prefix of the test's own, so tests run in parallel without meeting.
-#![allow(dead_code, clippy::unwrap_used)]
+//! prefix of the test's own, so tests run in parallel without meeting. Every
+//! crate's tests use it through the `testing` feature.
+#![allow(clippy::unwrap_used)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::{HashMap, HashSet};
 
-use herald_nats::{LogEntry, Topology};
+use crate::{LogEntry, Topology};
 use sqlx::PgPool;
 use uuid::Uuid;
 

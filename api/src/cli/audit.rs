@@ -1,0 +1,91 @@
+//! `herald events export`, `herald audit verify` and `herald audit checkpoint`:
+//! the log for auditors.
+
+use std::io::Write;
+use std::time::Instant;
+
+use herald_nats::chain::{self, Checkpoint, Verification};
+use sqlx::PgPool;
+
+use super::{migrated_pool, progress_bar, BoxError};
+use crate::config::{DatabaseArgs, ExportArgs, VerifyArgs};
+
+/// Entries read per query while exporting.
+const EXPORT_BATCH: i64 = 1000;
+
+/// Writes the log after `--after` as NDJSON to stdout.
+pub(super) async fn export(args: ExportArgs) -> Result<(), BoxError> {
+    let pool = migrated_pool(&args.database).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut position = args.after;
+    loop {
+        let entries = chain::entries_after(&pool, position, EXPORT_BATCH, None).await?;
+        let Some(last) = entries.last().map(|e| e.entry.position) else {
+            break;
+        };
+        for entry in &entries {
+            serde_json::to_writer(&mut out, entry)?;
+            out.write_all(b"\n")?;
+        }
+        position = last;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Verifies the chains with a progress bar.
+async fn verified(pool: &PgPool, expect: Option<Checkpoint>) -> Result<Verification, BoxError> {
+    let bar = progress_bar(
+        "verify",
+        "{prefix} [{bar:30}] {pos}/{len} entries, {rate}, ETA {eta}",
+    );
+    let started = Instant::now();
+    let verification = chain::verify(pool, expect, |checked, total| {
+        bar.set_length(total as u64);
+        bar.set_position(checked as u64);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "verified {} entries in {elapsed:.2}s ({:.0} entries/s)",
+        verification.events_checked,
+        verification.events_checked as f64 / elapsed.max(1e-9)
+    );
+    Ok(verification)
+}
+
+/// Prints the verification as JSON; fails when the log was tampered with.
+pub(super) async fn verify(args: VerifyArgs) -> Result<(), BoxError> {
+    let pool = migrated_pool(&args.database).await?;
+    let verification = verified(&pool, args.expect).await?;
+    println!("{}", serde_json::to_string(&verification)?);
+    match verification.first_bad_position {
+        None => Ok(()),
+        Some(position) => Err(format!(
+            "the log is not intact at position {position}: {}",
+            verification.reason.unwrap_or_default()
+        )
+        .into()),
+    }
+}
+
+/// Prints the head of a verified chain as `<position>:<hash>`.
+pub(super) async fn checkpoint(args: DatabaseArgs) -> Result<(), BoxError> {
+    let pool = migrated_pool(&args).await?;
+    let verification = verified(&pool, None).await?;
+    if let Some(position) = verification.first_bad_position {
+        return Err(format!(
+            "the log is not intact at position {position}, so it has no head to keep: {}",
+            verification.reason.unwrap_or_default()
+        )
+        .into());
+    }
+    match verification.head {
+        Some(head) => {
+            println!("{head}");
+            Ok(())
+        }
+        None => Err("the log is empty: there is no head to keep yet".into()),
+    }
+}

@@ -1,0 +1,78 @@
+//! The `herald` subcommands, one module each; `main.rs` only parses the
+//! command line and runs the chosen one.
+
+mod audit;
+mod replay;
+mod up;
+mod workers;
+
+use std::io::IsTerminal;
+
+use herald_nats::Topology;
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use sqlx::PgPool;
+
+use crate::auth::JwtKeys;
+use crate::config::{AuditCommand, Cli, Command, DatabaseArgs, EventsCommand, NatsArgs};
+use crate::db;
+use domain::values::Actor;
+
+/// A subcommand's failure, printed as `herald: <error>`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the subcommand `cli` names.
+pub async fn run(cli: Cli) -> Result<(), BoxError> {
+    match cli.command {
+        Command::Up(args) => up::up(*args).await,
+        Command::Relay(args) => workers::relay(args).await,
+        Command::Project(args) => workers::project(args).await,
+        Command::DeadLetters(args) => replay::dead_letters(args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::Events(EventsCommand::Export(args)) => audit::export(args).await,
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify(args).await,
+        Command::Audit(AuditCommand::Checkpoint(args)) => audit::checkpoint(args).await,
+        Command::Replay(args) => replay::replay(args).await,
+        Command::Token(args) => JwtKeys::new(&args.jwt_secret)
+            .map(|keys| println!("{}", keys.mint(Actor::new(args.sub, args.role), *args.ttl)))
+            .map_err(BoxError::from),
+    }
+}
+
+async fn migrate(args: DatabaseArgs) -> Result<(), BoxError> {
+    let pool = db::connect(&args).await?;
+    db::migrate(&pool).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// A progress bar on stderr, or nothing when stderr is not a terminal.
+pub(crate) fn progress_bar(prefix: &str, template: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.0}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> ");
+    ProgressBar::new(0)
+        .with_style(style)
+        .with_prefix(prefix.to_owned())
+}
+
+/// A NATS client (connecting in the background if NATS is away) and the names
+/// of the configured deployment.
+pub(crate) async fn nats(args: &NatsArgs) -> Result<(async_nats::Client, Topology), BoxError> {
+    let client = herald_nats::connect(&args.nats_url).await?;
+    Ok((client, Topology::new(&args.nats_prefix)))
+}
+
+pub(crate) async fn migrated_pool(args: &DatabaseArgs) -> Result<PgPool, BoxError> {
+    let pool = db::connect(args).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}

@@ -1,0 +1,58 @@
+//! `herald replay` and `herald dead-letters`: rebuilding read models, and the
+//! entries projections set aside.
+
+use projections::Projection;
+
+use super::{migrated_pool, progress_bar, BoxError};
+use crate::config::{DeadLetterArgs, ReplayArgs};
+
+/// Replays the chosen projections one after another, with a progress bar each.
+pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
+    let pool = migrated_pool(&args.database).await?;
+    let chosen = if args.projections.is_empty() {
+        Projection::ALL.to_vec()
+    } else {
+        args.projections
+    };
+    for projection in chosen {
+        let bar = progress_bar(
+            projection.name(),
+            "{prefix:>8} [{bar:30}] {pos}/{len} events, {rate}, ETA {eta}",
+        );
+        let report = projections::replay(&pool, projection, &|at, target| {
+            bar.set_length(target.max(0) as u64);
+            bar.set_position(at.max(0) as u64);
+        })
+        .await?;
+        bar.finish_and_clear();
+        println!(
+            "{projection}: {} entries in {:.2}s ({:.0} events/s), swapped in at position {}",
+            report.entries,
+            report.elapsed.as_secs_f64(),
+            report.rate(),
+            report.position
+        );
+    }
+    Ok(())
+}
+
+/// Lists dead letters as JSON lines, or retries them.
+pub(super) async fn dead_letters(args: DeadLetterArgs) -> Result<(), BoxError> {
+    let pool = migrated_pool(&args.database).await?;
+    let chosen: Vec<Projection> = args
+        .projection
+        .map_or(Projection::ALL.to_vec(), |p| vec![p]);
+    if args.retry {
+        for projection in chosen {
+            let (applied, failing) = projections::retry_dead_letters(&pool, projection).await?;
+            println!("{projection}: {applied} applied, {failing} still failing");
+        }
+        return Ok(());
+    }
+    for letter in projections::dead_letters(&pool).await? {
+        if chosen.iter().any(|p| p.name() == letter.projection) {
+            println!("{}", serde_json::to_string(&letter)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Builds a running Herald from its settings: the one assembly that both
+//! `herald up` and every integration test go through, so tests run exactly
+//! what production runs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::HeaderValue;
+use commands::WriteSide;
+use herald_nats::Topology;
+use projections::Projection;
+use tokio::net::TcpListener;
+
+use crate::auth::JwtKeys;
+use crate::background::Background;
+use crate::config::DatabaseArgs;
+use crate::limits::{LimitArgs, RateLimits};
+use crate::live::{LiveConfig, LiveHub};
+use crate::provider::PaymentProvider;
+use crate::routes::webhooks::WebhookSecret;
+use crate::{db, AppState, Surface};
+
+/// A boxed startup failure; each names what to fix.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which background parts run beside the HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// The relay (active or standby).
+    pub relay: bool,
+    /// A worker for every projection.
+    pub workers: bool,
+    /// The booking ⇄ payment process manager (active or standby).
+    pub process_manager: bool,
+}
+
+impl Parts {
+    /// Everything, as `herald up` runs.
+    pub const ALL: Self = Self {
+        relay: true,
+        workers: true,
+        process_manager: true,
+    };
+    /// The HTTP server alone.
+    pub const NONE: Self = Self {
+        relay: false,
+        workers: false,
+        process_manager: false,
+    };
+}
+
+/// Everything Herald is built from, already read and checked.
+pub struct Settings {
+    /// The listener the HTTP server accepts on; bound first, so that the
+    /// payment provider can be told the actual port.
+    pub listener: TcpListener,
+    /// The database.
+    pub database: DatabaseArgs,
+    /// The NATS server.
+    pub nats_url: String,
+    /// The names of this deployment's stream and consumers.
+    pub topology: Topology,
+    /// Signs and checks callers' tokens.
+    pub keys: JwtKeys,
+    /// Checks the payment provider's notifications.
+    pub webhook_secret: WebhookSecret,
+    /// The payment provider, and the sandbox when it is served.
+    pub provider: PaymentProvider,
+    /// Token buckets; none means no rate limits.
+    pub limits: Option<LimitArgs>,
+    /// Browser origins allowed to call the API.
+    pub cors_origins: Vec<HeaderValue>,
+    /// The live gateway (WebSocket and SSE); none answers them 503.
+    pub live: Option<LiveConfig>,
+    /// The background parts to run.
+    pub parts: Parts,
+}
+
+/// A built Herald, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    surface: Surface,
+    background: Background,
+}
+
+impl Application {
+    /// Connects to Postgres (migrating it) and NATS, starts the configured
+    /// background parts and assembles the HTTP surface.
+    pub async fn build(settings: Settings) -> Result<Self, BoxError> {
+        let pool = db::connect(&settings.database).await?;
+        db::migrate(&pool).await?;
+        let write = Arc::new(WriteSide::new(pool.clone()));
+        let client = herald_nats::connect(&settings.nats_url).await?;
+        let topology = settings.topology;
+        let parts = settings.parts;
+        let mut background = Background::default();
+        background.announce_commits(write.clone());
+        let relay = parts
+            .relay
+            .then(|| background.relay(&pool, &client, &topology));
+        if parts.workers {
+            background.workers(&pool, &client, &topology, &Projection::ALL);
+        }
+        let gateway = settings.provider.gateway;
+        if parts.process_manager {
+            background.process_manager(&write, &gateway, &client, &topology);
+        }
+        let live = settings.live.map(|config| {
+            let (hub, runner) =
+                LiveHub::new(pool.clone(), client.clone(), topology.clone(), config);
+            background.spawn(|stop| runner.run(stop));
+            hub
+        });
+        let limits = match &settings.limits {
+            Some(args) => RateLimits::new(args, settings.keys.clone()).map(Arc::new),
+            None => None,
+        };
+        let state = AppState {
+            write,
+            keys: settings.keys,
+            gateway,
+            webhook_secret: settings.webhook_secret,
+            sandbox: settings.provider.sandbox,
+            live,
+        };
+        let surface = Surface {
+            nats: Some(client),
+            relay,
+            limits,
+            cors_origins: settings.cors_origins,
+        };
+        Ok(Self {
+            listener: settings.listener,
+            state,
+            surface,
+            background,
+        })
+    }
+
+    /// The address the server accepts on.
+    pub fn address(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// What every request handler shares.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes: live sockets and streams are closed
+    /// first (a graceful shutdown waits for open responses, and an SSE stream
+    /// never ends by itself), then the requests in flight are answered and the
+    /// background parts drained.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let live = self.state.live.clone();
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(hub) = live {
+                hub.close();
+            }
+        };
+        let router = crate::router(self.state, self.surface);
+        let served = crate::serve(self.listener, router, shutdown).await;
+        self.background.drain().await;
+        served
+    }
+}
