@@ -23,9 +23,6 @@ use crate::AppState;
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Longest `Idempotency-Key` accepted.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-
 /// A command request: who sends it, the metadata its events will carry, and its body.
 pub struct CommandRequest<T> {
     /// The authenticated caller.
@@ -156,10 +153,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let key = value
         .to_str()
         .ok()
-        .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN)
+        .filter(|key| commands::is_valid_key_length(key))
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+                "Idempotency-Key must be 1 to {} visible ASCII characters",
+                commands::MAX_KEY_LEN
             ))
         })?;
     Ok(Some(key.to_owned()))

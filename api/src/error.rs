@@ -98,6 +98,13 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A read the caller's role may never make.
+impl From<domain::Permission> for ApiError {
+    fn from(permission: domain::Permission) -> Self {
+        Self::Command(CommandError::Rejected(permission.into()))
+    }
+}
+
 impl ApiError {
     /// The HTTP status this error is answered with.
     pub fn status_code(&self) -> StatusCode {

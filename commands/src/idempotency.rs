@@ -3,6 +3,15 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// Longest idempotency key Herald accepts or sends: an `Idempotency-Key`, a
+/// live frame's `client_id`, a payment provider's `Idempotence-Key`.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Whether `key` is 1 to [`MAX_KEY_LEN`] bytes long.
+pub fn is_valid_key_length(key: &str) -> bool {
+    (1..=MAX_KEY_LEN).contains(&key.len())
+}
+
 /// A caller's `Idempotency-Key` together with a fingerprint of the request it
 /// came with, so that a reused key with another request can be told apart.
 #[derive(Debug, Clone, PartialEq, Eq)]

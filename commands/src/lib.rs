@@ -20,7 +20,7 @@ mod token;
 
 pub use error::{database_error, CommandError};
 pub use executor::{Committed, WriteSide};
-pub use idempotency::{request_hash, IdempotencyKey};
+pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY_LEN};
 pub use metadata::Metadata;
 pub use process_manager::PaymentProcess;
 pub use token::ConsistencyToken;

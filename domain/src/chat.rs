@@ -4,7 +4,7 @@
 //! sequence number, so clients can detect gaps and read markers are a single
 //! integer per member.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -178,6 +178,33 @@ pub enum ChatEvent {
         /// When.
         at: DateTime<Utc>,
     },
+}
+
+impl ChatEvent {
+    /// Who this event brings into its chat.
+    pub fn joining(&self) -> &[Uuid] {
+        match self {
+            Self::ChatCreated { members, .. } => members,
+            Self::MemberAdded { user_id, .. } => std::slice::from_ref(user_id),
+            _ => &[],
+        }
+    }
+
+    /// Who this event takes out of its chat.
+    pub fn leaving(&self) -> Option<Uuid> {
+        match self {
+            Self::MemberRemoved { user_id, .. } => Some(*user_id),
+            _ => None,
+        }
+    }
+
+    /// The chat's members after this event, given those before it.
+    pub fn apply_to_members(&self, members: &mut HashSet<Uuid>) {
+        members.extend(self.joining());
+        if let Some(user) = self.leaving() {
+            members.remove(&user);
+        }
+    }
 }
 
 impl DomainEvent for ChatEvent {

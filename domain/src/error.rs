@@ -97,6 +97,10 @@ pub enum Permission {
     /// Returning money is an operator decision.
     #[error("only admins may request a refund")]
     OnlyAdminsMayRefund,
+    /// Auditors oversee through the event log; visits are none of their
+    /// business one by one.
+    #[error("auditors read the event log, not bookings")]
+    AuditorsReadTheLogNotBookings,
 }
 
 /// What a command tried to do to a booking, for transition errors.

@@ -5,6 +5,7 @@
 //! aggregate's state and the command, which carries any outside facts such
 //! as the current time, so the rules can be tested without infrastructure.
 
+pub mod access;
 pub mod booking;
 pub mod chat;
 mod error;

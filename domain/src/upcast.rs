@@ -30,6 +30,17 @@ pub fn upcast(event_type: &str, event_version: &str, payload: Value) -> Value {
     booking_requested_v0_to_v1(payload)
 }
 
+/// A stored event decoded into its domain type, brought up to the current
+/// shape first: the one way every reader of the log decodes an event, so an
+/// upcaster added here reaches them all.
+pub fn decode<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    event_version: &str,
+    payload: Value,
+) -> Result<E, serde_json::Error> {
+    serde_json::from_value(upcast(event_type, event_version, payload))
+}
+
 /// `{"BookingRequested": {.., "amount": 150000}}` becomes
 /// `{"BookingRequested": {.., "price": {"amount_minor": 150000, "currency": "RUB"}}}`.
 fn booking_requested_v0_to_v1(mut payload: Value) -> Value {

@@ -36,6 +36,12 @@ impl LogEntry {
         self.metadata.get("correlation_id")?.as_str()
     }
 
+    /// The entry's event as the domain type `E`, brought up to its current
+    /// shape first ([`domain::upcast::decode`]).
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        domain::upcast::decode(&self.event_type, &self.event_version, self.payload.clone())
+    }
+
     /// The JSON body published for this entry.
     pub fn to_json(&self) -> Vec<u8> {
         // A struct of strings, numbers and JSON values always serializes.

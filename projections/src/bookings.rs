@@ -16,9 +16,9 @@ use uuid::Uuid;
 use crate::ApplyError;
 
 /// The aggregate type of bookings in the log.
-pub(crate) const BOOKING: &str = "Booking";
+pub(crate) const BOOKING: &str = domain::access::AggregateKind::Booking.as_str();
 /// The aggregate type of payments in the log.
-pub(crate) const PAYMENT: &str = "Payment";
+pub(crate) const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
 
 /// A booking as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

@@ -19,7 +19,7 @@ use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
 
 /// The aggregate type whose events this read model follows.
-pub(crate) const CHAT: &str = "Chat";
+pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
 
 /// A chat as it appears in one user's chat list.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]

@@ -155,12 +155,7 @@ pub enum ApplyError {
 /// Decodes an entry's payload into a domain event enum, brought up to the
 /// current shape first when it was stored in an older one.
 pub fn decode<E: serde::de::DeserializeOwned>(entry: &LogEntry) -> Result<E, ApplyError> {
-    let payload = domain::upcast::upcast(
-        &entry.event_type,
-        &entry.event_version,
-        entry.payload.clone(),
-    );
-    serde_json::from_value(payload).map_err(|source| ApplyError::Decode {
+    entry.decode().map_err(|source| ApplyError::Decode {
         event_type: entry.event_type.clone(),
         position: entry.position,
         source,

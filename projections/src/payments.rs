@@ -11,7 +11,7 @@ use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
 
 /// The aggregate type whose events this read model follows.
-const PAYMENT: &str = "Payment";
+const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
 
 /// A payment as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

@@ -35,10 +35,10 @@ use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use uuid::Uuid;
 
-pub use audience::Audience;
+pub use audience::{Audience, AudienceError};
 
 /// The aggregate type whose events go to WebSocket connections.
-const CHAT: &str = "Chat";
+const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
 /// Entries read from the Postgres log per query when filling a gap.
 const FILL_BATCH: i64 = 1000;
 /// How long NATS may stay quiet before the hub looks at the log head itself.
@@ -450,7 +450,7 @@ struct EventFrame<'a> {
 
 impl ChatDelivery {
     fn new(entry: &LogEntry) -> Result<Self, serde_json::Error> {
-        let event: ChatEvent = serde_json::from_value(entry.payload.clone())?;
+        let event: ChatEvent = entry.decode()?;
         let chat_id = entry
             .aggregate_id
             .parse()
@@ -471,23 +471,6 @@ impl ChatDelivery {
             event,
             frame: frame.into(),
         })
-    }
-}
-
-/// Who an event brings into its chat.
-fn joining(event: &ChatEvent) -> &[Uuid] {
-    match event {
-        ChatEvent::ChatCreated { members, .. } => members,
-        ChatEvent::MemberAdded { user_id, .. } => std::slice::from_ref(user_id),
-        _ => &[],
-    }
-}
-
-/// Who an event takes out of its chat.
-fn leaving(event: &ChatEvent) -> Option<Uuid> {
-    match event {
-        ChatEvent::MemberRemoved { user_id, .. } => Some(*user_id),
-        _ => None,
     }
 }
 
@@ -522,16 +505,16 @@ async fn chats_of(
             break;
         };
         for entry in entries.iter().filter(|e| e.aggregate_type == CHAT) {
-            let Ok(event) = serde_json::from_value::<ChatEvent>(entry.payload.clone()) else {
+            let Ok(event) = entry.decode::<ChatEvent>() else {
                 continue;
             };
             let Ok(chat_id) = entry.aggregate_id.parse::<Uuid>() else {
                 continue;
             };
-            if joining(&event).contains(&user) {
+            if event.joining().contains(&user) {
                 chats.insert(chat_id);
             }
-            if leaving(&event) == Some(user) {
+            if event.leaving() == Some(user) {
                 chats.remove(&chat_id);
             }
         }
@@ -630,7 +613,7 @@ impl Routes {
             .get(&delivery.chat_id)
             .map(|ids| ids.iter().copied().collect())
             .unwrap_or_default();
-        for user in joining(&delivery.event) {
+        for user in delivery.event.joining() {
             if let Some(ids) = self.by_user.get(user) {
                 candidates.extend(ids.iter().copied());
             }
@@ -662,7 +645,7 @@ impl Routes {
             return;
         }
         let chat = delivery.chat_id;
-        if joining(&delivery.event).contains(&socket.user) && socket.chats.insert(chat) {
+        if delivery.event.joining().contains(&socket.user) && socket.chats.insert(chat) {
             self.by_chat.entry(chat).or_default().insert(id);
         }
         let mut too_slow = false;
@@ -674,7 +657,7 @@ impl Routes {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        if leaving(&delivery.event) == Some(socket.user) && socket.chats.remove(&chat) {
+        if delivery.event.leaving() == Some(socket.user) && socket.chats.remove(&chat) {
             remove_from(&mut self.by_chat, &chat, id);
         }
         if too_slow {

@@ -10,6 +10,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use commands::CommandError;
 use cqrs_es::Aggregate;
+use domain::access::AggregateKind;
 use domain::booking::Booking;
 use domain::chat::Chat;
 use domain::payment::Payment;
@@ -52,33 +53,6 @@ fn may_audit(actor: Actor) -> Result<(), ApiError> {
         Err(ApiError::Forbidden(
             "only auditors and admins read the event log",
         ))
-    }
-}
-
-/// The aggregate types of the log, as the log spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AggregateType {
-    Chat,
-    Booking,
-    Payment,
-}
-
-impl AggregateType {
-    fn parse(name: &str) -> Option<Self> {
-        match name {
-            "Chat" => Some(Self::Chat),
-            "Booking" => Some(Self::Booking),
-            "Payment" => Some(Self::Payment),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Chat => Chat::TYPE,
-            Self::Booking => Booking::TYPE,
-            Self::Payment => Payment::TYPE,
-        }
     }
 }
 
@@ -149,7 +123,7 @@ async fn list_events(
             })
     });
     let aggregate_type = fields.optional(present(query.aggregate_type), |raw| {
-        AggregateType::parse(&raw).ok_or_else(|| {
+        AggregateKind::parse(&raw).ok_or_else(|| {
             ValidationError::new("aggregate_type", "must be Chat, Booking or Payment")
         })
     });
@@ -159,7 +133,7 @@ async fn list_events(
         app.write.pool(),
         after.unwrap_or(0),
         limit,
-        aggregate_type.map(AggregateType::name),
+        aggregate_type.map(AggregateKind::as_str),
     )
     .await?;
     let next_after = items
@@ -199,11 +173,11 @@ async fn aggregate_events(
     Path((aggregate_type, aggregate_id)): Path<(String, String)>,
 ) -> Result<Json<History>, ApiError> {
     may_audit(actor)?;
-    let aggregate_type = AggregateType::parse(&aggregate_type)
+    let aggregate_type = AggregateKind::parse(&aggregate_type)
         .ok_or(ApiError::NotFound("no such aggregate type"))?;
     let items = chain::aggregate_entries(
         app.write.pool(),
-        aggregate_type.name(),
+        aggregate_type.as_str(),
         &aggregate_id,
         AsOf::Now,
     )
@@ -279,14 +253,14 @@ async fn aggregate_as_of(
     Query(query): Query<AsOfQuery>,
 ) -> Result<Json<AggregateState>, ApiError> {
     may_audit(actor)?;
-    let aggregate_type = AggregateType::parse(&aggregate_type)
+    let aggregate_type = AggregateKind::parse(&aggregate_type)
         .ok_or(ApiError::NotFound("no such aggregate type"))?;
     let mut fields = Fields::default();
     let as_of = fields.optional(present(query.as_of), parse_as_of);
     let as_of = fields.finish(as_of)?.unwrap_or(AsOf::Now);
     let entries = chain::aggregate_entries(
         app.write.pool(),
-        aggregate_type.name(),
+        aggregate_type.as_str(),
         &aggregate_id,
         as_of,
     )
@@ -295,13 +269,13 @@ async fn aggregate_as_of(
         "no aggregate with that id at that point",
     ))?;
     let state = match aggregate_type {
-        AggregateType::Chat => fold::<Chat>(&entries),
-        AggregateType::Booking => fold::<Booking>(&entries),
-        AggregateType::Payment => fold::<Payment>(&entries),
+        AggregateKind::Chat => fold::<Chat>(&entries),
+        AggregateKind::Booking => fold::<Booking>(&entries),
+        AggregateKind::Payment => fold::<Payment>(&entries),
     }
     .map_err(|err| ApiError::Command(CommandError::Internal(err.into())))?;
     Ok(Json(AggregateState {
-        aggregate_type: aggregate_type.name(),
+        aggregate_type: aggregate_type.as_str(),
         aggregate_id,
         version: last.entry.sequence,
         position: last.entry.position,
@@ -315,12 +289,7 @@ async fn aggregate_as_of(
 fn fold<A: Aggregate>(entries: &[AuditEntry]) -> Result<Value, serde_json::Error> {
     let mut aggregate = A::default();
     for AuditEntry { entry, .. } in entries {
-        let payload = domain::upcast::upcast(
-            &entry.event_type,
-            &entry.event_version,
-            entry.payload.clone(),
-        );
-        aggregate.apply(serde_json::from_value::<A::Event>(payload)?);
+        aggregate.apply(entry.decode::<A::Event>()?);
     }
     serde_json::to_value(&aggregate)
 }

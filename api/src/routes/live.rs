@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::live::{Audience, Kick, LiveHub};
+use crate::live::{Audience, AudienceError, Kick, LiveHub};
 use crate::AppState;
 
 /// Largest frame a client may send; a message body is at most 4000 characters.
@@ -36,8 +36,6 @@ const MAX_CLIENT_FRAME: usize = 64 * 1024;
 /// library's default of 128 KiB per socket would dominate the memory of
 /// thousands of idle connections.
 const READ_BUFFER: usize = 4 * 1024;
-/// Longest `client_id` accepted, like an `Idempotency-Key`.
-const MAX_CLIENT_ID_LEN: usize = 255;
 /// Answers to a client's frames queued for its socket; a client that sends
 /// without reading waits for this to drain.
 const REPLY_BUFFER: usize = 32;
@@ -399,11 +397,11 @@ async fn send_message(
     let mut fields = crate::command::Fields::default();
     let valid_id = fields.check(
         Some(client_id)
-            .filter(|id| !id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN)
+            .filter(|id| commands::is_valid_key_length(id))
             .ok_or_else(|| {
                 domain::ValidationError::new(
                     "client_id",
-                    format!("must be 1 to {MAX_CLIENT_ID_LEN} characters"),
+                    format!("must be 1 to {} characters", commands::MAX_KEY_LEN),
                 )
             }),
     );
@@ -530,7 +528,7 @@ struct StreamEvent<'a> {
 }
 
 impl Feed {
-    async fn next(&mut self) -> Result<Option<Event>, sqlx::Error> {
+    async fn next(&mut self) -> Result<Option<Event>, AudienceError> {
         loop {
             if let Some(entry) = self.backlog.pop_front() {
                 if entry.position != self.last + 1 {

@@ -8,8 +8,9 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::State;
 use axum::Json;
+use domain::access::{self, BookingScope};
 use domain::booking::BookingStatus;
-use domain::values::{Actor, Role};
+use domain::values::Actor;
 use domain::ValidationError;
 use projections::bookings::{BookingFilter, BookingRow};
 use projections::chats::{ChatDetails, ChatSummary, MessageRow};
@@ -117,14 +118,12 @@ fn booking_status(raw: String) -> Result<BookingStatus, ValidationError> {
         .map_err(|err: serde::de::value::Error| ValidationError::new("status", err.to_string()))
 }
 
-/// Chats are shown to their members, and to admins who moderate them.
+/// Chats are shown as [`access::may_see_chat`] says; to an admin, only one
+/// that exists.
 async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<(), ApiError> {
     let pool = app.write.pool();
-    let visible = if actor.is_admin() {
-        chats::get(pool, chat_id).await?.is_some()
-    } else {
-        chats::is_member(pool, chat_id, actor.user_id).await?
-    };
+    let visible = chats::is_member(pool, chat_id, actor.user_id).await?
+        || (access::may_see_chat(actor, false) && chats::get(pool, chat_id).await?.is_some());
     if visible {
         Ok(())
     } else {
@@ -256,23 +255,19 @@ struct BookingsQuery {
     cursor: Option<String>,
 }
 
-/// Which bookings a role sees: patients their own, doctors those assigned to
-/// them, admins all; auditors read the event log, not bookings.
+/// The bookings filter of the bookings [`BookingScope::of`] `actor` may see.
 fn bookings_scope(actor: Actor) -> Result<BookingFilter, ApiError> {
-    match actor.role {
-        Role::Patient => Ok(BookingFilter {
-            patient_id: Some(actor.user_id),
+    Ok(match BookingScope::of(actor)? {
+        BookingScope::PatientOf(patient) => BookingFilter {
+            patient_id: Some(patient),
             ..BookingFilter::default()
-        }),
-        Role::Doctor => Ok(BookingFilter {
-            doctor_id: Some(actor.user_id),
+        },
+        BookingScope::AssignedTo(doctor) => BookingFilter {
+            doctor_id: Some(doctor),
             ..BookingFilter::default()
-        }),
-        Role::Admin | Role::System => Ok(BookingFilter::default()),
-        Role::Auditor => Err(ApiError::Forbidden(
-            "auditors read the event log, not bookings",
-        )),
-    }
+        },
+        BookingScope::All => BookingFilter::default(),
+    })
 }
 
 /// Bookings the caller may see: a patient their own, a doctor those assigned
@@ -339,25 +334,13 @@ async fn get_booking(
     consistency: Consistency,
     Path(booking_id): Path<Uuid>,
 ) -> Result<Json<BookingRow>, ApiError> {
-    let scope = bookings_scope(actor)?;
+    let scope = BookingScope::of(actor)?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
     let booking = bookings::get(app.write.pool(), booking_id)
         .await?
-        .filter(|booking| {
-            scope
-                .patient_id
-                .is_none_or(|patient| booking.patient_id == patient)
-                && scope
-                    .doctor_id
-                    .is_none_or(|doctor| booking.doctor_id == Some(doctor))
-        })
+        .filter(|booking| scope.includes(booking.patient_id, booking.doctor_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
     Ok(Json(booking))
-}
-
-/// Payments are shown to the patient who pays and to admins.
-fn may_see_payments_of(actor: Actor, patient_id: Uuid) -> bool {
-    actor.is_admin() || (actor.role == Role::Patient && actor.user_id == patient_id)
 }
 
 /// One payment, for the booking's patient and admins.
@@ -383,7 +366,7 @@ async fn get_payment(
     consistency::wait(&app, &consistency, &[Projection::Payments]).await?;
     let payment = payments::get(app.write.pool(), payment_id)
         .await?
-        .filter(|payment| may_see_payments_of(actor, payment.patient_id))
+        .filter(|payment| access::may_see_payment(actor, payment.patient_id))
         .ok_or(ApiError::NotFound("no payment with that id"))?;
     Ok(Json(payment))
 }
@@ -434,7 +417,7 @@ async fn list_payments(
     let pool = app.write.pool();
     bookings::get(pool, booking_id)
         .await?
-        .filter(|booking| may_see_payments_of(actor, booking.patient_id))
+        .filter(|booking| access::may_see_payment(actor, booking.patient_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
     let items = payments::for_booking(pool, booking_id).await?;
     Ok(Json(Items { items }))
