@@ -38,7 +38,11 @@ pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
     Ok(pool)
 }
 
+/// The schema of the whole database: the event store and the write side's
+/// tables, the sequenced log, checkpoints and every read model.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    commands::MIGRATOR.run(pool).await
+    MIGRATOR.run(pool).await
 }

@@ -24,7 +24,3 @@ pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY
 pub use metadata::Metadata;
 pub use process_manager::PaymentProcess;
 pub use token::ConsistencyToken;
-
-/// Migrations of the whole schema: the event store, idempotency keys, checkpoints
-/// and every read model. Applied by `herald up` and `herald migrate`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
