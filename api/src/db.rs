@@ -19,8 +19,14 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
     }
     match Postgres::create_database(url).await {
         Ok(()) => Ok(()),
-        // Another process created it first.
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(()),
+        // Another process created it first: Postgres says so as 42P04
+        // (duplicate_database) or, when both got past its own check at once,
+        // as a clash on its catalog's unique index (23505).
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
+        {
+            Ok(())
+        }
         Err(err) => Err(err),
     }
 }

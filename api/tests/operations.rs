@@ -249,3 +249,22 @@ async fn a_shutdown_with_requests_in_flight_answers_every_one_and_loses_none() {
     assert!(accepted > 0, "the shutdown came before any request");
     assert_eq!(app.event_count().await, accepted);
 }
+
+#[tokio::test]
+async fn instances_started_at_once_on_a_new_database_all_come_up() {
+    for _ in 0..5 {
+        let args = api::config::DatabaseArgs {
+            database_url: fresh_database().await,
+            database_pool_size: 2,
+        };
+        let started = join_all((0..8).map(|_| async {
+            let pool = api::db::connect(&args).await?;
+            api::db::migrate(&pool).await?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        }))
+        .await;
+        for outcome in started {
+            outcome.unwrap();
+        }
+    }
+}
