@@ -16,6 +16,9 @@ use crate::AppState;
 
 /// The shortest secret Herald accepts, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
+/// The longest token Herald reads, in bytes: its own are a few hundred, and
+/// a larger one is only work for the server.
+pub const MAX_TOKEN_LEN: usize = 4096;
 
 /// The claims of a Herald token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,12 +72,22 @@ impl JwtKeys {
 
     /// The actor a token speaks for, when it is genuine and current.
     pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(ApiError::Unauthorized(
+                "the token is longer than any Herald token",
+            ));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        // A token that says when it starts is not honoured before then.
+        validation.validate_nbf = true;
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     ApiError::Unauthorized("the token has expired")
+                }
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    ApiError::Unauthorized("the token is not valid yet")
                 }
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                     ApiError::Unauthorized("the token's signature is not valid")
@@ -148,6 +161,44 @@ mod tests {
             .unwrap();
         assert_eq!(verified.user_id, actor.user_id);
         assert_eq!(verified.role, Role::Doctor);
+    }
+
+    #[test]
+    fn a_token_before_its_not_before_time_is_refused() {
+        let secret = "s".repeat(32);
+        let now = Utc::now().timestamp();
+        let token = |nbf: i64| {
+            let claims = serde_json::json!({
+                "sub": Uuid::new_v4(), "role": "patient", "exp": now + 600, "nbf": nbf,
+            });
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert!(matches!(
+            keys(&secret).verify(&token(now + 300)),
+            Err(ApiError::Unauthorized("the token is not valid yet"))
+        ));
+        assert!(keys(&secret).verify(&token(now - 1)).is_ok());
+    }
+
+    #[test]
+    fn a_token_longer_than_any_herald_token_is_refused_unread() {
+        let keys = keys(&"s".repeat(32));
+        let token = keys.mint(
+            Actor::new(Uuid::new_v4(), Role::Patient),
+            Duration::from_secs(60),
+        );
+        let padded = format!("{token}{}", "A".repeat(100 * 1024));
+        assert!(matches!(
+            keys.verify(&padded),
+            Err(ApiError::Unauthorized(
+                "the token is longer than any Herald token"
+            ))
+        ));
     }
 
     #[test]

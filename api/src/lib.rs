@@ -120,13 +120,24 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
     outside.nest("/api/v1", api).merge(ops::routes(ops))
 }
 
-/// Headers that keep browsers from misreading or framing Herald's answers.
+/// Headers that keep browsers from misreading or framing Herald's answers,
+/// and caches from keeping what a caller's token let them see (addresses, chat
+/// bodies).
 async fn security_headers(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let authenticated = request
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+        || request.uri().path().starts_with("/api/v1/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if authenticated {
+        headers
+            .entry(axum::http::header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+    }
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),

@@ -203,6 +203,32 @@ async fn a_refused_frame_is_answered_with_an_error_frame_and_the_socket_stays_op
 }
 
 #[tokio::test]
+async fn a_frame_and_a_request_with_the_same_bad_body_get_the_same_answer() {
+    let app = TestApp::spawn_live(LiveConfig::default()).await;
+    let (doctor, patient) = (doctor(), patient());
+    let chat = app.group_chat(doctor, &[patient]).await;
+    let mut member = connect(&app, patient).await;
+    for body in ["a\u{0}b", "\u{200B}\u{FEFF}"] {
+        send(
+            &mut member,
+            json!({ "type": "send_message", "chat_id": chat, "client_id": "bad", "body": body }),
+        )
+        .await;
+        let error = next_reply(&mut member).await;
+        let rest = app
+            .post(
+                &format!("/api/v1/chats/{chat}/messages"),
+                patient,
+                json!({ "body": body }),
+            )
+            .await;
+        assert_eq!(rest.status, 422, "{}", rest.body);
+        assert_eq!(error["status"], 422, "{error}");
+        assert_eq!(error["errors"], rest.body["errors"], "{error}");
+    }
+}
+
+#[tokio::test]
 async fn a_removed_member_stops_receiving_at_once() {
     let app = TestApp::spawn_live(LiveConfig::default()).await;
     let (doctor, stays, leaves) = (doctor(), patient(), patient());

@@ -268,3 +268,24 @@ async fn instances_started_at_once_on_a_new_database_all_come_up() {
         }
     }
 }
+
+#[tokio::test]
+async fn answers_to_a_token_are_never_stored_by_caches() {
+    let app = TestApp::spawn().await;
+    let alice = patient();
+    let booking = app.booking(alice).await;
+    for path in [
+        format!("/api/v1/bookings/{booking}"),
+        "/api/v1/nothing".to_owned(),
+    ] {
+        let reply = app.send(reqwest::Method::GET, &path, alice, None).await;
+        assert_eq!(reply.headers["cache-control"], "no-store", "{path}");
+    }
+    let unauthenticated = app
+        .client
+        .get(format!("{}/api/v1/bookings", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.headers()["cache-control"], "no-store");
+}

@@ -13,6 +13,10 @@ use uuid::Uuid;
 use crate::error::{BookingAction, DomainError, Permission, ValidationError};
 use crate::values::{Actor, Address, CallType, Money, Reason, Role};
 
+/// How far ahead a visit can be booked: doctors' calendars do not reach
+/// further, and a date years away is a typo.
+const BOOKING_HORIZON: chrono::TimeDelta = chrono::TimeDelta::days(365);
+
 /// Where a visit stands in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +324,13 @@ impl Booking {
         if scheduled_at.is_some_and(|when| when <= now) {
             return Err(ValidationError::new("scheduled_at", "must be in the future").into());
         }
+        if scheduled_at.is_some_and(|when| when > now + BOOKING_HORIZON) {
+            return Err(ValidationError::new(
+                "scheduled_at",
+                format!("must be within {} days", BOOKING_HORIZON.num_days()),
+            )
+            .into());
+        }
         Ok(vec![BookingEvent::BookingRequested {
             booking_id,
             patient_id: actor.user_id,
@@ -598,6 +609,25 @@ mod tests {
             let error = scheduled_at_error("must be in the future");
             reject(vec![], command, error).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_visit_cannot_be_scheduled_more_than_a_year_ahead() {
+        let a_year_and_a_minute = 365 * 24 * 60 + 1;
+        let command = request(patient(), CallType::Scheduled, Some(a_year_and_a_minute));
+        reject(
+            vec![],
+            command,
+            scheduled_at_error("must be within 365 days"),
+        )
+        .await;
+        let command = request(patient(), CallType::Scheduled, Some(365 * 24 * 60));
+        TestFramework::<Booking>::with(())
+            .given_no_previous_events()
+            .when_async(command)
+            .await
+            .inspect_result()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -124,6 +124,23 @@ impl Currency {
         }
     }
 
+    /// A currency Herald takes new prices and charges in: one its payment
+    /// provider settles. Stored events keep whatever valid code they hold.
+    pub fn accept(code: &str) -> Result<Self, ValidationError> {
+        let currency = Self::parse(code)?;
+        if Self::SUPPORTED.contains(&code) {
+            Ok(currency)
+        } else {
+            Err(ValidationError::new(
+                "currency",
+                format!("must be one of {}", Self::SUPPORTED.join(", ")),
+            ))
+        }
+    }
+
+    /// The currencies the payment provider settles in.
+    pub const SUPPORTED: [&'static str; 3] = ["RUB", "USD", "EUR"];
+
     /// Russian rouble, the currency Herald bills in by default.
     pub fn rub() -> Self {
         Self("RUB".to_owned())
@@ -230,12 +247,34 @@ impl From<Money> for RawMoney {
     }
 }
 
+/// Whether `c` shows nothing: white space, or a format character such as a
+/// zero-width space or joiner, a word joiner or a byte-order mark. A text of
+/// only these is as blank as an empty one.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{FEFF}'
+        )
+}
+
 /// Checks a text's length in characters after trimming, the length a person
 /// would perceive.
 fn check_text(raw: &str, field: &'static str, max_chars: usize) -> Result<(), ValidationError> {
     let trimmed = raw.trim();
-    if trimmed.is_empty() {
+    if trimmed.chars().all(is_invisible) {
         return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if raw.contains('\0') {
+        return Err(ValidationError::new(
+            field,
+            "must not contain the NUL character (U+0000)",
+        ));
     }
     if trimmed.chars().count() > max_chars {
         return Err(ValidationError::new(
@@ -492,6 +531,32 @@ mod tests {
         assert_eq!(field_of(Address::parse("я".repeat(501))), "address");
         assert_eq!(field_of(Address::parse(" \t\n ")), "address");
         assert_eq!(field_of(Address::parse("")), "address");
+    }
+
+    #[test]
+    fn texts_of_only_invisible_characters_are_blank_and_nul_is_refused() {
+        for blank in ["\u{200B}", " \u{200D}\u{FEFF} ", "\u{2060}\n"] {
+            assert_eq!(
+                MessageBody::parse(blank).unwrap_err(),
+                ValidationError::new("body", "must not be empty"),
+                "{blank:?}"
+            );
+            assert_eq!(field_of(Address::parse(blank)), "address");
+        }
+        assert_eq!(
+            MessageBody::parse("a\0b").unwrap_err(),
+            ValidationError::new("body", "must not contain the NUL character (U+0000)")
+        );
+        assert!(MessageBody::parse("a\u{200D}b").is_ok());
+    }
+
+    #[test]
+    fn new_prices_take_only_the_currencies_the_provider_settles() {
+        assert_eq!(Currency::accept("RUB").unwrap(), Currency::rub());
+        for unsupported in ["XXX", "BTC"] {
+            assert!(Currency::parse(unsupported).is_ok());
+            assert_eq!(field_of(Currency::accept(unsupported)), "currency");
+        }
     }
 
     #[test]

@@ -81,7 +81,7 @@ async fn request(
     let call_type = fields.parse("call_type", body.call_type, |t| t.parse::<CallType>());
     let address = fields.parse("address", body.address, Address::parse);
     let currency = fields
-        .optional(body.currency, |c| Currency::parse(&c))
+        .optional(body.currency, |c| Currency::accept(&c))
         .map(Option::unwrap_or_default);
     let amount_minor = fields.required("amount_minor", body.amount_minor);
     // The amount is checked even when the currency is invalid, so that the
