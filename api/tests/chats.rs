@@ -366,6 +366,47 @@ async fn a_message_id_chosen_by_the_client_cannot_be_used_twice() {
 }
 
 #[tokio::test]
+async fn a_message_id_another_chat_used_is_refused_and_every_message_is_read() {
+    let app = TestApp::spawn_with_pipeline().await;
+    let (alice, bob) = (patient(), doctor());
+    let first = app.group_chat(alice, &[bob]).await;
+    let second = app.group_chat(alice, &[bob]).await;
+    let id = Uuid::new_v4();
+    let sent = |chat: Uuid, body: &str| {
+        post(
+            format!("/api/v1/chats/{chat}/messages"),
+            json!({ "id": id, "body": body }),
+        )
+    };
+
+    app.accepts(alice, sent(first, "first"), StatusCode::CREATED)
+        .await;
+    let refused = app
+        .refuses(bob, sent(second, "second"), StatusCode::CONFLICT)
+        .await;
+    assert_eq!(
+        refused.body["detail"],
+        "a message with this id already exists"
+    );
+
+    app.wait_for_projections().await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_dead_letters")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    let read = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/chats/{first}/messages"),
+            alice,
+            None,
+        )
+        .await;
+    assert_eq!(read.body["items"][0]["body"], "first", "{}", read.body);
+}
+
+#[tokio::test]
 async fn only_members_send_messages_not_even_admins() {
     let g = group().await;
 

@@ -82,6 +82,7 @@ fn rule_of_constraint(err: &(dyn StdError + 'static)) -> Option<DomainError> {
     };
     match db.constraint() {
         Some("one_active_payment_per_booking") => Some(DomainError::PaymentInProgress),
+        Some("one_message_per_id") => Some(DomainError::MessageAlreadyExists),
         _ => None,
     }
 }
