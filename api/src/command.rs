@@ -53,13 +53,60 @@ where
             .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
         let idempotency = idempotency_key(&parts.headers)?.map(|key| IdempotencyKey {
             key,
-            request_hash: request_hash(parts.method.as_str(), parts.uri.path(), &bytes),
+            request_hash: request_hash(parts.method.as_str(), parts.uri.path(), &canonical(&bytes)),
         });
         Ok(Self {
             actor,
             metadata: Metadata::for_request(actor, request_id).with_idempotency(idempotency),
             body,
         })
+    }
+}
+
+/// The body as the request it means rather than the bytes it was sent as:
+/// JSON with its keys sorted and no insignificant white space, so that a retry
+/// formatted another way is recognised as the same request. A body that is not
+/// JSON stays as it is (the command refuses it anyway).
+fn canonical(bytes: &[u8]) -> Vec<u8> {
+    fn write(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(members) => {
+                let mut names: Vec<&String> = members.keys().collect();
+                names.sort();
+                out.push('{');
+                for (index, name) in names.into_iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::from(name.as_str()).to_string());
+                    out.push(':');
+                    write(&members[name], out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return b"{}".to_vec();
+    }
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(value) => {
+            let mut out = String::with_capacity(bytes.len());
+            write(&value, &mut out);
+            out.into_bytes()
+        }
+        Err(_) => bytes.to_vec(),
     }
 }
 
@@ -102,9 +149,6 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
         }
         bytes
     };
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        reject_nul("", &value)?;
-    }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -115,35 +159,6 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
             format!("the body is not valid at `{path}`: {inner}")
         })
     })
-}
-
-/// Refuses a string holding the NUL character (U+0000), naming its field:
-/// valid JSON, but no event holding it could be stored, since Postgres `jsonb`
-/// does not accept it.
-fn reject_nul(path: &str, value: &serde_json::Value) -> Result<(), ApiError> {
-    let nested = |name: &str| {
-        if path.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{path}.{name}")
-        }
-    };
-    match value {
-        serde_json::Value::String(text) if text.contains('\0') => {
-            Err(ApiError::Invalid(vec![ValidationError::new(
-                if path.is_empty() { "body" } else { path },
-                "must not contain the NUL character (U+0000)",
-            )]))
-        }
-        serde_json::Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(index, item)| reject_nul(&nested(&index.to_string()), item)),
-        serde_json::Value::Object(members) => members
-            .iter()
-            .try_for_each(|(name, member)| reject_nul(&nested(name), member)),
-        _ => Ok(()),
-    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

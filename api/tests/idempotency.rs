@@ -81,3 +81,42 @@ async fn keys_belong_to_their_caller() {
     assert_ne!(alices.body["id"], bobs.body["id"]);
     assert_eq!(app.event_count().await, 2);
 }
+
+#[tokio::test]
+async fn the_same_json_formatted_another_way_is_the_same_request() {
+    let app = TestApp::spawn().await;
+    let alice = patient();
+    let send = |body: &'static str| {
+        app.client
+            .post(format!("{}/api/v1/bookings", app.address))
+            .bearer_auth(app.token(alice))
+            .header("Idempotency-Key", "formatted")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let first = Reply::from(
+        send(r#"{"call_type":"urgent","address":"Arbat 5","amount_minor":700}"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    let reformatted = Reply::from(
+        send("{\n  \"amount_minor\": 700,\n  \"address\": \"Arbat 5\",\n  \"call_type\": \"urgent\"\n}")
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(
+        reformatted.status,
+        StatusCode::CREATED,
+        "{}",
+        reformatted.body
+    );
+    assert_eq!(reformatted.headers["idempotent-replayed"], "true");
+    assert_eq!(reformatted.body, first.body);
+    assert_eq!(app.event_count().await, 1);
+}
