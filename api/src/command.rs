@@ -63,6 +63,24 @@ where
     }
 }
 
+/// A decoding error in the client's terms: serde names the Rust type it
+/// wanted ("expected struct RequestBooking"), a client needs the JSON shape.
+fn without_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "struct ".len()..];
+        let name_len = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        out.push_str("a JSON object");
+        rest = &after[name_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The body as the request it means rather than the bytes it was sent as:
 /// JSON with its keys sorted and no insignificant white space, so that a retry
 /// formatted another way is recognised as the same request. A body that is not
@@ -152,7 +170,7 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
+        let inner = without_type_names(&err.into_inner().to_string());
         ApiError::BadRequest(if path == "." {
             format!("the body is not valid: {inner}")
         } else {

@@ -295,6 +295,23 @@ async fn json_of_the_wrong_type_is_a_bad_request() {
 }
 
 #[tokio::test]
+async fn a_bad_request_speaks_of_json_not_of_herald_types() {
+    let app = TestApp::spawn().await;
+    for body in [json!([]), json!("urgent"), json!(null)] {
+        let reply = app
+            .refuses(
+                admin(),
+                post("/api/v1/bookings", body),
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
+        let detail = reply.body["detail"].as_str().unwrap();
+        assert!(detail.contains("expected a JSON object"), "{detail}");
+        assert!(!detail.contains("struct"), "{detail}");
+    }
+}
+
+#[tokio::test]
 async fn json_media_types_with_parameters_or_another_case_are_accepted() {
     let app = TestApp::spawn().await;
 
