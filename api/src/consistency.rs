@@ -66,8 +66,13 @@ pub async fn wait(
     if token.version == 0 {
         return Ok(());
     }
-    let unknown = || ApiError::BadRequest("consistency names no command Herald stored".to_owned());
-    let version = i64::try_from(token.version).map_err(|_| unknown())?;
+    // A token is handed out after its command committed, so one that names
+    // no stored event has nothing to wait for. It is not refused either: a
+    // read must answer the same whether a token names someone else's
+    // aggregate or none at all, so that tokens tell nobody what exists.
+    let Ok(version) = i64::try_from(token.version) else {
+        return Ok(());
+    };
     let pool = app.write.pool();
     let stored: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM events
@@ -79,7 +84,7 @@ pub async fn wait(
     .fetch_one(pool)
     .await?;
     if !stored {
-        return Err(unknown());
+        return Ok(());
     }
     let deadline = Instant::now() + MAX_WAIT;
     let mut position = None;

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use commands::Metadata;
+use commands::{ConsistencyToken, Metadata};
 use common::{admin, auditor, delete, doctor, patch, patient, post, Call, Reply, TestApp};
 use domain::booking::{Booking, BookingCommand};
 use domain::payment::{Payment, PaymentCommand};
@@ -653,6 +653,26 @@ async fn every_read_needs_a_token_and_a_well_formed_consistency_token() {
                 .assert_problem(StatusCode::BAD_REQUEST);
         }
     }
+}
+
+#[tokio::test]
+async fn a_token_for_someone_elses_booking_tells_no_more_than_one_for_none() {
+    let h = Herald::start().await;
+    let (alice, mallory) = (patient(), patient());
+    let theirs = h.run(alice, visit()).await;
+    let none = ConsistencyToken {
+        aggregate_type: "Booking".to_owned(),
+        aggregate_id: Uuid::new_v4().to_string(),
+        version: 1,
+    }
+    .encode();
+    h.app.wait_for_projections().await;
+
+    let with_theirs = read(&h.app, mallory, "/api/v1/bookings", &theirs.token).await;
+    let with_none = read(&h.app, mallory, "/api/v1/bookings", &none).await;
+    assert_eq!(with_theirs.status, StatusCode::OK, "{}", with_theirs.body);
+    assert_eq!(with_none.status, with_theirs.status);
+    assert_eq!(with_none.body, with_theirs.body);
 }
 
 #[tokio::test]
