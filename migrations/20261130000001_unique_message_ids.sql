@@ -12,9 +12,14 @@ CREATE TABLE message_ids
 CREATE FUNCTION claim_message_id() RETURNS trigger
     LANGUAGE plpgsql AS
 $$
+DECLARE
+    id uuid := (NEW.payload -> 'MessageSent' ->> 'message_id')::uuid;
 BEGIN
-    INSERT INTO message_ids (message_id, chat_id)
-    VALUES ((NEW.payload -> 'MessageSent' ->> 'message_id')::uuid, NEW.aggregate_id);
+    -- Every MessageSent Herald writes names its message; a row that names
+    -- none claims nothing.
+    IF id IS NOT NULL THEN
+        INSERT INTO message_ids (message_id, chat_id) VALUES (id, NEW.aggregate_id);
+    END IF;
     RETURN NEW;
 EXCEPTION
     WHEN unique_violation THEN
@@ -37,5 +42,6 @@ INSERT INTO message_ids (message_id, chat_id)
 SELECT (payload -> 'MessageSent' ->> 'message_id')::uuid, aggregate_id
   FROM events
  WHERE aggregate_type = 'Chat' AND event_type = 'MessageSent'
+   AND payload -> 'MessageSent' ->> 'message_id' IS NOT NULL
  ORDER BY event_id
     ON CONFLICT (message_id) DO NOTHING;
