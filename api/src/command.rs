@@ -128,7 +128,8 @@ fn canonical(bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+/// The body of a request, at most [`BODY_LIMIT`] bytes.
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let too_large = ApiError::PayloadTooLarge { limit: BODY_LIMIT };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -138,13 +139,19 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes,
         return Err(too_large);
     }
     axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|err| {
-        if std::error::Error::source(&err)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
-        {
-            too_large
-        } else {
-            ApiError::BadRequest("the request body could not be read".to_owned())
+        let causes = std::iter::successors(
+            Some(&err as &(dyn std::error::Error + 'static)),
+            |err| err.source(),
+        );
+        for cause in causes {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                return too_large;
+            }
+            if cause.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::BodyTimedOut;
+            }
         }
+        ApiError::BadRequest("the request body could not be read".to_owned())
     })
 }
 

@@ -104,6 +104,10 @@ pub struct UpArgs {
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
 
+    /// Limits on what one connection may take.
+    #[command(flatten)]
+    pub connections: crate::server::ConnectionArgs,
+
     /// Browser origins allowed to call the API (comma-separated); none by default.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<axum::http::HeaderValue>,

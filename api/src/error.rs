@@ -47,6 +47,15 @@ pub enum ApiError {
     /// The payment provider did not do what the request needs.
     #[error(transparent)]
     PaymentProvider(#[from] commands::gateway::GatewayError),
+    /// The request's headers are larger than the limit.
+    #[error("the request's headers are larger than {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The client paused sending the body for longer than the limit.
+    #[error("the request body did not arrive in time")]
+    BodyTimedOut,
     /// The caller or its address sent too much too fast.
     #[error("too many requests; slow down")]
     RateLimited {
@@ -116,6 +125,8 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTimedOut => StatusCode::REQUEST_TIMEOUT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Command(CommandError::Rejected(rejected)) => match rejected.kind() {
                 ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,

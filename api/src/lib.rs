@@ -2,7 +2,7 @@
 //!
 //! `startup::Application::build` assembles a running Herald from its settings,
 //! for `herald up` and for every test; `router(state, surface)` is its
-//! HTTP surface and `serve` runs it until shutdown. The `herald` subcommands
+//! HTTP surface and `server::serve` runs it until shutdown. The `herald` subcommands
 //! live in `cli`; the binary in `main.rs` only parses and dispatches.
 
 pub mod auth;
@@ -20,9 +20,9 @@ pub mod ops;
 pub mod provider;
 pub mod request_id;
 pub mod routes;
+pub mod server;
 pub mod startup;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
@@ -30,7 +30,6 @@ use axum::Router;
 use commands::gateway::PaymentGateway;
 use commands::WriteSide;
 use herald_nats::RelayStatus;
-use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::JwtKeys;
@@ -175,39 +174,6 @@ fn cors(origins: Vec<HeaderValue>) -> tower_http::cors::CorsLayer {
             header::RETRY_AFTER,
         ])
         .max_age(std::time::Duration::from_secs(3600))
-}
-
-/// How long requests in flight get to finish after the signal to stop.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Serves `router` on `listener` until `shutdown` completes, then stops
-/// accepting connections and lets the requests in flight finish, for at most
-/// [`SHUTDOWN_GRACE`].
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    });
-    let deadline = async {
-        if on_signal.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        served = std::future::IntoFuture::into_future(server) => served,
-        () = deadline => {
-            tracing::warn!("requests still in flight after the grace period; stopping anyway");
-            Ok(())
-        }
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

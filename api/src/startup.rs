@@ -19,6 +19,7 @@ use crate::limits::{LimitArgs, RateLimits};
 use crate::live::{LiveConfig, LiveHub};
 use crate::provider::PaymentProvider;
 use crate::routes::webhooks::WebhookSecret;
+use crate::server::{serve, ConnectionArgs};
 use crate::{db, AppState, Surface};
 
 /// A boxed startup failure; each names what to fix.
@@ -73,6 +74,8 @@ pub struct Settings {
     pub cors_origins: Vec<HeaderValue>,
     /// The live gateway (WebSocket and SSE); none answers them 503.
     pub live: Option<LiveConfig>,
+    /// How long a client may take to send a request, and how large its headers may be.
+    pub connections: ConnectionArgs,
     /// The background parts to run.
     pub parts: Parts,
 }
@@ -80,6 +83,7 @@ pub struct Settings {
 /// A built Herald, listening but not yet serving.
 pub struct Application {
     listener: TcpListener,
+    connections: ConnectionArgs,
     state: AppState,
     surface: Surface,
     background: Background,
@@ -133,6 +137,7 @@ impl Application {
         };
         Ok(Self {
             listener: settings.listener,
+            connections: settings.connections,
             state,
             surface,
             background,
@@ -165,7 +170,7 @@ impl Application {
             }
         };
         let router = crate::router(self.state, self.surface);
-        let served = crate::serve(self.listener, router, shutdown).await;
+        let served = serve(self.listener, router, &self.connections, shutdown).await;
         self.background.drain().await;
         served
     }

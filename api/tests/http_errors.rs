@@ -516,3 +516,81 @@ async fn a_known_route_with_another_method_is_a_method_not_allowed_problem() {
     app.refuses_request(request, StatusCode::METHOD_NOT_ALLOWED)
         .await;
 }
+
+/// Herald with quick connection timeouts, for clients that stall.
+async fn impatient() -> TestApp {
+    TestApp::spawn_with(common::Options {
+        connections: Some(api::server::ConnectionArgs {
+            header_read_timeout: Duration::from_millis(500).into(),
+            body_read_timeout: Duration::from_millis(500).into(),
+            ..api::server::ConnectionArgs::default()
+        }),
+        ..common::Options::default()
+    })
+    .await
+}
+
+/// What the server sends on `stream` until it closes it, waiting at most 10 s.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server kept the connection open")
+        .unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let app = impatient().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: herald\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    read_until_closed(&mut stream).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408_and_stores_nothing() {
+    let app = impatient().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let token = app.token(patient());
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /api/v1/bookings HTTP/1.1\r\nHost: herald\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"call_type\""
+    );
+    let answer = app
+        .stores_nothing(async {
+            stream.write_all(head.as_bytes()).await.unwrap();
+            read_until_closed(&mut stream).await
+        })
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+}
+
+#[tokio::test]
+async fn headers_of_a_megabyte_are_answered_431_with_a_problem() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .refuses_request(
+            app.request(Method::GET, "/health/live")
+                .header("x-padding", "p".repeat(1024 * 1024)),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        )
+        .await;
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("headers"),
+        "{}",
+        reply.body
+    );
+}

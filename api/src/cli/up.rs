@@ -41,6 +41,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         limits: Some(args.limits),
         cors_origins: args.cors_origins,
         live: Some(LiveConfig::default()),
+        connections: args.connections,
         parts: Parts::ALL,
     })
     .await?;

@@ -34,7 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::command::{Accepted, Fields, BODY_LIMIT};
+use crate::command::{read_body, Accepted, Fields};
 use crate::error::ApiError;
 use crate::{openapi, request_id, AppState};
 
@@ -342,9 +342,7 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
-    let bytes = axum::body::to_bytes(body, BODY_LIMIT)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT })?;
+    let bytes = read_body(&headers, body).await?;
     let signature = headers
         .get(SIGNATURE_HEADER)
         .and_then(|value| value.to_str().ok());

@@ -18,6 +18,7 @@ use api::live::{LiveConfig, LiveHub};
 use api::provider::PaymentProvider;
 use api::routes::sandbox::Redelivery;
 use api::routes::webhooks::WebhookSecret;
+use api::server::ConnectionArgs;
 use api::startup::{Application, Parts, Settings};
 use chrono::{DateTime, Utc};
 use commands::gateway::{PaymentGateway, ShopCredentials};
@@ -91,6 +92,8 @@ pub struct Options {
     pub live: Option<LiveConfig>,
     /// Another listener than a plain one on a free loopback port.
     pub listener: Option<tokio::net::TcpListener>,
+    /// Other limits on connections than the defaults.
+    pub connections: Option<ConnectionArgs>,
 }
 
 impl TestApp {
@@ -299,6 +302,7 @@ impl TestApp {
             limits: options.limits,
             cors_origins: Vec::new(),
             live: options.live,
+            connections: options.connections.unwrap_or_default(),
             parts: Parts::NONE,
         })
         .await
