@@ -14,7 +14,7 @@ use crate::error::{BookingAction, DomainError, Permission, ValidationError};
 use crate::values::{Actor, Address, CallType, Money, Reason, Role};
 
 /// Where a visit stands in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BookingStatus {
     /// Waiting for a doctor.
