@@ -8,15 +8,14 @@
 //! by [`finish`], so that it is written where the middleware is described and
 //! not repeated on every handler.
 //!
-//! The read models' rows live in the `projections` crate, which knows nothing of
-//! HTTP; their schemas are described here, beside the other answers, and a test
-//! checks real answers against them.
-
-use std::collections::BTreeMap;
+//! Read answers are described by the read models' own rows; a test checks real
+//! answers against the document.
 
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::Router;
+use domain::booking::BookingStatus;
+use domain::payment::PaymentStatus;
 use serde::Serialize;
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::{Response as ApiResponse, ResponseBuilder};
@@ -581,69 +580,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(doc: OpenApi) -> Router<S> {
 
 // ---------------------------------------------------------------------------
 // Answers. Commands answer `{ id, version, consistency }` and a few fields of
-// their own; reads answer read model rows.
-
-/// Serialized names of a chat's kind.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ChatKindName {
-    /// Two people.
-    Direct,
-    /// Any number of members.
-    Group,
-}
-
-/// Serialized names of a visit's type.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CallTypeName {
-    /// As soon as possible.
-    Urgent,
-    /// At `scheduled_at`.
-    Scheduled,
-    /// A consultation.
-    Consultation,
-}
-
-/// Serialized names of a booking's status.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BookingStatusName {
-    /// Requested, no doctor yet.
-    Pending,
-    /// A doctor took it.
-    Assigned,
-    /// The visit happened.
-    Completed,
-    /// Called off.
-    Cancelled,
-}
-
-/// Serialized names of a payment's status.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentStatusName {
-    /// Waiting for the patient to confirm it with the provider.
-    Pending,
-    /// The money was taken.
-    Succeeded,
-    /// Declined or abandoned.
-    Failed,
-    /// A refund was asked for.
-    RefundPending,
-    /// The money went back.
-    Refunded,
-}
-
-/// Serialized names of a payment method.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentMethodName {
-    /// A bank card.
-    Card,
-    /// The Faster Payments System.
-    Sbp,
-}
+// their own.
 
 /// The answer to an accepted command.
 #[derive(Debug, Serialize, ToSchema)]
@@ -668,7 +605,7 @@ pub struct BookingAccepted {
     /// Pass to a read as `?consistency=` to see this command's effect.
     pub consistency: String,
     /// The booking's status after the command.
-    pub status: BookingStatusName,
+    pub status: BookingStatus,
 }
 
 /// The answer to a sent message.
@@ -713,7 +650,7 @@ pub struct PaymentStarted {
     /// Pass to a read as `?consistency=` to see the payment.
     pub consistency: String,
     /// Always `pending`: the patient has yet to confirm it.
-    pub status: PaymentStatusName,
+    pub status: PaymentStatus,
     /// The booking paid for.
     pub booking_id: Uuid,
     /// The booking's price, in minor units.
@@ -737,7 +674,7 @@ pub struct PaymentChanged {
     /// Pass to a read as `?consistency=` to see the change.
     pub consistency: String,
     /// The payment's status after the command.
-    pub status: PaymentStatusName,
+    pub status: PaymentStatus,
 }
 
 /// The answer to an applied (or repeated) provider notification.
@@ -752,292 +689,4 @@ pub struct NotificationApplied {
     pub consistency: String,
     /// The notification's event.
     pub event: String,
-}
-
-/// A chat in the caller's chat list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ChatListItem {
-    /// The chat's id.
-    pub id: Uuid,
-    /// `direct` or `group`.
-    pub kind: ChatKindName,
-    /// The display name, if one was given.
-    pub title: Option<String>,
-    /// Current members in the order they joined.
-    pub members: Vec<Uuid>,
-    /// `{ id, seq, author, body, sent_at }` of the newest message not deleted.
-    #[schema(value_type = Option<Object>)]
-    pub last_message: Option<serde_json::Value>,
-    /// Messages after the caller's read marker, not deleted, written by others.
-    #[schema(minimum = 0)]
-    pub unread_count: i64,
-}
-
-/// The caller's chats.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ChatList {
-    /// Every chat the caller is a member of.
-    pub items: Vec<ChatListItem>,
-}
-
-/// A chat on its own.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ChatView {
-    /// The chat's id.
-    pub id: Uuid,
-    /// `direct` or `group`.
-    pub kind: ChatKindName,
-    /// The display name, if one was given.
-    pub title: Option<String>,
-    /// Who opened it.
-    pub created_by: Uuid,
-    /// When it was opened.
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Current members in the order they joined.
-    pub members: Vec<Uuid>,
-    /// `{ id, seq, author, body, sent_at }` of the newest message not deleted.
-    #[schema(value_type = Option<Object>)]
-    pub last_message: Option<serde_json::Value>,
-}
-
-/// One message of a chat's history.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessageView {
-    /// The message's id.
-    pub id: Uuid,
-    /// Its place in the chat, from 1 without gaps.
-    #[schema(minimum = 1)]
-    pub seq: i64,
-    /// Who wrote it.
-    pub author: Uuid,
-    /// The text; `null` once deleted.
-    pub body: Option<String>,
-    /// When it was sent.
-    pub sent_at: chrono::DateTime<chrono::Utc>,
-    /// When it was last edited, if ever.
-    pub edited_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Whether it was retracted.
-    pub deleted: bool,
-}
-
-/// A page of a chat's messages, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessagePage {
-    /// The messages.
-    pub items: Vec<MessageView>,
-    /// Pass as `before_seq` for older messages; `null` on the last page.
-    pub next_before_seq: Option<i64>,
-}
-
-/// A booking as readers see it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BookingView {
-    /// The booking's id.
-    pub id: Uuid,
-    /// Who receives the visit.
-    pub patient_id: Uuid,
-    /// The doctor who took it, once assigned.
-    pub doctor_id: Option<Uuid>,
-    /// The visit's type.
-    pub call_type: CallTypeName,
-    /// Where to go.
-    pub address: String,
-    /// The price in minor units.
-    pub amount_minor: i64,
-    /// The price's ISO 4217 currency.
-    pub currency: String,
-    /// The agreed time, for scheduled visits.
-    pub scheduled_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Where the booking is in its life.
-    pub status: BookingStatusName,
-    /// Whether a payment for it succeeded; stays set after a refund.
-    pub paid: bool,
-    /// The payment that settled it, else the latest one started for it.
-    pub payment_id: Option<Uuid>,
-    /// That payment's status; `null` before any payment was started.
-    #[schema(value_type = Option<PaymentStatusName>)]
-    pub payment_status: Option<String>,
-    /// Why it was cancelled, if it was.
-    pub cancel_reason: Option<String>,
-    /// When the patient asked for it.
-    pub requested_at: chrono::DateTime<chrono::Utc>,
-    /// When the latest event that changed it was stored.
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A page of bookings.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BookingPage {
-    /// The bookings, oldest request first.
-    pub items: Vec<BookingView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// A payment as readers see it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PaymentView {
-    /// The payment's id.
-    pub id: Uuid,
-    /// The booking paid for.
-    pub booking_id: Uuid,
-    /// The patient paying.
-    pub patient_id: Uuid,
-    /// How the patient pays.
-    pub method: PaymentMethodName,
-    /// The charge in minor units.
-    pub amount_minor: i64,
-    /// The charge's ISO 4217 currency.
-    pub currency: String,
-    /// Where the payment is in its life.
-    pub status: PaymentStatusName,
-    /// The provider's reference for the charge.
-    pub provider_payment_id: Option<String>,
-    /// Where the patient confirms the charge.
-    pub confirmation_url: Option<String>,
-    /// When the patient started paying.
-    pub initiated_at: chrono::DateTime<chrono::Utc>,
-    /// When the latest event that changed it was stored.
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A booking's payments.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PaymentList {
-    /// Every payment started for the booking.
-    pub items: Vec<PaymentView>,
-}
-
-/// Money kept in one currency.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RevenueView {
-    /// ISO 4217 code.
-    pub currency: String,
-    /// Minor units succeeded minus refunded.
-    pub amount_minor: i64,
-}
-
-/// What the admin dashboard shows.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SummaryView {
-    /// How many bookings are in each status, zero included.
-    pub bookings_by_status: BTreeMap<String, i64>,
-    /// How many payments are in each status, zero included.
-    pub payments_by_status: BTreeMap<String, i64>,
-    /// Money kept per currency.
-    pub revenue: Vec<RevenueView>,
-}
-
-/// What `/health/live` answers.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Liveness {
-    /// Always `live`.
-    pub status: String,
-}
-
-/// What `/health/ready` answers.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReadinessView {
-    /// `ready` or `not_ready`.
-    pub status: String,
-    /// The names of the failed checks.
-    pub failing: Vec<String>,
-    /// Each check by name (`postgres`, `nats`, `relay`, `projection:<name>`), with
-    /// `ok` and what was measured.
-    #[schema(value_type = Object)]
-    pub checks: serde_json::Value,
-}
-
-/// One entry of the event log as auditors read it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEntryView {
-    /// Dense position in commit order, from 1.
-    #[schema(minimum = 1)]
-    pub position: i64,
-    /// The event's identity in the store.
-    pub event_id: i64,
-    /// `Chat`, `Booking` or `Payment`.
-    pub aggregate_type: String,
-    /// The aggregate's id.
-    pub aggregate_id: String,
-    /// The event's sequence within its aggregate, from 1.
-    #[schema(minimum = 1)]
-    pub sequence: i64,
-    /// The event's type, e.g. `MessageSent`.
-    pub event_type: String,
-    /// The version of the payload's shape.
-    pub event_version: String,
-    /// The event as stored.
-    #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
-    /// `actor, role, correlation_id, causation_id` (and `idempotency_key,
-    /// request_hash` for commands sent with one) plus `recorded_at`.
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
-    /// When the event was stored, RFC 3339 with microseconds.
-    pub recorded_at: String,
-    /// Its link in the log's hash chain (hex), once the relay linked it.
-    pub hash: Option<String>,
-    /// Its link in its aggregate's hash chain (hex), once linked.
-    pub aggregate_hash: Option<String>,
-}
-
-/// A page of the event log.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventPage {
-    /// Entries in position order.
-    pub items: Vec<AuditEntryView>,
-    /// Pass as `after` for the next page; `null` on the last page.
-    pub next_after: Option<i64>,
-}
-
-/// One aggregate's whole history.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AggregateHistory {
-    /// Its entries in order.
-    pub items: Vec<AuditEntryView>,
-}
-
-/// An aggregate folded up to a point of the log.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AggregateStateView {
-    /// `Chat`, `Booking` or `Payment`.
-    pub aggregate_type: String,
-    /// The aggregate's id.
-    pub aggregate_id: String,
-    /// The sequence of the last event folded in.
-    pub version: i64,
-    /// That event's log position.
-    pub position: i64,
-    /// When that event was stored.
-    pub recorded_at: chrono::DateTime<chrono::Utc>,
-    /// The aggregate's state, as the domain serializes it.
-    #[schema(value_type = Object)]
-    pub state: serde_json::Value,
-}
-
-/// A point of the log kept outside the database.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CheckpointView {
-    /// The entry's position.
-    pub position: i64,
-    /// The log chain's hash there, hex.
-    pub hash: String,
-}
-
-/// What a verification of the log found.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VerificationView {
-    /// Whether both chains hold over the whole log (and pass the expected checkpoint).
-    pub ok: bool,
-    /// Entries found intact, from position 1 on.
-    pub events_checked: i64,
-    /// The first position where the log is not what was hashed.
-    pub first_bad_position: Option<i64>,
-    /// What is wrong there.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The last intact entry: what `herald audit checkpoint` prints.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub head: Option<CheckpointView>,
 }

@@ -18,7 +18,7 @@ use domain::ValidationError;
 use herald_nats::chain::{self, AsOf, AuditEntry, Checkpoint, Verification};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -84,9 +84,11 @@ impl AggregateType {
 
 /// A page of the log; pass `next_after` as `after` for the next page, until
 /// it is `null`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct EventPage {
+    /// Entries in position order.
     items: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; `null` on the last page.
     next_after: Option<i64>,
 }
 
@@ -117,7 +119,7 @@ fn present(raw: Option<String>) -> Option<String> {
     operation_id = "list_events",
     params(EventsQuery),
     responses(
-        (status = 200, description = "A page of the log", body = openapi::EventPage),
+        (status = 200, description = "A page of the log", body = EventPage),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 422, response = openapi::Invalid),
@@ -170,8 +172,9 @@ async fn list_events(
 }
 
 /// An aggregate's whole history.
-#[derive(Debug, Serialize)]
-struct History {
+#[derive(Debug, Serialize, ToSchema)]
+struct AggregateHistory {
+    /// Its entries in order.
     items: Vec<AuditEntry>,
 }
 
@@ -186,7 +189,7 @@ struct History {
         ("id" = String, Path, description = "The aggregate's id"),
     ),
     responses(
-        (status = 200, description = "Its entries", body = openapi::AggregateHistory),
+        (status = 200, description = "Its entries", body = AggregateHistory),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -197,7 +200,7 @@ async fn aggregate_events(
     State(app): State<AppState>,
     Caller(actor): Caller,
     Path((aggregate_type, aggregate_id)): Path<(String, String)>,
-) -> Result<Json<History>, ApiError> {
+) -> Result<Json<AggregateHistory>, ApiError> {
     may_audit(actor)?;
     let aggregate_type = AggregateType::parse(&aggregate_type)
         .ok_or(ApiError::NotFound("no such aggregate type"))?;
@@ -211,7 +214,7 @@ async fn aggregate_events(
     if items.is_empty() {
         return Err(ApiError::NotFound("no aggregate with that id"));
     }
-    Ok(Json(History { items }))
+    Ok(Json(AggregateHistory { items }))
 }
 
 /// The point to fold up to.
@@ -224,9 +227,11 @@ struct AsOfQuery {
 }
 
 /// An aggregate as it was after its last event at or before `as_of`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct AggregateState {
+    /// `Chat`, `Booking` or `Payment`.
     aggregate_type: &'static str,
+    /// The aggregate's id.
     aggregate_id: String,
     /// The sequence of the last event folded in.
     version: i64,
@@ -235,6 +240,7 @@ struct AggregateState {
     /// When that event was stored.
     recorded_at: DateTime<Utc>,
     /// The aggregate's state, as the domain serializes it.
+    #[schema(value_type = Object)]
     state: Value,
 }
 
@@ -264,7 +270,7 @@ fn parse_as_of(raw: String) -> Result<AsOf, ValidationError> {
         AsOfQuery,
     ),
     responses(
-        (status = 200, description = "The folded state", body = openapi::AggregateStateView),
+        (status = 200, description = "The folded state", body = AggregateState),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -342,7 +348,7 @@ struct VerifyQuery {
     operation_id = "verify_log",
     params(VerifyQuery),
     responses(
-        (status = 200, description = "What the verification found", body = openapi::VerificationView),
+        (status = 200, description = "What the verification found", body = Verification),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 422, response = openapi::Invalid),

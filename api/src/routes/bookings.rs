@@ -34,7 +34,7 @@ struct RequestBooking {
     /// The booking's id; generated when absent.
     id: Option<Uuid>,
     /// What kind of visit.
-    #[schema(value_type = openapi::CallTypeName, required = true)]
+    #[schema(value_type = CallType, required = true)]
     call_type: Option<String>,
     /// Where to go; not blank.
     #[schema(value_type = String, required = true, min_length = 1)]

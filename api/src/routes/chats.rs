@@ -34,7 +34,7 @@ struct CreateChat {
     /// The chat's id; generated when absent.
     id: Option<Uuid>,
     /// `direct` (two people) or `group`.
-    #[schema(value_type = openapi::ChatKindName, required = true)]
+    #[schema(value_type = ChatKind, required = true)]
     kind: Option<String>,
     /// A display name.
     #[schema(value_type = Option<String>, min_length = 1)]

@@ -39,7 +39,7 @@ struct Initiate {
     #[schema(value_type = Uuid, required = true)]
     booking_id: Option<Uuid>,
     /// How the patient pays.
-    #[schema(value_type = openapi::PaymentMethodName, required = true)]
+    #[schema(value_type = PaymentMethod, required = true)]
     method: Option<String>,
 }
 
