@@ -8,15 +8,13 @@
 //! by [`finish`], so that it is written where the middleware is described and
 //! not repeated on every handler.
 //!
-//! Read answers are described by the read models' own rows; a test checks real
-//! answers against the document.
+//! Every answer is described by the type its handler returns: command answers
+//! are declared beside their handlers, read answers are the read models' own
+//! rows, and a test checks real answers against the document.
 
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::Router;
-use domain::booking::BookingStatus;
-use domain::payment::PaymentStatus;
-use serde::Serialize;
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::{Response as ApiResponse, ResponseBuilder};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
@@ -24,8 +22,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi, PathItem, PathsBuilder, Ref, RefOr, Required,
 };
-use utoipa::{IntoParams, Modify, ToResponse, ToSchema};
-use uuid::Uuid;
+use utoipa::{IntoParams, Modify, ToResponse};
 
 use crate::error::Problem;
 
@@ -576,117 +573,4 @@ pub fn routes<S: Clone + Send + Sync + 'static>(doc: OpenApi) -> Router<S> {
             .config(config),
     )
     .layer(axum::middleware::map_response(docs_headers))
-}
-
-// ---------------------------------------------------------------------------
-// Answers. Commands answer `{ id, version, consistency }` and a few fields of
-// their own.
-
-/// The answer to an accepted command.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Accepted {
-    /// The id of what the command created or changed.
-    pub id: Uuid,
-    /// The aggregate's version after the command.
-    #[schema(minimum = 1)]
-    pub version: u64,
-    /// Pass to a read as `?consistency=` to see this command's effect.
-    pub consistency: String,
-}
-
-/// The answer to an accepted booking command.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BookingAccepted {
-    /// The booking's id.
-    pub id: Uuid,
-    /// The booking's version after the command.
-    #[schema(minimum = 1)]
-    pub version: u64,
-    /// Pass to a read as `?consistency=` to see this command's effect.
-    pub consistency: String,
-    /// The booking's status after the command.
-    pub status: BookingStatus,
-}
-
-/// The answer to a sent message.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessageSent {
-    /// The message's id.
-    pub id: Uuid,
-    /// The chat's version after the command.
-    #[schema(minimum = 1)]
-    pub version: u64,
-    /// Pass to a read as `?consistency=` to see the message.
-    pub consistency: String,
-    /// The chat.
-    pub chat_id: Uuid,
-    /// The message's place in the chat, from 1 without gaps.
-    #[schema(minimum = 1)]
-    pub seq: u64,
-}
-
-/// The answer to an edited or deleted message.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MessageChanged {
-    /// The message's id.
-    pub id: Uuid,
-    /// The chat's version after the command.
-    #[schema(minimum = 1)]
-    pub version: u64,
-    /// Pass to a read as `?consistency=` to see the change.
-    pub consistency: String,
-    /// The chat.
-    pub chat_id: Uuid,
-}
-
-/// The answer to a started payment.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PaymentStarted {
-    /// The payment's id.
-    pub id: Uuid,
-    /// The payment's version after the command.
-    #[schema(minimum = 1)]
-    pub version: u64,
-    /// Pass to a read as `?consistency=` to see the payment.
-    pub consistency: String,
-    /// Always `pending`: the patient has yet to confirm it.
-    pub status: PaymentStatus,
-    /// The booking paid for.
-    pub booking_id: Uuid,
-    /// The booking's price, in minor units.
-    pub amount_minor: i64,
-    /// The price's ISO 4217 currency.
-    pub currency: String,
-    /// The provider's reference for the charge.
-    pub provider_payment_id: String,
-    /// Where the patient confirms the charge.
-    pub confirmation_url: String,
-}
-
-/// The answer to a payment command that changed its status.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PaymentChanged {
-    /// The payment's id.
-    pub id: Uuid,
-    /// The payment's version after the command.
-    #[schema(minimum = 1)]
-    pub version: u64,
-    /// Pass to a read as `?consistency=` to see the change.
-    pub consistency: String,
-    /// The payment's status after the command.
-    pub status: PaymentStatus,
-}
-
-/// The answer to an applied (or repeated) provider notification.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NotificationApplied {
-    /// The Herald payment.
-    pub id: Uuid,
-    /// The payment's version after the notification.
-    #[schema(minimum = 0)]
-    pub version: u64,
-    /// Pass to a read as `?consistency=` to see the change.
-    pub consistency: String,
-    /// The notification's event.
-    pub event: String,
 }

@@ -28,12 +28,14 @@ use domain::values::Actor;
 use domain::{DomainError, ValidationError};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use sha2::Sha256;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::command::{Accepted, Fields, BODY_LIMIT};
+use crate::command::{Accepted, Answer, Fields, BODY_LIMIT};
 use crate::error::ApiError;
 use crate::{openapi, request_id, AppState};
 
@@ -258,6 +260,18 @@ fn notification_id(event: NotificationEvent, object_id: &str) -> String {
     format!("{event}:{object_id}")
 }
 
+/// The answer to an applied (or repeated) provider notification.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationApplied {
+    /// The Herald payment, its version after the notification and the
+    /// consistency token that shows the change.
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// The notification's event.
+    #[schema(example = "payment.succeeded")]
+    pub event: String,
+}
+
 /// The payment provider reports what happened to a charge or a refund.
 #[utoipa::path(
     post,
@@ -270,7 +284,7 @@ fn notification_id(event: NotificationEvent, object_id: &str) -> String {
     ),
     request_body = Notification,
     responses(
-        (status = 200, description = "Applied, or a repeat or late notification that changes nothing (then with `Idempotent-Replayed: true`)", body = openapi::NotificationApplied),
+        (status = 200, description = "Applied, or a repeat or late notification that changes nothing (then with `Idempotent-Replayed: true`)", body = NotificationApplied),
         (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
@@ -284,7 +298,7 @@ async fn receive(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<NotificationApplied>, ApiError> {
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT })?;
@@ -341,7 +355,13 @@ async fn receive(
             return Err(err.into());
         }
     };
-    Ok(Accepted::ok(&committed).with("event", event.as_str()))
+    Ok(Answer::ok(
+        &committed,
+        NotificationApplied {
+            accepted: Accepted::of(&committed),
+            event: event.as_str().to_owned(),
+        },
+    ))
 }
 
 #[cfg(test)]
