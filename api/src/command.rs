@@ -1,6 +1,7 @@
 //! What every command endpoint shares: the authenticated caller, the request and
 //! idempotency ids turned into event metadata, a strictly parsed JSON body, field
-//! validation, and the `{ id, version, consistency }` answer.
+//! validation, and the `{ id, version, consistency }` answer every command's
+//! own answer builds on.
 
 use axum::body::Body;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
@@ -13,6 +14,7 @@ use domain::values::Actor;
 use domain::ValidationError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -256,64 +258,66 @@ impl Fields {
     }
 }
 
-/// The answer to an accepted command.
-#[derive(Debug, Serialize)]
+/// What every accepted command answers; a command family's answer adds its
+/// own fields to it.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
-    #[serde(skip)]
-    status: StatusCode,
-    #[serde(skip)]
-    replayed: bool,
     /// The id of what the command created or changed.
     pub id: Uuid,
     /// The aggregate's version after the command.
+    #[schema(minimum = 1)]
     pub version: u64,
     /// Pass to a read as `?consistency=` to see this command's effect.
     pub consistency: String,
-    /// Fields particular to the command.
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Accepted {
-    /// `200 OK` with the aggregate's id.
-    pub fn ok<A: Aggregate>(committed: &Committed<A>) -> Self {
+    /// The answer naming the aggregate the command went to.
+    pub fn of<A: Aggregate>(committed: &Committed<A>) -> Self {
         Self {
-            status: StatusCode::OK,
-            replayed: committed.replayed,
             id: committed.aggregate_id,
             version: committed.version,
             consistency: committed.token().encode(),
-            extra: serde_json::Map::new(),
         }
     }
 
-    /// `201 Created` with the aggregate's id.
-    pub fn created<A: Aggregate>(committed: &Committed<A>) -> Self {
-        Self {
-            status: StatusCode::CREATED,
-            ..Self::ok(committed)
-        }
-    }
-
-    /// Answers with another id than the aggregate's (e.g. a message's).
-    pub fn with_id(mut self, id: Uuid) -> Self {
-        self.id = id;
-        self
-    }
-
-    /// Adds a command-specific field.
-    pub fn with(mut self, field: &str, value: impl Serialize) -> Self {
-        self.extra.insert(
-            field.to_owned(),
-            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
-        );
-        self
+    /// The same answer naming something inside the aggregate (e.g. a message).
+    pub fn naming(self, id: Uuid) -> Self {
+        Self { id, ..self }
     }
 }
 
-impl IntoResponse for Accepted {
+/// A command's answer as it is sent: its body, the status it is sent with,
+/// and `Idempotent-Replayed: true` when it repeats an earlier request's answer.
+#[derive(Debug)]
+pub struct Answer<T> {
+    status: StatusCode,
+    replayed: bool,
+    body: T,
+}
+
+impl<T> Answer<T> {
+    /// `200 OK` with `body`.
+    pub fn ok<A: Aggregate>(committed: &Committed<A>, body: T) -> Self {
+        Self {
+            status: StatusCode::OK,
+            replayed: committed.replayed,
+            body,
+        }
+    }
+
+    /// `201 Created` with `body`.
+    pub fn created<A: Aggregate>(committed: &Committed<A>, body: T) -> Self {
+        Self {
+            status: StatusCode::CREATED,
+            ..Self::ok(committed, body)
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Answer<T> {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(&self)).into_response();
+        let mut response = (self.status, Json(&self.body)).into_response();
         if self.replayed {
             response
                 .headers_mut()

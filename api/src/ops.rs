@@ -16,10 +16,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use projections::Projection;
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-use crate::openapi;
 
 /// A projection further behind the log than this many entries is not ready.
 const MAX_PROJECTION_LAG: i64 = 10_000;
@@ -91,10 +90,17 @@ pub fn routes<S: Clone + Send + Sync + 'static>(ops: Arc<Ops>) -> OpenApiRouter<
     path = "/health/live",
     tag = "operations",
     operation_id = "health_live",
-    responses((status = 200, description = "The process runs", body = openapi::Liveness))
+    responses((status = 200, description = "The process runs", body = Liveness))
 )]
-async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "live" }))
+async fn live() -> Json<Liveness> {
+    Json(Liveness { status: "live" })
+}
+
+/// What `/health/live` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct Liveness {
+    /// Always `live`.
+    status: &'static str,
 }
 
 /// Middleware: counts requests by route, method and status, and times them.
@@ -114,10 +120,15 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     response
 }
 
-#[derive(Debug, Serialize)]
+/// One readiness check.
+#[derive(Debug, Serialize, ToSchema)]
 struct Check {
+    /// Whether it passed.
     ok: bool,
+    /// What was measured, e.g. a projection's `position` and `lag`, or the
+    /// kind of `error`.
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     detail: serde_json::Value,
 }
 
@@ -127,10 +138,14 @@ impl Check {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// What `/health/ready` answers.
+#[derive(Debug, Serialize, ToSchema)]
 struct Readiness {
+    /// `ready` or `not_ready`.
     status: &'static str,
+    /// The names of the failed checks.
     failing: Vec<String>,
+    /// Each check by name (`postgres`, `nats`, `relay`, `projection:<name>`).
     checks: BTreeMap<String, Check>,
 }
 
@@ -142,8 +157,8 @@ struct Readiness {
     tag = "operations",
     operation_id = "health_ready",
     responses(
-        (status = 200, description = "Every check passed", body = openapi::ReadinessView),
-        (status = 503, description = "`failing` names each failed check", body = openapi::ReadinessView),
+        (status = 200, description = "Every check passed", body = Readiness),
+        (status = 503, description = "`failing` names each failed check", body = Readiness),
     )
 )]
 async fn ready(State(ops): State<Arc<Ops>>) -> Response {

@@ -18,7 +18,7 @@ use crate::values::{Actor, Address, CallType, Money, Reason, Role};
 const BOOKING_HORIZON: chrono::TimeDelta = chrono::TimeDelta::days(365);
 
 /// Where a visit stands in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BookingStatus {
     /// Waiting for a doctor.

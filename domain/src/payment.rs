@@ -14,7 +14,7 @@ use crate::error::{DomainError, PaymentAction, Permission, ValidationError};
 use crate::values::{Actor, Money, PaymentMethod, Reason, Role};
 
 /// Where a payment stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
     /// Waiting for the provider.

@@ -391,7 +391,7 @@ macro_rules! name_enum {
         { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }
     ) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "lowercase")]
         pub enum $name {
             $($(#[$vdoc])* $variant),+

@@ -27,6 +27,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use tokio::sync::mpsc;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::{log, LogEntry};
 
@@ -139,11 +141,12 @@ fn write_canonical(out: &mut Vec<u8>, value: &Value) {
 /// A point of the log chain an auditor keeps outside the database: the chain
 /// must still pass through it later, so nothing at or before it was changed
 /// and the log was not cut short of it. Written `<position>:<hex hash>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
 pub struct Checkpoint {
     /// The entry's position.
     pub position: i64,
-    /// The log chain's hash at that position.
+    /// The log chain's hash at that position, hex in JSON.
+    #[schema(value_type = String)]
     pub hash: Hash,
 }
 
@@ -308,7 +311,7 @@ fn as_hash(bytes: Option<Vec<u8>>) -> Option<Hash> {
 }
 
 /// What a verification of the log found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Verification {
     /// True when every entry links to the one before it, in both chains, and
     /// the expected checkpoint (if any) is on the chain.
@@ -519,23 +522,41 @@ pub struct AuditEntry {
 /// ten hashed fields as stored (`recorded_at` in the canonical form), `metadata`
 /// with `recorded_at` added for readers (it is a column, not part of the
 /// stored metadata), and both links in lowercase hex.
+#[derive(Serialize, ToSchema)]
+struct ShownEntry<'a> {
+    /// Dense position in commit order, from 1.
+    #[schema(minimum = 1)]
+    position: i64,
+    /// The event's identity in the store.
+    event_id: i64,
+    /// `Chat`, `Booking` or `Payment`.
+    aggregate_type: &'a str,
+    /// The aggregate's id.
+    aggregate_id: &'a str,
+    /// The event's sequence within its aggregate, from 1.
+    #[schema(minimum = 1)]
+    sequence: i64,
+    /// The event's type, e.g. `MessageSent`.
+    event_type: &'a str,
+    /// The version of the payload's shape.
+    event_version: &'a str,
+    /// The event as stored.
+    #[schema(value_type = Object)]
+    payload: &'a Value,
+    /// `actor, role, correlation_id, causation_id` (and `idempotency_key,
+    /// request_hash` for commands sent with one) plus `recorded_at`.
+    #[schema(value_type = Object)]
+    metadata: Value,
+    /// When the event was stored, RFC 3339 with microseconds.
+    recorded_at: String,
+    /// Its link in the log's hash chain (hex), once the relay linked it.
+    hash: Option<String>,
+    /// Its link in its aggregate's hash chain (hex), once linked.
+    aggregate_hash: Option<String>,
+}
+
 impl Serialize for AuditEntry {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Shown<'a> {
-            position: i64,
-            event_id: i64,
-            aggregate_type: &'a str,
-            aggregate_id: &'a str,
-            sequence: i64,
-            event_type: &'a str,
-            event_version: &'a str,
-            payload: &'a Value,
-            metadata: Value,
-            recorded_at: String,
-            hash: Option<String>,
-            aggregate_hash: Option<String>,
-        }
         let entry = &self.entry;
         let recorded_at = entry
             .recorded_at
@@ -544,7 +565,7 @@ impl Serialize for AuditEntry {
         if let Value::Object(members) = &mut metadata {
             members.insert("recorded_at".to_owned(), Value::from(recorded_at.clone()));
         }
-        Shown {
+        ShownEntry {
             position: entry.position,
             event_id: entry.event_id,
             aggregate_type: &entry.aggregate_type,
@@ -561,6 +582,15 @@ impl Serialize for AuditEntry {
         .serialize(serializer)
     }
 }
+
+/// An entry is described by the form it is serialized in.
+impl PartialSchema for AuditEntry {
+    fn schema() -> RefOr<Schema> {
+        ShownEntry::schema()
+    }
+}
+
+impl ToSchema for AuditEntry {}
 
 const SELECT_AUDIT_ENTRIES: &str = "
     SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,

@@ -8,9 +8,11 @@
 use chrono::{DateTime, Utc};
 use domain::booking::{BookingEvent, BookingStatus};
 use domain::payment::{PaymentEvent, PaymentStatus};
+use domain::values::CallType;
 use herald_nats::LogEntry;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::ApplyError;
@@ -21,7 +23,7 @@ pub(crate) const BOOKING: &str = domain::access::AggregateKind::Booking.as_str()
 pub(crate) const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
 
 /// A booking as readers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct BookingRow {
     /// The booking's id.
     pub id: Uuid,
@@ -29,7 +31,8 @@ pub struct BookingRow {
     pub patient_id: Uuid,
     /// The doctor who took it, once assigned.
     pub doctor_id: Option<Uuid>,
-    /// `urgent`, `scheduled` or `consultation`.
+    /// The visit's type.
+    #[schema(value_type = CallType)]
     pub call_type: String,
     /// Where to go.
     pub address: String,
@@ -39,7 +42,8 @@ pub struct BookingRow {
     pub currency: String,
     /// The agreed time, for scheduled visits.
     pub scheduled_at: Option<DateTime<Utc>>,
-    /// `pending`, `assigned`, `completed` or `cancelled`.
+    /// Where the booking is in its life.
+    #[schema(value_type = BookingStatus)]
     pub status: String,
     /// Whether a payment for it succeeded; stays set after a refund, which
     /// `payment_status` shows.
@@ -47,6 +51,7 @@ pub struct BookingRow {
     /// The payment that settled it, else the latest one started for it.
     pub payment_id: Option<Uuid>,
     /// That payment's status, `null` before any payment was started.
+    #[schema(value_type = Option<PaymentStatus>)]
     pub payment_status: Option<String>,
     /// Why it was cancelled, if it was.
     pub cancel_reason: Option<String>,

@@ -9,10 +9,12 @@
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use domain::chat::ChatEvent;
+use domain::values::ChatKind;
 use herald_nats::LogEntry;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::bookings::aggregate_uuid;
@@ -22,11 +24,12 @@ use crate::ApplyError;
 pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
 
 /// A chat as it appears in one user's chat list.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct ChatSummary {
     /// The chat's id.
     pub id: Uuid,
     /// `direct` or `group`.
+    #[schema(value_type = ChatKind)]
     pub kind: String,
     /// The display name, if one was given.
     pub title: Option<String>,
@@ -34,17 +37,20 @@ pub struct ChatSummary {
     pub members: Vec<Uuid>,
     /// `{id, seq, author, body, sent_at}` of the newest message not deleted,
     /// so a list can show a preview without loading messages.
+    #[schema(value_type = Option<Object>)]
     pub last_message: Option<Value>,
     /// Messages after the user's read marker, not deleted, written by others.
+    #[schema(minimum = 0)]
     pub unread_count: i64,
 }
 
 /// A chat on its own, for its members and admins.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct ChatDetails {
     /// The chat's id.
     pub id: Uuid,
     /// `direct` or `group`.
+    #[schema(value_type = ChatKind)]
     pub kind: String,
     /// The display name, if one was given.
     pub title: Option<String>,
@@ -55,15 +61,17 @@ pub struct ChatDetails {
     /// Current members in the order they joined.
     pub members: Vec<Uuid>,
     /// `{id, seq, author, body, sent_at}` of the newest message not deleted.
+    #[schema(value_type = Option<Object>)]
     pub last_message: Option<Value>,
 }
 
 /// One message of a chat's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct MessageRow {
     /// The message's id.
     pub id: Uuid,
     /// Its place in the chat, from 1 without gaps; the paging key.
+    #[schema(minimum = 1)]
     pub seq: i64,
     /// Who wrote it.
     pub author: Uuid,

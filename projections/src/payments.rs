@@ -2,9 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use domain::payment::{PaymentEvent, PaymentStatus};
+use domain::values::PaymentMethod;
 use herald_nats::LogEntry;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::bookings::aggregate_uuid;
@@ -14,7 +16,7 @@ use crate::ApplyError;
 const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
 
 /// A payment as readers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct PaymentRow {
     /// The payment's id.
     pub id: Uuid,
@@ -22,13 +24,15 @@ pub struct PaymentRow {
     pub booking_id: Uuid,
     /// The patient paying; the only one besides admins who may see it.
     pub patient_id: Uuid,
-    /// `card` or `sbp`.
+    /// How the patient pays.
+    #[schema(value_type = PaymentMethod)]
     pub method: String,
     /// The charge in minor units.
     pub amount_minor: i64,
     /// The charge's ISO 4217 currency.
     pub currency: String,
-    /// `pending`, `succeeded`, `failed`, `refund_pending` or `refunded`.
+    /// Where the payment is in its life.
+    #[schema(value_type = PaymentStatus)]
     pub status: String,
     /// The provider's reference for the charge, given when it was opened.
     pub provider_payment_id: Option<String>,

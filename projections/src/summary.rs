@@ -13,6 +13,7 @@ use domain::payment::{PaymentEvent, PaymentStatus};
 use herald_nats::LogEntry;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 
 use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
@@ -27,7 +28,7 @@ const BOOKINGS: &str = "booking";
 const PAYMENTS: &str = "payment";
 
 /// What the admin dashboard shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Summary {
     /// How many bookings are in each status; every status is present, zero
     /// included, so a dashboard's layout does not depend on history.
@@ -39,7 +40,7 @@ pub struct Summary {
 }
 
 /// Money kept in one currency: what succeeded minus what was refunded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Revenue {
     /// ISO 4217 code.
     pub currency: String,

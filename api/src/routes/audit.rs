@@ -19,7 +19,7 @@ use domain::ValidationError;
 use herald_nats::chain::{self, AsOf, AuditEntry, Checkpoint, Verification};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -58,9 +58,11 @@ fn may_audit(actor: Actor) -> Result<(), ApiError> {
 
 /// A page of the log; pass `next_after` as `after` for the next page, until
 /// it is `null`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct EventPage {
+    /// Entries in position order.
     items: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; `null` on the last page.
     next_after: Option<i64>,
 }
 
@@ -91,7 +93,7 @@ fn present(raw: Option<String>) -> Option<String> {
     operation_id = "list_events",
     params(EventsQuery),
     responses(
-        (status = 200, description = "A page of the log", body = openapi::EventPage),
+        (status = 200, description = "A page of the log", body = EventPage),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 422, response = openapi::Invalid),
@@ -144,8 +146,9 @@ async fn list_events(
 }
 
 /// An aggregate's whole history.
-#[derive(Debug, Serialize)]
-struct History {
+#[derive(Debug, Serialize, ToSchema)]
+struct AggregateHistory {
+    /// Its entries in order.
     items: Vec<AuditEntry>,
 }
 
@@ -160,7 +163,7 @@ struct History {
         ("id" = String, Path, description = "The aggregate's id"),
     ),
     responses(
-        (status = 200, description = "Its entries", body = openapi::AggregateHistory),
+        (status = 200, description = "Its entries", body = AggregateHistory),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -171,7 +174,7 @@ async fn aggregate_events(
     State(app): State<AppState>,
     Caller(actor): Caller,
     Path((aggregate_type, aggregate_id)): Path<(String, String)>,
-) -> Result<Json<History>, ApiError> {
+) -> Result<Json<AggregateHistory>, ApiError> {
     may_audit(actor)?;
     let aggregate_type = AggregateKind::parse(&aggregate_type)
         .ok_or(ApiError::NotFound("no such aggregate type"))?;
@@ -185,7 +188,7 @@ async fn aggregate_events(
     if items.is_empty() {
         return Err(ApiError::NotFound("no aggregate with that id"));
     }
-    Ok(Json(History { items }))
+    Ok(Json(AggregateHistory { items }))
 }
 
 /// The point to fold up to.
@@ -198,9 +201,11 @@ struct AsOfQuery {
 }
 
 /// An aggregate as it was after its last event at or before `as_of`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct AggregateState {
+    /// `Chat`, `Booking` or `Payment`.
     aggregate_type: &'static str,
+    /// The aggregate's id.
     aggregate_id: String,
     /// The sequence of the last event folded in.
     version: i64,
@@ -209,6 +214,7 @@ struct AggregateState {
     /// When that event was stored.
     recorded_at: DateTime<Utc>,
     /// The aggregate's state, as the domain serializes it.
+    #[schema(value_type = Object)]
     state: Value,
 }
 
@@ -238,7 +244,7 @@ fn parse_as_of(raw: String) -> Result<AsOf, ValidationError> {
         AsOfQuery,
     ),
     responses(
-        (status = 200, description = "The folded state", body = openapi::AggregateStateView),
+        (status = 200, description = "The folded state", body = AggregateState),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -311,7 +317,7 @@ struct VerifyQuery {
     operation_id = "verify_log",
     params(VerifyQuery),
     responses(
-        (status = 200, description = "What the verification found", body = openapi::VerificationView),
+        (status = 200, description = "What the verification found", body = Verification),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 422, response = openapi::Invalid),

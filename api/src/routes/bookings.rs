@@ -2,15 +2,16 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use domain::booking::{Booking, BookingCommand};
+use commands::Committed;
+use domain::booking::{Booking, BookingCommand, BookingStatus};
 use domain::values::{Address, CallType, Currency, Money, Reason};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::command::{Accepted, CommandRequest, Fields, Path};
+use crate::command::{Accepted, Answer, CommandRequest, Fields, Path};
 use crate::error::ApiError;
 use crate::openapi::{self, IdempotencyKeyHeader};
 use crate::routes::chats::NoBody;
@@ -25,6 +26,26 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel))
 }
 
+/// The answer to an accepted booking command.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BookingAccepted {
+    /// The booking, its version and consistency token.
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// The booking's status after the command.
+    pub status: BookingStatus,
+}
+
+impl BookingAccepted {
+    /// The answer of a command that left the booking in `status`.
+    fn answer(committed: &Committed<Booking>, status: BookingStatus) -> Self {
+        Self {
+            accepted: Accepted::of(committed),
+            status,
+        }
+    }
+}
+
 /// A visit a patient asks for. Fields are read as optional so that a missing
 /// one is a 422 naming it; the contract requires `call_type`, `address` and
 /// `amount_minor`.
@@ -34,7 +55,7 @@ struct RequestBooking {
     /// The booking's id; generated when absent.
     id: Option<Uuid>,
     /// What kind of visit.
-    #[schema(value_type = openapi::CallTypeName, required = true)]
+    #[schema(value_type = CallType, required = true)]
     call_type: Option<String>,
     /// Where to go; not blank.
     #[schema(value_type = String, required = true, min_length = 1)]
@@ -58,7 +79,7 @@ struct RequestBooking {
     params(IdempotencyKeyHeader),
     request_body = RequestBooking,
     responses(
-        (status = 201, description = "The booking was stored (BookingRequested)", body = openapi::BookingAccepted),
+        (status = 201, description = "The booking was stored (BookingRequested)", body = BookingAccepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 409, response = openapi::Conflict),
@@ -70,7 +91,7 @@ struct RequestBooking {
 async fn request(
     State(app): State<AppState>,
     request: CommandRequest<RequestBooking>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<BookingAccepted>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -104,7 +125,10 @@ async fn request(
         .write
         .execute::<Booking>(booking_id, command, &metadata)
         .await?;
-    Ok(Accepted::created(&committed).with("status", "pending"))
+    Ok(Answer::created(
+        &committed,
+        BookingAccepted::answer(&committed, BookingStatus::Pending),
+    ))
 }
 
 /// The doctor who takes a visit.
@@ -125,7 +149,7 @@ struct Assign {
     params(("id" = Uuid, Path, description = "The booking"), IdempotencyKeyHeader),
     request_body = Assign,
     responses(
-        (status = 200, description = "The doctor was assigned (DoctorAssigned)", body = openapi::BookingAccepted),
+        (status = 200, description = "The doctor was assigned (DoctorAssigned)", body = BookingAccepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -139,7 +163,7 @@ async fn assign(
     State(app): State<AppState>,
     Path(booking_id): Path<Uuid>,
     request: CommandRequest<Assign>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<BookingAccepted>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -156,7 +180,10 @@ async fn assign(
         .write
         .execute::<Booking>(booking_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed).with("status", "assigned"))
+    Ok(Answer::ok(
+        &committed,
+        BookingAccepted::answer(&committed, BookingStatus::Assigned),
+    ))
 }
 
 /// The assigned doctor completes the visit.
@@ -167,7 +194,7 @@ async fn assign(
     operation_id = "complete_booking",
     params(("id" = Uuid, Path, description = "The booking"), IdempotencyKeyHeader),
     responses(
-        (status = 200, description = "The visit is completed (BookingCompleted)", body = openapi::BookingAccepted),
+        (status = 200, description = "The visit is completed (BookingCompleted)", body = BookingAccepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -181,7 +208,7 @@ async fn complete(
     State(app): State<AppState>,
     Path(booking_id): Path<Uuid>,
     request: CommandRequest<NoBody>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<BookingAccepted>, ApiError> {
     let CommandRequest {
         actor, metadata, ..
     } = request;
@@ -193,7 +220,10 @@ async fn complete(
         .write
         .execute::<Booking>(booking_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed).with("status", "completed"))
+    Ok(Answer::ok(
+        &committed,
+        BookingAccepted::answer(&committed, BookingStatus::Completed),
+    ))
 }
 
 /// Why a visit is called off.
@@ -215,7 +245,7 @@ struct Cancel {
     params(("id" = Uuid, Path, description = "The booking"), IdempotencyKeyHeader),
     request_body = Cancel,
     responses(
-        (status = 200, description = "The visit is cancelled (BookingCancelled)", body = openapi::BookingAccepted),
+        (status = 200, description = "The visit is cancelled (BookingCancelled)", body = BookingAccepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -229,7 +259,7 @@ async fn cancel(
     State(app): State<AppState>,
     Path(booking_id): Path<Uuid>,
     request: CommandRequest<Cancel>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<BookingAccepted>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -246,5 +276,8 @@ async fn cancel(
         .write
         .execute::<Booking>(booking_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed).with("status", "cancelled"))
+    Ok(Answer::ok(
+        &committed,
+        BookingAccepted::answer(&committed, BookingStatus::Cancelled),
+    ))
 }

@@ -4,13 +4,13 @@ use axum::extract::State;
 use chrono::Utc;
 use domain::chat::{Chat, ChatCommand, ChatEvent};
 use domain::values::{ChatKind, ChatTitle, MessageBody};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::command::{Accepted, CommandRequest, Fields, Path};
+use crate::command::{Accepted, Answer, CommandRequest, Fields, Path};
 use crate::error::ApiError;
 use crate::openapi::{self, IdempotencyKeyHeader};
 use crate::AppState;
@@ -34,7 +34,7 @@ struct CreateChat {
     /// The chat's id; generated when absent.
     id: Option<Uuid>,
     /// `direct` (two people) or `group`.
-    #[schema(value_type = openapi::ChatKindName, required = true)]
+    #[schema(value_type = ChatKind, required = true)]
     kind: Option<String>,
     /// A display name.
     #[schema(value_type = Option<String>, min_length = 1)]
@@ -53,7 +53,7 @@ struct CreateChat {
     params(IdempotencyKeyHeader),
     request_body = CreateChat,
     responses(
-        (status = 201, description = "The chat was opened (ChatCreated)", body = openapi::Accepted),
+        (status = 201, description = "The chat was opened (ChatCreated)", body = Accepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 409, response = openapi::Conflict),
@@ -65,7 +65,7 @@ struct CreateChat {
 async fn create(
     State(app): State<AppState>,
     request: CommandRequest<CreateChat>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<Accepted>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -92,7 +92,7 @@ async fn create(
         .write
         .execute::<Chat>(chat_id, command, &metadata)
         .await?;
-    Ok(Accepted::created(&committed))
+    Ok(Answer::created(&committed, Accepted::of(&committed)))
 }
 
 /// Who joins a group chat.
@@ -113,7 +113,7 @@ struct AddMember {
     params(("id" = Uuid, Path, description = "The chat"), IdempotencyKeyHeader),
     request_body = AddMember,
     responses(
-        (status = 200, description = "The member was added (MemberAdded)", body = openapi::Accepted),
+        (status = 200, description = "The member was added (MemberAdded)", body = Accepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -127,7 +127,7 @@ async fn add_member(
     State(app): State<AppState>,
     Path(chat_id): Path<Uuid>,
     request: CommandRequest<AddMember>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<Accepted>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -144,7 +144,7 @@ async fn add_member(
         .write
         .execute::<Chat>(chat_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed))
+    Ok(Answer::ok(&committed, Accepted::of(&committed)))
 }
 
 /// A command that takes no body; `{}` or nothing at all is accepted.
@@ -164,7 +164,7 @@ pub struct NoBody {}
         IdempotencyKeyHeader,
     ),
     responses(
-        (status = 200, description = "The member was removed (MemberRemoved)", body = openapi::Accepted),
+        (status = 200, description = "The member was removed (MemberRemoved)", body = Accepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -178,7 +178,7 @@ async fn remove_member(
     State(app): State<AppState>,
     Path((chat_id, user_id)): Path<(Uuid, Uuid)>,
     request: CommandRequest<NoBody>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<Accepted>, ApiError> {
     let CommandRequest {
         actor, metadata, ..
     } = request;
@@ -191,7 +191,32 @@ async fn remove_member(
         .write
         .execute::<Chat>(chat_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed))
+    Ok(Answer::ok(&committed, Accepted::of(&committed)))
+}
+
+/// The answer to a sent message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageSent {
+    /// The message's id, the chat's version and the consistency token that
+    /// shows the message.
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// The chat.
+    pub chat_id: Uuid,
+    /// The message's place in the chat, from 1 without gaps.
+    #[schema(minimum = 1)]
+    pub seq: u64,
+}
+
+/// The answer to an edited or deleted message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageChanged {
+    /// The message's id, the chat's version and the consistency token that
+    /// shows the change.
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// The chat.
+    pub chat_id: Uuid,
 }
 
 /// A new message.
@@ -214,7 +239,7 @@ struct SendMessage {
     params(("id" = Uuid, Path, description = "The chat"), IdempotencyKeyHeader),
     request_body = SendMessage,
     responses(
-        (status = 201, description = "The message was stored (MessageSent)", body = openapi::MessageSent),
+        (status = 201, description = "The message was stored (MessageSent)", body = MessageSent),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -228,7 +253,7 @@ async fn send_message(
     State(app): State<AppState>,
     Path(chat_id): Path<Uuid>,
     request: CommandRequest<SendMessage>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<MessageSent>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -254,10 +279,14 @@ async fn send_message(
         _ => None,
     });
     let (message_id, seq) = sent.unwrap_or((message_id, committed.version));
-    Ok(Accepted::created(&committed)
-        .with_id(message_id)
-        .with("chat_id", chat_id)
-        .with("seq", seq))
+    Ok(Answer::created(
+        &committed,
+        MessageSent {
+            accepted: Accepted::of(&committed).naming(message_id),
+            chat_id,
+            seq,
+        },
+    ))
 }
 
 /// A message's new text.
@@ -282,7 +311,7 @@ struct EditMessage {
     ),
     request_body = EditMessage,
     responses(
-        (status = 200, description = "The message was edited (MessageEdited)", body = openapi::MessageChanged),
+        (status = 200, description = "The message was edited (MessageEdited)", body = MessageChanged),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -296,7 +325,7 @@ async fn edit_message(
     State(app): State<AppState>,
     Path((chat_id, message_id)): Path<(Uuid, Uuid)>,
     request: CommandRequest<EditMessage>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<MessageChanged>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -314,9 +343,13 @@ async fn edit_message(
         .write
         .execute::<Chat>(chat_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed)
-        .with_id(message_id)
-        .with("chat_id", chat_id))
+    Ok(Answer::ok(
+        &committed,
+        MessageChanged {
+            accepted: Accepted::of(&committed).naming(message_id),
+            chat_id,
+        },
+    ))
 }
 
 /// Deletes a message; its author or an admin may.
@@ -331,7 +364,7 @@ async fn edit_message(
         IdempotencyKeyHeader,
     ),
     responses(
-        (status = 200, description = "The message was deleted (MessageDeleted)", body = openapi::MessageChanged),
+        (status = 200, description = "The message was deleted (MessageDeleted)", body = MessageChanged),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -345,7 +378,7 @@ async fn delete_message(
     State(app): State<AppState>,
     Path((chat_id, message_id)): Path<(Uuid, Uuid)>,
     request: CommandRequest<NoBody>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<MessageChanged>, ApiError> {
     let CommandRequest {
         actor, metadata, ..
     } = request;
@@ -358,9 +391,13 @@ async fn delete_message(
         .write
         .execute::<Chat>(chat_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed)
-        .with_id(message_id)
-        .with("chat_id", chat_id))
+    Ok(Answer::ok(
+        &committed,
+        MessageChanged {
+            accepted: Accepted::of(&committed).naming(message_id),
+            chat_id,
+        },
+    ))
 }
 
 /// How far the caller has read.
@@ -381,7 +418,7 @@ struct MarkRead {
     params(("id" = Uuid, Path, description = "The chat"), IdempotencyKeyHeader),
     request_body = MarkRead,
     responses(
-        (status = 200, description = "The marker moved (ReadUpTo)", body = openapi::Accepted),
+        (status = 200, description = "The marker moved (ReadUpTo)", body = Accepted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -395,7 +432,7 @@ async fn mark_read(
     State(app): State<AppState>,
     Path(chat_id): Path<Uuid>,
     request: CommandRequest<MarkRead>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<Accepted>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -412,5 +449,5 @@ async fn mark_read(
         .write
         .execute::<Chat>(chat_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed))
+    Ok(Answer::ok(&committed, Accepted::of(&committed)))
 }

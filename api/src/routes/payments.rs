@@ -8,15 +8,15 @@ use axum::extract::State;
 use chrono::Utc;
 use commands::gateway::ChargeRequest;
 use commands::{CommandError, Committed};
-use domain::payment::{Payment, PaymentCommand, PaymentEvent};
+use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use domain::values::{PaymentMethod, Reason};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::command::{Accepted, CommandRequest, Fields, Path};
+use crate::command::{Accepted, Answer, CommandRequest, Fields, Path};
 use crate::error::ApiError;
 use crate::openapi::{self, IdempotencyKeyHeader};
 use crate::AppState;
@@ -39,7 +39,7 @@ struct Initiate {
     #[schema(value_type = Uuid, required = true)]
     booking_id: Option<Uuid>,
     /// How the patient pays.
-    #[schema(value_type = openapi::PaymentMethodName, required = true)]
+    #[schema(value_type = PaymentMethod, required = true)]
     method: Option<String>,
 }
 
@@ -53,7 +53,7 @@ struct Initiate {
     params(IdempotencyKeyHeader),
     request_body = Initiate,
     responses(
-        (status = 201, description = "The charge was opened (PaymentInitiated), status `pending`", body = openapi::PaymentStarted),
+        (status = 201, description = "The charge was opened (PaymentInitiated), status `pending`", body = PaymentStarted),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -67,7 +67,7 @@ struct Initiate {
 async fn initiate(
     State(app): State<AppState>,
     request: CommandRequest<Initiate>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<PaymentStarted>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -76,7 +76,7 @@ async fn initiate(
     // A repeated request is answered from the log, without opening a charge
     // or meeting its own payment as the booking's active one.
     if let Some(recorded) = app.write.recorded::<Payment>(&metadata).await? {
-        return Ok(answer(&recorded));
+        return started(&recorded);
     }
     let payment_id = body.id.unwrap_or_else(Uuid::now_v7);
     let mut fields = Fields::default();
@@ -109,28 +109,67 @@ async fn initiate(
         .write
         .execute::<Payment>(payment_id, command, &metadata)
         .await?;
-    Ok(answer(&committed))
+    started(&committed)
+}
+
+/// The answer to a started payment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentStarted {
+    /// The payment, its version and the consistency token that shows it.
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// Always `pending`: the patient has yet to confirm it.
+    pub status: PaymentStatus,
+    /// The booking paid for.
+    pub booking_id: Uuid,
+    /// The booking's price, in minor units.
+    pub amount_minor: i64,
+    /// The price's ISO 4217 currency.
+    pub currency: String,
+    /// The provider's reference for the charge; `null` only for payments
+    /// started before the provider was asked at once.
+    pub provider_payment_id: Option<String>,
+    /// Where the patient confirms the charge; `null` like the reference.
+    pub confirmation_url: Option<String>,
 }
 
 /// The answer to a started payment, read from its `PaymentInitiated`.
-fn answer(committed: &Committed<Payment>) -> Accepted {
-    let mut accepted = Accepted::created(committed).with("status", "pending");
-    if let Some(PaymentEvent::PaymentInitiated {
+fn started(committed: &Committed<Payment>) -> Result<Answer<PaymentStarted>, ApiError> {
+    let Some(PaymentEvent::PaymentInitiated {
         booking_id,
         amount,
         provider_payment_id,
         confirmation_url,
         ..
     }) = committed.events.first()
-    {
-        accepted = accepted
-            .with("booking_id", booking_id)
-            .with("amount_minor", amount.amount_minor())
-            .with("currency", amount.currency().as_str())
-            .with("provider_payment_id", provider_payment_id)
-            .with("confirmation_url", confirmation_url);
-    }
-    accepted
+    else {
+        return Err(CommandError::Internal(
+            "a started payment has no PaymentInitiated to answer with".into(),
+        )
+        .into());
+    };
+    Ok(Answer::created(
+        committed,
+        PaymentStarted {
+            accepted: Accepted::of(committed),
+            status: PaymentStatus::Pending,
+            booking_id: *booking_id,
+            amount_minor: amount.amount_minor(),
+            currency: amount.currency().as_str().to_owned(),
+            provider_payment_id: provider_payment_id.clone(),
+            confirmation_url: confirmation_url.clone(),
+        },
+    ))
+}
+
+/// The answer to a payment command that changed its status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentChanged {
+    /// The payment, its version and consistency token.
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// The payment's status after the command.
+    pub status: PaymentStatus,
 }
 
 /// Why a payment is refunded.
@@ -151,7 +190,7 @@ struct Refund {
     params(("id" = Uuid, Path, description = "The payment"), IdempotencyKeyHeader),
     request_body = Refund,
     responses(
-        (status = 200, description = "The refund was requested (RefundRequested)", body = openapi::PaymentChanged),
+        (status = 200, description = "The refund was requested (RefundRequested)", body = PaymentChanged),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -165,7 +204,7 @@ async fn refund(
     State(app): State<AppState>,
     Path(payment_id): Path<Uuid>,
     request: CommandRequest<Refund>,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<PaymentChanged>, ApiError> {
     let CommandRequest {
         actor,
         metadata,
@@ -182,5 +221,11 @@ async fn refund(
         .write
         .execute::<Payment>(payment_id, command, &metadata)
         .await?;
-    Ok(Accepted::ok(&committed).with("status", "refund_pending"))
+    Ok(Answer::ok(
+        &committed,
+        PaymentChanged {
+            accepted: Accepted::of(&committed),
+            status: PaymentStatus::RefundPending,
+        },
+    ))
 }

@@ -19,7 +19,7 @@ use projections::summary::Summary;
 use projections::{bookings, chats, payments, summary, Projection};
 use serde::de::IntoDeserializer;
 use serde::{Deserialize, Serialize};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -66,25 +66,38 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// A page of rows; `next_cursor` is `null` on the last page.
-#[derive(Debug, Serialize)]
-struct Page<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
-}
-
-/// A list small enough to answer whole, wrapped so it can gain fields later.
-#[derive(Debug, Serialize)]
-struct Items<T> {
-    items: Vec<T>,
+/// The caller's chats, wrapped so the answer can gain fields later.
+#[derive(Debug, Serialize, ToSchema)]
+struct ChatList {
+    /// Every chat the caller is a member of.
+    items: Vec<ChatSummary>,
 }
 
 /// A page of a chat's messages, newest first; pass `next_before_seq` as
 /// `before_seq` for the older ones, until it is `null`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct MessagePage {
+    /// The messages.
     items: Vec<MessageRow>,
+    /// Pass as `before_seq` for older messages; `null` on the last page.
     next_before_seq: Option<i64>,
+}
+
+/// A page of bookings; `next_cursor` is `null` on the last page.
+#[derive(Debug, Serialize, ToSchema)]
+struct BookingPage {
+    /// The bookings, newest request first.
+    items: Vec<BookingRow>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A booking's payments, few enough to answer whole, wrapped so the answer
+/// can gain fields later.
+#[derive(Debug, Serialize, ToSchema)]
+struct PaymentList {
+    /// Every payment started for the booking.
+    items: Vec<PaymentRow>,
 }
 
 /// A query parameter's value, with an empty one (`?status=`) read as absent.
@@ -139,7 +152,7 @@ async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<(),
     operation_id = "list_chats",
     params(ConsistencyParams),
     responses(
-        (status = 200, description = "The chats the caller is a member of", body = openapi::ChatList),
+        (status = 200, description = "The chats the caller is a member of", body = ChatList),
         (status = 400, response = openapi::BadRequest),
         (status = 503, response = openapi::Unavailable),
     )
@@ -148,10 +161,10 @@ async fn list_chats(
     State(app): State<AppState>,
     Caller(actor): Caller,
     consistency: Consistency,
-) -> Result<Json<Items<ChatSummary>>, ApiError> {
+) -> Result<Json<ChatList>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
     let items = chats::list_for_user(app.write.pool(), actor.user_id).await?;
-    Ok(Json(Items { items }))
+    Ok(Json(ChatList { items }))
 }
 
 /// One chat, for its members and admins.
@@ -162,7 +175,7 @@ async fn list_chats(
     operation_id = "get_chat",
     params(("id" = Uuid, Path, description = "The chat"), ConsistencyParams),
     responses(
-        (status = 200, description = "The chat", body = openapi::ChatView),
+        (status = 200, description = "The chat", body = ChatDetails),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 503, response = openapi::Unavailable),
@@ -203,7 +216,7 @@ struct MessagesQuery {
     operation_id = "list_messages",
     params(("id" = Uuid, Path, description = "The chat"), MessagesQuery, ConsistencyParams),
     responses(
-        (status = 200, description = "A page of messages", body = openapi::MessagePage),
+        (status = 200, description = "A page of messages", body = MessagePage),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 422, response = openapi::Invalid),
@@ -245,7 +258,7 @@ async fn list_messages(
 #[into_params(parameter_in = Query)]
 struct BookingsQuery {
     /// Only bookings in this status.
-    #[param(value_type = Option<openapi::BookingStatusName>)]
+    #[param(value_type = Option<BookingStatus>)]
     status: Option<String>,
     /// Bookings per page, 1 to 200; 50 when absent.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
@@ -279,7 +292,7 @@ fn bookings_scope(actor: Actor) -> Result<BookingFilter, ApiError> {
     operation_id = "list_bookings",
     params(BookingsQuery, ConsistencyParams),
     responses(
-        (status = 200, description = "A page of bookings", body = openapi::BookingPage),
+        (status = 200, description = "A page of bookings", body = BookingPage),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 422, response = openapi::Invalid),
@@ -291,7 +304,7 @@ async fn list_bookings(
     Caller(actor): Caller,
     consistency: Consistency,
     Query(query): Query<BookingsQuery>,
-) -> Result<Json<Page<BookingRow>>, ApiError> {
+) -> Result<Json<BookingPage>, ApiError> {
     let scope = bookings_scope(actor)?;
     let mut fields = Fields::default();
     let status = fields.optional(present(query.status), booking_status);
@@ -310,7 +323,7 @@ async fn list_bookings(
     } else {
         None
     };
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(BookingPage { items, next_cursor }))
 }
 
 /// One booking, for whoever may see it in the list.
@@ -321,7 +334,7 @@ async fn list_bookings(
     operation_id = "get_booking",
     params(("id" = Uuid, Path, description = "The booking"), ConsistencyParams),
     responses(
-        (status = 200, description = "The booking", body = openapi::BookingView),
+        (status = 200, description = "The booking", body = BookingRow),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -351,7 +364,7 @@ async fn get_booking(
     operation_id = "get_payment",
     params(("id" = Uuid, Path, description = "The payment"), ConsistencyParams),
     responses(
-        (status = 200, description = "The payment", body = openapi::PaymentView),
+        (status = 200, description = "The payment", body = PaymentRow),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 503, response = openapi::Unavailable),
@@ -389,7 +402,7 @@ struct PaymentsQuery {
     operation_id = "list_payments",
     params(PaymentsQuery, ConsistencyParams),
     responses(
-        (status = 200, description = "The booking's payments", body = openapi::PaymentList),
+        (status = 200, description = "The booking's payments", body = PaymentList),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 422, response = openapi::Invalid),
@@ -401,7 +414,7 @@ async fn list_payments(
     Caller(actor): Caller,
     consistency: Consistency,
     Query(query): Query<PaymentsQuery>,
-) -> Result<Json<Items<PaymentRow>>, ApiError> {
+) -> Result<Json<PaymentList>, ApiError> {
     let mut fields = Fields::default();
     let booking_id = fields.parse("booking_id", present(query.booking_id), |raw| {
         Uuid::parse_str(&raw).map_err(|_| ValidationError::new("booking_id", "must be a UUID"))
@@ -420,7 +433,7 @@ async fn list_payments(
         .filter(|booking| access::may_see_payment(actor, booking.patient_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
     let items = payments::for_booking(pool, booking_id).await?;
-    Ok(Json(Items { items }))
+    Ok(Json(PaymentList { items }))
 }
 
 /// The admin dashboard: bookings and payments by status, and revenue.
@@ -431,7 +444,7 @@ async fn list_payments(
     operation_id = "get_summary",
     params(ConsistencyParams),
     responses(
-        (status = 200, description = "The figures", body = openapi::SummaryView),
+        (status = 200, description = "The figures", body = Summary),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 503, response = openapi::Unavailable),

@@ -42,7 +42,6 @@ use domain::values::{Currency, Money};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -204,76 +203,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fail))
 }
 
-/// The sandbox's request to open a charge, as Herald's gateway sends it.
-#[derive(ToSchema)]
-#[schema(as = SandboxCharge)]
-#[allow(dead_code)] // Only its schema is used; the handler reads `ChargeBody`.
-struct ChargeBodySchema {
-    /// What to charge.
-    amount: SandboxAmount,
-    /// `bank_card` or `sbp`.
-    payment_method_type: String,
-    /// Shown to the payer.
-    description: String,
-    /// Echoed in every notification about the charge.
-    metadata: SandboxMetadata,
-}
-
-/// An amount as the provider writes it.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Only its schema is used.
-struct SandboxAmount {
-    /// Major units with two decimals, as text.
-    #[schema(example = "1500.00")]
-    value: String,
-    /// ISO 4217 code.
-    #[schema(example = "RUB")]
-    currency: String,
-}
-
-/// What Herald attaches to a charge.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Only its schema is used.
-struct SandboxMetadata {
-    /// Herald's payment id.
-    payment_id: Uuid,
-}
-
-/// The sandbox's view of a charge.
-#[derive(ToSchema)]
-#[schema(as = SandboxChargeAnswer)]
-#[allow(dead_code)] // Only its schema is used; the handler answers `ChargeAnswer`.
-struct ChargeAnswerSchema {
-    /// The provider's reference.
-    id: String,
-    /// `pending`, `succeeded` or `canceled`.
-    status: String,
-    /// Where the payer confirms it.
-    confirmation_url: String,
-}
-
-/// The sandbox's request to return a charge.
-#[derive(ToSchema)]
-#[schema(as = SandboxRefund)]
-#[allow(dead_code)] // Only its schema is used; the handler reads `RefundBody`.
-struct RefundBodySchema {
-    /// The provider's reference for the charge.
-    payment_id: String,
-    /// What to return: the whole charge.
-    amount: SandboxAmount,
-}
-
-/// The sandbox's view of a refund.
-#[derive(ToSchema)]
-#[schema(as = SandboxRefundAnswer)]
-#[allow(dead_code)] // Only its schema is used; the handler answers `RefundAnswer`.
-struct RefundAnswerSchema {
-    /// The provider's reference.
-    id: String,
-    /// `pending` until it sends `refund.succeeded`.
-    status: String,
-}
-
 fn sandbox(app: &AppState) -> Result<&Arc<Sandbox>, ApiError> {
     app.sandbox
         .as_ref()
@@ -351,10 +280,10 @@ async fn find_charge(pool: &PgPool, provider_payment_id: &str) -> Result<Option<
     operation_id = "sandbox_open_charge",
     params(("Idempotence-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$",
             description = "Makes a repeated request answer the first charge")),
-    request_body = ChargeBodySchema,
+    request_body = ChargeBody,
     security(("shop" = [])),
     responses(
-        (status = 200, description = "The charge, new or opened before with this key", body = ChargeAnswerSchema),
+        (status = 200, description = "The charge, new or opened before with this key", body = ChargeAnswer),
         (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
@@ -418,10 +347,10 @@ async fn open_charge(
     operation_id = "sandbox_refund",
     params(("Idempotence-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$",
             description = "Makes a repeated request answer the first refund")),
-    request_body = RefundBodySchema,
+    request_body = RefundBody,
     security(("shop" = [])),
     responses(
-        (status = 200, description = "The refund, new or asked for before", body = RefundAnswerSchema),
+        (status = 200, description = "The refund, new or asked for before", body = RefundAnswer),
         (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),

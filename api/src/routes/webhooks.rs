@@ -28,13 +28,14 @@ use domain::values::Actor;
 use domain::{DomainError, ValidationError};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use sha2::Sha256;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::command::{read_body, Accepted, Fields};
+use crate::command::{read_body, Accepted, Answer, Fields};
 use crate::error::ApiError;
 use crate::{openapi, request_id, AppState};
 
@@ -259,60 +260,16 @@ fn notification_id(event: NotificationEvent, object_id: &str) -> String {
     format!("{event}:{object_id}")
 }
 
-/// The shape of a provider's notification, for the document; the handler
-/// reads it as [`Notification`] after checking the signature over the raw body.
-#[derive(serde::Deserialize, ToSchema)]
-#[schema(as = PaymentNotification)]
-#[allow(dead_code)] // Only its schema is used.
-struct NotificationSchema {
-    /// Always `notification`.
-    #[serde(rename = "type")]
-    #[schema(example = "notification")]
-    kind: String,
-    /// `payment.succeeded`, `payment.canceled` or `refund.succeeded`.
+/// The answer to an applied (or repeated) provider notification.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationApplied {
+    /// The Herald payment, its version after the notification and the
+    /// consistency token that shows the change.
+    #[serde(flatten)]
+    pub accepted: Accepted,
+    /// The notification's event.
     #[schema(example = "payment.succeeded")]
-    event: String,
-    /// The charge or refund it is about.
-    object: NotificationObjectSchema,
-}
-
-/// The charge or refund a notification is about.
-#[derive(serde::Deserialize, ToSchema)]
-#[schema(as = PaymentNotificationObject)]
-#[allow(dead_code)] // Only its schema is used.
-struct NotificationObjectSchema {
-    /// The provider's reference for the charge (for refunds, the refund).
-    id: String,
-    /// The provider's status of it, e.g. `succeeded`.
-    status: String,
-    /// What was charged or refunded.
-    amount: AmountSchema,
-    /// For refunds, the provider's reference for the charge refunded.
-    payment_id: Option<String>,
-    /// What Herald attached when opening the charge.
-    metadata: MetadataSchema,
-}
-
-/// An amount as providers write it.
-#[derive(serde::Deserialize, ToSchema)]
-#[schema(as = ProviderAmount)]
-#[allow(dead_code)] // Only its schema is used.
-struct AmountSchema {
-    /// Major units with two decimals, as text.
-    #[schema(example = "1500.00")]
-    value: String,
-    /// ISO 4217 code.
-    #[schema(example = "RUB")]
-    currency: String,
-}
-
-/// What Herald attached to the charge.
-#[derive(serde::Deserialize, ToSchema)]
-#[schema(as = PaymentNotificationMetadata)]
-#[allow(dead_code)] // Only its schema is used.
-struct MetadataSchema {
-    /// Herald's payment id.
-    payment_id: Uuid,
+    pub event: String,
 }
 
 /// The payment provider reports what happened to a charge or a refund.
@@ -325,9 +282,9 @@ struct MetadataSchema {
         ("X-Herald-Signature" = String, Header,
          description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\">` made with HERALD_WEBHOOK_SECRET; at most 5 minutes old"),
     ),
-    request_body = NotificationSchema,
+    request_body = Notification,
     responses(
-        (status = 200, description = "Applied, or a repeat or late notification that changes nothing (then with `Idempotent-Replayed: true`)", body = openapi::NotificationApplied),
+        (status = 200, description = "Applied, or a repeat or late notification that changes nothing (then with `Idempotent-Replayed: true`)", body = NotificationApplied),
         (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
@@ -341,7 +298,7 @@ async fn receive(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Accepted, ApiError> {
+) -> Result<Answer<NotificationApplied>, ApiError> {
     let bytes = read_body(&headers, body).await?;
     let signature = headers
         .get(SIGNATURE_HEADER)
@@ -396,7 +353,13 @@ async fn receive(
             return Err(err.into());
         }
     };
-    Ok(Accepted::ok(&committed).with("event", event.as_str()))
+    Ok(Answer::ok(
+        &committed,
+        NotificationApplied {
+            accepted: Accepted::of(&committed),
+            event: event.as_str().to_owned(),
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use domain::payment::ProviderCharge;
 use domain::values::{Currency, Money, PaymentMethod, ValidationError};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub use resilient::{Resilience, Resilient};
@@ -105,11 +106,13 @@ impl GatewayError {
 /// An amount as providers write it: a decimal string of major units
 /// (`"1500.00"`) and a currency. Every currency Herald bills in has two minor
 /// digits, so the conversion is exact in both directions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProviderAmount {
     /// Major units with exactly two decimals, e.g. `"1500.00"`.
+    #[schema(example = "1500.00")]
     pub value: String,
     /// ISO 4217 code.
+    #[schema(example = "RUB")]
     pub currency: String,
 }
 
@@ -153,19 +156,24 @@ impl ProviderAmount {
 
 /// The notification a provider sends to `/webhooks/payments`, in the shape of
 /// common Russian acquirers' webhooks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = PaymentNotification)]
 pub struct Notification {
     /// Always `notification`.
     #[serde(rename = "type")]
+    #[schema(example = "notification")]
     pub kind: String,
-    /// What happened: see [`NotificationEvent`].
+    /// What happened: `payment.succeeded`, `payment.canceled` or
+    /// `refund.succeeded`.
+    #[schema(example = "payment.succeeded")]
     pub event: String,
     /// The charge or refund it is about.
     pub object: NotificationObject,
 }
 
 /// The charge or refund a notification is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = PaymentNotificationObject)]
 pub struct NotificationObject {
     /// The provider's reference for the charge (or, for refunds, the refund).
     pub id: String,
@@ -181,9 +189,11 @@ pub struct NotificationObject {
 }
 
 /// What Herald attaches to a charge so that notifications name its payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = PaymentNotificationMetadata)]
 pub struct NotificationMetadata {
     /// Herald's payment id, as text (providers keep metadata as strings).
+    #[schema(format = Uuid)]
     pub payment_id: String,
 }
 

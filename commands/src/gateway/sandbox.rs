@@ -12,6 +12,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     ChargeRequest, GatewayError, GatewayResult, NotificationMetadata, PaymentGateway,
@@ -31,8 +32,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REFUSAL_TEXT: usize = 500;
 
 /// Body of a request to open a charge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SandboxCharge)]
 pub struct ChargeBody {
     /// What to charge.
     pub amount: ProviderAmount,
@@ -45,7 +47,8 @@ pub struct ChargeBody {
 }
 
 /// The provider's view of a charge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = SandboxChargeAnswer)]
 pub struct ChargeAnswer {
     /// The provider's reference.
     pub id: String,
@@ -56,17 +59,19 @@ pub struct ChargeAnswer {
 }
 
 /// Body of a request to return a charge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SandboxRefund)]
 pub struct RefundBody {
     /// The provider's reference for the charge.
     pub payment_id: String,
-    /// What to return.
+    /// What to return: the whole charge.
     pub amount: ProviderAmount,
 }
 
 /// The provider's view of a refund.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = SandboxRefundAnswer)]
 pub struct RefundAnswer {
     /// The provider's reference.
     pub id: String,
