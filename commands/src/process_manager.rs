@@ -27,9 +27,8 @@ use domain::booking::{Booking, BookingCommand, BookingEvent, BookingStatus};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use domain::values::{Actor, Reason};
 use futures::StreamExt;
-use herald_nats::{log, LogEntry, Topology};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
+use herald_nats::{locks, log, LogEntry, Topology};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::gateway::{GatewayError, PaymentGateway, RefundRequest};
@@ -37,8 +36,6 @@ use crate::{request_hash, CommandError, IdempotencyKey, Metadata, WriteSide};
 
 /// Its name in `projection_checkpoints` and in its JetStream consumer's name.
 pub const CHECKPOINT: &str = "payment-process";
-/// The advisory lock whose holder is the active process manager of a database.
-const LOCK: i64 = 0x4845_5241_4c44_0002;
 /// Most entries read from the log or taken from the stream at once.
 const BATCH: usize = 500;
 /// How long it waits for a message before looking at the log itself.
@@ -148,19 +145,12 @@ impl PaymentProcess {
 
     /// Takes the lock if it is free and processes for as long as it holds it.
     async fn try_lead(&self) -> Result<(), ProcessError> {
-        let pool = self.write.pool();
-        let mut lock: PoolConnection<Postgres> = pool.acquire().await?;
-        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK)
-            .fetch_one(&mut *lock)
-            .await?;
-        if !acquired {
+        // The checkpoint moves only through the lock's connection, so an
+        // instance that lost its lock cannot move it.
+        let Some(mut lock) = locks::try_hold(self.write.pool(), locks::PAYMENT_PROCESS).await?
+        else {
             return Ok(());
-        }
-        // The lock lives exactly as long as this connection, which must never
-        // go back to the pool still holding it. The checkpoint moves only
-        // through it, so an instance that lost its lock cannot move it.
-        let mut lock = lock.detach();
+        };
         sqlx::query(
             "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
         )

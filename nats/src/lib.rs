@@ -4,9 +4,11 @@
 //! dense `position`, and publishes it to the stream of the configured prefix on
 //! `<prefix>.events.<AggregateType>.<aggregate_id>`. Projection workers and
 //! process managers read that stream; [`log`] reads the same entries straight
-//! from Postgres, which stays the truth when NATS lost something.
+//! from Postgres, which stays the truth when NATS lost something. [`locks`]
+//! lists every advisory lock Herald takes.
 
 pub mod chain;
+pub mod locks;
 pub mod log;
 pub mod relay;
 mod topology;
