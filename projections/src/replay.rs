@@ -17,11 +17,12 @@
 
 use std::time::{Duration, Instant};
 
+use herald_nats::follower::checkpoint;
 use herald_nats::locks;
 use sqlx::{Acquire, PgConnection, PgPool};
 
 use crate::rebuild::{apply_range, create_shadow, make_durable, quote_ident};
-use crate::{checkpoint, ApplyError, Projection};
+use crate::{ApplyError, Projection};
 
 /// The rebuild stops chasing the live checkpoint and swaps once it is at most
 /// this many entries behind: the rest are applied while the workers pause.
@@ -96,14 +97,14 @@ pub async fn replay(
     let Some(_guard) = locks::try_hold(pool, locks::replay(index)).await? else {
         return Err(ReplayError::Busy(projection));
     };
-    checkpoint::ensure(pool, projection).await?;
+    checkpoint::ensure(pool, projection.name()).await?;
     let shadow = format!("replay_{}", projection.name());
     let retired = format!("retired_{}", projection.name());
     create_shadow(pool, projection, &shadow).await?;
     let mut position = 0;
     let mut entries = 0;
     loop {
-        let live = checkpoint::checkpoint(pool, projection).await?;
+        let live = checkpoint::read(pool, projection.name()).await?;
         if live - position <= SWAP_WITHIN {
             break;
         }
@@ -182,7 +183,7 @@ async fn swap(
         .execute(&mut *tx)
         .await?;
     // The workers of this projection now wait for this transaction.
-    let live = checkpoint::lock(&mut tx, projection).await?;
+    let live = checkpoint::lock(&mut tx, projection.name()).await?;
     sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
         .execute(&mut *tx)
         .await?;

@@ -28,6 +28,7 @@ use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use axum::extract::ws::Utf8Bytes;
 use domain::chat::ChatEvent;
 use futures::StreamExt;
+use herald_nats::follower::FollowError;
 use herald_nats::{log, LogEntry, Topology};
 use projections::Projection;
 use serde::Serialize;
@@ -98,17 +99,6 @@ pub enum LiveError {
     /// Postgres failed while loading the caller's chats.
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
-}
-
-/// Why the hub stopped following the stream for a while.
-#[derive(Debug, thiserror::Error)]
-enum FollowError {
-    #[error("nats: {0}")]
-    Nats(#[from] async_nats::Error),
-    #[error("postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error("the ordered consumer's message stream ended")]
-    StreamEnded,
 }
 
 /// The handle connections use; cheap to share.
