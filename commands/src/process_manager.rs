@@ -7,10 +7,11 @@
 //!   refund; the provider confirms with a notification, which the webhook
 //!   turns into `PaymentRefunded`. Nothing follows that.
 //!
-//! It is a JetStream durable consumer like the projection workers, with its
-//! checkpoint in the same table, filling gaps from the Postgres log. Its
-//! effects are commands in their own transactions and calls to a provider, so
-//! they cannot commit together with the checkpoint; instead every effect is
+//! It follows the log through the same loop as the projection workers
+//! ([`herald_nats::follower`]), with its checkpoint and dead letters in the
+//! same tables, as an [`EffectFollower`]: its effects are commands in their
+//! own transactions and calls to a provider, so they cannot commit together
+//! with the checkpoint; instead every effect is
 //! idempotent: a command carries the triggering event as its cause and an
 //! idempotency key derived from it, and a refund carries an idempotence key
 //! derived from the payment. A redelivered or replayed entry therefore never
@@ -19,17 +20,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use domain::booking::{Booking, BookingCommand, BookingEvent, BookingStatus};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use domain::values::{Actor, Reason};
-use futures::StreamExt;
-use herald_nats::{log, LogEntry, Topology};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
+use herald_nats::follower::{EffectFollower, Follower, ReactError, Source};
+use herald_nats::{locks, LogEntry, Topology};
 use uuid::Uuid;
 
 use crate::gateway::{GatewayError, PaymentGateway, RefundRequest};
@@ -37,45 +34,19 @@ use crate::{request_hash, CommandError, IdempotencyKey, Metadata, WriteSide};
 
 /// Its name in `projection_checkpoints` and in its JetStream consumer's name.
 pub const CHECKPOINT: &str = "payment-process";
-/// The advisory lock whose holder is the active process manager of a database.
-const LOCK: i64 = 0x4845_5241_4c44_0002;
-/// Most entries read from the log or taken from the stream at once.
-const BATCH: usize = 500;
-/// How long it waits for a message before looking at the log itself.
-const IDLE_CATCH_UP: Duration = Duration::from_secs(1);
-/// How long JetStream waits for an acknowledgement before redelivering.
-const ACK_WAIT: Duration = Duration::from_secs(30);
-/// How long a standby waits before trying to become active again.
-const STANDBY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Why the process manager paused.
+/// Why acting on an entry has to wait.
 #[derive(Debug, thiserror::Error)]
-enum ProcessError {
-    #[error("nats: {0}")]
-    Nats(#[from] async_nats::Error),
-    #[error("postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
+pub enum ProcessError {
+    /// Postgres is away, or others kept winning the race for an aggregate.
     #[error("command: {0}")]
     Command(#[source] CommandError),
+    /// The provider is away.
     #[error("gateway: {0}")]
     Gateway(#[source] GatewayError),
-    #[error("the consumer's message stream ended")]
-    StreamEnded,
 }
 
-/// Why an entry could not be acted on.
-#[derive(Debug, thiserror::Error)]
-enum ReactError {
-    /// Worth trying again later: Postgres or the provider is away, or others
-    /// kept winning the race for an aggregate.
-    #[error(transparent)]
-    Later(ProcessError),
-    /// Will fail the same way every time: set aside for a person to look at.
-    #[error("{0}")]
-    Never(String),
-}
-
-impl From<CommandError> for ReactError {
+impl From<CommandError> for ReactError<ProcessError> {
     fn from(err: CommandError) -> Self {
         match err {
             CommandError::Unavailable(_) | CommandError::Conflict => {
@@ -86,7 +57,7 @@ impl From<CommandError> for ReactError {
     }
 }
 
-impl From<GatewayError> for ReactError {
+impl From<GatewayError> for ReactError<ProcessError> {
     fn from(err: GatewayError) -> Self {
         if err.is_transient() {
             Self::Later(ProcessError::Gateway(err))
@@ -100,8 +71,7 @@ impl From<GatewayError> for ReactError {
 pub struct PaymentProcess {
     write: Arc<WriteSide>,
     gateway: Arc<dyn PaymentGateway>,
-    jetstream: jetstream::Context,
-    topology: Topology,
+    source: Source,
 }
 
 impl PaymentProcess {
@@ -113,11 +83,11 @@ impl PaymentProcess {
         client: async_nats::Client,
         topology: Topology,
     ) -> Self {
+        let source = Source::new(write.pool().clone(), client, topology);
         Self {
             write,
             gateway,
-            jetstream: jetstream::new(client),
-            topology,
+            source,
         }
     }
 
@@ -125,157 +95,11 @@ impl PaymentProcess {
     /// completes. Failures of NATS, Postgres or the provider are waited out
     /// with growing pauses; the entry that met them is tried again.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut failures = 0u32;
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                outcome = self.try_lead() => match outcome {
-                    Ok(()) => failures = 0,
-                    Err(err) => {
-                        failures = (failures + 1).min(6);
-                        tracing::warn!(%err, "payment process manager paused");
-                    }
-                },
-            }
-            let pause = STANDBY_INTERVAL.min(Duration::from_millis(50 << failures));
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
-    }
-
-    /// Takes the lock if it is free and processes for as long as it holds it.
-    async fn try_lead(&self) -> Result<(), ProcessError> {
-        let pool = self.write.pool();
-        let mut lock: PoolConnection<Postgres> = pool.acquire().await?;
-        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK)
-            .fetch_one(&mut *lock)
-            .await?;
-        if !acquired {
-            return Ok(());
-        }
-        // The lock lives exactly as long as this connection, which must never
-        // go back to the pool still holding it. The checkpoint moves only
-        // through it, so an instance that lost its lock cannot move it.
-        let mut lock = lock.detach();
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
-        )
-        .bind(CHECKPOINT)
-        .execute(&mut lock)
-        .await?;
-        let name = format!("{}-{CHECKPOINT}", self.topology.prefix());
-        let consumer = self
-            .topology
-            .durable_consumer(&self.jetstream, &name, ACK_WAIT, 20 * BATCH as i64)
-            .await?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(async_nats::Error::from)?
-            .ready_chunks(BATCH);
-        tracing::info!(consumer = name, "payment process manager is active");
-        self.catch_up(&mut lock).await?;
-        loop {
-            let chunk = match tokio::time::timeout(IDLE_CATCH_UP, messages.next()).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => return Err(ProcessError::StreamEnded),
-                Err(_idle) => {
-                    self.catch_up(&mut lock).await?;
-                    continue;
-                }
-            };
-            let received: Vec<_> = chunk
-                .into_iter()
-                .filter_map(|item| item.map_err(|err| tracing::debug!(%err, "pull error")).ok())
-                .collect();
-            let Some(last) = received.last() else {
-                continue;
-            };
-            let mut entries: Vec<LogEntry> = received
-                .iter()
-                // The log in Postgres fills whatever an undecodable message held.
-                .filter_map(|message| LogEntry::from_json(&message.payload).ok())
-                .collect();
-            entries.sort_by_key(|entry| entry.position);
-            if let Some(target) = entries.last().map(|entry| entry.position) {
-                self.process_up_to(&mut lock, target, entries).await?;
-            }
-            // With AckPolicy::All this acknowledges the whole chunk, all processed.
-            last.ack().await?;
-        }
-    }
-
-    /// Processes whatever the log holds beyond the checkpoint.
-    async fn catch_up(&self, lock: &mut PgConnection) -> Result<(), ProcessError> {
-        let head = log::head(self.write.pool()).await?;
-        self.process_up_to(lock, head, Vec::new()).await
-    }
-
-    /// Processes every entry after the checkpoint up to `target`: the entries
-    /// received when they are exactly the ones missing, else read from the log.
-    async fn process_up_to(
-        &self,
-        lock: &mut PgConnection,
-        target: i64,
-        mut received: Vec<LogEntry>,
-    ) -> Result<(), ProcessError> {
-        let mut at: i64 =
-            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
-                .bind(CHECKPOINT)
-                .fetch_one(&mut *lock)
-                .await?;
-        while at < target {
-            received.retain(|entry| entry.position > at);
-            let exactly_missing = received.last().map(|e| e.position) == Some(target)
-                && received
-                    .iter()
-                    .enumerate()
-                    .all(|(i, entry)| entry.position == at + 1 + i as i64);
-            let entries = if exactly_missing {
-                std::mem::take(&mut received)
-            } else {
-                let limit = (target - at).min(BATCH as i64);
-                log::read_after(self.write.pool(), at, limit).await?
-            };
-            let Some(last) = entries.last().map(|entry| entry.position) else {
-                // Not sequenced in this database yet.
-                return Ok(());
-            };
-            for entry in &entries {
-                if !follows(entry) {
-                    continue;
-                }
-                match self.react(entry).await {
-                    Ok(()) => {}
-                    Err(ReactError::Later(err)) => {
-                        save(lock, entry.position - 1).await?;
-                        return Err(err);
-                    }
-                    Err(ReactError::Never(error)) => {
-                        tracing::error!(
-                            position = entry.position,
-                            event_type = entry.event_type,
-                            aggregate_id = entry.aggregate_id,
-                            error,
-                            "the payment process cannot act on an event; set aside as a dead letter"
-                        );
-                        bury(lock, entry, &error).await?;
-                    }
-                }
-                save(lock, entry.position).await?;
-            }
-            save(lock, last).await?;
-            at = last;
-        }
-        Ok(())
+        self.source.follow_effects(&self, shutdown).await;
     }
 
     /// Acts on one entry the process follows.
-    async fn react(&self, entry: &LogEntry) -> Result<(), ReactError> {
+    async fn act(&self, entry: &LogEntry) -> Result<(), ReactError<ProcessError>> {
         let id = Uuid::parse_str(&entry.aggregate_id)
             .map_err(|err| ReactError::Never(format!("aggregate id is not a UUID: {err}")))?;
         let decode = |err: serde_json::Error| ReactError::Never(format!("cannot decode: {err}"));
@@ -307,7 +131,7 @@ impl PaymentProcess {
         entry: &LogEntry,
         payment_id: Uuid,
         at: DateTime<Utc>,
-    ) -> Result<(), ReactError> {
+    ) -> Result<(), ReactError<ProcessError>> {
         let payment = self.write.load::<Payment>(payment_id).await?;
         let booking_id = payment
             .booking_id()
@@ -329,7 +153,7 @@ impl PaymentProcess {
         entry: &LogEntry,
         booking_id: Uuid,
         at: DateTime<Utc>,
-    ) -> Result<(), ReactError> {
+    ) -> Result<(), ReactError<ProcessError>> {
         let booking = self.write.load::<Booking>(booking_id).await?;
         let Some(payment_id) = booking.paid_by() else {
             return Ok(());
@@ -362,7 +186,7 @@ impl PaymentProcess {
     /// Asks the provider to return a payment whose refund was requested. The
     /// idempotence key is the payment's, so however often this runs, and
     /// whoever requested the refund, the provider refunds once.
-    async fn refund_at_provider(&self, payment_id: Uuid) -> Result<(), ReactError> {
+    async fn refund_at_provider(&self, payment_id: Uuid) -> Result<(), ReactError<ProcessError>> {
         let payment = self.write.load::<Payment>(payment_id).await?;
         if payment.status() != Some(PaymentStatus::RefundPending) {
             return Ok(());
@@ -390,6 +214,30 @@ impl PaymentProcess {
     }
 }
 
+impl Follower for PaymentProcess {
+    const BATCH: usize = 500;
+
+    fn name(&self) -> &str {
+        CHECKPOINT
+    }
+}
+
+impl EffectFollower for PaymentProcess {
+    type Later = ProcessError;
+    const LOCK: i64 = locks::PAYMENT_PROCESS;
+
+    fn follows(&self, entry: &LogEntry) -> bool {
+        follows(entry)
+    }
+
+    fn react(
+        &self,
+        entry: &LogEntry,
+    ) -> impl Future<Output = Result<(), ReactError<ProcessError>>> + Send {
+        self.act(entry)
+    }
+}
+
 /// Whether the process acts on this entry's event.
 fn follows(entry: &LogEntry) -> bool {
     matches!(
@@ -414,36 +262,6 @@ fn caused_by(entry: &LogEntry, command: &str, target: Uuid) -> Metadata {
             request_hash: request_hash(command, &target.to_string(), b""),
         }),
     }
-}
-
-/// Moves the checkpoint forward (never back) through the lock's connection.
-async fn save(lock: &mut PgConnection, position: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE projection_checkpoints SET position = $2 WHERE projection = $1 AND position < $2",
-    )
-    .bind(CHECKPOINT)
-    .bind(position)
-    .execute(lock)
-    .await?;
-    Ok(())
-}
-
-/// Records an entry the process could not act on, so a person can.
-async fn bury(lock: &mut PgConnection, entry: &LogEntry, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO projection_dead_letters (projection, position, event_id, error, attempts)
-         VALUES ($1, $2, $3, $4, 1)
-         ON CONFLICT (projection, position) DO UPDATE
-            SET error = EXCLUDED.error, attempts = projection_dead_letters.attempts + 1,
-                failed_at = EXCLUDED.failed_at",
-    )
-    .bind(CHECKPOINT)
-    .bind(entry.position)
-    .bind(entry.event_id)
-    .bind(error)
-    .execute(lock)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 //! The relay tails the Postgres event log in commit order, gives every event its
 //! dense `position`, and publishes it to the stream of the configured prefix on
 //! `<prefix>.events.<AggregateType>.<aggregate_id>`. Projection workers and
-//! process managers read that stream; [`log`] reads the same entries straight
-//! from Postgres, which stays the truth when NATS lost something.
+//! process managers follow that stream through one loop ([`follower`]); [`log`]
+//! reads the same entries straight from Postgres, which stays the truth when
+//! NATS lost something. [`locks`] lists every advisory lock Herald takes.
 
 pub mod chain;
+pub mod follower;
+pub mod locks;
 pub mod log;
 pub mod relay;
 #[cfg(feature = "testing")]

@@ -74,6 +74,32 @@ pub async fn read_after<'c>(
     .await
 }
 
+/// The entries after `from` up to `target`, at most `limit` of them: those
+/// `received` from the stream when they are exactly the missing positions,
+/// else read from the log, which fills whatever the stream skipped. Received
+/// entries at or before `from` are dropped; the others stay in `received` for
+/// the next call when the log had to be read. Empty when the log does not
+/// hold the position after `from` yet.
+pub async fn missing<'c>(
+    executor: impl PgExecutor<'c>,
+    from: i64,
+    target: i64,
+    received: &mut Vec<LogEntry>,
+    limit: i64,
+) -> Result<Vec<LogEntry>, sqlx::Error> {
+    received.retain(|entry| entry.position > from);
+    let exactly_missing = received.last().map(|entry| entry.position) == Some(target)
+        && received
+            .iter()
+            .enumerate()
+            .all(|(i, entry)| entry.position == from + 1 + i as i64);
+    if exactly_missing {
+        return Ok(std::mem::take(received));
+    }
+    tracing::debug!(from, target, "filling a gap from the log");
+    read_after(executor, from, (target - from).min(limit)).await
+}
+
 /// Up to `limit` entries of the given aggregate types after `position` and no
 /// later than `up_to`, in order: a projection's share of a stretch of the log.
 pub async fn read_of_types<'c>(

@@ -28,15 +28,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::{chain, headers, log, LogEntry, Topology, COMMIT_CHANNEL};
+use crate::{chain, headers, locks, log, LogEntry, Topology, COMMIT_CHANNEL};
 
-/// The advisory lock whose holder is the active relay of a database.
-const RELAY_LOCK: i64 = 0x4845_5241_4c44_0001;
 /// Most events numbered in one sequencer transaction.
 const SEQUENCE_BATCH: i64 = 2000;
 /// Most events in flight to JetStream at once.
@@ -156,17 +153,9 @@ impl Relay {
     /// Takes the lock if it is free and relays for as long as it holds it.
     /// `Ok(false)`: another relay is active.
     async fn try_lead(&self) -> Result<bool, RelayError> {
-        let mut lock: PoolConnection<Postgres> = self.pool.acquire().await?;
-        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RELAY_LOCK)
-            .fetch_one(&mut *lock)
-            .await?;
-        if !acquired {
+        let Some(mut lock) = locks::try_hold(&self.pool, locks::RELAY).await? else {
             return Ok(false);
-        }
-        // The lock lives exactly as long as this connection, which must never go
-        // back to the pool still holding it.
-        let mut lock = lock.detach();
+        };
         self.status.active.store(true, Ordering::Relaxed);
         tracing::info!("relay is active");
         let (sequenced_tx, sequenced_rx) = watch::channel(log::head(&mut lock).await?);

@@ -1,9 +1,10 @@
 //! Herald's read side: projections keep read models as pure functions of the log.
 //!
-//! Each projection is a JetStream durable pull consumer of every event. A worker
-//! applies a batch of entries in one Postgres transaction together with the
-//! projection's checkpoint (the log position), and acknowledges after commit; an
-//! entry at or below the checkpoint changes nothing. Positions are dense, so a
+//! Each projection is a JetStream durable pull consumer of every event, a
+//! [`herald_nats::follower::TransactionalFollower`]. A worker applies a batch of
+//! entries in one Postgres transaction together with the projection's checkpoint
+//! (the log position), and acknowledges after commit; an entry at or below the
+//! checkpoint changes nothing. Positions are dense, so a
 //! missing one is noticed, and read from Postgres, which stays the truth.
 
 pub mod bookings;
@@ -22,6 +23,7 @@ use herald_nats::LogEntry;
 use sqlx::PgConnection;
 
 pub use checkpoint::{checkpoint, checkpoints, dead_letters, retry_dead_letters, DeadLetter};
+pub use herald_nats::follower::ApplyError;
 pub use rebuild::rebuild_into;
 pub use replay::{replay, ReplayError, ReplayReport};
 pub use worker::Worker;
@@ -133,24 +135,6 @@ impl FromStr for Projection {
 #[derive(Debug, thiserror::Error)]
 #[error("unknown projection `{0}`; known: chats, bookings, payments, summary")]
 pub struct UnknownProjection(String);
-
-/// Why an entry could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// The payload is not the event its type says.
-    #[error("cannot decode {event_type} at position {position}: {source}")]
-    Decode {
-        /// The entry's event type.
-        event_type: String,
-        /// The entry's position.
-        position: i64,
-        /// What serde said.
-        source: serde_json::Error,
-    },
-    /// The read model's SQL failed.
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
-}
 
 /// Decodes an entry's payload into a domain event enum, brought up to the
 /// current shape first when it was stored in an older one.

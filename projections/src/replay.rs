@@ -17,10 +17,12 @@
 
 use std::time::{Duration, Instant};
 
+use herald_nats::follower::checkpoint;
+use herald_nats::locks;
 use sqlx::{Acquire, PgConnection, PgPool};
 
 use crate::rebuild::{apply_range, create_shadow, make_durable, quote_ident};
-use crate::{checkpoint, ApplyError, Projection};
+use crate::{ApplyError, Projection};
 
 /// The rebuild stops chasing the live checkpoint and swaps once it is at most
 /// this many entries behind: the rest are applied while the workers pause.
@@ -38,8 +40,6 @@ const LOCK_PAUSE: Duration = Duration::from_millis(10);
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// How often the swap is tried before the replay gives up.
 const SWAP_ATTEMPTS: u32 = 5;
-/// Base of the advisory locks that keep two replays of one projection apart.
-const REPLAY_LOCK: i64 = 0x4845_5241_4c44_0100;
 
 /// Why a replay did not finish; the live tables are untouched whenever it fails.
 #[derive(Debug, thiserror::Error)]
@@ -90,27 +90,21 @@ pub async fn replay(
     let started = Instant::now();
     // Held for the whole replay on a connection that never returns to the pool,
     // so the lock ends with the replay whatever happens.
-    let mut guard = pool.acquire().await?.detach();
-    let lock = REPLAY_LOCK
-        + Projection::ALL
-            .iter()
-            .position(|p| *p == projection)
-            .unwrap_or(0) as i64;
-    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(lock)
-        .fetch_one(&mut guard)
-        .await?;
-    if !acquired {
+    let index = Projection::ALL
+        .iter()
+        .position(|p| *p == projection)
+        .unwrap_or(0);
+    let Some(_guard) = locks::try_hold(pool, locks::replay(index)).await? else {
         return Err(ReplayError::Busy(projection));
-    }
-    checkpoint::ensure(pool, projection).await?;
+    };
+    checkpoint::ensure(pool, projection.name()).await?;
     let shadow = format!("replay_{}", projection.name());
     let retired = format!("retired_{}", projection.name());
     create_shadow(pool, projection, &shadow).await?;
     let mut position = 0;
     let mut entries = 0;
     loop {
-        let live = checkpoint::checkpoint(pool, projection).await?;
+        let live = checkpoint::read(pool, projection.name()).await?;
         if live - position <= SWAP_WITHIN {
             break;
         }
@@ -189,7 +183,7 @@ async fn swap(
         .execute(&mut *tx)
         .await?;
     // The workers of this projection now wait for this transaction.
-    let live = checkpoint::lock(&mut tx, projection).await?;
+    let live = checkpoint::lock(&mut tx, projection.name()).await?;
     sqlx::query(&format!("SET LOCAL search_path = {shadow}, public"))
         .execute(&mut *tx)
         .await?;

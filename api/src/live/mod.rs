@@ -28,6 +28,7 @@ use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use axum::extract::ws::Utf8Bytes;
 use domain::chat::ChatEvent;
 use futures::StreamExt;
+use herald_nats::follower::FollowError;
 use herald_nats::{log, LogEntry, Topology};
 use projections::Projection;
 use serde::Serialize;
@@ -98,17 +99,6 @@ pub enum LiveError {
     /// Postgres failed while loading the caller's chats.
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
-}
-
-/// Why the hub stopped following the stream for a while.
-#[derive(Debug, thiserror::Error)]
-enum FollowError {
-    #[error("nats: {0}")]
-    Nats(#[from] async_nats::Error),
-    #[error("postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error("the ordered consumer's message stream ended")]
-    StreamEnded,
 }
 
 /// The handle connections use; cheap to share.
@@ -332,7 +322,8 @@ impl HubRunner {
         let mut messages = consumer.messages().await.map_err(async_nats::Error::from)?;
         tracing::info!("live hub following the event stream");
         // Whatever was sequenced while the consumer did not exist.
-        self.fill_up_to(log::head(&self.pool).await?).await?;
+        self.fill_up_to(log::head(&self.pool).await?, Vec::new())
+            .await?;
         let mut idle = tokio::time::interval(IDLE_CATCH_UP);
         let mut last_message = Instant::now();
         loop {
@@ -355,7 +346,7 @@ impl HubRunner {
                 },
                 _ = idle.tick() => {
                     if last_message.elapsed() >= IDLE_CATCH_UP {
-                        self.fill_up_to(log::head(&self.pool).await?).await?;
+                        self.fill_up_to(log::head(&self.pool).await?, Vec::new()).await?;
                     }
                 }
             }
@@ -365,24 +356,19 @@ impl HubRunner {
     /// Routes `entry`, first reading from the log whatever came before it and
     /// was not routed yet; entries routed already change nothing.
     async fn advance(&mut self, entry: LogEntry) -> Result<(), FollowError> {
-        let position = self.position.unwrap_or(0);
-        if entry.position <= position {
-            return Ok(());
-        }
-        if entry.position > position + 1 {
-            self.fill_up_to(entry.position - 1).await?;
-        }
-        if self.position.is_some_and(|p| p + 1 == entry.position) {
-            self.route(entry);
-        }
-        Ok(())
+        self.fill_up_to(entry.position, vec![entry]).await
     }
 
-    /// Routes every entry of the Postgres log up to `target`.
-    async fn fill_up_to(&mut self, target: i64) -> Result<(), FollowError> {
+    /// Routes every entry up to `target`: those `received` when they are
+    /// exactly the ones missing, else read from the Postgres log.
+    async fn fill_up_to(
+        &mut self,
+        target: i64,
+        mut received: Vec<LogEntry>,
+    ) -> Result<(), FollowError> {
         while let Some(position) = self.position.filter(|p| *p < target) {
             let entries =
-                log::read_after(&self.pool, position, (target - position).min(FILL_BATCH)).await?;
+                log::missing(&self.pool, position, target, &mut received, FILL_BATCH).await?;
             if entries.is_empty() {
                 break;
             }

@@ -1,0 +1,70 @@
+//! Every Postgres advisory lock Herald takes, in one list, so that no two
+//! purposes ever share an id.
+//!
+//! The one-key (`bigint`) ids begin with "HERALD" in ASCII
+//! (`0x4845_5241_4c44`). Postgres keeps one-key and two-key locks apart
+//! (`objsubid` 1 and 2 in `pg_locks`), so [`NO_EVENT_WRITES`] cannot clash
+//! with them.
+
+use sqlx::{PgConnection, PgPool};
+
+/// Held by the active relay of a database for as long as it is active.
+pub const RELAY: i64 = 0x4845_5241_4c44_0001;
+
+/// Held by the active payment process manager of a database.
+pub const PAYMENT_PROCESS: i64 = 0x4845_5241_4c44_0002;
+
+/// The first of the locks that keep two replays of one projection apart; see
+/// [`replay`].
+pub const REPLAY: i64 = 0x4845_5241_4c44_0100;
+
+/// The two-key lock `declare_no_event_writes()` takes, shared, for the rest of
+/// a transaction that never writes events; `event_horizon()` looks past the
+/// transactions holding it. Both live in SQL
+/// (`migrations/20261121000012_event_horizon.sql`); the first key is "HERA" in
+/// ASCII.
+pub const NO_EVENT_WRITES: (i32, i32) = (0x4845_5241, 2);
+
+/// The lock held by the replay of the projection at `index` of the
+/// projections' list.
+pub const fn replay(index: usize) -> i64 {
+    REPLAY + index as i64
+}
+
+/// Takes the session lock `id` if it is free, on a connection taken out of
+/// the pool: the lock lives exactly as long as that connection, which must
+/// never go back to the pool still holding it. `None`: another session holds
+/// the lock.
+pub async fn try_hold(pool: &PgPool, id: i64) -> Result<Option<PgConnection>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(acquired.then(|| conn.detach()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_migration_takes_the_listed_no_event_writes_lock() {
+        let migration = include_str!("../../migrations/20261121000012_event_horizon.sql");
+        let (class, object) = NO_EVENT_WRITES;
+        assert!(migration.contains(&format!("pg_advisory_xact_lock_shared({class}, {object})")));
+        assert!(migration.contains(&format!(
+            "declared.classid = {class} AND declared.objid = {object} AND declared.objsubid = 2"
+        )));
+    }
+
+    #[test]
+    fn no_two_locks_share_an_id() {
+        let mut ids = vec![RELAY, PAYMENT_PROCESS];
+        ids.extend((0..16).map(replay));
+        let count = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), count);
+    }
+}
