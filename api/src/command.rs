@@ -141,10 +141,10 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::By
         return Err(too_large);
     }
     axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|err| {
-        let causes = std::iter::successors(
-            Some(&err as &(dyn std::error::Error + 'static)),
-            |err| err.source(),
-        );
+        let causes =
+            std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |err| {
+                err.source()
+            });
         for cause in causes {
             if cause.is::<http_body_util::LengthLimitError>() {
                 return too_large;

@@ -65,8 +65,8 @@ pub(crate) async fn recorded_events<E: DeserializeOwned>(
     pool: &PgPool,
     recorded: &Recorded,
 ) -> Result<Vec<E>, crate::CommandError> {
-    let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT payload FROM events
+    let stored: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT event_type, event_version, payload FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence BETWEEN $3 AND $4
           ORDER BY sequence",
     )
@@ -76,10 +76,11 @@ pub(crate) async fn recorded_events<E: DeserializeOwned>(
     .bind(recorded.last_sequence)
     .fetch_all(pool)
     .await?;
-    payloads
+    stored
         .into_iter()
-        .map(|payload| {
-            serde_json::from_value(payload).map_err(|err| crate::CommandError::Internal(err.into()))
+        .map(|(event_type, event_version, payload)| {
+            domain::upcast::decode(&event_type, &event_version, payload)
+                .map_err(|err| crate::CommandError::Internal(err.into()))
         })
         .collect()
 }

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use domain::access::AggregateKind;
 use domain::booking::{Booking, BookingCommand, BookingEvent, BookingStatus};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use domain::values::{Actor, Reason};
@@ -103,18 +104,13 @@ impl PaymentProcess {
         let id = Uuid::parse_str(&entry.aggregate_id)
             .map_err(|err| ReactError::Never(format!("aggregate id is not a UUID: {err}")))?;
         let decode = |err: serde_json::Error| ReactError::Never(format!("cannot decode: {err}"));
-        let payload = domain::upcast::upcast(
-            &entry.event_type,
-            &entry.event_version,
-            entry.payload.clone(),
-        );
-        match entry.aggregate_type.as_str() {
-            "Payment" => match serde_json::from_value(payload).map_err(decode)? {
+        match AggregateKind::parse(&entry.aggregate_type) {
+            Some(AggregateKind::Payment) => match entry.decode().map_err(decode)? {
                 PaymentEvent::PaymentSucceeded { at, .. } => self.mark_paid(entry, id, at).await,
                 PaymentEvent::RefundRequested { .. } => self.refund_at_provider(id).await,
                 _ => Ok(()),
             },
-            "Booking" => match serde_json::from_value(payload).map_err(decode)? {
+            Some(AggregateKind::Booking) => match entry.decode().map_err(decode)? {
                 BookingEvent::BookingCancelled { at, .. }
                 | BookingEvent::BookingPaid { at, .. } => {
                     self.refund_if_cancelled_and_paid(entry, id, at).await
@@ -241,9 +237,17 @@ impl EffectFollower for PaymentProcess {
 /// Whether the process acts on this entry's event.
 fn follows(entry: &LogEntry) -> bool {
     matches!(
-        (entry.aggregate_type.as_str(), entry.event_type.as_str()),
-        ("Payment", "PaymentSucceeded" | "RefundRequested")
-            | ("Booking", "BookingCancelled" | "BookingPaid")
+        (
+            AggregateKind::parse(&entry.aggregate_type),
+            entry.event_type.as_str()
+        ),
+        (
+            Some(AggregateKind::Payment),
+            "PaymentSucceeded" | "RefundRequested"
+        ) | (
+            Some(AggregateKind::Booking),
+            "BookingCancelled" | "BookingPaid"
+        )
     )
 }
 
