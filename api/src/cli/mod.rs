@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 
 use herald_nats::Topology;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use projections::Projection;
 use sqlx::PgPool;
 
 use crate::auth::JwtKeys;
@@ -75,4 +76,13 @@ pub(crate) async fn migrated_pool(args: &DatabaseArgs) -> Result<PgPool, BoxErro
     let pool = db::connect(args).await?;
     db::migrate(&pool).await?;
     Ok(pool)
+}
+
+/// The projections named on the command line, or all of them when none is.
+pub(crate) fn chosen(named: Vec<Projection>) -> Vec<Projection> {
+    if named.is_empty() {
+        Projection::ALL.to_vec()
+    } else {
+        named
+    }
 }

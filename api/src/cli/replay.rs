@@ -3,17 +3,13 @@
 
 use projections::Projection;
 
-use super::{migrated_pool, progress_bar, BoxError};
+use super::{chosen, migrated_pool, progress_bar, BoxError};
 use crate::config::{DeadLetterArgs, ReplayArgs};
 
 /// Replays the chosen projections one after another, with a progress bar each.
 pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
     let pool = migrated_pool(&args.database).await?;
-    let chosen = if args.projections.is_empty() {
-        Projection::ALL.to_vec()
-    } else {
-        args.projections
-    };
+    let chosen = chosen(args.projections);
     for projection in chosen {
         let bar = progress_bar(
             projection.name(),

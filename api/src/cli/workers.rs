@@ -1,8 +1,6 @@
 //! `herald relay` and `herald project`: parts of Herald run alone.
 
-use projections::Projection;
-
-use super::{migrated_pool, nats, BoxError};
+use super::{chosen, migrated_pool, nats, BoxError};
 use crate::background::Background;
 use crate::config::{ProjectArgs, RelayArgs};
 
@@ -20,11 +18,7 @@ pub(super) async fn relay(args: RelayArgs) -> Result<(), BoxError> {
 /// Only projection workers.
 pub(super) async fn project(args: ProjectArgs) -> Result<(), BoxError> {
     let pool = migrated_pool(&args.database).await?;
-    let chosen = if args.projections.is_empty() {
-        Projection::ALL.to_vec()
-    } else {
-        args.projections
-    };
+    let chosen = chosen(args.projections);
     let (client, topology) = nats(&args.nats).await?;
     let mut background = Background::default();
     background.workers(&pool, &client, &topology, &chosen);
