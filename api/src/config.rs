@@ -234,7 +234,7 @@ pub struct VerifyArgs {
     /// the chain must still pass through it, so the log was neither rewritten
     /// nor cut short before it.
     #[arg(long)]
-    pub expect: Option<herald_nats::chain::Checkpoint>,
+    pub expect: Option<herald_nats::log::chain::Checkpoint>,
 }
 
 /// Settings of `herald replay`.

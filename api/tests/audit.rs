@@ -10,8 +10,8 @@ use std::process::Command;
 
 use common::{admin, auditor, doctor, patient, Reply, TestApp};
 use domain::values::{Actor, Role};
-use herald_nats::chain::{self, Checkpoint, Verification};
 use herald_nats::log;
+use herald_nats::log::chain::{self, Checkpoint, Verification};
 use projections::Projection;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

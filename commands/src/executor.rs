@@ -8,7 +8,7 @@ use domain::booking::Booking;
 use domain::chat::Chat;
 use domain::payment::Payment;
 use domain::DomainError;
-use herald_nats::COMMIT_CHANNEL;
+use herald_nats::log::COMMIT_CHANNEL;
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;

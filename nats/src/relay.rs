@@ -11,7 +11,7 @@
 //!   `event_log`, through the very connection that holds the lock, so a relay
 //!   that lost its lock can no longer write a position. In the same
 //!   transaction it links the entries into the log's hash chains
-//!   ([`crate::chain`]), so no entry is ever sequenced without its hash;
+//!   ([`crate::log::chain`]), so no entry is ever sequenced without its hash;
 //!   entries numbered before the chains existed are hashed first, oldest first.
 //! * the **publisher** sends sequenced entries to JetStream in position order,
 //!   pipelined, each with `Nats-Msg-Id` = its event id and
@@ -27,15 +27,15 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, context::PublishAckFuture};
-use async_nats::HeaderMap;
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::{chain, headers, locks, log, LogEntry, Topology, COMMIT_CHANNEL};
+use crate::jetstream::{headers, headers_of};
+use crate::log::sequencer::{sequence_batch, SEQUENCE_BATCH};
+use crate::log::COMMIT_CHANNEL;
+use crate::{locks, log, LogEntry, Topology};
 
-/// Most events numbered in one sequencer transaction.
-const SEQUENCE_BATCH: i64 = 2000;
 /// Most events in flight to JetStream at once.
 const PUBLISH_BATCH: i64 = 1000;
 /// Longest sleep between two looks at the log when no commit was announced.
@@ -321,7 +321,7 @@ impl Relay {
         for entry in entries {
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(entry.to_json().into())
-                .headers(entry_headers(entry))
+                .headers(headers_of(entry))
                 .message_id(entry.event_id.to_string());
             if let Some(previous) = previous {
                 message = message.expected_last_message_id(previous.to_string());
@@ -406,118 +406,6 @@ struct Blocker {
 struct Published {
     position: i64,
     event_id: Option<i64>,
-}
-
-fn entry_headers(entry: &LogEntry) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(headers::POSITION, entry.position.to_string().as_str());
-    headers.insert(headers::EVENT_TYPE, entry.event_type.as_str());
-    headers.insert(headers::EVENT_VERSION, entry.event_version.as_str());
-    if let Some(correlation_id) = entry.correlation_id() {
-        headers.insert(headers::CORRELATION_ID, correlation_id);
-    }
-    headers
-}
-
-/// What one sequencer step did.
-struct SequenceStep {
-    numbered: i64,
-    position: i64,
-    /// Committed events exist past the horizon: an older transaction is still open.
-    blocked: bool,
-    /// Entries numbered before the hash chains existed still wait to be linked.
-    unhashed: bool,
-}
-
-/// Numbers the next committed events below the horizon, in one transaction on
-/// the lock's connection.
-async fn sequence_batch(lock: &mut PgConnection) -> Result<SequenceStep, sqlx::Error> {
-    let mut tx = lock.begin().await?;
-    // One snapshot for the horizon and the read, so both see the same world.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *tx)
-        .await?;
-    // Only the sequencer, through the lock's connection, writes the cursor,
-    // so repeatable read never finds it updated behind the snapshot's back.
-    let (cursor_xid, cursor_event_id, position, hashed): (String, i64, i64, i64) = sqlx::query_as(
-        "SELECT sequenced_xid::text, sequenced_event_id, sequenced_position, hashed_position
-           FROM relay_cursor",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if hashed < position {
-        // The chain must reach the head before anything new joins it.
-        let hashed = chain::hash_through(&mut tx, position, SEQUENCE_BATCH).await?;
-        tx.commit().await?;
-        return Ok(SequenceStep {
-            numbered: 0,
-            position,
-            blocked: false,
-            unhashed: hashed < position,
-        });
-    }
-    let horizon: String = sqlx::query_scalar("SELECT event_horizon()::text")
-        .fetch_one(&mut *tx)
-        .await?;
-    // Ordered by the xid8 column itself: an output column named `xid` (the
-    // text) would be what ORDER BY sorted by, and as text "10" comes before
-    // "9". The (xid, event_id) index serves the order and the range.
-    let next: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT e.event_id, e.xid::text AS xid_text FROM events e
-          WHERE (e.xid, e.event_id) > ($1::xid8, $2)
-            AND e.xid < $4::xid8
-          ORDER BY e.xid, e.event_id
-          LIMIT $3",
-    )
-    .bind(&cursor_xid)
-    .bind(cursor_event_id)
-    .bind(SEQUENCE_BATCH)
-    .bind(&horizon)
-    .fetch_all(&mut *tx)
-    .await?;
-    // max() is one step down the (xid, event_id) index whatever the plan; an
-    // EXISTS over `xid >= $1` gets a generic plan that scans the whole table.
-    let blocked: bool =
-        sqlx::query_scalar("SELECT coalesce(max(xid) >= $1::xid8, false) FROM events")
-            .bind(&horizon)
-            .fetch_one(&mut *tx)
-            .await?;
-    let Some((last_event_id, last_xid)) = next.last().cloned() else {
-        tx.commit().await?;
-        return Ok(SequenceStep {
-            numbered: 0,
-            position,
-            blocked,
-            unhashed: false,
-        });
-    };
-    let ids: Vec<i64> = next.iter().map(|(event_id, _)| *event_id).collect();
-    let numbered = ids.len() as i64;
-    sqlx::query(
-        "INSERT INTO event_log (position, event_id)
-         SELECT $1 + n, event_id FROM unnest($2::bigint[]) WITH ORDINALITY AS t(event_id, n)",
-    )
-    .bind(position)
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE relay_cursor
-            SET sequenced_xid = $1::xid8, sequenced_event_id = $2, sequenced_position = $3",
-    )
-    .bind(&last_xid)
-    .bind(last_event_id)
-    .bind(position + numbered)
-    .execute(&mut *tx)
-    .await?;
-    chain::hash_through(&mut tx, position + numbered, numbered).await?;
-    tx.commit().await?;
-    Ok(SequenceStep {
-        numbered,
-        position: position + numbered,
-        blocked,
-        unhashed: false,
-    })
 }
 
 /// Exponential backoff between retries of an unreachable NATS.

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use herald_nats::chain::{self, Checkpoint, Verification};
+use herald_nats::log::chain::{self, Checkpoint, Verification};
 use sqlx::PgPool;
 
 use super::{migrated_pool, progress_bar, BoxError};

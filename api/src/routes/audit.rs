@@ -16,7 +16,7 @@ use domain::chat::Chat;
 use domain::payment::Payment;
 use domain::values::{Actor, Role};
 use domain::ValidationError;
-use herald_nats::chain::{self, AsOf, AuditEntry, Checkpoint, Verification};
+use herald_nats::log::chain::{self, AsOf, AuditEntry, Checkpoint, Verification};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};

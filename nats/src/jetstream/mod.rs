@@ -1,6 +1,13 @@
+//! The JetStream side of the log: the stream and consumer definitions and
+//! subjects of one deployment ([`Topology`]), the connection, and the headers
+//! every published entry carries.
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+
+use crate::LogEntry;
 
 /// Names of the stream and subjects of one Herald deployment. Several deployments
 /// can share one NATS by using different prefixes.
@@ -107,6 +114,30 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
         .retry_on_initial_connect()
         .connect(url)
         .await
+}
+
+/// Header names carried by every published event.
+pub mod headers {
+    /// The event's dense log position.
+    pub const POSITION: &str = "Herald-Position";
+    /// The event's type, e.g. `MessageSent`.
+    pub const EVENT_TYPE: &str = "Herald-Event-Type";
+    /// The version of the event's payload shape.
+    pub const EVENT_VERSION: &str = "Herald-Event-Version";
+    /// The request that set the event in motion.
+    pub const CORRELATION_ID: &str = "Herald-Correlation-Id";
+}
+
+/// The headers published with `entry`.
+pub(crate) fn headers_of(entry: &LogEntry) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::POSITION, entry.position.to_string().as_str());
+    headers.insert(headers::EVENT_TYPE, entry.event_type.as_str());
+    headers.insert(headers::EVENT_VERSION, entry.event_version.as_str());
+    if let Some(correlation_id) = entry.correlation_id() {
+        headers.insert(headers::CORRELATION_ID, correlation_id);
+    }
+    headers
 }
 
 #[cfg(test)]

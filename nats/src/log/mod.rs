@@ -5,6 +5,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
+pub mod chain;
+pub(crate) mod sequencer;
+
+/// The Postgres channel the write side notifies after commits so the relay wakes
+/// at once instead of at its next poll.
+pub const COMMIT_CHANNEL: &str = "herald_events_committed";
+
 /// One event at its place in the log: the message body published to JetStream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LogEntry {
