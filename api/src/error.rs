@@ -107,6 +107,17 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A payment that could not be started: refused, unstored, or not opened by
+/// the provider.
+impl From<commands::payments::StartPaymentError> for ApiError {
+    fn from(err: commands::payments::StartPaymentError) -> Self {
+        match err {
+            commands::payments::StartPaymentError::Command(err) => Self::Command(err),
+            commands::payments::StartPaymentError::Provider(err) => Self::PaymentProvider(err),
+        }
+    }
+}
+
 /// A read the caller's role may never make.
 impl From<domain::Permission> for ApiError {
     fn from(permission: domain::Permission) -> Self {

@@ -15,6 +15,7 @@ mod facts;
 pub mod gateway;
 mod idempotency;
 mod metadata;
+pub mod payments;
 pub mod process_manager;
 mod token;
 

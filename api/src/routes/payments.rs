@@ -6,7 +6,7 @@
 
 use axum::extract::State;
 use chrono::Utc;
-use commands::gateway::ChargeRequest;
+use commands::payments::{start_payment, StartPayment};
 use commands::{CommandError, Committed};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use domain::values::{PaymentMethod, Reason};
@@ -73,42 +73,17 @@ async fn initiate(
         metadata,
         body,
     } = request;
-    // A repeated request is answered from the log, without opening a charge
-    // or meeting its own payment as the booking's active one.
-    if let Some(recorded) = app.write.recorded::<Payment>(&metadata).await? {
-        return started(&recorded);
-    }
-    let payment_id = body.id.unwrap_or_else(Uuid::now_v7);
     let mut fields = Fields::default();
     let booking_id = fields.required("booking_id", body.booking_id);
     let method = fields.parse("method", body.method, |m| m.parse::<PaymentMethod>());
     let (booking_id, method) = fields.finish(booking_id.zip(method))?;
-    let booking = app.write.booking_facts(booking_id).await?;
-    // Refused before the provider is asked, so no charge is opened for nothing;
-    // the commit checks the rules again.
-    Payment::may_initiate(&actor, &booking).map_err(CommandError::Rejected)?;
-    let charge = app
-        .gateway
-        .create_payment(&ChargeRequest {
-            idempotence_key: format!("payment-{payment_id}"),
-            payment_id,
-            amount: booking.price.clone(),
-            method,
-            description: format!("Herald visit {booking_id}"),
-        })
-        .await?;
-    let command = PaymentCommand::Initiate {
+    let start = StartPayment {
         actor,
-        payment_id,
-        booking,
+        payment_id: body.id.unwrap_or_else(Uuid::now_v7),
+        booking_id,
         method,
-        charge,
-        at: Utc::now(),
     };
-    let committed = app
-        .write
-        .execute::<Payment>(payment_id, command, &metadata)
-        .await?;
+    let committed = start_payment(&app.write, app.gateway.as_ref(), start, &metadata).await?;
     started(&committed)
 }
 
