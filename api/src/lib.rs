@@ -36,8 +36,8 @@ use crate::auth::JwtKeys;
 use crate::error::ApiError;
 use crate::limits::RateLimits;
 use crate::ops::Ops;
-use crate::routes::sandbox::Sandbox;
-use crate::routes::webhooks::WebhookSecret;
+use crate::provider::sandbox::Sandbox;
+use crate::provider::webhook::WebhookSecret;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -112,9 +112,9 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         .merge(routes::reads::routes())
         .merge(routes::audit::routes());
     let mut outside =
-        OpenApiRouter::with_openapi(openapi::base()).merge(routes::webhooks::routes());
+        OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
     if sandbox {
-        outside = outside.merge(routes::sandbox::routes());
+        outside = outside.merge(provider::sandbox::routes());
     }
     outside.nest("/api/v1", api).merge(ops::routes(ops))
 }

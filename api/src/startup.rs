@@ -17,8 +17,8 @@ use crate::background::Background;
 use crate::config::DatabaseArgs;
 use crate::limits::{LimitArgs, RateLimits};
 use crate::live::{LiveConfig, LiveHub};
+use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
-use crate::routes::webhooks::WebhookSecret;
 use crate::server::{serve, ConnectionArgs};
 use crate::{db, AppState, Surface};
 

@@ -537,7 +537,7 @@ async fn forged_and_stale_notifications_are_refused_and_store_nothing() {
     let body = serde_json::to_vec(&success).unwrap();
     let now = Utc::now().timestamp();
     let forger =
-        api::routes::webhooks::WebhookSecret::new(secrecy::SecretString::from("f".repeat(32)))
+        api::provider::webhook::WebhookSecret::new(secrecy::SecretString::from("f".repeat(32)))
             .unwrap();
     let mut tampered = success.clone();
     tampered["object"]["amount"]["value"] = json!("1.00");

@@ -12,8 +12,8 @@ use super::BoxError;
 use crate::auth::JwtKeys;
 use crate::config::UpArgs;
 use crate::live::LiveConfig;
+use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
-use crate::routes::webhooks::WebhookSecret;
 use crate::startup::{Application, Parts, Settings};
 
 /// Everything in one process: API, relay, every projection worker, the

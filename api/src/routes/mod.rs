@@ -6,5 +6,3 @@ pub mod chats;
 pub mod live;
 pub mod payments;
 pub mod reads;
-pub mod sandbox;
-pub mod webhooks;

@@ -49,7 +49,7 @@ use uuid::Uuid;
 use crate::command::Path;
 use crate::error::ApiError;
 use crate::openapi;
-use crate::routes::webhooks::{self, WebhookSecret};
+use crate::provider::webhook::{self, WebhookSecret};
 use crate::AppState;
 
 /// How a notification is redelivered while Herald answers an error.
@@ -145,7 +145,7 @@ impl Sandbox {
     fn deliver(self: &Arc<Self>, notification: Notification) {
         let sandbox = self.clone();
         tokio::spawn(async move {
-            let target = format!("{}{}", sandbox.public_url, webhooks::PATH);
+            let target = format!("{}{}", sandbox.public_url, webhook::PATH);
             let body = match serde_json::to_vec(&notification) {
                 Ok(body) => body,
                 Err(err) => {
@@ -159,7 +159,7 @@ impl Sandbox {
                 let sent = sandbox
                     .http
                     .post(&target)
-                    .header(webhooks::SIGNATURE_HEADER, signature)
+                    .header(webhook::SIGNATURE_HEADER, signature)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
                     .send()

@@ -1,17 +1,23 @@
-//! Which payment provider Herald pays through, as the deployment configures it.
+//! The payment provider: which one Herald pays through, as the deployment
+//! configures it; the built-in sandbox provider ([`sandbox`]); and the signed
+//! notifications every provider sends back ([`webhook`]). Herald's side of the
+//! provider's API is the gateway port in `commands::gateway`.
 //!
 //! A deployment names its acquirer's API (`HERALD_PROVIDER_URL`) and the shop
 //! credentials it issued. The built-in sandbox provider is served only where it
 //! is switched on, by `--dev` or `HERALD_SANDBOX`: then, unless told otherwise,
 //! Herald pays through its own sandbox with credentials made for this process.
 
+pub mod sandbox;
+pub mod webhook;
+
 use std::sync::Arc;
 
 use commands::gateway::{PaymentGateway, Resilience, Resilient, SandboxGateway, ShopCredentials};
 
 use crate::config::ProviderArgs;
-use crate::routes::sandbox::{Redelivery, Sandbox};
-use crate::routes::webhooks::WebhookSecret;
+use sandbox::{Redelivery, Sandbox};
+use webhook::WebhookSecret;
 
 /// The provider Herald calls, and the sandbox it serves, if any.
 pub struct PaymentProvider {
