@@ -3,7 +3,7 @@
 //! request id that ties an answer to its events.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

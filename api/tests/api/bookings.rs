@@ -1,7 +1,7 @@
 //! Booking commands: request, assign, complete, cancel — who may, and when.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use chrono::{Duration, Utc};
 use common::{admin, auditor, doctor, patient, post, Call, TestApp};

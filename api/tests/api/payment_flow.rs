@@ -3,7 +3,7 @@
 //! and refunds cancelled ones.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! the `herald` audit commands, and an event stored in an older shape.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Racing commands: nothing is lost, nothing is stored twice.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{patient, TestApp};
 use futures::future::join_all;

@@ -1,7 +1,7 @@
 //! Postgres going away: 503s, nothing partial, and service again once it is back.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

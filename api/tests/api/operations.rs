@@ -1,7 +1,7 @@
 //! What operators rely on: readiness, metrics, rate limits, graceful shutdown.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

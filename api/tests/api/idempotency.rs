@@ -1,7 +1,7 @@
 //! `Idempotency-Key`: the same request once, whatever the timing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{patient, Reply, TestApp};
 use domain::values::Actor;

@@ -2,7 +2,7 @@
 //! read-your-writes through the `consistency` token of each command.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! instances sharing one database and one stream.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Payment commands: paying for a booking and refunding by hand.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use chrono::Utc;
 use commands::{Metadata, WriteSide};

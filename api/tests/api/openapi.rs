@@ -3,7 +3,7 @@
 //! match their documented schemas.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{admin, doctor, patient, TestApp};
 use reqwest::{Method, StatusCode};

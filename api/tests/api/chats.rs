@@ -1,7 +1,7 @@
 //! Chat commands: who may create, join, leave, write, edit, delete and read.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{admin, auditor, delete, doctor, patch, patient, post, Call, TestApp};
 use domain::values::Actor;

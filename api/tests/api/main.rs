@@ -1,0 +1,21 @@
+//! Herald's HTTP and process tests, against real Postgres and NATS: one
+//! binary, so the suite links once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod audit;
+mod bookings;
+mod chats;
+mod concurrency;
+mod http_errors;
+mod idempotency;
+mod live;
+mod openapi;
+mod operations;
+mod outage;
+mod payment_flow;
+mod payments;
+mod pipeline;
+mod reads;
+mod replay;
