@@ -503,23 +503,44 @@ pub struct IdempotencyKeyHeader;
 
 impl IntoParams for IdempotencyKeyHeader {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        vec![ParameterBuilder::new()
-            .name("Idempotency-Key")
-            .parameter_in(ParameterIn::Header)
-            .required(Required::False)
-            .description(Some(
-                "Makes the command safe to repeat: the same key with the same body answers \
-                 the first answer (with `Idempotent-Replayed: true`) and stores nothing new; \
-                 the same key with another body is a 409.",
-            ))
-            .schema(Some(
-                string_schema()
-                    .min_length(Some(1))
-                    .max_length(Some(255))
-                    .pattern(Some("^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$")),
-            ))
-            .build()]
+        vec![idempotency_header(
+            "Idempotency-Key",
+            Required::False,
+            "Makes the command safe to repeat: the same key with the same body answers \
+             the first answer (with `Idempotent-Replayed: true`) and stores nothing new; \
+             the same key with another body is a 409.",
+        )]
     }
+}
+
+/// The `Idempotence-Key` header the sandbox provider's API requires.
+pub struct IdempotenceKeyHeader;
+
+impl IntoParams for IdempotenceKeyHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![idempotency_header(
+            commands::gateway::sandbox::IDEMPOTENCE_KEY,
+            Required::True,
+            "Makes a repeated request answer what the first one did",
+        )]
+    }
+}
+
+/// A header carrying an idempotency key: 1 to [`commands::MAX_KEY_LEN`]
+/// visible ASCII characters.
+fn idempotency_header(name: &str, required: Required, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(required)
+        .description(Some(description))
+        .schema(Some(
+            string_schema()
+                .min_length(Some(1))
+                .max_length(Some(commands::MAX_KEY_LEN))
+                .pattern(Some("^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$")),
+        ))
+        .build()
 }
 
 /// The consistency token a read may wait for, by query or by header.

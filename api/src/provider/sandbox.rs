@@ -217,7 +217,7 @@ fn idempotence_key(headers: &HeaderMap) -> Result<String, ApiError> {
     headers
         .get(IDEMPOTENCE_KEY)
         .and_then(|value| value.to_str().ok())
-        .filter(|key| !key.is_empty() && key.len() <= 255)
+        .filter(|key| commands::is_valid_key_length(key))
         .map(str::to_owned)
         .ok_or_else(|| ApiError::BadRequest(format!("the {IDEMPOTENCE_KEY} header is required")))
 }
@@ -278,8 +278,7 @@ async fn find_charge(pool: &PgPool, provider_payment_id: &str) -> Result<Option<
     path = CHARGES_PATH,
     tag = "sandbox",
     operation_id = "sandbox_open_charge",
-    params(("Idempotence-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$",
-            description = "Makes a repeated request answer the first charge")),
+    params(openapi::IdempotenceKeyHeader),
     request_body = ChargeBody,
     security(("shop" = [])),
     responses(
@@ -345,8 +344,7 @@ async fn open_charge(
     path = REFUNDS_PATH,
     tag = "sandbox",
     operation_id = "sandbox_refund",
-    params(("Idempotence-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7e]([\\t\\x20-\\x7e]*[\\x21-\\x7e])?$",
-            description = "Makes a repeated request answer the first refund")),
+    params(openapi::IdempotenceKeyHeader),
     request_body = RefundBody,
     security(("shop" = [])),
     responses(
