@@ -52,3 +52,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+/// A pool on the configured database, created if missing and migrated.
+pub async fn migrated_pool(
+    args: &DatabaseArgs,
+) -> Result<PgPool, Box<dyn std::error::Error + Send + Sync>> {
+    let pool = connect(args).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}

@@ -10,17 +10,17 @@ use axum::http::HeaderValue;
 use commands::WriteSide;
 use herald_nats::Topology;
 use projections::Projection;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::auth::JwtKeys;
 use crate::background::Background;
-use crate::config::DatabaseArgs;
 use crate::limits::{LimitArgs, RateLimits};
 use crate::live::{LiveConfig, LiveHub};
 use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
 use crate::server::{serve, ConnectionArgs};
-use crate::{db, AppState, Surface};
+use crate::{AppState, Surface};
 
 /// A boxed startup failure; each names what to fix.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,8 +56,9 @@ pub struct Settings {
     /// The listener the HTTP server accepts on; bound first, so that the
     /// payment provider can be told the actual port.
     pub listener: TcpListener,
-    /// The database.
-    pub database: DatabaseArgs,
+    /// A pool on the migrated database ([`crate::db::migrated_pool`]); migrated
+    /// before the listener is bound, so an open port means a ready schema.
+    pub pool: PgPool,
     /// The NATS server.
     pub nats_url: String,
     /// The names of this deployment's stream and consumers.
@@ -90,11 +91,10 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to Postgres (migrating it) and NATS, starts the configured
-    /// background parts and assembles the HTTP surface.
+    /// Connects to NATS, starts the configured background parts and
+    /// assembles the HTTP surface.
     pub async fn build(settings: Settings) -> Result<Self, BoxError> {
-        let pool = db::connect(&settings.database).await?;
-        db::migrate(&pool).await?;
+        let pool = settings.pool;
         let write = Arc::new(WriteSide::new(pool.clone()));
         let client = herald_nats::connect(&settings.nats_url).await?;
         let topology = settings.topology;

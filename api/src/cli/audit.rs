@@ -7,8 +7,9 @@ use std::time::Instant;
 use herald_nats::log::chain::{self, Checkpoint, Verification};
 use sqlx::PgPool;
 
-use super::{migrated_pool, progress_bar, BoxError};
+use super::{progress_bar, BoxError};
 use crate::config::{DatabaseArgs, ExportArgs, VerifyArgs};
+use crate::db::migrated_pool;
 
 /// Entries read per query while exporting.
 const EXPORT_BATCH: i64 = 1000;

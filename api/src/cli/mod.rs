@@ -11,7 +11,6 @@ use std::io::IsTerminal;
 use herald_nats::Topology;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use projections::Projection;
-use sqlx::PgPool;
 
 use crate::auth::JwtKeys;
 use crate::config::{AuditCommand, Cli, Command, DatabaseArgs, EventsCommand, NatsArgs};
@@ -40,8 +39,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), BoxError> {
-    let pool = db::connect(&args).await?;
-    db::migrate(&pool).await?;
+    db::migrated_pool(&args).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -70,12 +68,6 @@ pub(crate) fn progress_bar(prefix: &str, template: &str) -> ProgressBar {
 pub(crate) async fn nats(args: &NatsArgs) -> Result<(async_nats::Client, Topology), BoxError> {
     let client = herald_nats::connect(&args.nats_url).await?;
     Ok((client, Topology::new(&args.nats_prefix)))
-}
-
-pub(crate) async fn migrated_pool(args: &DatabaseArgs) -> Result<PgPool, BoxError> {
-    let pool = db::connect(args).await?;
-    db::migrate(&pool).await?;
-    Ok(pool)
 }
 
 /// The projections named on the command line, or all of them when none is.

@@ -3,8 +3,9 @@
 
 use projections::Projection;
 
-use super::{chosen, migrated_pool, progress_bar, BoxError};
+use super::{chosen, progress_bar, BoxError};
 use crate::config::{DeadLetterArgs, ReplayArgs};
+use crate::db::migrated_pool;
 
 /// Replays the chosen projections one after another, with a progress bar each.
 pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {

@@ -11,6 +11,7 @@ use herald_nats::Topology;
 use super::BoxError;
 use crate::auth::JwtKeys;
 use crate::config::UpArgs;
+use crate::db::migrated_pool;
 use crate::live::LiveConfig;
 use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
@@ -21,7 +22,9 @@ use crate::startup::{Application, Parts, Settings};
 pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
     let keys = jwt_keys(&args)?;
     let webhook_secret = WebhookSecret::from_config(args.webhook_secret.clone(), args.dev)?;
-    // Bound first, so that the default public URL names the actual port.
+    // The schema is ready before the port opens; the port is bound before
+    // the provider is set up, so that the default public URL names it.
+    let pool = migrated_pool(&args.database).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let address = listener.local_addr()?;
     let public_url = args
@@ -32,7 +35,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         PaymentProvider::from_config(&args.provider, args.dev, &public_url, &webhook_secret)?;
     let application = Application::build(Settings {
         listener,
-        database: args.database,
+        pool,
         nats_url: args.nats.nats_url,
         topology: Topology::new(&args.nats.nats_prefix),
         keys,

@@ -1,8 +1,9 @@
 //! `herald relay` and `herald project`: parts of Herald run alone.
 
-use super::{chosen, migrated_pool, nats, BoxError};
+use super::{chosen, nats, BoxError};
 use crate::background::Background;
 use crate::config::{ProjectArgs, RelayArgs};
+use crate::db::migrated_pool;
 
 /// Only the relay.
 pub(super) async fn relay(args: RelayArgs) -> Result<(), BoxError> {

@@ -290,10 +290,12 @@ impl TestApp {
         }
         let application = Application::build(Settings {
             listener,
-            database: DatabaseArgs {
+            pool: api::db::migrated_pool(&DatabaseArgs {
                 database_url: database_url.clone(),
                 database_pool_size: 8,
-            },
+            })
+            .await
+            .unwrap(),
             nats_url: options.nats_url.unwrap_or_else(nats_url),
             topology: topology.clone(),
             keys,
