@@ -108,6 +108,10 @@ pub struct UpArgs {
     #[command(flatten)]
     pub connections: crate::server::ConnectionArgs,
 
+    /// Live sockets (`/api/v1/ws`) one user may hold open in this process.
+    #[arg(long, env = "HERALD_LIVE_SOCKETS_PER_USER", default_value_t = 16)]
+    pub live_sockets_per_user: usize,
+
     /// Browser origins allowed to call the API (comma-separated); none by default.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<axum::http::HeaderValue>,

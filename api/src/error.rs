@@ -56,6 +56,12 @@ pub enum ApiError {
     /// The client paused sending the body for longer than the limit.
     #[error("the request body did not arrive in time")]
     BodyTimedOut,
+    /// The caller already holds as many live sockets as one user may.
+    #[error("at most {limit} live connections per user are allowed; close one first")]
+    TooManyConnections {
+        /// Sockets one user may hold.
+        limit: usize,
+    },
     /// The caller or its address sent too much too fast.
     #[error("too many requests; slow down")]
     RateLimited {
@@ -134,7 +140,9 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTimedOut => StatusCode::REQUEST_TIMEOUT,

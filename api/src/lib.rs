@@ -54,6 +54,9 @@ pub struct AppState {
     pub sandbox: Option<Arc<Sandbox>>,
     /// The live gateway's hub; without one, `/ws` and `/stream` answer 503.
     pub live: Option<Arc<live::LiveHub>>,
+    /// Token buckets, spent by requests and by live frames that issue
+    /// commands; none means no rate limits.
+    pub limits: Option<Arc<RateLimits>>,
 }
 
 /// What a running Herald adds around its routes.
@@ -62,8 +65,6 @@ pub struct Surface {
     pub nats: Option<async_nats::Client>,
     /// The relay running in this process, for readiness and metrics.
     pub relay: Option<Arc<RelayStatus>>,
-    /// Token buckets; none means no rate limits.
-    pub limits: Option<Arc<RateLimits>>,
     /// Browser origins allowed to call the API; none means no CORS headers.
     pub cors_origins: Vec<HeaderValue>,
 }
@@ -87,7 +88,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route_layer(axum::middleware::from_fn(ops::track_http))
         .fallback(|| async { ApiError::NotFound("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
-    if let Some(limits) = surface.limits {
+    if let Some(limits) = state.limits.clone() {
         app = app.layer(axum::middleware::from_fn_with_state(
             limits,
             limits::enforce,

@@ -135,6 +135,17 @@ fn check<K: Clone + std::hash::Hash + Eq>(limiter: &Keyed<K>, key: &K) -> Verdic
     }
 }
 
+impl RateLimits {
+    /// Charges one command to `user`'s bucket, the one their requests spend:
+    /// for commands that arrive other than as requests, such as live frames.
+    pub fn spend(&self, user: Uuid) -> Result<(), ApiError> {
+        match check(&self.subjects, &user).retry_after {
+            None => Ok(()),
+            Some(retry_after) => Err(ApiError::RateLimited { retry_after }),
+        }
+    }
+}
+
 /// Middleware: charges the request to its buckets and refuses it when one is empty.
 pub async fn enforce(
     State(limits): State<Arc<RateLimits>>,

@@ -128,11 +128,11 @@ impl Application {
             webhook_secret: settings.webhook_secret,
             sandbox: settings.provider.sandbox,
             live,
+            limits,
         };
         let surface = Surface {
             nats: Some(client),
             relay,
-            limits,
             cors_origins: settings.cors_origins,
         };
         Ok(Self {

@@ -43,7 +43,10 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         provider,
         limits: Some(args.limits),
         cors_origins: args.cors_origins,
-        live: Some(LiveConfig::default()),
+        live: Some(LiveConfig {
+            sockets_per_user: args.live_sockets_per_user,
+            ..LiveConfig::default()
+        }),
         connections: args.connections,
         parts: Parts::ALL,
     })

@@ -66,6 +66,9 @@ pub struct LiveConfig {
     /// Entries an SSE stream may fall behind the hub before it re-reads them
     /// from the Postgres log.
     pub broadcast_capacity: usize,
+    /// Sockets one user may hold open in this process at once: enough for a
+    /// few devices and tabs, not for exhausting the server.
+    pub sockets_per_user: usize,
 }
 
 impl Default for LiveConfig {
@@ -76,6 +79,7 @@ impl Default for LiveConfig {
             write_timeout: Duration::from_secs(10),
             pending_limit: 4096,
             broadcast_capacity: 4096,
+            sockets_per_user: 16,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct LiveHub {
     pool: PgPool,
     config: LiveConfig,
     next_id: AtomicU64,
+    /// Sockets open per user, for [`LiveHub::admit`].
+    open: Arc<std::sync::Mutex<HashMap<Uuid, usize>>>,
 }
 
 /// The task behind a [`LiveHub`]; run it with [`HubRunner::run`].
@@ -161,6 +167,7 @@ impl LiveHub {
             pool: pool.clone(),
             config: config.clone(),
             next_id: AtomicU64::new(1),
+            open: Arc::new(std::sync::Mutex::new(HashMap::new())),
         });
         let runner = HubRunner {
             pool,
@@ -240,6 +247,25 @@ impl LiveHub {
         })
     }
 
+    /// A place for one more socket of `user`, held until the admission is
+    /// dropped; none when the user already holds
+    /// [`LiveConfig::sockets_per_user`] of them.
+    pub fn admit(&self, user: Uuid) -> Option<Admission> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = open.entry(user).or_insert(0);
+        if *held >= self.config.sockets_per_user {
+            return None;
+        }
+        *held += 1;
+        Some(Admission {
+            user,
+            open: self.open.clone(),
+        })
+    }
+
     /// Signals every socket and stream to end, ahead of a graceful shutdown.
     pub fn close(&self) {
         self.closing.send_replace(true);
@@ -258,6 +284,27 @@ pub struct Connection {
     /// Fires when the hub cut the socket off.
     pub kicked: oneshot::Receiver<Kick>,
     _registration: Registration,
+}
+
+/// One user's place for a socket; dropping it frees the place.
+pub struct Admission {
+    user: Uuid,
+    open: Arc<std::sync::Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(held) = open.get_mut(&self.user) {
+            *held -= 1;
+            if *held == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 struct Registration {

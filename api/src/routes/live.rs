@@ -44,6 +44,9 @@ const REPLAY_BATCH: i64 = 500;
 /// WebSocket close code: the client was too slow to keep up (RFC 6455 §7.4.1:
 /// "policy violation").
 const CLOSE_TOO_SLOW: u16 = 1008;
+/// WebSocket close code: a frame was larger than the server takes (RFC 6455
+/// §7.4.1: "message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code: the server is going away.
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// WebSocket close code: the server cannot serve the connection right now.
@@ -108,6 +111,12 @@ async fn websocket(
     let Some(hub) = app.live.clone() else {
         return not_running();
     };
+    let Some(admission) = hub.admit(actor.user_id) else {
+        return ApiError::TooManyConnections {
+            limit: hub.config().sockets_per_user,
+        }
+        .into_response();
+    };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
@@ -124,9 +133,14 @@ async fn websocket(
         // kept between frames; a frame stuck behind a stalled client is
         // bounded by the write timeout.
         .write_buffer_size(0)
-        .max_message_size(MAX_CLIENT_FRAME)
-        .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| session(socket, app, hub, actor))
+        // Frames past the limit are closed with a clear code by the session;
+        // only far larger ones are cut off by the protocol layer itself.
+        .max_message_size(4 * MAX_CLIENT_FRAME)
+        .max_frame_size(4 * MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            session(socket, app, hub, actor).await;
+            drop(admission);
+        })
 }
 
 /// What a client may send.
@@ -325,6 +339,7 @@ async fn session(socket: WebSocket, app: AppState, hub: Arc<LiveHub>, actor: Act
         while let Some(Ok(message)) = incoming.next().await {
             clock.heard();
             let reply = match message {
+                Message::Text(text) if text.len() > MAX_CLIENT_FRAME => return true,
                 Message::Text(text) => handle_frame(&app, actor, text.as_str()).await,
                 Message::Binary(_) => ServerFrame::Error {
                     client_id: None,
@@ -332,18 +347,26 @@ async fn session(socket: WebSocket, app: AppState, hub: Arc<LiveHub>, actor: Act
                     detail: "frames are JSON text".to_owned(),
                     errors: Vec::new(),
                 },
-                Message::Close(_) => return,
+                Message::Close(_) => return false,
                 Message::Ping(_) | Message::Pong(_) => continue,
             };
             if replies.send(reply.text()).await.is_err() {
-                return;
+                return false;
             }
         }
+        false
     };
 
-    tokio::select! {
-        () = writer => {}
-        () = reader => {}
+    let too_big = tokio::select! {
+        () = writer => false,
+        too_big = reader => too_big,
+    };
+    if too_big {
+        let _ = tokio::time::timeout(
+            config.write_timeout,
+            sink.send(close(CLOSE_TOO_BIG, "a frame is larger than 64 KiB")),
+        )
+        .await;
     }
 }
 
@@ -412,6 +435,10 @@ async fn send_message(
     );
     let text = fields.check(MessageBody::parse(body));
     let body = fields.finish(valid_id.and(text))?;
+    // A frame that issues a command spends the caller's REST bucket.
+    if let Some(limits) = &app.limits {
+        limits.spend(actor.user_id)?;
+    }
     let metadata = Metadata::for_request(actor, Uuid::now_v7().to_string()).with_idempotency(Some(
         IdempotencyKey {
             key: format!("ws:{client_id}"),

@@ -544,3 +544,108 @@ async fn the_sse_stream_shows_what_the_caller_may_see_and_resumes_after_last_eve
     let distinct: HashSet<i64> = ids.iter().copied().collect();
     assert_eq!(distinct.len(), ids.len());
 }
+
+/// The close frame `socket` ends with, waiting at most [`PATIENCE`].
+async fn close_code(socket: &mut Socket) -> Option<u16> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the socket stayed open")
+}
+
+#[tokio::test]
+async fn frames_that_send_messages_spend_the_callers_request_bucket() {
+    let mut app = TestApp::spawn_with(Options {
+        live: Some(LiveConfig::default()),
+        limits: Some(api::limits::LimitArgs {
+            rate_limit_per_second: 1,
+            rate_limit_burst: 3,
+            ..api::limits::LimitArgs::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.start_pipeline().await;
+    let (doctor, patient) = (doctor(), patient());
+    let chat = app.group_chat(doctor, &[patient]).await;
+    let mut socket = connect(&app, patient).await;
+
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        send(
+            &mut socket,
+            json!({ "type": "send_message", "chat_id": chat, "client_id": format!("f-{n}"), "body": "hi" }),
+        )
+        .await;
+        let reply = next_reply(&mut socket).await;
+        statuses.push(reply["status"].as_u64().unwrap_or(200));
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // The bucket is the one requests spend too.
+    let request = app
+        .send(reqwest::Method::GET, "/api/v1/chats", patient, None)
+        .await;
+    assert_eq!(
+        request.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_user_holds_at_most_the_configured_number_of_sockets() {
+    let config = LiveConfig {
+        sockets_per_user: 2,
+        ..LiveConfig::default()
+    };
+    let app = TestApp::spawn_live(config).await;
+    let (alice, bob) = (patient(), patient());
+    let first = connect(&app, alice).await;
+    let _second = connect(&app, alice).await;
+
+    let refused = tokio_tungstenite::connect_async(app.ws_url(alice)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        }
+        other => panic!("a third socket was not refused: {other:?}"),
+    }
+    let _bob = connect(&app, bob).await;
+
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..100 {
+        if tokio_tungstenite::connect_async(app.ws_url(alice))
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "a closed socket did not free its place");
+}
+
+#[tokio::test]
+async fn a_frame_over_64_kib_closes_the_socket_with_message_too_big() {
+    let app = TestApp::spawn_live(LiveConfig::default()).await;
+    let mut socket = connect(&app, patient()).await;
+    let body = "x".repeat(70 * 1024);
+    socket
+        .send(Message::Text(
+            json!({ "type": "send_message", "chat_id": Uuid::new_v4(), "client_id": "big", "body": body })
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut socket).await, Some(1009));
+}
