@@ -24,7 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::command::{Fields, Path};
+use crate::command::{present, Fields, Path};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::routes::reads::Query;
@@ -79,10 +79,6 @@ struct EventsQuery {
     /// Only this aggregate type: `Chat`, `Booking` or `Payment`.
     #[param(value_type = Option<String>)]
     aggregate_type: Option<String>,
-}
-
-fn present(raw: Option<String>) -> Option<String> {
-    raw.filter(|value| !value.is_empty())
 }
 
 /// The global event log in commit order.

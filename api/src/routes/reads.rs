@@ -25,7 +25,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::command::{Fields, Path};
+use crate::command::{present, Fields, Path};
 use crate::consistency::{self, Consistency};
 use crate::error::ApiError;
 use crate::openapi::{self, ConsistencyParams};
@@ -98,11 +98,6 @@ struct BookingPage {
 struct PaymentList {
     /// Every payment started for the booking.
     items: Vec<PaymentRow>,
-}
-
-/// A query parameter's value, with an empty one (`?status=`) read as absent.
-fn present(raw: Option<String>) -> Option<String> {
-    raw.filter(|value| !value.is_empty())
 }
 
 fn page_limit(raw: String) -> Result<i64, ValidationError> {
