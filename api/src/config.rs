@@ -47,7 +47,8 @@ pub enum Command {
 /// Where the database is.
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// Postgres connection URL; the database is created when it does not exist.
+    /// Postgres connection URL. `herald up` and `herald migrate` create the
+    /// database when it does not exist; every other subcommand refuses it.
     #[arg(
         long,
         env = "HERALD_DATABASE_URL",

@@ -1,4 +1,5 @@
-//! The Postgres pool: created database, short timeouts, migrated schema.
+//! The Postgres pool: a checked URL, short timeouts, a migrated schema; only
+//! `herald up` and `herald migrate` create the database.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,52 +13,118 @@ use crate::config::DatabaseArgs;
 /// How long a request waits for a connection before answering 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Creates the database when it does not exist yet.
-pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+/// Why no pool on the configured database could be had. The URL is never
+/// printed (it may hold a password); the database's name is.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// The URL is not one of a Postgres database.
+    #[error(
+        "HERALD_DATABASE_URL is not a Postgres URL such as \
+         postgres://user@127.0.0.1:5432/herald: {0}"
+    )]
+    BadUrl(String),
+    /// Only `herald up` and `herald migrate` create a database.
+    #[error(
+        "the database {0:?} named by HERALD_DATABASE_URL does not exist; \
+         `herald migrate` or `herald up` creates it"
+    )]
+    Missing(String),
+    /// The database exists but is not Herald's.
+    #[error(
+        "the database {0:?} named by HERALD_DATABASE_URL holds no Herald schema; \
+         `herald migrate` creates it"
+    )]
+    NotHeralds(String),
+    /// Postgres refused or failed.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The name of the database `url` names, once the URL is checked to be a
+/// Postgres URL with a host and one plain database name.
+fn database_name(url: &str) -> Result<String, DatabaseError> {
+    let parsed = url::Url::parse(url).map_err(|err| DatabaseError::BadUrl(err.to_string()))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(DatabaseError::BadUrl(format!(
+            "the scheme is {:?}, not postgres",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(DatabaseError::BadUrl("it names no host".to_owned()));
+    }
+    let name = parsed.path().trim_start_matches('/');
+    if name.is_empty() || name.contains('/') {
+        return Err(DatabaseError::BadUrl(
+            "its path must be one database name".to_owned(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Creates the database when it does not exist yet; whether it did.
+async fn ensure_database(url: &str) -> Result<bool, sqlx::Error> {
     if Postgres::database_exists(url).await? {
-        return Ok(());
+        return Ok(false);
     }
     match Postgres::create_database(url).await {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         // Another process created it first: Postgres says so as 42P04
         // (duplicate_database) or, when both got past its own check at once,
         // as a clash on its catalog's unique index (23505).
         Err(sqlx::Error::Database(db))
             if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
         {
-            Ok(())
+            Ok(false)
         }
         Err(err) => Err(err),
     }
 }
 
-/// A pool on the configured database, created if missing. Connections are made
-/// lazily, so a Postgres that goes away and comes back is used again without a
-/// restart.
-pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
-    ensure_database(&args.database_url).await?;
+/// A pool on `url`. Connections are made lazily, so a Postgres that goes away
+/// and comes back is used again without a restart.
+fn pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
     let options = PgConnectOptions::from_str(&args.database_url)?.application_name("herald");
-    let pool = PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(args.database_pool_size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_lazy_with(options);
-    Ok(pool)
+        .connect_lazy_with(options))
 }
 
 /// The schema of the whole database: the event store and the write side's
 /// tables, the sequenced log, checkpoints and every read model.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// Applies every pending migration.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+/// A pool on the configured database, created if missing (said in one log
+/// line) and migrated: for `herald up` and `herald migrate`.
+pub async fn migrated_pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
+    let name = database_name(&args.database_url)?;
+    if ensure_database(&args.database_url).await? {
+        tracing::info!(database = name, "created the database");
+    }
+    let pool = pool(args)?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
 }
 
-/// A pool on the configured database, created if missing and migrated.
-pub async fn migrated_pool(
-    args: &DatabaseArgs,
-) -> Result<PgPool, Box<dyn std::error::Error + Send + Sync>> {
-    let pool = connect(args).await?;
-    migrate(&pool).await?;
+/// A pool on the configured database, which must exist and hold Herald's
+/// schema (brought up to date): for every subcommand that reads or serves an
+/// existing log, so a mistyped URL is refused instead of read as an empty log.
+pub async fn existing_pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
+    let name = database_name(&args.database_url)?;
+    if !Postgres::database_exists(&args.database_url).await? {
+        return Err(DatabaseError::Missing(name));
+    }
+    let pool = pool(args)?;
+    let heralds: bool = sqlx::query_scalar("SELECT to_regclass('public.events') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
+    if !heralds {
+        return Err(DatabaseError::NotHeralds(name));
+    }
+    MIGRATOR.run(&pool).await?;
     Ok(pool)
 }

@@ -9,14 +9,14 @@ use sqlx::PgPool;
 
 use super::{progress_bar, BoxError};
 use crate::config::{DatabaseArgs, ExportArgs, VerifyArgs};
-use crate::db::migrated_pool;
+use crate::db::existing_pool;
 
 /// Entries read per query while exporting.
 const EXPORT_BATCH: i64 = 1000;
 
 /// Writes the log after `--after` as NDJSON to stdout.
 pub(super) async fn export(args: ExportArgs) -> Result<(), BoxError> {
-    let pool = migrated_pool(&args.database).await?;
+    let pool = existing_pool(&args.database).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut position = args.after;
     loop {
@@ -58,7 +58,7 @@ async fn verified(pool: &PgPool, expect: Option<Checkpoint>) -> Result<Verificat
 
 /// Prints the verification as JSON; fails when the log was tampered with.
 pub(super) async fn verify(args: VerifyArgs) -> Result<(), BoxError> {
-    let pool = migrated_pool(&args.database).await?;
+    let pool = existing_pool(&args.database).await?;
     let verification = verified(&pool, args.expect).await?;
     println!("{}", serde_json::to_string(&verification)?);
     match verification.first_bad_position {
@@ -73,7 +73,7 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), BoxError> {
 
 /// Prints the head of a verified chain as `<position>:<hash>`.
 pub(super) async fn checkpoint(args: DatabaseArgs) -> Result<(), BoxError> {
-    let pool = migrated_pool(&args).await?;
+    let pool = existing_pool(&args).await?;
     let verification = verified(&pool, None).await?;
     if let Some(position) = verification.first_bad_position {
         return Err(format!(

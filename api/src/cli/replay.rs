@@ -5,11 +5,11 @@ use projections::Projection;
 
 use super::{chosen, progress_bar, BoxError};
 use crate::config::{DeadLetterArgs, ReplayArgs};
-use crate::db::migrated_pool;
+use crate::db::existing_pool;
 
 /// Replays the chosen projections one after another, with a progress bar each.
 pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
-    let pool = migrated_pool(&args.database).await?;
+    let pool = existing_pool(&args.database).await?;
     let chosen = chosen(args.projections);
     for projection in chosen {
         let bar = progress_bar(
@@ -35,7 +35,7 @@ pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
 
 /// Lists dead letters as JSON lines, or retries them.
 pub(super) async fn dead_letters(args: DeadLetterArgs) -> Result<(), BoxError> {
-    let pool = migrated_pool(&args.database).await?;
+    let pool = existing_pool(&args.database).await?;
     let chosen: Vec<Projection> = args
         .projection
         .map_or(Projection::ALL.to_vec(), |p| vec![p]);

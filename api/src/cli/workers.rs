@@ -3,11 +3,11 @@
 use super::{chosen, nats, BoxError};
 use crate::background::Background;
 use crate::config::{ProjectArgs, RelayArgs};
-use crate::db::migrated_pool;
+use crate::db::existing_pool;
 
 /// Only the relay.
 pub(super) async fn relay(args: RelayArgs) -> Result<(), BoxError> {
-    let pool = migrated_pool(&args.database).await?;
+    let pool = existing_pool(&args.database).await?;
     let (client, topology) = nats(&args.nats).await?;
     let mut background = Background::default();
     background.relay(&pool, &client, &topology);
@@ -18,7 +18,7 @@ pub(super) async fn relay(args: RelayArgs) -> Result<(), BoxError> {
 
 /// Only projection workers.
 pub(super) async fn project(args: ProjectArgs) -> Result<(), BoxError> {
-    let pool = migrated_pool(&args.database).await?;
+    let pool = existing_pool(&args.database).await?;
     let chosen = chosen(args.projections);
     let (client, topology) = nats(&args.nats).await?;
     let mut background = Background::default();

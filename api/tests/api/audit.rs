@@ -644,3 +644,58 @@ async fn a_booking_stored_in_the_old_event_shape_still_loads_projects_replays_an
     assert_eq!(replayed.body["status"], "completed");
     assert_intact(&app, None).await;
 }
+
+/// Runs the `herald` binary against `database_url`.
+fn herald_on(database_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("HERALD_DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn commands_that_read_the_log_refuse_a_database_that_does_not_exist_and_create_none() {
+    let missing = common::fresh_database().await;
+    for args in [
+        &["audit", "verify"][..],
+        &["events", "export"],
+        &["replay", "bookings"],
+        &["dead-letters"],
+    ] {
+        let output = herald_on(&missing, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("HERALD_DATABASE_URL") && stderr.contains("does not exist"),
+            "{args:?}: {stderr}"
+        );
+    }
+    use sqlx::migrate::MigrateDatabase;
+    assert!(!sqlx::Postgres::database_exists(&missing).await.unwrap());
+
+    let created = herald_on(&missing, &["migrate"]);
+    assert!(created.status.success(), "{created:?}");
+    let verified = herald_on(&missing, &["audit", "verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+}
+
+#[tokio::test]
+async fn a_database_url_that_is_not_a_postgres_url_is_refused_naming_the_variable() {
+    for url in [
+        "postgresql:/127.0.0.1/x",
+        "http://127.0.0.1:5432/herald",
+        "postgres://127.0.0.1:5432/a/b",
+    ] {
+        for args in [&["migrate"][..], &["audit", "verify"]] {
+            let output = herald_on(url, args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{url} {args:?}: {stderr}");
+            assert!(
+                stderr.contains("HERALD_DATABASE_URL is not a Postgres URL"),
+                "{url} {args:?}: {stderr}"
+            );
+        }
+    }
+}

@@ -258,8 +258,7 @@ async fn instances_started_at_once_on_a_new_database_all_come_up() {
             database_pool_size: 2,
         };
         let started = join_all((0..8).map(|_| async {
-            let pool = api::db::connect(&args).await?;
-            api::db::migrate(&pool).await?;
+            api::db::migrated_pool(&args).await?;
             Ok::<_, Box<dyn std::error::Error>>(())
         }))
         .await;
