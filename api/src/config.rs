@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// Herald: the event-sourced backend of a care-at-home platform.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about)]
+#[command(name = "herald", version)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -193,8 +193,9 @@ pub struct DeadLetterArgs {
     #[arg(long)]
     pub retry: bool,
 
-    /// Only this projection's.
-    pub projection: Option<projections::Projection>,
+    /// Only this follower's: a projection (chats, bookings, payments, summary)
+    /// or the payment process manager (payment-process).
+    pub follower: Option<String>,
 }
 
 /// `herald events …`.
@@ -257,7 +258,7 @@ pub struct ReplayArgs {
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// The user the token speaks for.
-    #[arg(long)]
+    #[arg(long, value_parser = user_id)]
     pub sub: Uuid,
 
     /// patient, doctor, admin or auditor.
@@ -271,6 +272,12 @@ pub struct TokenArgs {
     /// The secret Herald checks tokens with.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, value_parser = secret)]
     pub jwt_secret: SecretString,
+}
+
+/// A user id; what a mistyped one should be is said plainly.
+fn user_id(value: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(value)
+        .map_err(|_| "must be a UUID, such as 0190a5b4-8f3e-7c2a-9d41-6b2f0e8c1a57".to_owned())
 }
 
 fn secret(value: &str) -> Result<SecretString, String> {

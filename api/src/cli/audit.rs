@@ -25,13 +25,26 @@ pub(super) async fn export(args: ExportArgs) -> Result<(), BoxError> {
             break;
         };
         for entry in &entries {
-            serde_json::to_writer(&mut out, entry)?;
-            out.write_all(b"\n")?;
+            let written = serde_json::to_writer(&mut out, entry)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            if let Err(err) = written {
+                return reader_gone(err);
+            }
         }
         position = last;
     }
-    out.flush()?;
-    Ok(())
+    out.flush().or_else(reader_gone)
+}
+
+/// A reader that stopped reading (`herald events export | head`) has all it
+/// wanted: that is the end of the export, not an error.
+fn reader_gone(err: std::io::Error) -> Result<(), BoxError> {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(err.into())
+    }
 }
 
 /// Verifies the chains with a progress bar.

@@ -35,21 +35,45 @@ pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
 
 /// Lists dead letters as JSON lines, or retries them.
 pub(super) async fn dead_letters(args: DeadLetterArgs) -> Result<(), BoxError> {
+    let followers: Vec<&str> = Projection::ALL
+        .iter()
+        .map(|projection| projection.name())
+        .chain([commands::process_manager::CHECKPOINT])
+        .collect();
+    if let Some(name) = &args.follower {
+        if !followers.contains(&name.as_str()) {
+            return Err(format!(
+                "no follower is called {name:?}: one of {}",
+                followers.join(", ")
+            )
+            .into());
+        }
+    }
+    let chosen = |name: &str| args.follower.as_deref().is_none_or(|wanted| wanted == name);
     let pool = existing_pool(&args.database).await?;
-    let chosen: Vec<Projection> = args
-        .projection
-        .map_or(Projection::ALL.to_vec(), |p| vec![p]);
     if args.retry {
-        for projection in chosen {
+        if args.follower.as_deref() == Some(commands::process_manager::CHECKPOINT) {
+            return Err(
+                "the payment process manager's dead letters cannot be retried from \
+                        the command line; they are listed for an operator to act on"
+                    .into(),
+            );
+        }
+        for projection in Projection::ALL.into_iter().filter(|p| chosen(p.name())) {
             let (applied, failing) = projections::retry_dead_letters(&pool, projection).await?;
             println!("{projection}: {applied} applied, {failing} still failing");
         }
         return Ok(());
     }
+    let mut listed = 0;
     for letter in projections::dead_letters(&pool).await? {
-        if chosen.iter().any(|p| p.name() == letter.projection) {
+        if chosen(&letter.projection) {
             println!("{}", serde_json::to_string(&letter)?);
+            listed += 1;
         }
+    }
+    if listed == 0 {
+        eprintln!("no dead letters");
     }
     Ok(())
 }

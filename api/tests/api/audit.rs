@@ -699,3 +699,60 @@ async fn a_database_url_that_is_not_a_postgres_url_is_refused_naming_the_variabl
         }
     }
 }
+
+#[tokio::test]
+async fn an_export_read_by_a_reader_that_stops_early_ends_quietly() {
+    let app = sequenced_log().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["events", "export"])
+        .env("HERALD_DATABASE_URL", &app.database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line, as `| head -0` would.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
+
+#[tokio::test]
+async fn every_follower_s_dead_letters_are_listed_by_name() {
+    let app = sequenced_log().await;
+    let none = herald(&app, &["dead-letters"]);
+    assert!(none.status.success(), "{none:?}");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no dead letters"));
+    let process = herald(&app, &["dead-letters", "payment-process"]);
+    assert!(process.status.success(), "{process:?}");
+    let unknown = herald(&app, &["dead-letters", "payments-process"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr.contains("payment-process") && stderr.contains("chats"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_command_line_speaks_of_herald_and_says_what_a_bad_value_should_be() {
+    let help = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.starts_with("Herald: the event-sourced backend"),
+        "{text}"
+    );
+    let token = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["token", "--sub", "1", "--role", "doctor"])
+        .env("HERALD_JWT_SECRET", "s".repeat(32))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&token.stderr);
+    assert!(!token.status.success());
+    assert!(stderr.contains("must be a UUID"), "{stderr}");
+}
