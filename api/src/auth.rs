@@ -37,7 +37,10 @@ pub struct JwtKeys {
 
 /// Why a secret cannot sign tokens.
 #[derive(Debug, thiserror::Error)]
-#[error("the JWT secret must be at least {MIN_SECRET_LEN} bytes long")]
+#[error(
+    "HERALD_JWT_SECRET must be at least {MIN_SECRET_LEN} bytes long; \
+     make one with `openssl rand -hex 32`"
+)]
 pub struct WeakSecret;
 
 impl JwtKeys {

@@ -1,8 +1,6 @@
 //! The `herald` command line: one typed struct per subcommand, every setting also
 //! read from its `HERALD_*` environment variable.
 
-use std::net::SocketAddr;
-
 use clap::{Args, Parser, Subcommand};
 use domain::values::Role;
 use secrecy::SecretString;
@@ -73,9 +71,9 @@ pub struct UpArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
 
-    /// Address the HTTP server listens on.
+    /// Address the HTTP server listens on: `host:port`, the host a name or an IP.
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub listen: String,
 
     /// HS256 secret that signs and checks JWTs; at least 32 bytes.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, value_parser = secret)]

@@ -35,6 +35,14 @@ pub enum DatabaseError {
          `herald migrate` creates it"
     )]
     NotHeralds(String),
+    /// Postgres could not be reached at all.
+    #[error("cannot reach Postgres at {at} (HERALD_DATABASE_URL): {source}")]
+    Unreachable {
+        /// The host and port tried.
+        at: String,
+        /// Why.
+        source: sqlx::Error,
+    },
     /// Postgres refused or failed.
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
@@ -63,6 +71,26 @@ fn database_name(url: &str) -> Result<String, DatabaseError> {
         ));
     }
     Ok(name.to_owned())
+}
+
+/// `err`, named as the unreachable server it is when it is one.
+fn reaching(url: &str, err: sqlx::Error) -> DatabaseError {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
+            let at = url::Url::parse(url).map_or_else(
+                |_| "the configured server".to_owned(),
+                |url| {
+                    format!(
+                        "{}:{}",
+                        url.host_str().unwrap_or("?"),
+                        url.port().unwrap_or(5432)
+                    )
+                },
+            );
+            DatabaseError::Unreachable { at, source: err }
+        }
+        err => DatabaseError::Sql(err),
+    }
 }
 
 /// Creates the database when it does not exist yet; whether it did.
@@ -102,7 +130,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// line) and migrated: for `herald up` and `herald migrate`.
 pub async fn migrated_pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
     let name = database_name(&args.database_url)?;
-    if ensure_database(&args.database_url).await? {
+    let created = ensure_database(&args.database_url)
+        .await
+        .map_err(|err| reaching(&args.database_url, err))?;
+    if created {
         tracing::info!(database = name, "created the database");
     }
     let pool = pool(args)?;
@@ -115,7 +146,10 @@ pub async fn migrated_pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError>
 /// existing log, so a mistyped URL is refused instead of read as an empty log.
 pub async fn existing_pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
     let name = database_name(&args.database_url)?;
-    if !Postgres::database_exists(&args.database_url).await? {
+    let exists = Postgres::database_exists(&args.database_url)
+        .await
+        .map_err(|err| reaching(&args.database_url, err))?;
+    if !exists {
         return Err(DatabaseError::Missing(name));
     }
     let pool = pool(args)?;

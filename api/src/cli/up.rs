@@ -20,12 +20,14 @@ use crate::startup::{Application, Parts, Settings};
 /// Everything in one process: API, relay, every projection worker, the
 /// payment process manager and the live gateway.
 pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
-    let keys = jwt_keys(&args)?;
+    let (keys, dev_tokens) = jwt_keys(&args)?;
     let webhook_secret = WebhookSecret::from_config(args.webhook_secret.clone(), args.dev)?;
     // The schema is ready before the port opens; the port is bound before
     // the provider is set up, so that the default public URL names it.
     let pool = migrated_pool(&args.database).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|err| format!("cannot listen on {} (HERALD_LISTEN): {err}", args.listen))?;
     let address = listener.local_addr()?;
     let public_url = args
         .public_url
@@ -51,6 +53,10 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         parts: Parts::ALL,
     })
     .await?;
+    // Printed once Herald is sure to start, not above an error.
+    if let Some(tokens) = dev_tokens {
+        println!("{tokens}");
+    }
     tracing::info!(%address, public_url, "herald is listening");
     application
         .run_until_stopped(crate::shutdown_signal())
@@ -58,24 +64,33 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The configured signing keys, or in `--dev` mode without a secret, ephemeral
-/// ones with a ready token printed for every role.
-fn jwt_keys(args: &UpArgs) -> Result<JwtKeys, BoxError> {
+/// The configured signing keys, or in `--dev` mode without a secret,
+/// ephemeral ones and a ready token for every role, to print once Herald runs.
+fn jwt_keys(args: &UpArgs) -> Result<(JwtKeys, Option<String>), BoxError> {
     match (&args.jwt_secret, args.dev) {
-        (Some(secret), _) => Ok(JwtKeys::new(secret)?),
-        (None, false) => Err("HERALD_JWT_SECRET is required (at least 32 bytes); \
-                              use `herald up --dev` to run with an ephemeral one"
-            .into()),
+        (Some(secret), _) => Ok((JwtKeys::new(secret)?, None)),
+        (None, false) => Err(
+            "HERALD_JWT_SECRET is required (at least 32 bytes; make one with \
+                              `openssl rand -hex 32`); use `herald up --dev` to run with an \
+                              ephemeral one"
+                .into(),
+        ),
         (None, true) => {
             let secret: [u8; 32] = rand::random();
             let keys = JwtKeys::new(&SecretString::from(hex::encode(secret)))?;
-            println!("development mode: an ephemeral JWT secret signs these tokens (valid 24h):");
+            let mut tokens = String::from(
+                "development mode: an ephemeral JWT secret signs these tokens (valid 24h):",
+            );
             for role in [Role::Patient, Role::Doctor, Role::Admin, Role::Auditor] {
                 let actor = Actor::new(Uuid::new_v4(), role);
                 let token = keys.mint(actor, Duration::from_secs(24 * 3600));
-                println!("  {:<8} sub={} token={token}", role.as_str(), actor.user_id);
+                tokens.push_str(&format!(
+                    "\n  {:<8} sub={} token={token}",
+                    role.as_str(),
+                    actor.user_id
+                ));
             }
-            Ok(keys)
+            Ok((keys, Some(tokens)))
         }
     }
 }

@@ -288,3 +288,50 @@ async fn answers_to_a_token_are_never_stored_by_caches() {
         .unwrap();
     assert_eq!(unauthenticated.headers()["cache-control"], "no-store");
 }
+
+/// Runs `herald up --dev` with `env`, expecting it to refuse to start.
+fn herald_up_refused(env: &[(&str, String)]) -> (String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.args(["up", "--dev"]).env("RUST_LOG", "warn");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn startup_errors_name_the_variable_and_the_address_and_print_no_tokens() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (stdout, stderr) = herald_up_refused(&[
+        ("HERALD_DATABASE_URL", fresh_database().await),
+        ("HERALD_LISTEN", address.clone()),
+    ]);
+    assert!(
+        stderr.contains("HERALD_LISTEN") && stderr.contains(&address),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("token="), "{stdout}");
+
+    let (stdout, stderr) = herald_up_refused(&[(
+        "HERALD_DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{}/herald", free_port()),
+    )]);
+    assert!(
+        stderr.contains("cannot reach Postgres at 127.0.0.1:")
+            && stderr.contains("HERALD_DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("token="), "{stdout}");
+
+    let (_, stderr) = herald_up_refused(&[("HERALD_JWT_SECRET", "short".to_owned())]);
+    assert!(
+        stderr.contains("HERALD_JWT_SECRET") && stderr.contains("openssl rand"),
+        "{stderr}"
+    );
+}

@@ -109,9 +109,25 @@ impl Topology {
 /// Connects to NATS, retrying in the background for as long as it takes: Herald
 /// keeps accepting commands while NATS is away.
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let named = url.to_owned();
     async_nats::ConnectOptions::new()
         .name("herald")
         .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let url = named.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!(nats_url = url, "NATS connected")
+                    }
+                    event => tracing::warn!(
+                        nats_url = url,
+                        %event,
+                        "NATS (HERALD_NATS_URL): {event}"
+                    ),
+                }
+            }
+        })
         .connect(url)
         .await
 }
