@@ -14,6 +14,16 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// The names of everything that follows the log with a checkpoint and dead
+/// letters of its own: every projection and the payment process manager.
+pub fn follower_names() -> Vec<&'static str> {
+    Projection::ALL
+        .iter()
+        .map(|projection| projection.name())
+        .chain([commands::process_manager::CHECKPOINT])
+        .collect()
+}
+
 /// How long background tasks get to finish after the signal to stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -286,13 +286,9 @@ async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
         }
     }
     if let Ok(letters) = projections::dead_letters(&ops.pool).await {
-        for projection in Projection::ALL {
-            let count = letters
-                .iter()
-                .filter(|l| l.projection == projection.name())
-                .count();
-            metrics::gauge!("herald_dead_letters", "projection" => projection.name())
-                .set(count as f64);
+        for follower in crate::background::follower_names() {
+            let count = letters.iter().filter(|l| l.projection == follower).count();
+            metrics::gauge!("herald_dead_letters", "projection" => follower).set(count as f64);
         }
     }
     (

@@ -35,11 +35,7 @@ pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
 
 /// Lists dead letters as JSON lines, or retries them.
 pub(super) async fn dead_letters(args: DeadLetterArgs) -> Result<(), BoxError> {
-    let followers: Vec<&str> = Projection::ALL
-        .iter()
-        .map(|projection| projection.name())
-        .chain([commands::process_manager::CHECKPOINT])
-        .collect();
+    let followers = crate::background::follower_names();
     if let Some(name) = &args.follower {
         if !followers.contains(&name.as_str()) {
             return Err(format!(

@@ -167,6 +167,7 @@ async fn metrics_count_a_commands_life_from_request_to_outcome() {
         r#"herald_commands_total{aggregate="Booking",outcome="accepted"}"#,
         "herald_http_request_duration_seconds_bucket",
         r#"herald_projection_lag{projection="chats"}"#,
+        r#"herald_dead_letters{projection="payment-process"} 0"#,
     ] {
         assert!(page.contains(expected), "{expected} missing from\n{page}");
     }
