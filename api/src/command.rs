@@ -83,48 +83,29 @@ fn without_type_names(message: &str) -> String {
     out
 }
 
+/// Whether a body holds nothing but white space: it reads as `{}`.
+fn is_empty(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The body, or `{}` for an empty one.
+fn or_empty_object(bytes: &[u8]) -> &[u8] {
+    if is_empty(bytes) {
+        b"{}"
+    } else {
+        bytes
+    }
+}
+
 /// The body as the request it means rather than the bytes it was sent as:
 /// JSON with its keys sorted and no insignificant white space, so that a retry
 /// formatted another way is recognised as the same request. A body that is not
 /// JSON stays as it is (the command refuses it anyway).
 fn canonical(bytes: &[u8]) -> Vec<u8> {
-    fn write(value: &serde_json::Value, out: &mut String) {
-        match value {
-            serde_json::Value::Object(members) => {
-                let mut names: Vec<&String> = members.keys().collect();
-                names.sort();
-                out.push('{');
-                for (index, name) in names.into_iter().enumerate() {
-                    if index > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::Value::from(name.as_str()).to_string());
-                    out.push(':');
-                    write(&members[name], out);
-                }
-                out.push('}');
-            }
-            serde_json::Value::Array(items) => {
-                out.push('[');
-                for (index, item) in items.iter().enumerate() {
-                    if index > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            scalar => out.push_str(&scalar.to_string()),
-        }
-    }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return b"{}".to_vec();
-    }
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(value) => {
-            let mut out = String::with_capacity(bytes.len());
-            write(&value, &mut out);
-            out.into_bytes()
+    match serde_json::from_slice::<serde_json::Value>(or_empty_object(bytes)) {
+        Ok(mut value) => {
+            value.sort_all_objects();
+            value.to_string().into_bytes()
         }
         Err(_) => bytes.to_vec(),
     }
@@ -158,24 +139,20 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::By
 }
 
 fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<mime::Mime>().ok())
-            .is_some_and(|mime| {
-                mime.type_() == mime::APPLICATION
-                    && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
-            });
-        if !is_json {
-            return Err(ApiError::BadRequest(
-                "the body must be JSON, sent with Content-Type: application/json".to_owned(),
-            ));
-        }
-        bytes
-    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == mime::APPLICATION
+                && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        });
+    if !is_json && !is_empty(bytes) {
+        return Err(ApiError::BadRequest(
+            "the body must be JSON, sent with Content-Type: application/json".to_owned(),
+        ));
+    }
+    let bytes = or_empty_object(bytes);
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
