@@ -17,10 +17,7 @@ use uuid::Uuid;
 
 use crate::ApplyError;
 
-/// The aggregate type of bookings in the log.
-pub(crate) const BOOKING: &str = domain::access::AggregateKind::Booking.as_str();
-/// The aggregate type of payments in the log.
-pub(crate) const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
+use crate::{BOOKING, PAYMENT};
 
 /// A booking as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]

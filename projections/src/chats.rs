@@ -20,8 +20,7 @@ use uuid::Uuid;
 use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
 
-/// The aggregate type whose events this read model follows.
-pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
+use crate::CHAT;
 
 /// A chat as it appears in one user's chat list.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]

@@ -22,6 +22,13 @@ use std::str::FromStr;
 use herald_nats::LogEntry;
 use sqlx::PgConnection;
 
+/// The aggregate types in the log, as the read models match them.
+pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
+/// See [`CHAT`].
+pub(crate) const BOOKING: &str = domain::access::AggregateKind::Booking.as_str();
+/// See [`CHAT`].
+pub(crate) const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
+
 pub use checkpoint::{checkpoint, checkpoints, dead_letters, retry_dead_letters, DeadLetter};
 pub use herald_nats::follower::ApplyError;
 pub use rebuild::rebuild_into;
@@ -79,9 +86,9 @@ impl Projection {
     /// reads only their entries.
     pub fn aggregate_types(self) -> &'static [&'static str] {
         match self {
-            Projection::Chats => &[chats::CHAT],
-            Projection::Bookings | Projection::Summary => &[bookings::BOOKING, bookings::PAYMENT],
-            Projection::Payments => &[bookings::PAYMENT],
+            Projection::Chats => &[CHAT],
+            Projection::Bookings | Projection::Summary => &[BOOKING, PAYMENT],
+            Projection::Payments => &[PAYMENT],
         }
     }
 

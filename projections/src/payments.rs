@@ -12,8 +12,7 @@ use uuid::Uuid;
 use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
 
-/// The aggregate type whose events this read model follows.
-const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
+use crate::PAYMENT;
 
 /// A payment as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]

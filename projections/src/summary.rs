@@ -18,10 +18,8 @@ use utoipa::ToSchema;
 use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
 
-/// The aggregate type of bookings in the log.
-const BOOKING: &str = domain::access::AggregateKind::Booking.as_str();
-/// The aggregate type of payments in the log.
-const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
+use crate::{BOOKING, PAYMENT};
+
 /// `rm_summary_counts.kind` of booking totals.
 const BOOKINGS: &str = "booking";
 /// `rm_summary_counts.kind` of payment totals.
