@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::booking::BookingEvent;
@@ -129,30 +128,25 @@ impl Parties {
         event_version: &str,
         payload: serde_json::Value,
     ) -> Result<(), ObserveError> {
-        fn decode<E: DeserializeOwned>(
-            event_type: &str,
-            event_version: &str,
-            payload: serde_json::Value,
-        ) -> Result<E, serde_json::Error> {
-            crate::upcast::decode(event_type, event_version, payload)
-        }
         let kind = AggregateKind::parse(aggregate_type)
             .ok_or_else(|| ObserveError::UnknownKind(aggregate_type.to_owned()))?;
         match kind {
             AggregateKind::Chat => {
-                let event: ChatEvent = decode(event_type, event_version, payload)?;
+                let event: ChatEvent = crate::upcast::decode(event_type, event_version, payload)?;
                 event.apply_to_members(&mut self.members);
             }
-            AggregateKind::Booking => match decode(event_type, event_version, payload)? {
-                BookingEvent::BookingRequested { patient_id, .. } => {
-                    self.patient = Some(patient_id);
+            AggregateKind::Booking => {
+                match crate::upcast::decode(event_type, event_version, payload)? {
+                    BookingEvent::BookingRequested { patient_id, .. } => {
+                        self.patient = Some(patient_id);
+                    }
+                    BookingEvent::DoctorAssigned { doctor_id, .. } => self.doctor = Some(doctor_id),
+                    _ => {}
                 }
-                BookingEvent::DoctorAssigned { doctor_id, .. } => self.doctor = Some(doctor_id),
-                _ => {}
-            },
+            }
             AggregateKind::Payment => {
                 if let PaymentEvent::PaymentInitiated { patient_id, .. } =
-                    decode(event_type, event_version, payload)?
+                    crate::upcast::decode(event_type, event_version, payload)?
                 {
                     self.patient = Some(patient_id);
                 }
