@@ -3,7 +3,8 @@
 
 PG_SERVER=${BENCH_PG_SERVER:-postgres://postgres@127.0.0.1:5432}
 PSQL=(psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt)
-BIN=target/release
+# Where cargo builds: its own target directory when CARGO_TARGET_DIR says so.
+BIN=${CARGO_TARGET_DIR:-target}/release
 STARTED=()
 
 log() { printf '%s  %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
