@@ -8,21 +8,19 @@
 //! a real platform mostly do not.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use anyhow::Context;
 use api::auth::JwtKeys;
-use domain::values::{Actor, Role};
+use domain::values::{Actor, CallType, Role};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Client, Method};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::driver::{self, Kind, Reply, Request, Worker};
+use crate::driver::{Kind, Reply, Request, Worker};
+use crate::herald::{self, CareChat, Person, BOOKINGS, CHATS, PAYMENTS};
 
-/// How long the minted tokens live: longer than any run.
-const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Most bookings a client remembers in each state; older ones are forgotten.
 const REMEMBERED: usize = 64;
 
@@ -43,11 +41,9 @@ enum Op {
 /// One client's patient, doctor, chat and bookings.
 pub struct HeraldWorker {
     api: String,
-    patient: Actor,
-    patient_token: String,
-    doctor: Actor,
-    doctor_token: String,
-    admin_token: String,
+    patient: Person,
+    doctor: Person,
+    admin: Person,
     chat: Uuid,
     last_seq: u64,
     /// The doctor's read marker: a read receipt at or below it stores
@@ -69,46 +65,17 @@ pub async fn setup(
     keys: &JwtKeys,
     clients: usize,
 ) -> anyhow::Result<Vec<HeraldWorker>> {
-    let api = format!("{}/api/v1", base.trim_end_matches('/'));
-    let admin = Actor::new(Uuid::new_v4(), Role::Admin);
-    let admin_token = keys.mint(admin, TOKEN_TTL);
+    let api = herald::api(base);
+    let admin = Person::new(keys, Role::Admin);
     let mut workers = Vec::with_capacity(clients);
     for index in 0..clients {
-        let patient = Actor::new(Uuid::new_v4(), Role::Patient);
-        let doctor = Actor::new(Uuid::new_v4(), Role::Doctor);
-        let patient_token = keys.mint(patient, TOKEN_TTL);
-        let request = Request {
-            method: Method::POST,
-            url: format!("{api}/chats"),
-            token: Some(patient_token.clone()),
-            body: Some(json!({
-                "kind": "group",
-                "title": "Care team",
-                "members": [doctor.user_id],
-            })),
-            kind: Kind::Command,
-        };
-        let reply = driver::send(client, &request, None)
-            .await
-            .context("Herald did not answer while creating a chat")?;
-        anyhow::ensure!(
-            reply.status.is_success(),
-            "creating a chat answered {}: {}",
-            reply.status,
-            reply.body
-        );
-        let chat = reply.body["id"]
-            .as_str()
-            .and_then(|id| id.parse().ok())
-            .context("a chat's answer carries no id")?;
+        let chat = CareChat::open(client, &api, keys).await?;
         workers.push(HeraldWorker {
             api: api.clone(),
-            patient,
-            patient_token,
-            doctor,
-            doctor_token: keys.mint(doctor, TOKEN_TTL),
-            admin_token: admin_token.clone(),
-            chat,
+            patient: chat.patient,
+            doctor: chat.doctor,
+            admin: admin.clone(),
+            chat: chat.id,
             last_seq: 0,
             doctor_read: 0,
             last_patient_message: None,
@@ -135,16 +102,10 @@ impl HeraldWorker {
         &self,
         method: Method,
         path: String,
-        token: &str,
+        by: &Person,
         body: serde_json::Value,
     ) -> Request {
-        Request {
-            method,
-            url: format!("{}{path}", self.api),
-            token: Some(token.to_owned()),
-            body: Some(body),
-            kind: Kind::Command,
-        }
+        herald::command(&self.api, method, &path, &by.token, body)
     }
 
     /// The weighted choice of the next command, falling back to a chat
@@ -185,23 +146,22 @@ impl HeraldWorker {
         let chat = self.chat;
         match op {
             Op::Message { by_patient } => {
-                let token = if by_patient {
-                    &self.patient_token
+                let by = if by_patient {
+                    &self.patient
                 } else {
-                    &self.doctor_token
+                    &self.doctor
                 };
-                let body = json!({ "body": format!("How are you feeling today? Note {}.", self.last_seq + 1) });
                 self.command(
                     Method::POST,
                     format!("/chats/{chat}/messages"),
-                    &token.clone(),
-                    body,
+                    by,
+                    herald::message(self.last_seq + 1),
                 )
             }
             Op::ReadUpTo => self.command(
                 Method::POST,
                 format!("/chats/{chat}/read"),
-                &self.doctor_token.clone(),
+                &self.doctor,
                 json!({ "up_to_seq": self.last_seq }),
             ),
             Op::Edit => {
@@ -211,42 +171,38 @@ impl HeraldWorker {
                 self.command(
                     Method::PATCH,
                     format!("/chats/{chat}/messages/{message}"),
-                    &self.patient_token.clone(),
+                    &self.patient,
                     json!({ "body": format!("Sorry, I meant tomorrow morning ({variant}).") }),
                 )
             }
             Op::Book => self.command(
                 Method::POST,
                 "/bookings".to_owned(),
-                &self.patient_token.clone(),
-                json!({
-                    "call_type": "urgent",
-                    "address": "Tverskaya 1, Moscow",
-                    "amount_minor": 150_000,
-                }),
+                &self.patient,
+                herald::booking(CallType::Urgent, None),
             ),
             Op::Assign(booking) => self.command(
                 Method::POST,
                 format!("/bookings/{booking}/assign"),
-                &self.admin_token.clone(),
-                json!({ "doctor_id": self.doctor.user_id }),
+                &self.admin,
+                json!({ "doctor_id": self.doctor.actor.user_id }),
             ),
             Op::Complete(booking) => self.command(
                 Method::POST,
                 format!("/bookings/{booking}/complete"),
-                &self.doctor_token.clone(),
+                &self.doctor,
                 json!({}),
             ),
             Op::Cancel(booking) => self.command(
                 Method::POST,
                 format!("/bookings/{booking}/cancel"),
-                &self.patient_token.clone(),
+                &self.patient,
                 json!({ "reason": "feeling better" }),
             ),
             Op::Pay(booking) => self.command(
                 Method::POST,
                 "/payments".to_owned(),
-                &self.patient_token.clone(),
+                &self.patient,
                 json!({ "booking_id": booking, "method": "sbp" }),
             ),
             Op::Confirm => Request {
@@ -271,9 +227,6 @@ impl Worker for HeraldWorker {
     }
 
     fn answered(&mut self, _request: &Request, reply: &Reply) -> &'static [&'static str] {
-        const CHATS: &[&str] = &["chats"];
-        const BOOKINGS: &[&str] = &["bookings", "summary"];
-        const PAYMENTS: &[&str] = &["payments", "bookings", "summary"];
         let Some(op) = self.last.take() else {
             return &[];
         };
@@ -352,26 +305,18 @@ pub async fn read_fixture(
     plan.extend((0..bookings).map(|_| Op::Book));
     for op in plan {
         let request = worker.request(op);
-        let reply = driver::send(client, &request, None)
-            .await
-            .context("Herald did not answer while preparing reads")?;
-        anyhow::ensure!(
-            reply.status.is_success(),
-            "preparing reads answered {}: {}",
-            reply.status,
-            reply.body
-        );
+        herald::accepted(client, &request, "preparing reads").await?;
     }
     Ok(ReadFixture {
         messages_url: format!("{}/chats/{}/messages?limit=50", worker.api, worker.chat),
         bookings_url: format!("{}/bookings?limit=50", worker.api),
-        token: worker.patient_token,
+        token: worker.patient.token,
     })
 }
 
 impl HeraldWorker {
     /// The patient this client plays.
     pub fn patient(&self) -> Actor {
-        self.patient
+        self.patient.actor
     }
 }

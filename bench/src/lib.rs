@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod driver;
+pub mod herald;
 pub mod herald_mix;
 pub mod lag;
 pub mod plain;
