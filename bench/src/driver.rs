@@ -63,6 +63,16 @@ pub trait Worker: Send + 'static {
     fn answered(&mut self, request: &Request, reply: &Reply) -> &'static [&'static str];
 }
 
+impl<W: Worker + ?Sized> Worker for Box<W> {
+    fn next(&mut self) -> Request {
+        (**self).next()
+    }
+
+    fn answered(&mut self, request: &Request, reply: &Reply) -> &'static [&'static str] {
+        (**self).answered(request, reply)
+    }
+}
+
 /// How to run the load.
 #[derive(Debug, Clone)]
 pub struct RunConfig {

@@ -10,6 +10,7 @@ pub mod check;
 pub mod driver;
 pub mod herald;
 pub mod herald_mix;
+pub mod herald_single;
 pub mod lag;
 pub mod plain;
 pub mod plain_mix;

@@ -1,7 +1,9 @@
-//! The plain app's workload: each client opens an account, then deposits,
-//! withdraws and writes checks on it, and moves on to a new account every
-//! [`COMMANDS_PER_ACCOUNT`] commands, so that the framework's aggregates stay
-//! as short as Herald's bookings and snapshot-bounded chats.
+//! The plain app's workloads. The mix: each client opens an account, then
+//! deposits, withdraws and writes checks on it, and moves on to a new account
+//! every [`COMMANDS_PER_ACCOUNT`] commands, so that the framework's aggregates
+//! stay as short as Herald's bookings and snapshot-bounded chats. Opening:
+//! every command opens a new account, as every new booking is a new aggregate
+//! in Herald.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,18 +19,29 @@ const COMMANDS_PER_ACCOUNT: u32 = 20;
 /// One client of the plain app.
 pub struct PlainWorker {
     base: String,
+    per_account: u32,
     account: Uuid,
     sent: u32,
     rng: StdRng,
 }
 
 impl PlainWorker {
-    /// A client of the app at `base`.
-    pub fn new(base: &str, index: usize) -> Self {
+    /// A client of the app at `base` sending the mix.
+    pub fn mix(base: &str, index: usize) -> Self {
+        Self::new(base, index, COMMANDS_PER_ACCOUNT)
+    }
+
+    /// A client of the app at `base` that only opens accounts.
+    pub fn open(base: &str, index: usize) -> Self {
+        Self::new(base, index, 1)
+    }
+
+    fn new(base: &str, index: usize, per_account: u32) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
+            per_account,
             account: Uuid::new_v4(),
-            sent: COMMANDS_PER_ACCOUNT,
+            sent: per_account,
             rng: StdRng::seed_from_u64(index as u64),
         }
     }
@@ -36,7 +49,7 @@ impl PlainWorker {
 
 impl Worker for PlainWorker {
     fn next(&mut self) -> Request {
-        if self.sent >= COMMANDS_PER_ACCOUNT {
+        if self.sent >= self.per_account {
             self.account = Uuid::new_v4();
             self.sent = 0;
         }

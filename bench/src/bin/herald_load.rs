@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use api::auth::JwtKeys;
-use bench::driver::{self, RunConfig};
+use bench::driver::{self, RunConfig, Worker};
+use bench::plain_mix::PlainWorker;
 use bench::stats::{self, Percentiles};
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_nats::Topology;
@@ -78,17 +79,36 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Target {
-    /// Herald's mixed workload.
+    /// Herald.
     Herald,
     /// The plain cqrs-es app's accounts.
     Plain,
 }
+
+/// What the clients send.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Workload {
+    /// Either app's mixed workload (bench/src/herald_mix.rs, bench/src/plain_mix.rs).
+    Mix,
+    /// Plain: every command opens a new account.
+    Open,
+    /// Herald: every command requests a new booking.
+    Bookings,
+    /// Herald: chat messages spread evenly over [`SPREAD_CHATS`] chats.
+    Messages,
+}
+
+/// How many chats the `messages` workload opens and posts into.
+const SPREAD_CHATS: usize = 100;
 
 #[derive(Debug, clap::Args)]
 struct CommandArgs {
     /// Which app is being driven.
     #[arg(long, value_enum, default_value = "herald")]
     target: Target,
+    /// What the clients send.
+    #[arg(long, value_enum, default_value = "mix")]
+    workload: Workload,
     /// Its base URL.
     #[arg(long)]
     url: String,
@@ -246,20 +266,8 @@ async fn commands(args: CommandArgs) -> anyhow::Result<()> {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         (stop, tokio::spawn(follow(pool, stopped)))
     });
-    let report = match args.target {
-        Target::Herald => {
-            let keys = keys(args.jwt_secret)?;
-            let workers =
-                bench::herald_mix::setup(&client, &args.url, &keys, args.concurrency).await?;
-            driver::run(&client, workers, &config).await?
-        }
-        Target::Plain => {
-            let workers = (0..args.concurrency)
-                .map(|index| bench::plain_mix::PlainWorker::new(&args.url, index))
-                .collect();
-            driver::run(&client, workers, &config).await?
-        }
-    };
+    let workers = workers(&client, &args).await?;
+    let report = driver::run(&client, workers, &config).await?;
     let pipeline = match (pool, follower) {
         (Some(pool), Some((stop, follower))) => {
             let _ = stop.send(());
@@ -275,6 +283,40 @@ async fn commands(args: CommandArgs) -> anyhow::Result<()> {
         _ => None,
     };
     print_json(&CommandsOutput { report, pipeline })
+}
+
+/// One client each: the workload's setup, done before the clock starts.
+async fn workers(
+    client: &reqwest::Client,
+    args: &CommandArgs,
+) -> anyhow::Result<Vec<Box<dyn Worker>>> {
+    let (url, clients) = (args.url.as_str(), args.concurrency);
+    if let Target::Plain = args.target {
+        let worker = match args.workload {
+            Workload::Mix => PlainWorker::mix,
+            Workload::Open => PlainWorker::open,
+            other => anyhow::bail!("the plain app has no {other:?} workload"),
+        };
+        return Ok(boxed((0..clients).map(|index| worker(url, index))));
+    }
+    let keys = keys(args.jwt_secret.clone())?;
+    Ok(match args.workload {
+        Workload::Mix => boxed(bench::herald_mix::setup(client, url, &keys, clients).await?),
+        Workload::Bookings => boxed(bench::herald_single::bookers(url, &keys, clients)),
+        Workload::Messages => {
+            boxed(bench::herald_single::spread(client, url, &keys, clients, SPREAD_CHATS).await?)
+        }
+        Workload::Open => {
+            anyhow::bail!("Herald has no open workload: bookings opens its aggregates")
+        }
+    })
+}
+
+fn boxed<W: Worker>(workers: impl IntoIterator<Item = W>) -> Vec<Box<dyn Worker>> {
+    workers
+        .into_iter()
+        .map(|worker| Box::new(worker) as Box<dyn Worker>)
+        .collect()
 }
 
 /// Samples how far the slowest projection is behind the relay until told to stop.
