@@ -1,6 +1,6 @@
 //! Herald's single-command workloads, each timing one write path on its own:
-//! new bookings (a new aggregate every command) and chat messages spread over
-//! many chats.
+//! new bookings (a new aggregate every command), chat messages spread over
+//! many chats, and chat messages all into one long chat.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::driver::{Reply, Request, Worker};
 use crate::herald::{self, CareChat, Person, BOOKINGS, CHATS};
+use crate::seed::SeededChat;
 
 /// A patient who books one home visit after another, going through every
 /// kind of visit: urgent, a consultation now, a consultation and a
@@ -95,6 +96,21 @@ pub async fn spread(
         });
     }
     Ok(posters(api, opened, clients))
+}
+
+/// One poster per client, all posting into the chat `herald-load seed-chat`
+/// wrote, as its members.
+pub fn hot(base: &str, keys: &JwtKeys, seeded: &SeededChat, clients: usize) -> Vec<Poster> {
+    let members = seeded
+        .members
+        .iter()
+        .map(|actor| Person::existing(keys, *actor))
+        .collect();
+    let chat = Conversation {
+        id: seeded.chat_id,
+        members,
+    };
+    posters(herald::api(base), vec![chat], clients)
 }
 
 fn posters(api: String, chats: Vec<Conversation>, clients: usize) -> Vec<Poster> {

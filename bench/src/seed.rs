@@ -4,8 +4,19 @@
 //! numbers and hashes them as it does any event. Nine in ten events are chat
 //! traffic (chats of 100 events: creation, messages, every tenth a read
 //! receipt); the rest are bookings requested, assigned and completed.
+//!
+//! And one long chat, for the benchmark of messages into a chat that already
+//! holds many: [`seed_chat`] writes its events, made and folded by the
+//! domain's own types, with the snapshot Herald would have taken of it.
 
+use chrono::{TimeDelta, Utc};
+use cqrs_es::{Aggregate, DomainEvent};
+use domain::chat::{Chat, ChatEvent, MAX_GROUP_MEMBERS};
+use domain::values::{Actor, ChatKind, ChatTitle, MessageBody, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 /// Events per chat: its creation and 99 messages or read receipts.
 const CHAT_EVENTS: i64 = 100;
@@ -122,4 +133,157 @@ async fn insert_bookings(
         .execute(pool)
         .await?
         .rows_affected() as i64)
+}
+
+/// A chat [`seed_chat`] wrote: what a load needs to post into it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SeededChat {
+    /// The chat.
+    pub chat_id: Uuid,
+    /// Its members, patients and doctors in turn, the creator first.
+    pub members: Vec<Actor>,
+    /// How many messages it holds.
+    pub messages: u64,
+}
+
+/// Events inserted per statement.
+const CHAT_BATCH: usize = 5_000;
+
+/// Writes one group chat of `members` new people and `messages` messages,
+/// written by the members in turn, into a migrated database, in one
+/// transaction, with a snapshot of the chat at its last event (as if Herald
+/// had taken one there), so that the first command on the chat loads as
+/// quickly as any later one and not the whole log.
+pub async fn seed_chat(pool: &PgPool, messages: u64, members: usize) -> anyhow::Result<SeededChat> {
+    anyhow::ensure!(
+        (1..=MAX_GROUP_MEMBERS).contains(&members),
+        "a group chat has between 1 and {MAX_GROUP_MEMBERS} members"
+    );
+    let members: Vec<Actor> = (0..members)
+        .map(|i| {
+            let role = if i % 2 == 0 {
+                Role::Patient
+            } else {
+                Role::Doctor
+            };
+            Actor::new(Uuid::new_v4(), role)
+        })
+        .collect();
+    let chat_id = Uuid::now_v7();
+    // A message a second, ending a minute ago.
+    let opened = Utc::now() - TimeDelta::seconds(messages as i64 + 60);
+    let mut log = ChatLog::new(chat_id);
+    let title = ChatTitle::parse("Care team")?;
+    let mut tx = pool.begin().await?;
+    log.push(
+        ChatEvent::ChatCreated {
+            chat_id,
+            kind: ChatKind::Group,
+            title: Some(title),
+            members: members.iter().map(|m| m.user_id).collect(),
+            created_by: members[0].user_id,
+            created_at: opened,
+        },
+        members[0],
+    );
+    for seq in 1..=messages {
+        let author = members[seq as usize % members.len()];
+        let body = MessageBody::parse(crate::herald::message_text(seq))?;
+        log.push(
+            ChatEvent::MessageSent {
+                // A fresh id each: one id names one message in all of Herald.
+                message_id: Uuid::new_v4(),
+                seq,
+                author: author.user_id,
+                body,
+                sent_at: opened + TimeDelta::seconds(seq as i64),
+            },
+            author,
+        );
+        if log.pending() >= CHAT_BATCH {
+            log.insert(&mut tx).await?;
+        }
+    }
+    log.insert(&mut tx).await?;
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ($1, $2, $3, 1, $4)",
+    )
+    .bind(Chat::TYPE)
+    .bind(chat_id.to_string())
+    .bind(log.sequence)
+    .bind(serde_json::to_value(&log.chat)?)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    sqlx::query("ANALYZE events").execute(pool).await?;
+    Ok(SeededChat {
+        chat_id,
+        members,
+        messages,
+    })
+}
+
+/// A chat's events on their way into the store, and the chat they fold into.
+struct ChatLog {
+    id: String,
+    chat: Chat,
+    sequence: i64,
+    sequences: Vec<i64>,
+    types: Vec<String>,
+    versions: Vec<String>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+}
+
+impl ChatLog {
+    fn new(chat_id: Uuid) -> Self {
+        Self {
+            id: chat_id.to_string(),
+            chat: Chat::default(),
+            sequence: 0,
+            sequences: Vec::new(),
+            types: Vec::new(),
+            versions: Vec::new(),
+            payloads: Vec::new(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// The next event, by `actor`, stored as the event store stores it: the
+    /// payload as serde writes the event, the metadata as a request's.
+    fn push(&mut self, event: ChatEvent, actor: Actor) {
+        let request = Uuid::now_v7().to_string();
+        self.sequence += 1;
+        self.sequences.push(self.sequence);
+        self.types.push(event.event_type());
+        self.versions.push(event.event_version());
+        self.payloads.push(json!(event));
+        self.metadata.push(json!({
+            "actor": actor.user_id.to_string(),
+            "role": actor.role.as_str(),
+            "correlation_id": request,
+            "causation_id": request,
+        }));
+        self.chat.apply(event);
+    }
+
+    fn pending(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Inserts the pending events.
+    async fn insert(&mut self, tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+        sqlx::query(include_str!("seed_chat_events.sql"))
+            .bind(Chat::TYPE)
+            .bind(&self.id)
+            .bind(std::mem::take(&mut self.sequences))
+            .bind(std::mem::take(&mut self.types))
+            .bind(std::mem::take(&mut self.versions))
+            .bind(std::mem::take(&mut self.payloads))
+            .bind(std::mem::take(&mut self.metadata))
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use api::auth::JwtKeys;
 use bench::driver::{self, RunConfig, Worker};
 use bench::plain_mix::PlainWorker;
+use bench::seed::SeededChat;
 use bench::stats::{self, Percentiles};
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_nats::Topology;
@@ -46,6 +47,20 @@ enum Command {
         /// How many events.
         #[arg(long, default_value_t = 1_000_000)]
         events: i64,
+    },
+    /// Write one long chat into a migrated Herald database, before Herald
+    /// starts; prints the chat and its members as JSON, for
+    /// `commands --workload hot-chat --chat`.
+    SeedChat {
+        /// The database.
+        #[arg(long, env = "HERALD_DATABASE_URL")]
+        database_url: String,
+        /// How many messages the chat holds.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// How many members post in it.
+        #[arg(long, default_value_t = 32)]
+        members: usize,
     },
     /// Wait until every committed event is numbered, published and applied;
     /// prints how long that took.
@@ -96,6 +111,8 @@ enum Workload {
     Bookings,
     /// Herald: chat messages spread evenly over [`SPREAD_CHATS`] chats.
     Messages,
+    /// Herald: every chat message into the one chat `seed-chat` wrote (--chat).
+    HotChat,
 }
 
 /// How many chats the `messages` workload opens and posts into.
@@ -109,6 +126,9 @@ struct CommandArgs {
     /// What the clients send.
     #[arg(long, value_enum, default_value = "mix")]
     workload: Workload,
+    /// For `hot-chat`: the file `seed-chat` printed.
+    #[arg(long, required_if_eq("workload", "hot-chat"))]
+    chat: Option<PathBuf>,
     /// Its base URL.
     #[arg(long)]
     url: String,
@@ -173,6 +193,19 @@ async fn main() -> anyhow::Result<()> {
                 "seconds": started.elapsed().as_secs_f64(),
             }))
         }
+        Command::SeedChat {
+            database_url,
+            messages,
+            members,
+        } => {
+            let pool = PgPool::connect(&database_url).await?;
+            let started = Instant::now();
+            let chat = bench::seed::seed_chat(&pool, messages, members).await?;
+            print_json(&SeedChatOutput {
+                chat,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
         Command::CatchUp {
             database_url,
             timeout_s,
@@ -227,6 +260,15 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
 fn keys(secret: Option<String>) -> anyhow::Result<JwtKeys> {
     let secret = secret.context("HERALD_JWT_SECRET is needed to mint tokens")?;
     JwtKeys::new(&SecretString::from(secret)).map_err(|err| anyhow::anyhow!("{err}"))
+}
+
+/// What `seed-chat` prints.
+#[derive(Debug, Serialize)]
+struct SeedChatOutput {
+    #[serde(flatten)]
+    chat: SeededChat,
+    /// How long writing it took.
+    seconds: f64,
 }
 
 /// The pipeline during and after a command run.
@@ -305,6 +347,13 @@ async fn workers(
         Workload::Bookings => boxed(bench::herald_single::bookers(url, &keys, clients)),
         Workload::Messages => {
             boxed(bench::herald_single::spread(client, url, &keys, clients, SPREAD_CHATS).await?)
+        }
+        Workload::HotChat => {
+            let path = args.chat.as_ref().context("hot-chat needs --chat")?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let seeded: SeededChat = serde_json::from_str(&text)?;
+            boxed(bench::herald_single::hot(url, &keys, &seeded, clients))
         }
         Workload::Open => {
             anyhow::bail!("Herald has no open workload: bookings opens its aggregates")
