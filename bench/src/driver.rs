@@ -126,6 +126,9 @@ pub struct CommandReport {
     pub rss: Option<RssReport>,
     /// Accepted commands written to the record file.
     pub recorded: u64,
+    /// When the last client stopped: the end of the load.
+    #[serde(skip)]
+    pub finished: Instant,
 }
 
 #[derive(Default)]
@@ -224,7 +227,8 @@ pub async fn run<W: Worker>(
     while let Some(done) = clients.join_next().await {
         tally.merge(done?);
     }
-    let elapsed = started.elapsed();
+    let finished = Instant::now();
+    let elapsed = finished - started;
     let lags = match tracker {
         Some(tracker) => tracker.finish().await?,
         None => LagReport::default(),
@@ -264,6 +268,7 @@ pub async fn run<W: Worker>(
         lag_failures: lags.failures,
         rss,
         recorded: tally.recorded,
+        finished,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The server's memory, sampled from `/proc/<pid>/status` during a run.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ pub struct RssReport {
 pub struct RssSampler {
     pid: u32,
     peak_kb: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,11 +32,10 @@ impl RssSampler {
     /// Starts sampling `pid`.
     pub fn start(pid: u32) -> Self {
         let peak_kb = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
-            let (peak_kb, stop) = (peak_kb.clone(), stop.clone());
+            let peak_kb = peak_kb.clone();
             async move {
-                while !stop.load(Ordering::Relaxed) {
+                loop {
                     if let Some(kb) = status_kb(pid, "VmRSS:") {
                         peak_kb.fetch_max(kb, Ordering::Relaxed);
                     }
@@ -45,17 +43,14 @@ impl RssSampler {
                 }
             }
         });
-        Self {
-            pid,
-            peak_kb,
-            stop,
-            task,
-        }
+        Self { pid, peak_kb, task }
     }
 
-    /// Stops sampling and reports.
+    /// Stops sampling at once (not after the next sample, so that what comes
+    /// after a run, such as timing the pipeline's catch-up, is not delayed)
+    /// and reports.
     pub async fn stop(self) -> RssReport {
-        self.stop.store(true, Ordering::Relaxed);
+        self.task.abort();
         let _ = self.task.await;
         let mb = |kb: u64| kb as f64 / 1024.0;
         RssReport {
