@@ -32,6 +32,56 @@ VERIFY_RATE=$(awk -v n="$EVENTS" -v s="$VERIFY_S" 'BEGIN { printf "%.0f", n / s 
 RELAY_RATE=$(awk -v n="$EVENTS" -v s="$(j relay.json .seconds)" 'BEGIN { printf "%.0f", n / s }')
 LAG_WORST_P99=$(j lag.json '[.lag[].p99_ms] | max')
 READ_WORST_P99=$(j reads.json '[.chat_messages.p99_ms, .bookings.p99_ms] | max')
+HOT_MESSAGES=$(j hot-chat-seed.json .messages)
+
+# The workloads measured one by one: the results file, then how the row reads.
+WORKLOADS=(
+    "herald.json|mixed (as above)"
+    "herald-bookings.json|new bookings, a new aggregate each"
+    "herald-messages.json|chat messages spread over 100 chats"
+    "herald-hot-chat.json|chat messages into one chat of $(num "$HOT_MESSAGES") messages"
+)
+
+# against FILE PLAIN_FILE: Herald's ratio to a plain line and its verdict
+# against 3×, or "—" where the workload is not compared with that line (the
+# mix only with the plain mix).
+against() {
+    if [ "$1" = herald.json ] && [ "$2" != plain.json ]; then echo "—"; return; fi
+    local r; r=$(ratio "$(j "$1" .throughput)" "$(j "$2" .throughput)")
+    echo "${r}× $(verdict "$r" 3 higher ×)"
+}
+
+# p99_against FILE PLAIN_FILE: Herald's p99 against a plain line's, likewise.
+p99_against() {
+    if [ "$1" = herald.json ] && [ "$2" != plain.json ]; then echo "—"; return; fi
+    verdict "$(j "$1" .latency.p99_ms)" "$(j "$2" .latency.p99_ms)" lower ' ms'
+}
+
+workload_rows() {
+    local row file what
+    for row in "${WORKLOADS[@]}"; do
+        file=${row%%|*}; what=${row#*|}
+        local open mix pg=""
+        open=$(against "$file" plain-open.json | cut -d' ' -f1)
+        mix=$(against "$file" plain.json | cut -d' ' -f1)
+        [ "$file" = herald-bookings.json ] && pg="$(awk -v r="$(ratio "$(j "$file" .throughput)" "$PGBENCH_TPS")" 'BEGIN { printf "%.0f %%", r * 100 }')"
+        echo "| **Herald**, $what | **$(num "$(j "$file" .throughput)")** | $open | $mix | $pg | $(j "$file" .latency.p50_ms) | $(j "$file" .latency.p99_ms) | $(num "$(j "$file" .pipeline.catch_up_s)" 2) | $(num "$(j "$file" .rss.hwm_mb)" 1) |"
+    done
+}
+
+target_rows() {
+    local row file what pg=""
+    for row in "${WORKLOADS[@]}"; do
+        file=${row%%|*}; what=${row#*|}
+        pg=""
+        if [ "$file" = herald-bookings.json ]; then
+            local pct; pct=$(awk -v r="$(ratio "$(j "$file" .throughput)" "$PGBENCH_TPS")" 'BEGIN { printf "%.0f", r * 100 }')
+            pg="$pct % $(verdict "$pct" 35 higher ' points')"
+        fi
+        local caught; caught=$(j "$file" .pipeline.catch_up_s)
+        echo "| $what | $(against "$file" plain-open.json) | $(against "$file" plain.json) | $pg | $(p99_against "$file" plain-open.json) | $(p99_against "$file" plain.json) | $(num "$caught" 2) s $(verdict "$caught" 1 lower ' s') |"
+    done
+}
 
 lag_rows() {
     jq -r --slurpfile f "$WORK/lag.json" -n '
@@ -69,6 +119,36 @@ positions behind the relay (mean $(num "$(j herald.json .pipeline.mean_positions
 $(num "$(j herald.json .pipeline.catch_up_s)" 2) s after the load every event was numbered, published and applied
 by every projection (0 s would mean it kept up exactly).
 RSS is the kernel's high-water mark (VmHWM) of the process over setup and run.
+
+### Each command workload at $CONCURRENCY concurrent clients
+
+Every line ran on a fresh database for ${DURATION} s. The plain app's two lines: its mix
+(as above) and \`open\`, where every command opens a new account (a new aggregate, like a
+new booking). Herald's mix is set against the plain mix only; new bookings and both kinds
+of chat message are set against both plain lines, \`open\` and the mix. "Caught up" is the
+time from the load's last answer until every event it stored was numbered, published and
+applied by every projection. Peak RSS is Herald's VmHWM since it started.
+
+| workload | commands/s | × plain \`open\` | × plain mix | % of pgbench | p50 ms | p99 ms | caught up, s | peak RSS MB |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| plain cqrs-es, \`open\`: a new account each | $(num "$(j plain-open.json .throughput)") | | | | $(j plain-open.json .latency.p50_ms) | $(j plain-open.json .latency.p99_ms) | | $(num "$(j plain-open.json .rss.hwm_mb)" 1) |
+| plain cqrs-es, mix | $(num "$PLAIN") | | | | $(j plain.json .latency.p50_ms) | $(j plain.json .latency.p99_ms) | | $(num "$PLAIN_RSS" 1) |
+$(workload_rows)
+
+Messages spread over 100 chats: 100 group chats of a patient and a doctor, opened before the
+clock starts; each message goes to the next chat in turn, as one of its two members. Messages
+into one chat: all $CONCURRENCY clients post into one group chat of $(j hot-chat-seed.json '.members | length') members that
+already held $(num "$HOT_MESSAGES") messages, written straight into the log by \`herald-load seed-chat\`
+($(num "$(j hot-chat-seed.json .seconds)" 1) s, with the snapshot Herald keeps of a chat) before Herald started; Herald's
+pipeline numbered, published and applied them in $(num "$(j hot-chat-warm.json .seconds)" 1) s before the clock started.
+Answers by status: bookings \`$(jq -c .statuses "$WORK/herald-bookings.json")\`, 100 chats
+\`$(jq -c .statuses "$WORK/herald-messages.json")\`, one chat \`$(jq -c .statuses "$WORK/herald-hot-chat.json")\`.
+
+Against the targets for each workload (the plain lines as in the table above):
+
+| workload | ≥ 3× plain \`open\` | ≥ 3× plain mix | ≥ 35 % of pgbench | p99 ≤ plain \`open\`'s | p99 ≤ plain mix's | all applied ≤ 1 s after the load |
+| --- | --- | --- | --- | --- | --- | --- |
+$(target_rows)
 
 ### End-to-end lag at half load ($(j lag.json '.target_rate') commands/s aimed, $(num "$(j lag.json .throughput)") achieved)
 

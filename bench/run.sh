@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Herald's benchmarks, in one run on fresh databases: the machine's limit
-# (pgbench), the plain cqrs-es app, Herald's commands with its pipeline
-# running, end-to-end lag at half load, reads, memory, replay and audit
+# (pgbench), the plain cqrs-es app (its mix, and opening accounts), Herald's
+# commands with its pipeline running (the mix, then new bookings, messages
+# spread over 100 chats and messages into one long chat, each on its own
+# database), end-to-end lag at half load, reads, memory, replay and audit
 # verification of a million-event log. Writes its sections of BENCHMARKS.md.
 #
 #   bash bench/run.sh
 #
 # Settings (environment): BENCH_DURATION_S (30) seconds per command run,
 # BENCH_CONCURRENCY (32), BENCH_READ_RATE (200) reads/s, BENCH_REPLAY_EVENTS
-# (1000000), BENCH_NATS_PORT (14222) for the private NATS, BENCH_HTTP_PORT
-# (18080).
+# (1000000), BENCH_HOT_CHAT_MESSAGES (100000) messages in the long chat,
+# BENCH_NATS_PORT (14222) for the private NATS, BENCH_HTTP_PORT (18080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -18,12 +20,59 @@ DURATION=${BENCH_DURATION_S:-30}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 READ_RATE=${BENCH_READ_RATE:-200}
 REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-1000000}
+HOT_CHAT_MESSAGES=${BENCH_HOT_CHAT_MESSAGES:-100000}
 NATS_PORT=${BENCH_NATS_PORT:-14222}
 HTTP_PORT=${BENCH_HTTP_PORT:-18080}
 PLAIN_PORT=$((HTTP_PORT + 10))
 WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
 trap 'cleanup; rm -rf "$WORK/nats"' EXIT
 RUN_STARTED=$(date +%s)
+URL="http://127.0.0.1:$HTTP_PORT"
+
+# plain_run OUT WORKLOAD: the plain app on a fresh database, driven with WORKLOAD
+# at full speed; the results go to $WORK/OUT.json.
+plain_run() {
+    log "plain cqrs-es app, $2: $CONCURRENCY clients, ${DURATION}s"
+    fresh_db herald_bench_plain
+    "${PSQL[@]}" -d postgres -c "CREATE DATABASE herald_bench_plain"
+    "${PSQL[@]}" -d herald_bench_plain -f bench/plain_cqrs.sql
+    start plain "$BIN/plain-cqrs" --database-url "$PG_SERVER/herald_bench_plain" --listen "127.0.0.1:$PLAIN_PORT"
+    local pid=$STARTED_PID
+    wait_for_port "$PLAIN_PORT"
+    "$BIN/herald-load" commands --target plain --workload "$2" --url "http://127.0.0.1:$PLAIN_PORT" \
+        --concurrency "$CONCURRENCY" --duration-s "$DURATION" --pid "$pid" >"$WORK/$1.json"
+    stop "$pid"
+    log "plain $2: $(jq -r .throughput "$WORK/$1.json") commands/s"
+}
+
+# fresh_herald DATABASE PREFIX: points Herald at a fresh database and a NATS
+# stream of its own.
+fresh_herald() {
+    fresh_db "$1"
+    export HERALD_DATABASE_URL="$PG_SERVER/$1" HERALD_NATS_PREFIX="$2"
+}
+
+# start_herald: API, relay, projection workers, process manager and live hub
+# in one process; sets HERALD_PID once it listens.
+start_herald() {
+    start herald "$BIN/herald" up
+    HERALD_PID=$STARTED_PID
+    wait_for_port "$HTTP_PORT"
+}
+
+# herald_run OUT WORKLOAD [ARGS...]: Herald driven with WORKLOAD at full speed,
+# following its pipeline and timing its catch-up after the load; the results
+# go to $WORK/OUT.json.
+herald_run() {
+    local out=$1 workload=$2
+    shift 2
+    log "Herald, $workload: $CONCURRENCY clients, ${DURATION}s, pipeline running"
+    "$BIN/herald-load" commands --workload "$workload" --url "$URL" --concurrency "$CONCURRENCY" \
+        --duration-s "$DURATION" --pid "$HERALD_PID" --database-url "$HERALD_DATABASE_URL" "$@" \
+        >"$WORK/$out.json"
+    log "Herald $workload: $(jq -r .throughput "$WORK/$out.json") commands/s," \
+        "all applied $(jq -r .pipeline.catch_up_s "$WORK/$out.json")s after the load"
+}
 
 log "building release binaries (once)"
 cargo build --release -p api --bin herald -p bench --bins
@@ -48,32 +97,16 @@ PGBENCH_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/
 PGBENCH_LAT=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$WORK/pgbench.txt")
 log "pgbench: $PGBENCH_TPS tps"
 
-# 2. The plain cqrs-es app.
-log "plain cqrs-es app: $CONCURRENCY clients, ${DURATION}s"
-fresh_db herald_bench_plain
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE herald_bench_plain"
-"${PSQL[@]}" -d herald_bench_plain -f bench/plain_cqrs.sql
-start plain "$BIN/plain-cqrs" --database-url "$PG_SERVER/herald_bench_plain" --listen "127.0.0.1:$PLAIN_PORT"
-PLAIN_PID=$STARTED_PID
-wait_for_port "$PLAIN_PORT"
-"$BIN/herald-load" commands --target plain --url "http://127.0.0.1:$PLAIN_PORT" \
-    --concurrency "$CONCURRENCY" --duration-s "$DURATION" --pid "$PLAIN_PID" >"$WORK/plain.json"
-stop "$PLAIN_PID"
-log "plain: $(jq -r .throughput "$WORK/plain.json") commands/s"
+# 2. The plain cqrs-es app: its mix, and every command opening an account.
+plain_run plain mix
+plain_run plain-open open
 
-# 3. Herald: API, relay, projection workers and process manager in one process.
-log "Herald: $CONCURRENCY clients, ${DURATION}s, pipeline running"
-fresh_db herald_bench
-export HERALD_DATABASE_URL="$PG_SERVER/herald_bench" HERALD_NATS_PREFIX="bench$RUN_STARTED"
+# 3. Herald's mix, with its whole pipeline running.
 export HERALD_LISTEN="127.0.0.1:$HTTP_PORT"
-start herald "$BIN/herald" up
-HERALD_PID=$STARTED_PID
-wait_for_port "$HTTP_PORT"
-URL="http://127.0.0.1:$HTTP_PORT"
-"$BIN/herald-load" commands --url "$URL" --concurrency "$CONCURRENCY" --duration-s "$DURATION" \
-    --pid "$HERALD_PID" --database-url "$HERALD_DATABASE_URL" >"$WORK/herald.json"
+fresh_herald herald_bench "bench$RUN_STARTED"
+start_herald
+herald_run herald mix
 MAX_RATE=$(jq -r .throughput "$WORK/herald.json")
-log "Herald: $MAX_RATE commands/s"
 
 # 4. End-to-end lag at half of that rate.
 HALF=$(awk -v r="$MAX_RATE" 'BEGIN { printf "%.0f", r / 2 }')
@@ -86,7 +119,29 @@ log "reads at $READ_RATE/s"
 "$BIN/herald-load" reads --url "$URL" --rate "$READ_RATE" --duration-s "$DURATION" >"$WORK/reads.json"
 stop "$HERALD_PID"
 
-# 6. Replay and audit verification of a large log.
+# 6. Herald, one kind of command at a time, each on a fresh database: new
+#    bookings, messages spread over 100 chats, messages into one long chat.
+fresh_herald herald_bench_bookings "bookings$RUN_STARTED"
+start_herald
+herald_run herald-bookings bookings
+stop "$HERALD_PID"
+
+fresh_herald herald_bench_messages "messages$RUN_STARTED"
+start_herald
+herald_run herald-messages messages
+stop "$HERALD_PID"
+
+log "hot chat: seeding one chat of $HOT_CHAT_MESSAGES messages"
+fresh_herald herald_bench_hot "hot$RUN_STARTED"
+"$BIN/herald" migrate >/dev/null
+"$BIN/herald-load" seed-chat --messages "$HOT_CHAT_MESSAGES" >"$WORK/hot-chat-seed.json"
+start_herald
+log "hot chat: the pipeline numbers, publishes and applies the seeded chat"
+"$BIN/herald-load" catch-up --timeout-s 1200 >"$WORK/hot-chat-warm.json"
+herald_run herald-hot-chat hot-chat --chat "$WORK/hot-chat-seed.json"
+stop "$HERALD_PID"
+
+# 7. Replay and audit verification of a large log.
 log "replay: seeding $REPLAY_EVENTS events"
 fresh_db herald_bench_replay
 export HERALD_DATABASE_URL="$PG_SERVER/herald_bench_replay" HERALD_NATS_PREFIX="replay$RUN_STARTED"
