@@ -58,16 +58,6 @@ impl Background {
         self.tasks.spawn(task(stop));
     }
 
-    /// Announces commits of `write` to the relay until stopped.
-    pub fn announce_commits(&mut self, write: Arc<WriteSide>) {
-        self.spawn(|stop| async move {
-            tokio::select! {
-                () = stop => {}
-                () = write.announce_commits() => {}
-            }
-        });
-    }
-
     /// Runs a relay (active or standby) until stopped; returns its status.
     pub fn relay(
         &mut self,

@@ -100,7 +100,6 @@ impl Application {
         let topology = settings.topology;
         let parts = settings.parts;
         let mut background = Background::default();
-        background.announce_commits(write.clone());
         let relay = parts
             .relay
             .then(|| background.relay(&pool, &client, &topology));

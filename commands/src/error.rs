@@ -88,7 +88,7 @@ fn rule_of_constraint(err: &(dyn StdError + 'static)) -> Option<DomainError> {
 }
 
 /// Whether an error means "Postgres is down or refusing connections right now".
-fn is_unavailable(err: &(dyn StdError + 'static)) -> bool {
+pub(crate) fn is_unavailable(err: &(dyn StdError + 'static)) -> bool {
     match database_error(err) {
         Some(
             sqlx::Error::Io(_)

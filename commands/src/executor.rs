@@ -1,55 +1,76 @@
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateContext, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, DomainEvent, EventStore};
 use domain::booking::Booking;
 use domain::chat::Chat;
 use domain::payment::Payment;
 use domain::DomainError;
-use herald_nats::log::COMMIT_CHANNEL;
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::append::{Append, AppendError, Appender, Basis};
+use crate::cache::{Cache, Slot};
 use crate::idempotency::{self, Recorded};
 use crate::{CommandError, ConsistencyToken, Metadata};
 
 /// How many times a command is decided afresh after losing a race on its aggregate.
 const ATTEMPTS: u32 = 8;
 /// Chats are loaded from a snapshot taken every this many events.
-const CHAT_SNAPSHOT_EVERY: usize = 100;
-/// Commands on one aggregate queue behind one of this many locks in a process.
-const LOCK_STRIPES: usize = 1024;
+const CHAT_SNAPSHOT_EVERY: u64 = 100;
+/// Aggregates of each type kept in memory: between this many and twice as many.
+const CACHED: usize = 4096;
 
 type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
+
+/// Where the aggregates of one type live: the event store, and the ones
+/// recently used in memory in front of it.
+pub struct Aggregates<A: Aggregate> {
+    store: Store<A>,
+    cache: Cache<A>,
+}
+
+impl<A: Aggregate> Aggregates<A> {
+    fn new(store: Store<A>) -> Self {
+        Self {
+            store,
+            cache: Cache::new(CACHED),
+        }
+    }
+}
 
 /// An aggregate Herald stores, with the store it lives in.
 pub trait Stored: Aggregate<Error = DomainError, Services = ()>
 where
     Self::Command: Clone,
 {
-    /// The event store of this aggregate type.
-    fn store(write_side: &WriteSide) -> &Store<Self>;
+    /// Loaded from a snapshot taken every this many events, if at all.
+    const SNAPSHOT_EVERY: Option<u64> = None;
+
+    /// Where the aggregates of this type live.
+    fn of(write_side: &WriteSide) -> &Aggregates<Self>;
 }
 
 impl Stored for Chat {
-    fn store(write_side: &WriteSide) -> &Store<Self> {
+    const SNAPSHOT_EVERY: Option<u64> = Some(CHAT_SNAPSHOT_EVERY);
+
+    fn of(write_side: &WriteSide) -> &Aggregates<Self> {
         &write_side.chats
     }
 }
 
 impl Stored for Booking {
-    fn store(write_side: &WriteSide) -> &Store<Self> {
+    fn of(write_side: &WriteSide) -> &Aggregates<Self> {
         &write_side.bookings
     }
 }
 
 impl Stored for Payment {
-    fn store(write_side: &WriteSide) -> &Store<Self> {
+    fn of(write_side: &WriteSide) -> &Aggregates<Self> {
         &write_side.payments
     }
 }
@@ -80,30 +101,36 @@ impl<A: Aggregate> Committed<A> {
 }
 
 /// Executes commands against the Postgres event store.
+///
+/// Commands on one aggregate in this process take turns on its cached state
+/// (see [`crate::cache`]) instead of racing each other into version
+/// conflicts, and commands that arrive together are committed together (see
+/// [`crate::append`]); across processes the version check of the event store
+/// (and the retry below) still decides.
 pub struct WriteSide {
     pool: PgPool,
-    chats: Store<Chat>,
-    bookings: Store<Booking>,
-    payments: Store<Payment>,
-    /// Commands on one aggregate in this process take turns instead of racing
-    /// each other into version conflicts; across processes the optimistic check
-    /// of the event store (and the retry below) still decides.
-    locks: Box<[Mutex<()>]>,
-    /// Raised after every commit; [`WriteSide::announce_commits`] tells the relay.
-    committed: Notify,
+    chats: Aggregates<Chat>,
+    bookings: Aggregates<Booking>,
+    payments: Aggregates<Payment>,
+    appender: Appender,
 }
 
 impl WriteSide {
     /// A write side on the given pool; the schema must already be migrated.
+    /// Its batch task runs on the current Tokio runtime until it is dropped.
     pub fn new(pool: PgPool) -> Self {
         let repo = || PostgresEventRepository::new(pool.clone());
         Self {
-            chats: PersistedEventStore::new_snapshot_store(repo(), CHAT_SNAPSHOT_EVERY),
-            bookings: PersistedEventStore::new_event_store(repo())
-                .with_upcasters(vec![Box::new(domain::upcast::Upcaster)]),
-            payments: PersistedEventStore::new_event_store(repo()),
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            committed: Notify::new(),
+            chats: Aggregates::new(PersistedEventStore::new_snapshot_store(
+                repo(),
+                CHAT_SNAPSHOT_EVERY as usize,
+            )),
+            bookings: Aggregates::new(
+                PersistedEventStore::new_event_store(repo())
+                    .with_upcasters(vec![Box::new(domain::upcast::Upcaster)]),
+            ),
+            payments: Aggregates::new(PersistedEventStore::new_event_store(repo())),
+            appender: Appender::start(pool.clone()),
             pool,
         }
     }
@@ -119,7 +146,7 @@ impl WriteSide {
     where
         A::Command: Clone,
     {
-        let mut context = A::store(self).load_aggregate(&id.to_string()).await?;
+        let mut context = A::of(self).store.load_aggregate(&id.to_string()).await?;
         Ok(std::mem::take(context.aggregate()))
     }
 
@@ -163,8 +190,8 @@ impl WriteSide {
     where
         A::Command: Clone,
     {
-        let aggregate_id = id.to_string();
-        let _turn = self.lock_for(A::TYPE, &aggregate_id).lock().await;
+        let stored_metadata = serde_json::to_string(&metadata.to_map())
+            .map_err(|err| CommandError::Internal(err.into()))?;
         for attempt in 1..=ATTEMPTS {
             if let Some(idempotency) = &metadata.idempotency {
                 if let Some(recorded) =
@@ -173,16 +200,39 @@ impl WriteSide {
                     return self.replay(recorded, &idempotency.request_hash).await;
                 }
             }
-            let mut context = A::store(self).load_aggregate(&aggregate_id).await?;
-            let version = context.current_sequence as u64;
+            let entry = A::of(self).cache.entry(id);
+            let mut slot = entry.slot.lock().await;
+            let generation = entry.progress.borrow().generation;
+            let basis = Basis {
+                progress: entry.progress.clone(),
+                generation,
+            };
+            if slot.generation != Some(generation) {
+                let context = A::of(self).store.load_aggregate(&id.to_string()).await?;
+                *slot = Slot {
+                    aggregate: context.aggregate,
+                    version: context.current_sequence as u64,
+                    generation: Some(generation),
+                };
+                basis.committed(slot.version);
+            }
+            let version = slot.version;
             let sink = EventSink::default();
-            context
-                .aggregate()
-                .handle(command.clone(), &(), &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+            let decided = slot.aggregate.handle(command.clone(), &(), &sink).await;
             let events = sink.collect().await;
-            if events.is_empty() {
+            if decided.is_err() || events.is_empty() {
+                // Decided on a state that may not be committed yet, or that
+                // another process has moved past: the answer holds only once
+                // the state is committed and still the latest.
+                drop(slot);
+                if !entry.settled(generation, version).await {
+                    continue;
+                }
+                if stored_version(&self.pool, A::TYPE, id).await? != version {
+                    basis.discard();
+                    continue;
+                }
+                decided.map_err(CommandError::Rejected)?;
                 return Ok(Committed {
                     aggregate_id: id,
                     version,
@@ -190,27 +240,72 @@ impl WriteSide {
                     replayed: false,
                 });
             }
-            match A::store(self)
-                .commit(events, context, metadata.to_map())
-                .await
-            {
-                Ok(committed) => {
-                    self.committed.notify_one();
+            let rows = events
+                .iter()
+                .map(|event| {
+                    Ok((
+                        event.event_type(),
+                        event.event_version(),
+                        serde_json::to_string(event)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, serde_json::Error>>()
+                .map_err(|err| CommandError::Internal(err.into()))?;
+            for event in &events {
+                slot.aggregate.apply(event.clone());
+            }
+            slot.version += events.len() as u64;
+            let snapshot = A::SNAPSHOT_EVERY
+                .filter(|&every| snapshot_due(every, version, slot.version))
+                .map(|_| serde_json::to_string(&slot.aggregate))
+                .transpose()
+                .map_err(|err| CommandError::Internal(err.into()))?;
+            let (reply, outcome) = oneshot::channel();
+            self.appender
+                .queue(Append {
+                    aggregate_type: A::TYPE,
+                    aggregate_id: id.to_string(),
+                    first_sequence: version + 1,
+                    events: rows,
+                    metadata: stored_metadata.clone(),
+                    snapshot,
+                    idempotency: metadata
+                        .idempotency
+                        .as_ref()
+                        .map(|key| (metadata.actor.user_id, key.key.clone())),
+                    basis: basis.clone(),
+                    reply,
+                })
+                .await;
+            let last = slot.version;
+            drop(slot);
+            let outcome = outcome.await.unwrap_or_else(|_| {
+                // The batch task is gone, its outcome unknown.
+                basis.discard();
+                Err(AppendError::Unavailable)
+            });
+            match outcome {
+                Ok(()) => {
                     return Ok(Committed {
                         aggregate_id: id,
-                        version: committed.last().map_or(version, |e| e.sequence as u64),
-                        events: committed.into_iter().map(|e| e.payload).collect(),
+                        version: last,
+                        events,
                         replayed: false,
-                    });
+                    })
                 }
-                Err(cqrs_es::AggregateError::AggregateConflict) => {
+                Err(AppendError::Conflict) => {
                     tracing::debug!(aggregate = A::TYPE, %id, attempt, "version conflict, retrying");
                     metrics::counter!("herald_command_conflict_retries_total", "aggregate" => A::TYPE)
                         .increment(1);
-                    let jitter = rand::thread_rng().gen_range(1..=5 * u64::from(attempt));
+                    let jitter = rand::thread_rng().gen_range(0..=u64::from(attempt));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
-                Err(err) => return Err(err.into()),
+                Err(AppendError::Unavailable) => {
+                    return Err(CommandError::Unavailable(
+                        "the event store did not answer".into(),
+                    ))
+                }
+                Err(AppendError::Store(err)) => return Err(err.into()),
             }
         }
         Err(CommandError::Conflict)
@@ -239,24 +334,6 @@ impl WriteSide {
         }
     }
 
-    /// Tells the relay, through `NOTIFY` on [`COMMIT_CHANNEL`], that events were
-    /// committed, so it wakes at once rather than at its next poll. Runs until
-    /// dropped. The notification is sent after the commit, never inside the
-    /// writing transaction (which would serialize every commit), and commits that
-    /// come while one is being sent share the next.
-    pub async fn announce_commits(&self) {
-        loop {
-            self.committed.notified().await;
-            if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(COMMIT_CHANNEL)
-                .execute(&self.pool)
-                .await
-            {
-                tracing::debug!(%err, "cannot announce a commit; the relay polls");
-            }
-        }
-    }
-
     /// The answer an earlier request with the same idempotency key got.
     async fn replay<A: Stored>(
         &self,
@@ -281,10 +358,44 @@ impl WriteSide {
             replayed: true,
         })
     }
+}
 
-    fn lock_for(&self, aggregate_type: &str, aggregate_id: &str) -> &Mutex<()> {
-        let mut hasher = DefaultHasher::new();
-        (aggregate_type, aggregate_id).hash(&mut hasher);
-        &self.locks[(hasher.finish() % self.locks.len() as u64) as usize]
+/// Whether an aggregate going from version `before` to `after` is due a
+/// snapshot: every `every` events while it is short, then every eighth of its
+/// length, so that a long aggregate's snapshots cost the same share of each
+/// event however long it grows, and it still loads with at most that many
+/// events after its snapshot.
+fn snapshot_due(every: u64, before: u64, after: u64) -> bool {
+    let eighth = after.checked_ilog2().map_or(0, |log| (1 << log) / 8);
+    let step = every.max(eighth);
+    before / step != after / step
+}
+
+/// The version of aggregate `id` in the store: the sequence of its last event.
+async fn stored_version(pool: &PgPool, aggregate_type: &str, id: Uuid) -> Result<u64, sqlx::Error> {
+    let version: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(sequence), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(aggregate_type)
+    .bind(id.to_string())
+    .fetch_one(pool)
+    .await?;
+    Ok(version as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due;
+
+    #[test]
+    fn short_aggregates_are_snapshotted_every_hundred_events_and_long_ones_every_eighth() {
+        let due = |before| snapshot_due(100, before, before + 1);
+        let taken = |range: std::ops::Range<u64>| {
+            range.filter(|&v| due(v)).map(|v| v + 1).collect::<Vec<_>>()
+        };
+        assert_eq!(taken(0..450), vec![100, 200, 300, 400]);
+        // From 65 536 events on, every 8 192.
+        assert_eq!(taken(98_000..116_000), vec![98_304, 106_496, 114_688]);
+        assert!(snapshot_due(100, 99, 105), "a command crossing the mark");
     }
 }

@@ -9,6 +9,8 @@
 //! The payment gateway port and the booking ⇄ payment process manager live here
 //! too: both turn outside facts and events into commands.
 
+mod append;
+mod cache;
 mod error;
 mod executor;
 mod facts;

@@ -4,9 +4,11 @@
 use crate::common;
 
 use common::{patient, TestApp};
+use domain::values::Actor;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn sixty_four_concurrent_sends_into_one_chat_all_succeed_with_contiguous_seqs() {
@@ -119,4 +121,74 @@ async fn a_busy_chat_is_snapshotted_so_it_loads_from_its_latest_snapshot() {
         )
         .await;
     assert_eq!(reply.body["seq"], 251);
+}
+
+/// `author` sends `body` into `chat` through `app`; the message's seq.
+async fn message(app: &TestApp, chat: Uuid, author: Actor, body: &str) -> u64 {
+    let reply = app
+        .post(
+            &format!("/api/v1/chats/{chat}/messages"),
+            author,
+            json!({ "body": body }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    reply.body["seq"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_chat_another_process_wrote_to_is_reloaded_and_the_command_decided_afresh() {
+    let first = TestApp::spawn().await;
+    let second = TestApp::spawn_on(&first.database_url).await;
+    let (alice, bob, carol) = (patient(), patient(), patient());
+    let chat = first.group_chat(alice, &[bob]).await;
+    assert_eq!(message(&first, chat, alice, "from the first").await, 1);
+
+    // The second process moves the chat on behind the first one's back.
+    assert_eq!(message(&second, chat, bob, "from the second").await, 2);
+    let added = second
+        .post(
+            &format!("/api/v1/chats/{chat}/members"),
+            alice,
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+
+    // The first process's copy says carol is no member: it must not refuse
+    // her on that word, and must number her message after bob's.
+    assert_eq!(message(&first, chat, carol, "from carol").await, 3);
+    assert_eq!(message(&first, chat, alice, "and alice").await, 4);
+}
+
+#[tokio::test]
+async fn a_command_that_conflicts_inside_a_group_commit_retries_alone_and_its_neighbours_commit() {
+    let first = TestApp::spawn().await;
+    let second = TestApp::spawn_on(&first.database_url).await;
+    let (alice, bob) = (patient(), patient());
+    let contested = first.group_chat(alice, &[bob]).await;
+    message(&first, contested, alice, "cached by the first").await;
+    let mut quiet = Vec::new();
+    for _ in 0..16 {
+        quiet.push(first.group_chat(alice, &[bob]).await);
+    }
+    // Taken by the second process, so the first one's next append of the
+    // contested chat reuses a version and fails inside whatever batch it joins.
+    message(&second, contested, bob, "taken by the second").await;
+
+    let sends = quiet
+        .iter()
+        .map(|&chat| message(&first, chat, alice, "neighbour"))
+        .chain([message(&first, contested, alice, "contested")]);
+    let seqs = join_all(sends).await;
+
+    assert!(seqs[..16].iter().all(|&seq| seq == 1), "{seqs:?}");
+    assert_eq!(seqs[16], 3);
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(contested.to_string())
+            .fetch_all(&first.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![1, 2, 3, 4]);
 }
