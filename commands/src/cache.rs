@@ -69,14 +69,23 @@ impl<A> Entry<A> {
 /// turnover, and those used in the turn before, which are dropped at the next.
 pub struct Cache<A> {
     capacity: usize,
-    turns: SyncMutex<(HashMap<Uuid, Arc<Entry<A>>>, HashMap<Uuid, Arc<Entry<A>>>)>,
+    turns: SyncMutex<Turns<A>>,
+}
+
+/// The entries used in this turn, and those used in the one before.
+struct Turns<A> {
+    recent: HashMap<Uuid, Arc<Entry<A>>>,
+    older: HashMap<Uuid, Arc<Entry<A>>>,
 }
 
 impl<A: Default> Cache<A> {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            turns: SyncMutex::new((HashMap::new(), HashMap::new())),
+            turns: SyncMutex::new(Turns {
+                recent: HashMap::new(),
+                older: HashMap::new(),
+            }),
         }
     }
 
@@ -84,12 +93,12 @@ impl<A: Default> Cache<A> {
     ///
     /// An entry dropped while a command still holds it is harmless: the next
     /// command loads afresh, and the store's version check orders the two.
-    pub fn entry(&self, id: Uuid) -> Arc<Entry<A>> {
+    pub(crate) fn entry(&self, id: Uuid) -> Arc<Entry<A>> {
         let mut turns = self
             .turns
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (recent, older) = &mut *turns;
+        let Turns { recent, older } = &mut *turns;
         if let Some(entry) = recent.get(&id) {
             return entry.clone();
         }

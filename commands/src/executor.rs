@@ -1,13 +1,11 @@
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateContext, DomainEvent, EventStore};
+use cqrs_es::{Aggregate, DomainEvent};
 use domain::booking::Booking;
 use domain::chat::Chat;
 use domain::payment::Payment;
 use domain::DomainError;
-use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -16,34 +14,15 @@ use uuid::Uuid;
 use crate::append::{Append, AppendError, Appender, Basis};
 use crate::cache::{Cache, Slot};
 use crate::idempotency::{self, Recorded};
+use crate::load;
 use crate::{CommandError, ConsistencyToken, Metadata};
 
 /// How many times a command is decided afresh after losing a race on its aggregate.
 const ATTEMPTS: u32 = 8;
-/// Chats are loaded from a snapshot taken every this many events.
-const CHAT_SNAPSHOT_EVERY: u64 = 100;
 /// Aggregates of each type kept in memory: between this many and twice as many.
 const CACHED: usize = 4096;
 
-type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
-
-/// Where the aggregates of one type live: the event store, and the ones
-/// recently used in memory in front of it.
-pub struct Aggregates<A: Aggregate> {
-    store: Store<A>,
-    cache: Cache<A>,
-}
-
-impl<A: Aggregate> Aggregates<A> {
-    fn new(store: Store<A>) -> Self {
-        Self {
-            store,
-            cache: Cache::new(CACHED),
-        }
-    }
-}
-
-/// An aggregate Herald stores, with the store it lives in.
+/// An aggregate Herald stores, and where this process keeps those recently used.
 pub trait Stored: Aggregate<Error = DomainError, Services = ()>
 where
     Self::Command: Clone,
@@ -51,26 +30,26 @@ where
     /// Loaded from a snapshot taken every this many events, if at all.
     const SNAPSHOT_EVERY: Option<u64> = None;
 
-    /// Where the aggregates of this type live.
-    fn of(write_side: &WriteSide) -> &Aggregates<Self>;
+    /// The aggregates of this type in memory.
+    fn cache(write_side: &WriteSide) -> &Cache<Self>;
 }
 
 impl Stored for Chat {
-    const SNAPSHOT_EVERY: Option<u64> = Some(CHAT_SNAPSHOT_EVERY);
+    const SNAPSHOT_EVERY: Option<u64> = Some(100);
 
-    fn of(write_side: &WriteSide) -> &Aggregates<Self> {
+    fn cache(write_side: &WriteSide) -> &Cache<Self> {
         &write_side.chats
     }
 }
 
 impl Stored for Booking {
-    fn of(write_side: &WriteSide) -> &Aggregates<Self> {
+    fn cache(write_side: &WriteSide) -> &Cache<Self> {
         &write_side.bookings
     }
 }
 
 impl Stored for Payment {
-    fn of(write_side: &WriteSide) -> &Aggregates<Self> {
+    fn cache(write_side: &WriteSide) -> &Cache<Self> {
         &write_side.payments
     }
 }
@@ -109,9 +88,9 @@ impl<A: Aggregate> Committed<A> {
 /// (and the retry below) still decides.
 pub struct WriteSide {
     pool: PgPool,
-    chats: Aggregates<Chat>,
-    bookings: Aggregates<Booking>,
-    payments: Aggregates<Payment>,
+    chats: Cache<Chat>,
+    bookings: Cache<Booking>,
+    payments: Cache<Payment>,
     appender: Appender,
 }
 
@@ -119,17 +98,10 @@ impl WriteSide {
     /// A write side on the given pool; the schema must already be migrated.
     /// Its batch task runs on the current Tokio runtime until it is dropped.
     pub fn new(pool: PgPool) -> Self {
-        let repo = || PostgresEventRepository::new(pool.clone());
         Self {
-            chats: Aggregates::new(PersistedEventStore::new_snapshot_store(
-                repo(),
-                CHAT_SNAPSHOT_EVERY as usize,
-            )),
-            bookings: Aggregates::new(
-                PersistedEventStore::new_event_store(repo())
-                    .with_upcasters(vec![Box::new(domain::upcast::Upcaster)]),
-            ),
-            payments: Aggregates::new(PersistedEventStore::new_event_store(repo())),
+            chats: Cache::new(CACHED),
+            bookings: Cache::new(CACHED),
+            payments: Cache::new(CACHED),
             appender: Appender::start(pool.clone()),
             pool,
         }
@@ -146,8 +118,8 @@ impl WriteSide {
     where
         A::Command: Clone,
     {
-        let mut context = A::of(self).store.load_aggregate(&id.to_string()).await?;
-        Ok(std::mem::take(context.aggregate()))
+        let (aggregate, _) = load::load(&self.pool, id, A::SNAPSHOT_EVERY.is_some()).await?;
+        Ok(aggregate)
     }
 
     /// Decides `command` on aggregate `id` and commits its events with `metadata`.
@@ -200,7 +172,7 @@ impl WriteSide {
                     return self.replay(recorded, &idempotency.request_hash).await;
                 }
             }
-            let entry = A::of(self).cache.entry(id);
+            let entry = A::cache(self).entry(id);
             let mut slot = entry.slot.lock().await;
             let generation = entry.progress.borrow().generation;
             let basis = Basis {
@@ -208,10 +180,11 @@ impl WriteSide {
                 generation,
             };
             if slot.generation != Some(generation) {
-                let context = A::of(self).store.load_aggregate(&id.to_string()).await?;
+                let (aggregate, version) =
+                    load::load(&self.pool, id, A::SNAPSHOT_EVERY.is_some()).await?;
                 *slot = Slot {
-                    aggregate: context.aggregate,
-                    version: context.current_sequence as u64,
+                    aggregate,
+                    version,
                     generation: Some(generation),
                 };
                 basis.committed(slot.version);

@@ -16,6 +16,7 @@ mod executor;
 mod facts;
 pub mod gateway;
 mod idempotency;
+mod load;
 mod metadata;
 pub mod payments;
 pub mod process_manager;

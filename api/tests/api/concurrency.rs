@@ -112,15 +112,27 @@ async fn a_busy_chat_is_snapshotted_so_it_loads_from_its_latest_snapshot() {
     .await
     .unwrap();
     assert_eq!(snapshot, 200);
-    // A command after the snapshot still sees the whole history: seq continues.
-    let reply = app
-        .post(
-            &format!("/api/v1/chats/{chat}/messages"),
-            bob,
-            json!({ "body": "and one more" }),
-        )
-        .await;
-    assert_eq!(reply.body["seq"], 251);
+    // Another process loads the chat from the snapshot and the events after
+    // it: it sees the whole history, so the seq continues.
+    let other = TestApp::spawn_on(&app.database_url).await;
+    assert_eq!(message(&other, chat, bob, "and one more").await, 251);
+}
+
+#[tokio::test]
+async fn a_snapshot_that_no_longer_fits_the_chat_is_passed_over_for_its_events() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (patient(), patient());
+    let chat = app.group_chat(alice, &[bob]).await;
+    for i in 0..120 {
+        message(&app, chat, alice, &format!("m{i}")).await;
+    }
+    sqlx::query("UPDATE snapshots SET payload = '{\"shape\": \"of an older Herald\"}'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let other = TestApp::spawn_on(&app.database_url).await;
+    assert_eq!(message(&other, chat, bob, "still counted").await, 121);
 }
 
 /// `author` sends `body` into `chat` through `app`; the message's seq.
