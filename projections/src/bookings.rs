@@ -86,22 +86,122 @@ pub(crate) fn aggregate_uuid(entry: &LogEntry) -> Result<Uuid, ApplyError> {
     })
 }
 
-/// Applies one log entry to the booking tables; entries of chats change nothing.
-pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {
-    match entry.aggregate_type.as_str() {
-        BOOKING => {
-            let booking_id = aggregate_uuid(entry)?;
-            let event = crate::decode::<BookingEvent>(entry)?;
-            apply_booking(conn, entry, booking_id, event).await?;
+/// Applies log entries in order to the booking tables; entries of chats
+/// change nothing. Runs of new bookings are written in one statement each.
+pub(crate) async fn apply_all(
+    conn: &mut PgConnection,
+    entries: &[LogEntry],
+) -> Result<(), ApplyError> {
+    let mut requested = Requested::default();
+    for entry in entries {
+        match entry.aggregate_type.as_str() {
+            BOOKING => {
+                let booking_id = aggregate_uuid(entry)?;
+                let event = crate::decode::<BookingEvent>(entry)?;
+                if let Some(event) = requested.gather(entry, booking_id, event) {
+                    requested.write(conn).await?;
+                    apply_booking(conn, entry, booking_id, event).await?;
+                }
+            }
+            PAYMENT => {
+                requested.write(conn).await?;
+                let payment_id = aggregate_uuid(entry)?;
+                let event = crate::decode::<PaymentEvent>(entry)?;
+                apply_payment(conn, entry, payment_id, event).await?;
+            }
+            _ => {}
         }
-        PAYMENT => {
-            let payment_id = aggregate_uuid(entry)?;
-            let event = crate::decode::<PaymentEvent>(entry)?;
-            apply_payment(conn, entry, payment_id, event).await?;
-        }
-        _ => {}
     }
+    requested.write(conn).await?;
     Ok(())
+}
+
+/// New bookings gathered from a run of `BookingRequested` entries.
+#[derive(Debug, Default)]
+struct Requested {
+    booking_ids: Vec<Uuid>,
+    patient_ids: Vec<Uuid>,
+    call_types: Vec<&'static str>,
+    addresses: Vec<String>,
+    amounts_minor: Vec<i64>,
+    currencies: Vec<String>,
+    scheduled_at: Vec<Option<DateTime<Utc>>>,
+    requested_at: Vec<DateTime<Utc>>,
+    positions: Vec<i64>,
+    recorded_at: Vec<DateTime<Utc>>,
+}
+
+impl Requested {
+    /// Adds a `BookingRequested` to the run; any other event is handed back.
+    fn gather(
+        &mut self,
+        entry: &LogEntry,
+        booking_id: Uuid,
+        event: BookingEvent,
+    ) -> Option<BookingEvent> {
+        let BookingEvent::BookingRequested {
+            patient_id,
+            call_type,
+            address,
+            price,
+            scheduled_at,
+            requested_at,
+            ..
+        } = event
+        else {
+            return Some(event);
+        };
+        self.booking_ids.push(booking_id);
+        self.patient_ids.push(patient_id);
+        self.call_types.push(call_type.as_str());
+        self.addresses.push(address.as_str().to_owned());
+        self.amounts_minor.push(price.amount_minor());
+        self.currencies.push(price.currency().as_str().to_owned());
+        self.scheduled_at.push(scheduled_at);
+        self.requested_at.push(requested_at);
+        self.positions.push(entry.position);
+        self.recorded_at.push(entry.recorded_at);
+        None
+    }
+
+    /// Inserts the bookings gathered so far, pending and unpaid, and starts
+    /// a new run. A booking already there (a redelivered entry) is kept.
+    async fn write(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.booking_ids.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::take(self);
+        sqlx::query(
+            "INSERT INTO rm_bookings (booking_id, patient_id, doctor_id, call_type, address,
+                                      amount_minor, currency, scheduled_at, status, paid,
+                                      payment_id, payment_status, cancel_reason,
+                                      requested_at, created_position, updated_at)
+             SELECT r.booking_id, r.patient_id, NULL, r.call_type, r.address, r.amount_minor,
+                    r.currency, r.scheduled_at, $11, false, NULL, NULL, NULL,
+                    r.requested_at, r.position, r.recorded_at
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
+                           $6::text[], $7::timestamptz[], $8::timestamptz[], $9::bigint[],
+                           $10::timestamptz[])
+                    AS r (booking_id, patient_id, call_type, address, amount_minor, currency,
+                          scheduled_at, requested_at, position, recorded_at)
+             ORDER BY r.position
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(run.booking_ids)
+        .bind(run.patient_ids)
+        .bind(run.call_types)
+        .bind(run.addresses)
+        .bind(run.amounts_minor)
+        .bind(run.currencies)
+        .bind(run.scheduled_at)
+        .bind(run.requested_at)
+        .bind(run.positions)
+        .bind(run.recorded_at)
+        .bind(BookingStatus::Pending.as_str())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
 
 async fn apply_booking(
@@ -111,38 +211,8 @@ async fn apply_booking(
     event: BookingEvent,
 ) -> Result<(), sqlx::Error> {
     match event {
-        BookingEvent::BookingRequested {
-            booking_id,
-            patient_id,
-            call_type,
-            address,
-            price,
-            scheduled_at,
-            requested_at,
-        } => {
-            sqlx::query(
-                "INSERT INTO rm_bookings (booking_id, patient_id, doctor_id, call_type, address,
-                                          amount_minor, currency, scheduled_at, status, paid,
-                                          payment_id, payment_status, cancel_reason,
-                                          requested_at, created_position, updated_at)
-                 VALUES ($1, $2, NULL, $3, $4, $5, $6, $7, $8, false, NULL, NULL, NULL,
-                         $9, $10, $11)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(booking_id)
-            .bind(patient_id)
-            .bind(call_type.as_str())
-            .bind(address.as_str())
-            .bind(price.amount_minor())
-            .bind(price.currency().as_str())
-            .bind(scheduled_at)
-            .bind(BookingStatus::Pending.as_str())
-            .bind(requested_at)
-            .bind(entry.position)
-            .bind(entry.recorded_at)
-            .execute(&mut *conn)
-            .await?;
-        }
+        // Gathered into a run of new bookings by `apply_all` instead.
+        BookingEvent::BookingRequested { .. } => {}
         BookingEvent::DoctorAssigned { doctor_id, .. } => {
             set_status(conn, entry, booking_id, BookingStatus::Assigned, doctor_id).await?;
         }

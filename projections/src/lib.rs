@@ -95,12 +95,7 @@ impl Projection {
     /// Applies one log entry inside the caller's transaction. Entries of events
     /// the projection does not follow change nothing.
     pub async fn apply(self, conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {
-        match self {
-            Projection::Chats => chats::apply_all(conn, std::slice::from_ref(entry)).await,
-            Projection::Bookings => bookings::apply(conn, entry).await,
-            Projection::Payments => payments::apply(conn, entry).await,
-            Projection::Summary => summary::apply(conn, entry).await,
-        }
+        self.apply_all(conn, std::slice::from_ref(entry)).await
     }
 
     /// Applies log entries in order inside the caller's transaction, with the
@@ -111,13 +106,17 @@ impl Projection {
         conn: &mut PgConnection,
         entries: &[LogEntry],
     ) -> Result<(), ApplyError> {
-        if self == Projection::Chats {
-            return chats::apply_all(conn, entries).await;
+        match self {
+            Projection::Chats => chats::apply_all(conn, entries).await,
+            Projection::Bookings => bookings::apply_all(conn, entries).await,
+            Projection::Summary => summary::apply_all(conn, entries).await,
+            Projection::Payments => {
+                for entry in entries {
+                    payments::apply(conn, entry).await?;
+                }
+                Ok(())
+            }
         }
-        for entry in entries {
-            self.apply(conn, entry).await?;
-        }
-        Ok(())
     }
 }
 

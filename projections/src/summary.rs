@@ -46,8 +46,27 @@ pub struct Revenue {
     pub amount_minor: i64,
 }
 
-/// Applies one log entry to the dashboard totals; chat entries change nothing.
-pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {
+/// Applies log entries in order to the dashboard totals; chat entries change
+/// nothing. Each aggregate's status moves entry by entry, while the totals'
+/// moves are gathered and written once at the end.
+pub(crate) async fn apply_all(
+    conn: &mut PgConnection,
+    entries: &[LogEntry],
+) -> Result<(), ApplyError> {
+    let mut totals = Totals::default();
+    for entry in entries {
+        apply(conn, entry, &mut totals).await?;
+    }
+    totals.write(conn).await?;
+    Ok(())
+}
+
+/// Applies one log entry, moving `totals`.
+async fn apply(
+    conn: &mut PgConnection,
+    entry: &LogEntry,
+    totals: &mut Totals,
+) -> Result<(), ApplyError> {
     match entry.aggregate_type.as_str() {
         BOOKING => {
             let booking_id = aggregate_uuid(entry)?;
@@ -63,7 +82,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
                     .execute(&mut *conn)
                     .await?;
                     if inserted.rows_affected() == 1 {
-                        count_in(conn, BOOKINGS, pending).await?;
+                        totals.count_in(BOOKINGS, pending);
                     }
                     return Ok(());
                 }
@@ -84,8 +103,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
             .fetch_optional(&mut *conn)
             .await?;
             if let Some(from) = moved {
-                count_out(conn, BOOKINGS, &from).await?;
-                count_in(conn, BOOKINGS, status.as_str()).await?;
+                totals.count_out(BOOKINGS, &from);
+                totals.count_in(BOOKINGS, status.as_str());
             }
         }
         PAYMENT => {
@@ -105,7 +124,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
                     .execute(&mut *conn)
                     .await?;
                     if inserted.rows_affected() == 1 {
-                        count_in(conn, PAYMENTS, pending).await?;
+                        totals.count_in(PAYMENTS, pending);
                     }
                     return Ok(());
                 }
@@ -125,14 +144,14 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
             .fetch_optional(&mut *conn)
             .await?;
             if let Some((from, amount_minor, currency)) = moved {
-                count_out(conn, PAYMENTS, &from).await?;
-                count_in(conn, PAYMENTS, status.as_str()).await?;
+                totals.count_out(PAYMENTS, &from);
+                totals.count_in(PAYMENTS, status.as_str());
                 match status {
                     PaymentStatus::Succeeded => {
-                        add_to_revenue(conn, &currency, amount_minor, 0).await?;
+                        totals.add_to_revenue(&currency, amount_minor, 0);
                     }
                     PaymentStatus::Refunded => {
-                        add_to_revenue(conn, &currency, 0, amount_minor).await?;
+                        totals.add_to_revenue(&currency, 0, amount_minor);
                     }
                     PaymentStatus::Pending
                     | PaymentStatus::Failed
@@ -145,48 +164,77 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
     Ok(())
 }
 
-/// Counts one more aggregate in `status`.
-async fn count_in(conn: &mut PgConnection, kind: &str, status: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rm_summary_counts AS c (kind, status, count) VALUES ($1, $2, 1)
-         ON CONFLICT (kind, status) DO UPDATE SET count = c.count + 1",
-    )
-    .bind(kind)
-    .bind(status)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// How a batch moves the totals: counts per kind and status, and money per
+/// currency.
+#[derive(Debug, Default)]
+struct Totals {
+    counts: BTreeMap<(&'static str, String), i64>,
+    revenue: BTreeMap<String, (i64, i64)>,
 }
 
-/// Counts one aggregate fewer in `status`, which it was counted in before.
-async fn count_out(conn: &mut PgConnection, kind: &str, status: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE rm_summary_counts SET count = count - 1 WHERE kind = $1 AND status = $2")
-        .bind(kind)
-        .bind(status)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
+impl Totals {
+    /// Counts one more aggregate in `status`.
+    fn count_in(&mut self, kind: &'static str, status: &str) {
+        *self.counts.entry((kind, status.to_owned())).or_default() += 1;
+    }
 
-async fn add_to_revenue(
-    conn: &mut PgConnection,
-    currency: &str,
-    succeeded_minor: i64,
-    refunded_minor: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO rm_summary_revenue AS r (currency, succeeded_minor, refunded_minor)
-         VALUES ($1, $2, $3)
-         ON CONFLICT (currency) DO UPDATE
-            SET succeeded_minor = r.succeeded_minor + EXCLUDED.succeeded_minor,
-                refunded_minor = r.refunded_minor + EXCLUDED.refunded_minor",
-    )
-    .bind(currency)
-    .bind(succeeded_minor)
-    .bind(refunded_minor)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    /// Counts one aggregate fewer in `status`, which it was counted in before.
+    fn count_out(&mut self, kind: &'static str, status: &str) {
+        *self.counts.entry((kind, status.to_owned())).or_default() -= 1;
+    }
+
+    fn add_to_revenue(&mut self, currency: &str, succeeded_minor: i64, refunded_minor: i64) {
+        let total = self.revenue.entry(currency.to_owned()).or_default();
+        total.0 += succeeded_minor;
+        total.1 += refunded_minor;
+    }
+
+    /// Writes the moves, one statement for the counts and one for revenue. A
+    /// count first moved in this batch gets its row, as it would have entry
+    /// by entry.
+    async fn write(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.counts.is_empty() {
+            let (keys, moves): (Vec<_>, Vec<i64>) = self.counts.into_iter().unzip();
+            let (kinds, statuses): (Vec<&str>, Vec<String>) = keys.into_iter().unzip();
+            sqlx::query(
+                "WITH moves AS (
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS m (kind, status, delta)
+                 ), moved AS (
+                     UPDATE rm_summary_counts c SET count = c.count + m.delta
+                       FROM moves m
+                      WHERE c.kind = m.kind AND c.status = m.status
+                     RETURNING c.kind, c.status
+                 )
+                 INSERT INTO rm_summary_counts (kind, status, count)
+                 SELECT kind, status, delta FROM moves m
+                  WHERE delta >= 0
+                    AND NOT EXISTS (SELECT 1 FROM moved WHERE moved.kind = m.kind AND moved.status = m.status)",
+            )
+            .bind(kinds)
+            .bind(statuses)
+            .bind(moves)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.revenue.is_empty() {
+            let (currencies, amounts): (Vec<String>, Vec<(i64, i64)>) =
+                self.revenue.into_iter().unzip();
+            let (succeeded, refunded): (Vec<i64>, Vec<i64>) = amounts.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO rm_summary_revenue AS r (currency, succeeded_minor, refunded_minor)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+                 ON CONFLICT (currency) DO UPDATE
+                    SET succeeded_minor = r.succeeded_minor + EXCLUDED.succeeded_minor,
+                        refunded_minor = r.refunded_minor + EXCLUDED.refunded_minor",
+            )
+            .bind(currencies)
+            .bind(succeeded)
+            .bind(refunded)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Every booking status, so the dashboard lists each one even at zero. The

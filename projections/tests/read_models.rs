@@ -915,9 +915,19 @@ async fn rebuilding_from_the_log_in_one_batch_gives_the_same_rows_as_applying_li
     log.booking(booking, paid(payment)).await;
     log.booking(booking, cancelled()).await;
     log.payment(payment, refund_requested()).await;
+    // A run of new bookings, one of them taken by a doctor at once.
+    let (second, third) = (Uuid::new_v4(), Uuid::new_v4());
+    log.booking(second, requested(second, PATIENT_2, 5_000, "USD"))
+        .await;
+    log.booking(third, requested(third, PATIENT_1, 7_000, "EUR"))
+        .await;
+    log.booking(second, assigned(DOCTOR_1)).await;
+    // A new booking delivered again after the rest.
+    let mut batch = log.entries.clone();
+    batch.push(log.entries[5].clone());
 
     let rebuilt = fresh_pool().await;
-    apply_all(&rebuilt, &log.entries).await;
+    apply_all(&rebuilt, &batch).await;
     let live = dump(&log.pool).await;
     assert!(live.iter().all(|table| table
         .as_object()
