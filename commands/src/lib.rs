@@ -1,9 +1,9 @@
 //! Herald's write side.
 //!
-//! Commands are decided by the pure aggregates of [`domain`] and their events are
-//! committed to the Postgres event store (cqrs-es + postgres-es) together with the
-//! metadata every event carries: who acted, in which role, and which request or
-//! event caused it. Version conflicts are retried here, idempotency keys are
+//! Commands are decided by the pure aggregates of [`domain`], kept in memory
+//! while in use, and their events are committed to the Postgres event store in
+//! group commits, together with the metadata every event carries: who acted,
+//! in which role, and which request or event caused it. Version conflicts are retried here, idempotency keys are
 //! honoured here, and store failures are told apart from rejected commands.
 //!
 //! The payment gateway port and the booking ⇄ payment process manager live here
