@@ -95,14 +95,7 @@ async fn a_busy_chat_is_snapshotted_so_it_loads_from_its_latest_snapshot() {
     let (alice, bob) = (patient(), patient());
     let chat = app.group_chat(alice, &[bob]).await;
     for i in 0..250 {
-        let reply = app
-            .post(
-                &format!("/api/v1/chats/{chat}/messages"),
-                alice,
-                json!({ "body": format!("m{i}") }),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED);
+        app.message(chat, alice, &format!("m{i}")).await;
     }
     let snapshot: i64 = sqlx::query_scalar(
         "SELECT last_sequence FROM snapshots WHERE aggregate_type = 'Chat' AND aggregate_id = $1",
@@ -124,7 +117,7 @@ async fn a_snapshot_that_no_longer_fits_the_chat_is_passed_over_for_its_events()
     let (alice, bob) = (patient(), patient());
     let chat = app.group_chat(alice, &[bob]).await;
     for i in 0..120 {
-        message(&app, chat, alice, &format!("m{i}")).await;
+        app.message(chat, alice, &format!("m{i}")).await;
     }
     sqlx::query("UPDATE snapshots SET payload = '{\"shape\": \"of an older Herald\"}'")
         .execute(&app.pool)
@@ -137,15 +130,9 @@ async fn a_snapshot_that_no_longer_fits_the_chat_is_passed_over_for_its_events()
 
 /// `author` sends `body` into `chat` through `app`; the message's seq.
 async fn message(app: &TestApp, chat: Uuid, author: Actor, body: &str) -> u64 {
-    let reply = app
-        .post(
-            &format!("/api/v1/chats/{chat}/messages"),
-            author,
-            json!({ "body": body }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-    reply.body["seq"].as_u64().unwrap()
+    app.message(chat, author, body).await.body["seq"]
+        .as_u64()
+        .unwrap()
 }
 
 #[tokio::test]

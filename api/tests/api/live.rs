@@ -86,15 +86,7 @@ async fn send(socket: &mut Socket, frame: Value) {
 }
 
 async fn post_message(app: &TestApp, chat: Uuid, author: Actor, body: &str) -> Uuid {
-    let reply = app
-        .post(
-            &format!("/api/v1/chats/{chat}/messages"),
-            author,
-            json!({ "body": body }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-    reply.id()
+    app.message(chat, author, body).await.id()
 }
 
 #[tokio::test]

@@ -370,6 +370,20 @@ impl TestApp {
         self.send(Method::POST, path, actor, Some(body)).await
     }
 
+    /// `author` posts a message of `body` into `chat`; the answer, checked to
+    /// be 201 Created.
+    pub async fn message(&self, chat: Uuid, author: Actor, body: &str) -> Reply {
+        let reply = self
+            .post(
+                &format!("/api/v1/chats/{chat}/messages"),
+                author,
+                serde_json::json!({ "body": body }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply
+    }
+
     /// Every committed event's identity.
     pub async fn event_ids(&self) -> Vec<i64> {
         sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id")
