@@ -24,8 +24,6 @@ use crate::cache::Mark;
 
 /// Most events one batch appends.
 const MAX_BATCH_EVENTS: usize = 1024;
-/// Appends waiting for the batch task before a command waits to queue its own.
-const QUEUE: usize = 4096;
 
 /// Appends a batch: the events, the snapshots of aggregates that reached
 /// their next snapshot, and one `NOTIFY` that wakes the relay, all in one
@@ -125,29 +123,33 @@ pub(crate) enum AppendError {
     Store(sqlx::Error),
 }
 
-/// The queue of the batch task.
+/// The queue of the batch task. It is unbounded so that queueing never
+/// waits: a command applies its events to the cached state and queues them
+/// without an await in between, so a request dropped half-way cannot leave
+/// the cache ahead of the log. Each queued append is a command a client
+/// waits on, so the HTTP server's limits bound it.
 #[derive(Clone)]
 pub(crate) struct Appender {
-    queue: mpsc::Sender<Append>,
+    queue: mpsc::UnboundedSender<Append>,
 }
 
 impl Appender {
     /// Starts the batch task on `pool`; it ends once every handle is dropped.
     pub fn start(pool: PgPool) -> Self {
-        let (queue, receiver) = mpsc::channel(QUEUE);
+        let (queue, receiver) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, receiver));
         Self { queue }
     }
 
     /// Queues `append` behind every append queued before it.
-    pub async fn queue(&self, append: Append) {
-        if let Err(mpsc::error::SendError(append)) = self.queue.send(append).await {
+    pub fn queue(&self, append: Append) {
+        if let Err(mpsc::error::SendError(append)) = self.queue.send(append) {
             settle(append, Err(AppendError::Unavailable));
         }
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Append>) {
+async fn run(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Append>) {
     let mut carried: Option<Append> = None;
     loop {
         let first = match carried.take() {

@@ -213,6 +213,9 @@ impl WriteSide {
                     replayed: false,
                 });
             }
+            // From here until the append is queued nothing awaits, so a
+            // request dropped half-way leaves the cached state as it was or
+            // its events queued, never ahead of the log with nothing queued.
             let rows = events
                 .iter()
                 .map(|event| {
@@ -230,26 +233,28 @@ impl WriteSide {
             slot.version += events.len() as u64;
             let snapshot = A::SNAPSHOT_EVERY
                 .filter(|&every| snapshot_due(every, version, slot.version))
-                .map(|_| serde_json::to_string(&slot.aggregate))
-                .transpose()
-                .map_err(|err| CommandError::Internal(err.into()))?;
+                .and_then(|_| {
+                    serde_json::to_string(&slot.aggregate)
+                        .inspect_err(
+                            |err| tracing::warn!(aggregate = A::TYPE, %id, %err, "cannot snapshot"),
+                        )
+                        .ok()
+                });
             let (reply, outcome) = oneshot::channel();
-            self.appender
-                .queue(Append {
-                    aggregate_type: A::TYPE,
-                    aggregate_id: id.to_string(),
-                    first_sequence: version + 1,
-                    events: rows,
-                    metadata: stored_metadata.clone(),
-                    snapshot,
-                    idempotency: metadata
-                        .idempotency
-                        .as_ref()
-                        .map(|key| (metadata.actor.user_id, key.key.clone())),
-                    basis: basis.clone(),
-                    reply,
-                })
-                .await;
+            self.appender.queue(Append {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_string(),
+                first_sequence: version + 1,
+                events: rows,
+                metadata: stored_metadata.clone(),
+                snapshot,
+                idempotency: metadata
+                    .idempotency
+                    .as_ref()
+                    .map(|key| (metadata.actor.user_id, key.key.clone())),
+                basis: basis.clone(),
+                reply,
+            });
             let last = slot.version;
             drop(slot);
             let outcome = outcome.await.unwrap_or_else(|_| {
