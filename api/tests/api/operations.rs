@@ -166,6 +166,7 @@ async fn metrics_count_a_commands_life_from_request_to_outcome() {
         r#"herald_http_requests_total{route="/api/v1/bookings",method="POST",status="422"}"#,
         r#"herald_commands_total{aggregate="Booking",outcome="accepted"}"#,
         "herald_http_request_duration_seconds_bucket",
+        "herald_append_batch_commands_bucket",
         r#"herald_projection_lag{projection="chats"}"#,
         r#"herald_dead_letters{projection="payment-process"} 0"#,
     ] {
