@@ -32,6 +32,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::jetstream::{headers, headers_of};
+use crate::log::chain::Heads;
 use crate::log::sequencer::{sequence_batch, SEQUENCE_BATCH};
 use crate::log::COMMIT_CHANNEL;
 use crate::{locks, log, LogEntry, Topology};
@@ -175,8 +176,9 @@ impl Relay {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(COMMIT_CHANNEL).await?;
         let mut last_warning: Option<Instant> = None;
+        let mut heads = Heads::default();
         loop {
-            let step = sequence_batch(lock).await?;
+            let step = sequence_batch(lock, &mut heads).await?;
             if step.numbered > 0 {
                 self.status
                     .sequenced

@@ -17,7 +17,7 @@
 //! unless they recompute every hash after it; a head kept outside the database
 //! ([`Checkpoint`]) catches that, and a truncated tail, too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -195,11 +195,46 @@ impl Serialize for Checkpoint {
     }
 }
 
+/// The aggregate-chain hash of the last entry the sequencer linked, for the
+/// aggregates it linked most recently, so that the next event of a busy
+/// aggregate links to its predecessor without asking Postgres. A head is kept
+/// with its sequence and only serves the entry right after it; any other is
+/// looked up in the log. Heads are computed from the log alone, so one kept
+/// from a transaction that rolled back is what the retry computes again.
+#[derive(Debug, Default)]
+pub(crate) struct Heads {
+    heads: HashMap<(String, String), (i64, Hash)>,
+}
+
+/// Most aggregates whose heads are kept; past it they are forgotten at once.
+const HEADS_KEPT: usize = 65_536;
+
+impl Heads {
+    /// The aggregate-chain hash before `entry`, when it is kept.
+    fn before(&self, entry: &LogEntry) -> Option<Hash> {
+        if entry.sequence == 1 {
+            return Some(GENESIS);
+        }
+        self.heads
+            .get(&(entry.aggregate_type.clone(), entry.aggregate_id.clone()))
+            .filter(|(sequence, _)| *sequence == entry.sequence - 1)
+            .map(|(_, hash)| *hash)
+    }
+
+    fn keep(&mut self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: Hash) {
+        self.heads.insert(
+            (aggregate_type.to_owned(), aggregate_id.to_owned()),
+            (sequence, hash),
+        );
+    }
+}
+
 /// Links positions after the relay's `hashed_position` up to `up_to` (at most
 /// `limit` of them) into both chains, inside the sequencer's transaction.
 /// Returns the new `hashed_position`.
 pub(crate) async fn hash_through(
     tx: &mut PgConnection,
+    heads: &mut Heads,
     up_to: i64,
     limit: i64,
 ) -> Result<i64, sqlx::Error> {
@@ -225,33 +260,32 @@ pub(crate) async fn hash_through(
     let Some(last) = entries.last().map(|entry| entry.position) else {
         return Ok(hashed);
     };
-    let mut aggregate_heads = predecessor_hashes(tx, &entries).await?;
+    if heads.heads.len() > HEADS_KEPT {
+        heads.heads.clear();
+    }
+    look_up_heads(tx, heads, &entries).await?;
     let mut positions = Vec::with_capacity(entries.len());
     let mut hashes = Vec::with_capacity(entries.len());
     let mut aggregate_hashes = Vec::with_capacity(entries.len());
     for entry in &entries {
-        let key = (
-            entry.aggregate_type.clone(),
-            entry.aggregate_id.clone(),
-            entry.sequence - 1,
-        );
-        let previous_aggregate = if entry.sequence == 1 {
+        let previous_aggregate = heads.before(entry).unwrap_or_else(|| {
+            tracing::error!(
+                position = entry.position,
+                aggregate_type = entry.aggregate_type,
+                aggregate_id = entry.aggregate_id,
+                sequence = entry.sequence,
+                "the aggregate's previous event is not in the log; its chain restarts here"
+            );
             GENESIS
-        } else {
-            aggregate_heads.get(&key).copied().unwrap_or_else(|| {
-                tracing::error!(
-                    position = entry.position,
-                    aggregate_type = entry.aggregate_type,
-                    aggregate_id = entry.aggregate_id,
-                    sequence = entry.sequence,
-                    "the aggregate's previous event is not in the log; its chain restarts here"
-                );
-                GENESIS
-            })
-        };
+        });
         previous = link(&previous, entry);
         let aggregate = link(&previous_aggregate, entry);
-        aggregate_heads.insert((key.0, key.1, entry.sequence), aggregate);
+        heads.keep(
+            &entry.aggregate_type,
+            &entry.aggregate_id,
+            entry.sequence,
+            aggregate,
+        );
         positions.push(entry.position);
         hashes.push(previous.to_vec());
         aggregate_hashes.push(aggregate.to_vec());
@@ -273,17 +307,37 @@ pub(crate) async fn hash_through(
     Ok(last)
 }
 
-type AggregateKey = (String, String, i64);
-
-/// The aggregate-chain hashes of the events just before those of `entries`
-/// (sequence − 1) that are already in the log.
-async fn predecessor_hashes(
+/// Keeps the aggregate-chain hashes, already in the log, of the events just
+/// before those of `entries` (sequence − 1) that are neither kept nor among
+/// `entries` themselves.
+async fn look_up_heads(
     tx: &mut PgConnection,
+    heads: &mut Heads,
     entries: &[LogEntry],
-) -> Result<HashMap<AggregateKey, Hash>, sqlx::Error> {
-    let wanted: Vec<&LogEntry> = entries.iter().filter(|e| e.sequence > 1).collect();
+) -> Result<(), sqlx::Error> {
+    let linked_here: HashSet<(&str, &str, i64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.aggregate_type.as_str(),
+                e.aggregate_id.as_str(),
+                e.sequence,
+            )
+        })
+        .collect();
+    let wanted: Vec<&LogEntry> = entries
+        .iter()
+        .filter(|e| {
+            heads.before(e).is_none()
+                && !linked_here.contains(&(
+                    e.aggregate_type.as_str(),
+                    e.aggregate_id.as_str(),
+                    e.sequence - 1,
+                ))
+        })
+        .collect();
     if wanted.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(());
     }
     let types: Vec<&str> = wanted.iter().map(|e| e.aggregate_type.as_str()).collect();
     let ids: Vec<&str> = wanted.iter().map(|e| e.aggregate_id.as_str()).collect();
@@ -300,10 +354,12 @@ async fn predecessor_hashes(
     .bind(&sequences)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(t, i, s, hash)| Some(((t, i, s), as_hash(hash)?)))
-        .collect())
+    for (aggregate_type, aggregate_id, sequence, hash) in rows {
+        if let Some(hash) = as_hash(hash) {
+            heads.keep(&aggregate_type, &aggregate_id, sequence, hash);
+        }
+    }
+    Ok(())
 }
 
 fn as_hash(bytes: Option<Vec<u8>>) -> Option<Hash> {

@@ -4,7 +4,7 @@
 
 use sqlx::{Connection, PgConnection};
 
-use super::chain;
+use super::chain::{self, Heads};
 
 /// Most events numbered in one sequencer transaction.
 pub(crate) const SEQUENCE_BATCH: i64 = 2000;
@@ -21,7 +21,10 @@ pub(crate) struct SequenceStep {
 
 /// Numbers the next committed events below the horizon, in one transaction on
 /// the lock's connection.
-pub(crate) async fn sequence_batch(lock: &mut PgConnection) -> Result<SequenceStep, sqlx::Error> {
+pub(crate) async fn sequence_batch(
+    lock: &mut PgConnection,
+    heads: &mut Heads,
+) -> Result<SequenceStep, sqlx::Error> {
     let mut tx = lock.begin().await?;
     // One snapshot for the horizon and the read, so both see the same world.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -37,7 +40,7 @@ pub(crate) async fn sequence_batch(lock: &mut PgConnection) -> Result<SequenceSt
     .await?;
     if hashed < position {
         // The chain must reach the head before anything new joins it.
-        let hashed = chain::hash_through(&mut tx, position, SEQUENCE_BATCH).await?;
+        let hashed = chain::hash_through(&mut tx, heads, position, SEQUENCE_BATCH).await?;
         tx.commit().await?;
         return Ok(SequenceStep {
             numbered: 0,
@@ -100,7 +103,7 @@ pub(crate) async fn sequence_batch(lock: &mut PgConnection) -> Result<SequenceSt
     .bind(position + numbered)
     .execute(&mut *tx)
     .await?;
-    chain::hash_through(&mut tx, position + numbered, numbered).await?;
+    chain::hash_through(&mut tx, heads, position + numbered, numbered).await?;
     tx.commit().await?;
     Ok(SequenceStep {
         numbered,
