@@ -10,6 +10,7 @@
 //! domain's own types, with the snapshot Herald would have taken of it.
 
 use chrono::{TimeDelta, Utc};
+use commands::Metadata;
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::chat::{Chat, ChatEvent, MAX_GROUP_MEMBERS};
 use domain::values::{Actor, ChatKind, ChatTitle, MessageBody, Role};
@@ -259,12 +260,8 @@ impl ChatLog {
         self.types.push(event.event_type());
         self.versions.push(event.event_version());
         self.payloads.push(json!(event));
-        self.metadata.push(json!({
-            "actor": actor.user_id.to_string(),
-            "role": actor.role.as_str(),
-            "correlation_id": request,
-            "causation_id": request,
-        }));
+        self.metadata
+            .push(json!(Metadata::for_request(actor, request).to_map()));
         self.chat.apply(event);
     }
 

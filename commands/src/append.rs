@@ -11,16 +11,15 @@
 //! commit. Nothing is acknowledged before its commit.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use herald_nats::log::COMMIT_CHANNEL;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{PgPool, Postgres};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::cache::Mark;
+use crate::cache::Basis;
 
 /// Most events one batch appends.
 const MAX_BATCH_EVENTS: usize = 1024;
@@ -69,45 +68,6 @@ pub(crate) struct Append {
 impl Append {
     fn last_sequence(&self) -> u64 {
         self.first_sequence + self.events.len() as u64 - 1
-    }
-}
-
-/// The cached aggregate state a command was decided on: its entry's progress
-/// and the generation of the state at that time.
-#[derive(Clone)]
-pub(crate) struct Basis {
-    pub progress: Arc<watch::Sender<Mark>>,
-    pub generation: u64,
-}
-
-impl Basis {
-    /// Whether the state is still the entry's current one, i.e. no earlier
-    /// append of the same aggregate failed since.
-    fn is_current(&self) -> bool {
-        self.progress.borrow().generation == self.generation
-    }
-
-    /// The state is committed up to `version`.
-    pub fn committed(&self, version: u64) {
-        self.progress.send_if_modified(|mark| {
-            let advanced = mark.generation == self.generation && mark.committed < version;
-            if advanced {
-                mark.committed = version;
-            }
-            advanced
-        });
-    }
-
-    /// The state is not to be decided on any more: it, and every state
-    /// decided after it, is discarded, and the next command reloads.
-    pub fn discard(&self) {
-        self.progress.send_if_modified(|mark| {
-            let current = mark.generation == self.generation;
-            if current {
-                mark.generation += 1;
-            }
-            current
-        });
     }
 }
 

@@ -24,6 +24,45 @@ pub(crate) struct Mark {
     pub committed: u64,
 }
 
+/// The cached aggregate state a command was decided on: its entry's progress
+/// and the generation of the state at that time.
+#[derive(Clone)]
+pub(crate) struct Basis {
+    pub progress: Arc<watch::Sender<Mark>>,
+    pub generation: u64,
+}
+
+impl Basis {
+    /// Whether the state is still the entry's current one, i.e. no earlier
+    /// append of the same aggregate failed since.
+    pub fn is_current(&self) -> bool {
+        self.progress.borrow().generation == self.generation
+    }
+
+    /// The state is committed up to `version`.
+    pub fn committed(&self, version: u64) {
+        self.progress.send_if_modified(|mark| {
+            let advanced = mark.generation == self.generation && mark.committed < version;
+            if advanced {
+                mark.committed = version;
+            }
+            advanced
+        });
+    }
+
+    /// The state is not to be decided on any more: it, and every state
+    /// decided after it, is discarded, and the next command reloads.
+    pub fn discard(&self) {
+        self.progress.send_if_modified(|mark| {
+            let current = mark.generation == self.generation;
+            if current {
+                mark.generation += 1;
+            }
+            current
+        });
+    }
+}
+
 /// An aggregate's state as its commands left it, committed or not.
 pub(crate) struct Slot<A> {
     pub aggregate: A,

@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::append::{Append, AppendError, Appender, Basis};
-use crate::cache::{Cache, Slot};
+use crate::append::{Append, AppendError, Appender};
+use crate::cache::{Basis, Cache, Slot};
 use crate::idempotency::{self, Recorded};
 use crate::load;
 use crate::{CommandError, ConsistencyToken, Metadata};

@@ -37,7 +37,7 @@ impl Metadata {
     }
 
     /// The flat map stored in each event's `metadata` column.
-    pub(crate) fn to_map(&self) -> HashMap<String, String> {
+    pub fn to_map(&self) -> HashMap<String, String> {
         let mut map = HashMap::from([
             ("actor".to_owned(), self.actor.user_id.to_string()),
             ("role".to_owned(), self.actor.role.as_str().to_owned()),

@@ -221,6 +221,14 @@ impl Heads {
             .map(|(_, hash)| *hash)
     }
 
+    /// Forgets every head once more than [`HEADS_KEPT`] are kept; called
+    /// between batches, never while one is being linked.
+    fn forget_if_full(&mut self) {
+        if self.heads.len() > HEADS_KEPT {
+            self.heads.clear();
+        }
+    }
+
     fn keep(&mut self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: Hash) {
         self.heads.insert(
             (aggregate_type.to_owned(), aggregate_id.to_owned()),
@@ -260,9 +268,7 @@ pub(crate) async fn hash_through(
     let Some(last) = entries.last().map(|entry| entry.position) else {
         return Ok(hashed);
     };
-    if heads.heads.len() > HEADS_KEPT {
-        heads.heads.clear();
-    }
+    heads.forget_if_full();
     look_up_heads(tx, heads, &entries).await?;
     let mut positions = Vec::with_capacity(entries.len());
     let mut hashes = Vec::with_capacity(entries.len());
