@@ -3,18 +3,23 @@
 # who uses the machine's CPU (Herald, Postgres, NATS, the load generator),
 # where Herald's own CPU goes (perf, by symbol), and what Postgres backends do
 # (pg_stat_activity sampled every 10 ms: average sessions per state, wait and
-# statement). Writes the "Profile" section of BENCHMARKS.md.
+# statement), and what one command costs: CPU by process, Postgres transactions,
+# WAL flushes (fsyncs) and, when Postgres preloads pg_stat_statements,
+# statements (round trips). Writes the "Profile" section of BENCHMARKS.md.
 #
 #   bash bench/profile.sh
 #
 # Settings (environment): BENCH_DURATION_S (30), BENCH_CONCURRENCY (32),
-# BENCH_NATS_PORT (14222), BENCH_HTTP_PORT (18080).
+# BENCH_WORKLOAD (mix; or bookings, messages), BENCH_NATS_PORT (14222),
+# BENCH_HTTP_PORT (18080), BENCH_HERALD (the herald binary to profile, by default
+# the one just built; another build's, to set two side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 DURATION=${BENCH_DURATION_S:-30}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
+WORKLOAD=${BENCH_WORKLOAD:-mix}
 NATS_PORT=${BENCH_NATS_PORT:-14222}
 HTTP_PORT=${BENCH_HTTP_PORT:-18080}
 WORK=$(mktemp -d /tmp/herald-profile.XXXXXX)
@@ -33,7 +38,7 @@ export HERALD_SANDBOX=true   # payments go through the built-in sandbox provider
 export HERALD_RATE_LIMIT_PER_SECOND=0
 export HERALD_DATABASE_URL="$PG_SERVER/$DB" HERALD_LISTEN="127.0.0.1:$HTTP_PORT"
 fresh_db "$DB"
-start herald "$BIN/herald" up
+start herald "${BENCH_HERALD:-$BIN/herald}" up
 HERALD_PID=$STARTED_PID
 wait_for_port "$HTTP_PORT"
 
@@ -51,6 +56,32 @@ postgres_ticks() {
 }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 snapshot() { echo "$(ticks_of "$HERALD_PID") $(postgres_ticks) $(ticks_of "$NATS_PID") $(machine_ticks)"; }
+
+# Transactions of Herald's database, WAL flushes of the server and, when
+# pg_stat_statements is preloaded, statements run in Herald's database.
+if "${PSQL[@]}" -d postgres -c "SHOW shared_preload_libraries" | grep -q pg_stat_statements; then
+    "${PSQL[@]}" -d "$DB" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
+    STATEMENTS="(SELECT sum(calls) FROM pg_stat_statements
+                  WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+else
+    STATEMENTS="NULL"
+fi
+# The statements that took Postgres longest since the counters were read
+# before the run: calls and execution time per command answered.
+top_statements() {
+    "${PSQL[@]}" -d "$DB" -F ' | ' -c "SELECT round(calls::numeric / $1, 2),
+            round((total_exec_time * 1000 / $1)::numeric, 1),
+            left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+       FROM pg_stat_statements
+      WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      ORDER BY total_exec_time DESC LIMIT 15"
+}
+counters() {
+    sleep 1 # the statistics collector publishes at most once a second
+    "${PSQL[@]}" -d "$DB" -F ' ' -c "SELECT
+        (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()),
+        (SELECT wal_sync FROM pg_stat_wal), coalesce($STATEMENTS, -1)"
+}
 
 "${PSQL[@]}" -d postgres -c "
     CREATE OR REPLACE FUNCTION public.herald_profile_sample(db text, seconds float)
@@ -80,7 +111,10 @@ snapshot() { echo "$(ticks_of "$HERALD_PID") $(postgres_ticks) $(ticks_of "$NATS
                       ORDER BY 2 DESC;
     END \$\$"
 
-log "profiling $DURATION s of commands at $CONCURRENCY clients"
+log "profiling $DURATION s of the $WORKLOAD workload at $CONCURRENCY clients"
+[ "$STATEMENTS" = NULL ] || "${PSQL[@]}" -d "$DB" -c "SELECT pg_stat_statements_reset(0,
+    (SELECT oid FROM pg_database WHERE datname = current_database()), 0)" >/dev/null
+COUNTERS_BEFORE=$(counters)
 BEFORE=$(snapshot)
 "${PSQL[@]}" -d postgres -F ' | ' -c "SELECT round(sessions::numeric, 2), activity
     FROM public.herald_profile_sample('$DB', $DURATION) LIMIT 25" >"$WORK/sessions.txt" &
@@ -89,9 +123,10 @@ perf record -F 499 -p "$HERALD_PID" -o "$WORK/perf.data" -- sleep "$DURATION" 2>
 PERF=$!
 TIMEFORMAT='%U %S'
 { time "$BIN/herald-load" commands --url "http://127.0.0.1:$HTTP_PORT" \
-    --concurrency "$CONCURRENCY" --duration-s "$DURATION" >"$WORK/load.json" 2>"$WORK/load.log"; } \
-    2>"$WORK/load.time"
+    --concurrency "$CONCURRENCY" --duration-s "$DURATION" --workload "$WORKLOAD" \
+    >"$WORK/load.json" 2>"$WORK/load.log"; } 2>"$WORK/load.time"
 AFTER=$(snapshot)
+COUNTERS_AFTER=$(counters)
 wait "$SAMPLER" "$PERF"
 "${PSQL[@]}" -d postgres -c "DROP FUNCTION public.herald_profile_sample(text, float)"
 stop "$HERALD_PID"
@@ -109,6 +144,18 @@ LOAD_CPU=$(awk -v u="$LU" -v s="$LS" -v d="$DURATION" 'BEGIN { printf "%.2f", (u
 OTHER_CPU=$(awk -v m="$MACHINE_CPU" -v a="$HERALD_CPU" -v b="$POSTGRES_CPU" -v c="$NATS_CPU" -v d="$LOAD_CPU" \
     'BEGIN { o = m - a - b - c - d; printf "%.2f", o < 0 ? 0 : o }')
 RATE=$(jq -r '.throughput | round' "$WORK/load.json")
+COMMANDS=$(jq -r '.commands_ok' "$WORK/load.json")
+read -r X0 W0 S0 <<<"$COUNTERS_BEFORE"
+read -r X1 W1 S1 <<<"$COUNTERS_AFTER"
+# Milliseconds of CPU per command, from cores busy over the run.
+per_command_ms() { awk -v c="$1" -v r="$RATE" 'BEGIN { printf "%.3f", c * 1000 / r }'; }
+per_command() { awk -v n="$1" -v c="$COMMANDS" 'BEGIN { printf "%.2f", n / c }'; }
+if [ "$S0" -ge 0 ]; then
+    STATEMENTS_PER_COMMAND=$(per_command $((S1 - S0)))
+    top_statements "$COMMANDS" >"$WORK/statements.txt"
+else
+    STATEMENTS_PER_COMMAND="not measured: Postgres does not preload pg_stat_statements"
+fi
 perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7 2>/dev/null |
     grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+(-[[:space:]]+)*$//' | head -30 >"$WORK/symbols.txt"
 
@@ -118,7 +165,7 @@ SECTION=$(
     echo
     echo "Measured by \`bash bench/profile.sh\` (BENCH_DURATION_S=$DURATION, $CONCURRENCY clients) on"
     echo "$(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- . ':!BENCHMARKS.md' || echo ' (with uncommitted changes)'):"
-    echo "\`herald up\` under the same mixed load as the benchmark, $RATE commands/s."
+    echo "\`herald up\` under the benchmark's \`$WORKLOAD\` workload, $RATE commands/s."
     echo
     echo "### Who uses the CPU (cores busy, averaged over the run; the machine has $(nproc))"
     echo
@@ -131,6 +178,27 @@ SECTION=$(
     echo "| anything else on the machine | $OTHER_CPU |"
     echo "| **all** | **$MACHINE_CPU** |"
     echo
+    echo "### What one command costs (the whole pipeline's work, divided by commands answered)"
+    echo
+    echo "| what | per command |"
+    echo "| --- | ---: |"
+    echo "| CPU of Herald, ms | $(per_command_ms "$HERALD_CPU") |"
+    echo "| CPU of Postgres, ms | $(per_command_ms "$POSTGRES_CPU") |"
+    echo "| CPU of NATS, ms | $(per_command_ms "$NATS_CPU") |"
+    echo "| CPU of the load generator, ms | $(per_command_ms "$LOAD_CPU") |"
+    echo "| CPU of the whole machine, ms | $(per_command_ms "$MACHINE_CPU") |"
+    echo "| Postgres transactions in Herald's database | $(per_command $((X1 - X0))) |"
+    echo "| statements sent to Postgres (round trips) | $STATEMENTS_PER_COMMAND |"
+    echo "| WAL flushes (fsync) | $(per_command $((W1 - W0))) |"
+    echo
+    if [ -s "$WORK/statements.txt" ]; then
+        echo "### Where Postgres's time goes (pg_stat_statements, the 15 longest in total)"
+        echo
+        echo "| calls per command | µs of execution per command | statement |"
+        echo "| ---: | ---: | --- |"
+        sed -E 's/^([^|]*) \| ([^|]*) \| (.*)$/| \1 | \2 | `\3` |/' "$WORK/statements.txt"
+        echo
+    fi
     echo "### What Postgres sessions of Herald's database do (average sessions at once)"
     echo
     echo "\"idle in transaction | Client:ClientRead\" is a transaction waiting for Herald to send"
