@@ -159,7 +159,10 @@ impl Relay {
         };
         self.status.active.store(true, Ordering::Relaxed);
         tracing::info!("relay is active");
-        let (sequenced_tx, sequenced_rx) = watch::channel(log::head(&mut lock).await?);
+        let (sequenced_tx, sequenced_rx) = watch::channel(Arc::new(Numbered {
+            position: log::head(&mut lock).await?,
+            entries: Vec::new(),
+        }));
         tokio::select! {
             result = self.sequence(&mut lock, sequenced_tx) => result?,
             result = self.publish(sequenced_rx) => result?,
@@ -171,19 +174,22 @@ impl Relay {
     async fn sequence(
         &self,
         lock: &mut PgConnection,
-        sequenced: watch::Sender<i64>,
+        sequenced: watch::Sender<Arc<Numbered>>,
     ) -> Result<(), RelayError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(COMMIT_CHANNEL).await?;
         let mut last_warning: Option<Instant> = None;
         let mut heads = Heads::default();
         loop {
-            let step = sequence_batch(lock, &mut heads).await?;
+            let (step, entries) = sequence_batch(lock, &mut heads).await?;
             if step.numbered > 0 {
                 self.status
                     .sequenced
                     .store(step.position, Ordering::Relaxed);
-                sequenced.send_replace(step.position);
+                sequenced.send_replace(Arc::new(Numbered {
+                    position: step.position,
+                    entries,
+                }));
             }
             if step.blocked {
                 self.note_horizon_blocked(lock, &mut last_warning).await?;
@@ -259,7 +265,10 @@ impl Relay {
 
     /// Publishes sequenced entries in order, forever; errors of NATS are retried,
     /// only Postgres errors and a foreign stream end it.
-    async fn publish(&self, mut sequenced: watch::Receiver<i64>) -> Result<(), RelayError> {
+    async fn publish(
+        &self,
+        mut sequenced: watch::Receiver<Arc<Numbered>>,
+    ) -> Result<(), RelayError> {
         let mut backoff = Backoff::default();
         let mut known: Option<Published> = None;
         loop {
@@ -277,7 +286,16 @@ impl Relay {
                     }
                 },
             };
-            let entries = log::read_after(&self.pool, published.position, PUBLISH_BATCH).await?;
+            let numbered = sequenced.borrow_and_update().clone();
+            let read;
+            let entries = match numbered.after(published.position) {
+                Some(entries) => entries,
+                None if numbered.position <= published.position => &[],
+                None => {
+                    read = log::read_after(&self.pool, published.position, PUBLISH_BATCH).await?;
+                    &read[..]
+                }
+            };
             if entries.is_empty() {
                 self.status
                     .published
@@ -293,7 +311,7 @@ impl Relay {
                 }
                 continue;
             }
-            match self.publish_batch(&entries, published).await {
+            match self.publish_batch(entries, published).await {
                 Ok(now) => {
                     backoff.reset();
                     self.status.published.store(now.position, Ordering::Relaxed);
@@ -401,6 +419,23 @@ struct Blocker {
     database: Option<String>,
     state: Option<String>,
     query: Option<String>,
+}
+
+/// The sequencer's latest step, as the publisher sees it: how far the log
+/// reaches, and the entries that step numbered, so the publisher need not read
+/// them back when it is right behind.
+struct Numbered {
+    position: i64,
+    entries: Vec<LogEntry>,
+}
+
+impl Numbered {
+    /// The entries after `position`, when this step holds every one of them.
+    fn after(&self, position: i64) -> Option<&[LogEntry]> {
+        let first = self.entries.first()?.position;
+        let skip = usize::try_from(position + 1 - first).ok()?;
+        self.entries.get(skip..).filter(|rest| !rest.is_empty())
+    }
 }
 
 /// How far the stream is known to reach.

@@ -237,43 +237,29 @@ impl Heads {
     }
 }
 
-/// Links positions after the relay's `hashed_position` up to `up_to` (at most
-/// `limit` of them) into both chains, inside the sequencer's transaction.
-/// Returns the new `hashed_position`.
-pub(crate) async fn hash_through(
+/// Both chains' links of a run of consecutive entries, in their order.
+pub(crate) struct Links {
+    pub(crate) hashes: Vec<Vec<u8>>,
+    pub(crate) aggregate_hashes: Vec<Vec<u8>>,
+}
+
+/// Links `entries`, consecutive and in position order, into both chains:
+/// the log chain continues from `previous`, the hash of the entry before the
+/// first, and each aggregate chain from its head (kept, linked earlier in
+/// this run, or looked up in the log).
+pub(crate) async fn link_entries(
     tx: &mut PgConnection,
     heads: &mut Heads,
-    up_to: i64,
-    limit: i64,
-) -> Result<i64, sqlx::Error> {
-    let hashed: i64 = sqlx::query_scalar("SELECT hashed_position FROM relay_cursor")
-        .fetch_one(&mut *tx)
-        .await?;
-    if hashed >= up_to {
-        return Ok(hashed);
-    }
-    let mut previous = if hashed == 0 {
-        GENESIS
-    } else {
-        let stored: Option<Option<Vec<u8>>> =
-            sqlx::query_scalar("SELECT hash FROM event_log WHERE position = $1")
-                .bind(hashed)
-                .fetch_optional(&mut *tx)
-                .await?;
-        // Whatever is stored is what the chain continues from: a tampered
-        // head is the verifier's to report, not a reason to stop numbering.
-        as_hash(stored.flatten()).unwrap_or(GENESIS)
-    };
-    let entries = log::read_after(&mut *tx, hashed, (up_to - hashed).min(limit)).await?;
-    let Some(last) = entries.last().map(|entry| entry.position) else {
-        return Ok(hashed);
-    };
+    mut previous: Hash,
+    entries: &[LogEntry],
+) -> Result<Links, sqlx::Error> {
     heads.forget_if_full();
-    look_up_heads(tx, heads, &entries).await?;
-    let mut positions = Vec::with_capacity(entries.len());
-    let mut hashes = Vec::with_capacity(entries.len());
-    let mut aggregate_hashes = Vec::with_capacity(entries.len());
-    for entry in &entries {
+    look_up_heads(tx, heads, entries).await?;
+    let mut links = Links {
+        hashes: Vec::with_capacity(entries.len()),
+        aggregate_hashes: Vec::with_capacity(entries.len()),
+    };
+    for entry in entries {
         let previous_aggregate = heads.before(entry).unwrap_or_else(|| {
             tracing::error!(
                 position = entry.position,
@@ -292,24 +278,52 @@ pub(crate) async fn hash_through(
             entry.sequence,
             aggregate,
         );
-        positions.push(entry.position);
-        hashes.push(previous.to_vec());
-        aggregate_hashes.push(aggregate.to_vec());
+        links.hashes.push(previous.to_vec());
+        links.aggregate_hashes.push(aggregate.to_vec());
     }
+    Ok(links)
+}
+
+/// The log-chain hash stored at `position` (the genesis before position 1).
+/// Whatever is stored is what the chain continues from: a tampered head is
+/// the verifier's to report, not a reason to stop numbering.
+pub(crate) fn stored_head(position: i64, stored: Option<Vec<u8>>) -> Hash {
+    if position == 0 {
+        return GENESIS;
+    }
+    as_hash(stored).unwrap_or(GENESIS)
+}
+
+/// Links entries numbered before the hash chains existed: positions after
+/// the relay's `hashed_position` up to `up_to` (at most `limit` of them),
+/// inside the sequencer's transaction. Returns the new `hashed_position`.
+pub(crate) async fn hash_through(
+    tx: &mut PgConnection,
+    heads: &mut Heads,
+    hashed: i64,
+    previous: Hash,
+    up_to: i64,
+    limit: i64,
+) -> Result<i64, sqlx::Error> {
+    let entries = log::read_after(&mut *tx, hashed, (up_to - hashed).min(limit)).await?;
+    let Some(last) = entries.last().map(|entry| entry.position) else {
+        return Ok(hashed);
+    };
+    let links = link_entries(tx, heads, previous, &entries).await?;
+    let positions: Vec<i64> = entries.iter().map(|entry| entry.position).collect();
     sqlx::query(
-        "UPDATE event_log l SET hash = t.hash, aggregate_hash = t.aggregate_hash
-           FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS t(position, hash, aggregate_hash)
-          WHERE l.position = t.position",
+        "WITH linked AS (
+           UPDATE event_log l SET hash = t.hash, aggregate_hash = t.aggregate_hash
+             FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS t(position, hash, aggregate_hash)
+            WHERE l.position = t.position)
+         UPDATE relay_cursor SET hashed_position = $4",
     )
     .bind(&positions)
-    .bind(&hashes)
-    .bind(&aggregate_hashes)
+    .bind(&links.hashes)
+    .bind(&links.aggregate_hashes)
+    .bind(last)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE relay_cursor SET hashed_position = $1")
-        .bind(last)
-        .execute(&mut *tx)
-        .await?;
     Ok(last)
 }
 
