@@ -14,6 +14,7 @@ use herald_nats::LogEntry;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::bookings::aggregate_uuid;
 use crate::ApplyError;
@@ -47,119 +48,141 @@ pub struct Revenue {
 }
 
 /// Applies log entries in order to the dashboard totals; chat entries change
-/// nothing. Each aggregate's status moves entry by entry, while the totals'
+/// nothing. Each aggregate's status moves entry by entry (runs of new
+/// bookings in one statement each), while the totals'
 /// moves are gathered and written once at the end.
 pub(crate) async fn apply_all(
     conn: &mut PgConnection,
     entries: &[LogEntry],
 ) -> Result<(), ApplyError> {
     let mut totals = Totals::default();
+    let mut requested = Vec::new();
     for entry in entries {
-        apply(conn, entry, &mut totals).await?;
+        match entry.aggregate_type.as_str() {
+            BOOKING => {
+                let booking_id = aggregate_uuid(entry)?;
+                let status = match crate::decode::<BookingEvent>(entry)? {
+                    BookingEvent::BookingRequested { .. } => {
+                        requested.push(booking_id);
+                        continue;
+                    }
+                    BookingEvent::DoctorAssigned { .. } => BookingStatus::Assigned,
+                    BookingEvent::BookingCompleted { .. } => BookingStatus::Completed,
+                    BookingEvent::BookingCancelled { .. } => BookingStatus::Cancelled,
+                    // Being paid is a flag beside the status, not a status.
+                    BookingEvent::BookingPaid { .. } => continue,
+                };
+                count_requested(conn, &mut requested, &mut totals).await?;
+                move_booking(conn, booking_id, status, &mut totals).await?;
+            }
+            PAYMENT => apply_payment(conn, entry, &mut totals).await?,
+            _ => {}
+        }
     }
+    count_requested(conn, &mut requested, &mut totals).await?;
     totals.write(conn).await?;
     Ok(())
 }
 
-/// Applies one log entry, moving `totals`.
-async fn apply(
+/// Counts a run of new bookings as pending, in one statement, and empties
+/// it. A booking already known (a redelivered entry) is not counted again.
+async fn count_requested(
+    conn: &mut PgConnection,
+    requested: &mut Vec<Uuid>,
+    totals: &mut Totals,
+) -> Result<(), sqlx::Error> {
+    if requested.is_empty() {
+        return Ok(());
+    }
+    let pending = BookingStatus::Pending.as_str();
+    let inserted = sqlx::query(
+        "INSERT INTO rm_summary_bookings (booking_id, status)
+         SELECT booking_id, $2 FROM unnest($1::uuid[]) AS r (booking_id)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(std::mem::take(requested))
+    .bind(pending)
+    .execute(&mut *conn)
+    .await?;
+    for _ in 0..inserted.rows_affected() {
+        totals.count_in(BOOKINGS, pending);
+    }
+    Ok(())
+}
+
+/// Moves a booking to `status`, unless it is there already.
+async fn move_booking(
+    conn: &mut PgConnection,
+    booking_id: Uuid,
+    status: BookingStatus,
+    totals: &mut Totals,
+) -> Result<(), sqlx::Error> {
+    let moved: Option<String> = sqlx::query_scalar(
+        "UPDATE rm_summary_bookings b SET status = $2
+           FROM (SELECT status FROM rm_summary_bookings WHERE booking_id = $1) old
+          WHERE b.booking_id = $1 AND b.status <> $2
+         RETURNING old.status",
+    )
+    .bind(booking_id)
+    .bind(status.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(from) = moved {
+        totals.count_out(BOOKINGS, &from);
+        totals.count_in(BOOKINGS, status.as_str());
+    }
+    Ok(())
+}
+
+/// Applies one payment entry, moving `totals`.
+async fn apply_payment(
     conn: &mut PgConnection,
     entry: &LogEntry,
     totals: &mut Totals,
 ) -> Result<(), ApplyError> {
-    match entry.aggregate_type.as_str() {
-        BOOKING => {
-            let booking_id = aggregate_uuid(entry)?;
-            let status = match crate::decode::<BookingEvent>(entry)? {
-                BookingEvent::BookingRequested { .. } => {
-                    let pending = BookingStatus::Pending.as_str();
-                    let inserted = sqlx::query(
-                        "INSERT INTO rm_summary_bookings (booking_id, status) VALUES ($1, $2)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(booking_id)
-                    .bind(pending)
-                    .execute(&mut *conn)
-                    .await?;
-                    if inserted.rows_affected() == 1 {
-                        totals.count_in(BOOKINGS, pending);
-                    }
-                    return Ok(());
-                }
-                BookingEvent::DoctorAssigned { .. } => BookingStatus::Assigned,
-                BookingEvent::BookingCompleted { .. } => BookingStatus::Completed,
-                BookingEvent::BookingCancelled { .. } => BookingStatus::Cancelled,
-                // Being paid is a flag beside the status, not a status.
-                BookingEvent::BookingPaid { .. } => return Ok(()),
-            };
-            let moved: Option<String> = sqlx::query_scalar(
-                "UPDATE rm_summary_bookings b SET status = $2
-                   FROM (SELECT status FROM rm_summary_bookings WHERE booking_id = $1) old
-                  WHERE b.booking_id = $1 AND b.status <> $2
-                 RETURNING old.status",
-            )
-            .bind(booking_id)
-            .bind(status.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(from) = moved {
-                totals.count_out(BOOKINGS, &from);
-                totals.count_in(BOOKINGS, status.as_str());
-            }
-        }
-        PAYMENT => {
-            let payment_id = aggregate_uuid(entry)?;
-            let status = match crate::decode::<PaymentEvent>(entry)? {
-                PaymentEvent::PaymentInitiated { amount, .. } => {
-                    let pending = PaymentStatus::Pending.as_str();
-                    let inserted = sqlx::query(
-                        "INSERT INTO rm_summary_payments (payment_id, status, amount_minor, currency)
-                         VALUES ($1, $2, $3, $4)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(payment_id)
-                    .bind(pending)
-                    .bind(amount.amount_minor())
-                    .bind(amount.currency().as_str())
-                    .execute(&mut *conn)
-                    .await?;
-                    if inserted.rows_affected() == 1 {
-                        totals.count_in(PAYMENTS, pending);
-                    }
-                    return Ok(());
-                }
-                PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
-                PaymentEvent::PaymentFailed { .. } => PaymentStatus::Failed,
-                PaymentEvent::RefundRequested { .. } => PaymentStatus::RefundPending,
-                PaymentEvent::PaymentRefunded { .. } => PaymentStatus::Refunded,
-            };
-            let moved: Option<(String, i64, String)> = sqlx::query_as(
-                "UPDATE rm_summary_payments p SET status = $2
-                   FROM (SELECT status FROM rm_summary_payments WHERE payment_id = $1) old
-                  WHERE p.payment_id = $1 AND p.status <> $2
-                 RETURNING old.status, p.amount_minor, p.currency",
+    let payment_id = aggregate_uuid(entry)?;
+    let status = match crate::decode::<PaymentEvent>(entry)? {
+        PaymentEvent::PaymentInitiated { amount, .. } => {
+            let pending = PaymentStatus::Pending.as_str();
+            let inserted = sqlx::query(
+                "INSERT INTO rm_summary_payments (payment_id, status, amount_minor, currency)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
             )
             .bind(payment_id)
-            .bind(status.as_str())
-            .fetch_optional(&mut *conn)
+            .bind(pending)
+            .bind(amount.amount_minor())
+            .bind(amount.currency().as_str())
+            .execute(&mut *conn)
             .await?;
-            if let Some((from, amount_minor, currency)) = moved {
-                totals.count_out(PAYMENTS, &from);
-                totals.count_in(PAYMENTS, status.as_str());
-                match status {
-                    PaymentStatus::Succeeded => {
-                        totals.add_to_revenue(&currency, amount_minor, 0);
-                    }
-                    PaymentStatus::Refunded => {
-                        totals.add_to_revenue(&currency, 0, amount_minor);
-                    }
-                    PaymentStatus::Pending
-                    | PaymentStatus::Failed
-                    | PaymentStatus::RefundPending => {}
-                }
+            if inserted.rows_affected() == 1 {
+                totals.count_in(PAYMENTS, pending);
             }
+            return Ok(());
         }
-        _ => {}
+        PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
+        PaymentEvent::PaymentFailed { .. } => PaymentStatus::Failed,
+        PaymentEvent::RefundRequested { .. } => PaymentStatus::RefundPending,
+        PaymentEvent::PaymentRefunded { .. } => PaymentStatus::Refunded,
+    };
+    let moved: Option<(String, i64, String)> = sqlx::query_as(
+        "UPDATE rm_summary_payments p SET status = $2
+           FROM (SELECT status FROM rm_summary_payments WHERE payment_id = $1) old
+          WHERE p.payment_id = $1 AND p.status <> $2
+         RETURNING old.status, p.amount_minor, p.currency",
+    )
+    .bind(payment_id)
+    .bind(status.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((from, amount_minor, currency)) = moved {
+        totals.count_out(PAYMENTS, &from);
+        totals.count_in(PAYMENTS, status.as_str());
+        match status {
+            PaymentStatus::Succeeded => totals.add_to_revenue(&currency, amount_minor, 0),
+            PaymentStatus::Refunded => totals.add_to_revenue(&currency, 0, amount_minor),
+            PaymentStatus::Pending | PaymentStatus::Failed | PaymentStatus::RefundPending => {}
+        }
     }
     Ok(())
 }
