@@ -79,6 +79,30 @@ impl<A: Aggregate> Committed<A> {
     }
 }
 
+/// The id of an aggregate a command creates: chosen by the client, who may
+/// have used it before, or minted here for this command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewId {
+    /// Given in the request.
+    Chosen(Uuid),
+    /// Made for this command; nobody can have used it yet.
+    Minted(Uuid),
+}
+
+impl NewId {
+    /// `chosen`, or a new id when the client chose none.
+    pub fn of(chosen: Option<Uuid>) -> Self {
+        chosen.map_or_else(|| Self::Minted(Uuid::now_v7()), Self::Chosen)
+    }
+
+    /// The id.
+    pub fn id(self) -> Uuid {
+        match self {
+            Self::Chosen(id) | Self::Minted(id) => id,
+        }
+    }
+}
+
 /// Executes commands against the Postgres event store.
 ///
 /// Commands on one aggregate in this process take turns on its cached state
@@ -137,7 +161,40 @@ impl WriteSide {
     where
         A::Command: Clone,
     {
-        let result = self.decide_and_commit::<A>(id, command, metadata).await;
+        self.counted(id, false, command, metadata).await
+    }
+
+    /// [`WriteSide::execute`] for a command that creates aggregate `new`. An
+    /// id minted here has no history to load; were it ever taken after all,
+    /// the store's version check would catch it and the command would be
+    /// decided again on what the log holds.
+    pub async fn create<A: Stored>(
+        &self,
+        new: NewId,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, CommandError>
+    where
+        A::Command: Clone,
+    {
+        let minted = matches!(new, NewId::Minted(_));
+        self.counted(new.id(), minted, command, metadata).await
+    }
+
+    /// [`WriteSide::decide_and_commit`], counted by outcome.
+    async fn counted<A: Stored>(
+        &self,
+        id: Uuid,
+        minted: bool,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, CommandError>
+    where
+        A::Command: Clone,
+    {
+        let result = self
+            .decide_and_commit::<A>(id, minted, command, metadata)
+            .await;
         let outcome = match &result {
             Ok(committed) if committed.replayed => "replayed",
             Ok(committed) if committed.events.is_empty() => "unchanged",
@@ -152,10 +209,13 @@ impl WriteSide {
         result
     }
 
-    /// [`WriteSide::execute`] without its bookkeeping.
+    /// Decides `command` and commits its events, as [`WriteSide::execute`]
+    /// says; `minted`: the id was minted for this command, so there is
+    /// nothing to load before the first attempt.
     async fn decide_and_commit<A: Stored>(
         &self,
         id: Uuid,
+        minted: bool,
         command: A::Command,
         metadata: &Metadata,
     ) -> Result<Committed<A>, CommandError>
@@ -180,8 +240,11 @@ impl WriteSide {
                 generation,
             };
             if slot.generation != Some(generation) {
-                let (aggregate, version) =
-                    load::load(&self.pool, id, A::SNAPSHOT_EVERY.is_some()).await?;
+                let (aggregate, version) = if minted && attempt == 1 {
+                    (A::default(), 0)
+                } else {
+                    load::load(&self.pool, id, A::SNAPSHOT_EVERY.is_some()).await?
+                };
                 *slot = Slot {
                     aggregate,
                     version,

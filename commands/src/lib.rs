@@ -23,7 +23,7 @@ pub mod process_manager;
 mod token;
 
 pub use error::{database_error, CommandError};
-pub use executor::{Committed, WriteSide};
+pub use executor::{Committed, NewId, WriteSide};
 pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY_LEN};
 pub use metadata::Metadata;
 pub use process_manager::PaymentProcess;

@@ -9,15 +9,15 @@ use domain::values::{Actor, PaymentMethod};
 use uuid::Uuid;
 
 use crate::gateway::{ChargeRequest, GatewayError, PaymentGateway};
-use crate::{CommandError, Committed, Metadata, WriteSide};
+use crate::{CommandError, Committed, Metadata, NewId, WriteSide};
 
 /// A patient's request to pay for a booking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartPayment {
     /// Who pays.
     pub actor: Actor,
-    /// The payment's id, chosen by the caller.
-    pub payment_id: Uuid,
+    /// The payment's id, chosen by the client or minted for it.
+    pub payment_id: NewId,
     /// The booking paid for.
     pub booking_id: Uuid,
     /// How the patient pays.
@@ -51,8 +51,8 @@ pub async fn start_payment(
     Payment::may_initiate(&start.actor, &booking).map_err(CommandError::Rejected)?;
     let charge = gateway
         .create_payment(&ChargeRequest {
-            idempotence_key: format!("payment-{}", start.payment_id),
-            payment_id: start.payment_id,
+            idempotence_key: format!("payment-{}", start.payment_id.id()),
+            payment_id: start.payment_id.id(),
             amount: booking.price.clone(),
             method: start.method,
             description: format!("Herald visit {}", start.booking_id),
@@ -60,13 +60,13 @@ pub async fn start_payment(
         .await?;
     let command = PaymentCommand::Initiate {
         actor: start.actor,
-        payment_id: start.payment_id,
+        payment_id: start.payment_id.id(),
         booking,
         method: start.method,
         charge,
         at: Utc::now(),
     };
     Ok(write
-        .execute::<Payment>(start.payment_id, command, metadata)
+        .create::<Payment>(start.payment_id, command, metadata)
         .await?)
 }

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use commands::Committed;
+use commands::{Committed, NewId};
 use domain::booking::{Booking, BookingCommand, BookingStatus};
 use domain::values::{Address, CallType, Currency, Money, Reason};
 use serde::{Deserialize, Serialize};
@@ -97,7 +97,8 @@ async fn request(
         metadata,
         body,
     } = request;
-    let booking_id = body.id.unwrap_or_else(Uuid::now_v7);
+    let new = NewId::of(body.id);
+    let booking_id = new.id();
     let mut fields = Fields::default();
     let call_type = fields.parse("call_type", body.call_type, |t| t.parse::<CallType>());
     let address = fields.parse("address", body.address, Address::parse);
@@ -121,10 +122,7 @@ async fn request(
             now: Utc::now(),
         },
     ))?;
-    let committed = app
-        .write
-        .execute::<Booking>(booking_id, command, &metadata)
-        .await?;
+    let committed = app.write.create::<Booking>(new, command, &metadata).await?;
     Ok(Answer::created(
         &committed,
         BookingAccepted::answer(&committed, BookingStatus::Pending),

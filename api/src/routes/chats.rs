@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use chrono::Utc;
+use commands::NewId;
 use domain::chat::{Chat, ChatCommand, ChatEvent};
 use domain::values::{ChatKind, ChatTitle, MessageBody};
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,8 @@ async fn create(
         metadata,
         body,
     } = request;
-    let chat_id = body.id.unwrap_or_else(Uuid::now_v7);
+    let new = NewId::of(body.id);
+    let chat_id = new.id();
     let mut fields = Fields::default();
     let kind = fields.parse("kind", body.kind, |kind| kind.parse::<ChatKind>());
     let title = fields.optional(body.title, ChatTitle::parse);
@@ -88,10 +90,7 @@ async fn create(
                 at: Utc::now(),
             }),
     )?;
-    let committed = app
-        .write
-        .execute::<Chat>(chat_id, command, &metadata)
-        .await?;
+    let committed = app.write.create::<Chat>(new, command, &metadata).await?;
     Ok(Answer::created(&committed, Accepted::of(&committed)))
 }
 

@@ -7,7 +7,7 @@
 use axum::extract::State;
 use chrono::Utc;
 use commands::payments::{start_payment, StartPayment};
-use commands::{CommandError, Committed};
+use commands::{CommandError, Committed, NewId};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use domain::values::{PaymentMethod, Reason};
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,7 @@ async fn initiate(
     let (booking_id, method) = fields.finish(booking_id.zip(method))?;
     let start = StartPayment {
         actor,
-        payment_id: body.id.unwrap_or_else(Uuid::now_v7),
+        payment_id: NewId::of(body.id),
         booking_id,
         method,
     };

@@ -3,8 +3,12 @@
 
 use crate::common;
 
+use chrono::Utc;
+use commands::{CommandError, Metadata, NewId, WriteSide};
 use common::{patient, TestApp};
-use domain::values::Actor;
+use domain::chat::{Chat, ChatCommand};
+use domain::values::{Actor, ChatKind};
+use domain::DomainError;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -190,4 +194,40 @@ async fn a_command_that_conflicts_inside_a_group_commit_retries_alone_and_its_ne
             .await
             .unwrap();
     assert_eq!(stored, vec![1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_minted_id_the_log_already_holds_is_decided_again_on_what_the_log_holds() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (patient(), patient());
+    let chat = app.group_chat(alice, &[bob]).await;
+    // A process that has never seen the chat, told its id was just minted.
+    let fresh = WriteSide::new(app.pool.clone());
+    let create = ChatCommand::Create {
+        actor: bob,
+        chat_id: chat,
+        kind: ChatKind::Group,
+        title: None,
+        members: vec![],
+        at: Utc::now(),
+    };
+    let metadata = Metadata::for_request(bob, "minted-twice");
+
+    let refused = fresh
+        .create::<Chat>(NewId::Minted(chat), create, &metadata)
+        .await;
+
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::Rejected(DomainError::ChatAlreadyExists))
+        ),
+        "{refused:?}"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(chat.to_string())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
 }
