@@ -9,6 +9,7 @@ pub mod auth;
 pub mod background;
 pub mod cli;
 pub mod command;
+pub mod conditional;
 pub mod config;
 pub mod consistency;
 pub mod db;

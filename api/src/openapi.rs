@@ -64,7 +64,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
             TooManyRequests,
             Internal,
             BadGateway,
-            Unavailable
+            Unavailable,
+            NotModified
         )
     ),
     modifiers(&SecuritySchemes),
@@ -296,9 +297,13 @@ fn complete(operation: &mut Operation, api: bool) {
         .iter()
         .flatten()
         .any(|parameter| matches!(parameter, RefOr::T(p) if p.name == "Idempotency-Key"));
+    let conditional = operation.responses.responses.contains_key("304");
     for (status, response) in operation.responses.responses.iter_mut() {
         if let RefOr::T(response) = response {
             add_common_headers(response);
+            if conditional && status == "200" {
+                response.headers.insert("ETag".to_owned(), etag_header());
+            }
             if idempotent && status.starts_with('2') {
                 response.headers.insert(
                     "Idempotent-Replayed".to_owned(),
@@ -566,6 +571,55 @@ impl IntoParams for ConsistencyParams {
                 .schema(Some(string_schema()))
                 .build(),
         ]
+    }
+}
+
+/// 304: the client's copy, named by `If-None-Match`, is still current.
+pub struct NotModified;
+
+impl<'r> ToResponse<'r> for NotModified {
+    fn response() -> (&'r str, RefOr<ApiResponse>) {
+        let mut response = ResponseBuilder::new()
+            .description(
+                "Nothing changed since the copy whose tag `If-None-Match` named: no body; \
+                 the access checks of a full read were made all the same",
+            )
+            .build();
+        response.headers.insert("ETag".to_owned(), etag_header());
+        add_common_headers(&mut response);
+        ("NotModified", RefOr::T(response))
+    }
+}
+
+/// The `ETag` header of a read that may be answered 304.
+fn etag_header() -> RefOr<utoipa::openapi::header::Header> {
+    RefOr::T(
+        HeaderBuilder::new()
+            .schema(Some(string_schema()))
+            .description(Some(
+                "What the answer was built from: the version of the row it shows, or for \
+                 a list its read model's position, with the caller and the query. Send it \
+                 back as `If-None-Match` to be answered 304 while it holds.",
+            ))
+            .build(),
+    )
+}
+
+/// The `If-None-Match` header of a conditional read.
+pub struct ConditionalParams;
+
+impl IntoParams for ConditionalParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![ParameterBuilder::new()
+            .name("If-None-Match")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "The `ETag` of the copy the client holds: while it is current the answer is \
+                 a 304 with no body.",
+            ))
+            .schema(Some(string_schema()))
+            .build()]
     }
 }
 

@@ -60,6 +60,9 @@ pub struct BookingRow {
     /// wrapped in an opaque cursor.
     #[serde(skip)]
     pub created_position: i64,
+    /// The log position of the latest event that changed it: its ETag.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// Which bookings to list; every field given narrows the list.
@@ -175,10 +178,10 @@ impl Requested {
             "INSERT INTO rm_bookings (booking_id, patient_id, doctor_id, call_type, address,
                                       amount_minor, currency, scheduled_at, status, paid,
                                       payment_id, payment_status, cancel_reason,
-                                      requested_at, created_position, updated_at)
+                                      requested_at, created_position, updated_at, version)
              SELECT r.booking_id, r.patient_id, NULL, r.call_type, r.address, r.amount_minor,
                     r.currency, r.scheduled_at, $11, false, NULL, NULL, NULL,
-                    r.requested_at, r.position, r.recorded_at
+                    r.requested_at, r.position, r.recorded_at, r.position
                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
                            $6::text[], $7::timestamptz[], $8::timestamptz[], $9::bigint[],
                            $10::timestamptz[])
@@ -221,13 +224,15 @@ async fn apply_booking(
         }
         BookingEvent::BookingCancelled { reason, .. } => {
             sqlx::query(
-                "UPDATE rm_bookings SET status = $2, cancel_reason = $3, updated_at = $4
+                "UPDATE rm_bookings
+                    SET status = $2, cancel_reason = $3, updated_at = $4, version = $5
                   WHERE booking_id = $1",
             )
             .bind(booking_id)
             .bind(BookingStatus::Cancelled.as_str())
             .bind(reason.as_str())
             .bind(entry.recorded_at)
+            .bind(entry.position)
             .execute(&mut *conn)
             .await?;
         }
@@ -239,13 +244,14 @@ async fn apply_booking(
                     SET paid = true, payment_id = $2,
                         payment_status = COALESCE(
                             (SELECT status FROM rm_booking_payments WHERE payment_id = $2), $3),
-                        updated_at = $4
+                        updated_at = $4, version = $5
                   WHERE booking_id = $1",
             )
             .bind(booking_id)
             .bind(payment_id)
             .bind(PaymentStatus::Succeeded.as_str())
             .bind(entry.recorded_at)
+            .bind(entry.position)
             .execute(&mut *conn)
             .await?;
         }
@@ -261,13 +267,14 @@ async fn set_status(
     doctor_id: Uuid,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE rm_bookings SET status = $2, doctor_id = $3, updated_at = $4
+        "UPDATE rm_bookings SET status = $2, doctor_id = $3, updated_at = $4, version = $5
           WHERE booking_id = $1",
     )
     .bind(booking_id)
     .bind(status.as_str())
     .bind(doctor_id)
     .bind(entry.recorded_at)
+    .bind(entry.position)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -298,13 +305,15 @@ async fn apply_payment(
             .await?;
             // Once paid, the booking keeps showing the payment that paid it.
             sqlx::query(
-                "UPDATE rm_bookings SET payment_id = $2, payment_status = $3, updated_at = $4
+                "UPDATE rm_bookings
+                    SET payment_id = $2, payment_status = $3, updated_at = $4, version = $5
                   WHERE booking_id = $1 AND NOT paid",
             )
             .bind(booking_id)
             .bind(payment_id)
             .bind(pending)
             .bind(entry.recorded_at)
+            .bind(entry.position)
             .execute(&mut *conn)
             .await?;
             return Ok(());
@@ -318,13 +327,14 @@ async fn apply_payment(
         "WITH link AS (
              UPDATE rm_booking_payments SET status = $2 WHERE payment_id = $1
           RETURNING booking_id)
-         UPDATE rm_bookings b SET payment_status = $2, updated_at = $3
+         UPDATE rm_bookings b SET payment_status = $2, updated_at = $3, version = $4
            FROM link
           WHERE b.booking_id = link.booking_id AND b.payment_id = $1",
     )
     .bind(payment_id)
     .bind(status.as_str())
     .bind(entry.recorded_at)
+    .bind(entry.position)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -333,7 +343,7 @@ async fn apply_payment(
 const SELECT_BOOKINGS: &str = "
     SELECT booking_id AS id, patient_id, doctor_id, call_type, address, amount_minor, currency,
            scheduled_at, status, paid, payment_id, payment_status, cancel_reason, requested_at,
-           updated_at, created_position
+           updated_at, created_position, version
       FROM rm_bookings";
 
 /// Up to `limit` bookings matching `filter`, newest first. Pass the

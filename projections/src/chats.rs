@@ -7,6 +7,8 @@
 //! author, a deletion takes one back from those who had not read it) and
 //! recounted when the marker moves, so the chat list never counts rows.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use domain::chat::ChatEvent;
 use domain::values::ChatKind;
@@ -62,9 +64,19 @@ pub struct ChatDetails {
     /// `{id, seq, author, body, sent_at}` of the newest message not deleted.
     #[schema(value_type = Option<Object>)]
     pub last_message: Option<Value>,
+    /// The log position of the chat's latest event: its ETag.
+    #[serde(skip)]
+    pub version: i64,
 }
 
-/// One message of a chat's history.
+/// What a reader of a chat's messages is checked against before they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChatAccess {
+    /// Whether the reader belongs to the chat.
+    pub member: bool,
+    /// The log position of the chat's latest event.
+    pub version: i64,
+}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
 pub struct MessageRow {
     /// The message's id.
@@ -93,6 +105,7 @@ pub(crate) async fn apply_all(
     entries: &[LogEntry],
 ) -> Result<(), ApplyError> {
     let mut sent = NewMessages::default();
+    let mut changed: HashMap<Uuid, i64> = HashMap::new();
     for entry in entries {
         if entry.aggregate_type != CHAT {
             continue;
@@ -100,8 +113,35 @@ pub(crate) async fn apply_all(
         let chat_id = aggregate_uuid(entry)?;
         let event = crate::decode::<ChatEvent>(entry)?;
         apply_event(conn, &mut sent, entry, chat_id, event).await?;
+        let latest = changed.entry(chat_id).or_default();
+        *latest = (*latest).max(entry.position);
     }
-    Ok(sent.write(conn).await?)
+    sent.write(conn).await?;
+    stamp_versions(conn, changed).await?;
+    Ok(())
+}
+
+/// Moves each changed chat's `version` up to the position of its latest
+/// entry, in one statement for the batch; a redelivered entry never moves it
+/// back.
+async fn stamp_versions(
+    conn: &mut PgConnection,
+    changed: HashMap<Uuid, i64>,
+) -> Result<(), sqlx::Error> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let (chat_ids, positions): (Vec<Uuid>, Vec<i64>) = changed.into_iter().unzip();
+    sqlx::query(
+        "UPDATE rm_chats c SET version = GREATEST(c.version, v.position)
+           FROM unnest($1::uuid[], $2::bigint[]) AS v (chat_id, position)
+          WHERE c.chat_id = v.chat_id",
+    )
+    .bind(chat_ids)
+    .bind(positions)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Applies one chat event: a new message joins `sent`, to be written with the
@@ -404,7 +444,7 @@ pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<ChatSumma
 pub async fn get(pool: &PgPool, chat_id: Uuid) -> Result<Option<ChatDetails>, sqlx::Error> {
     sqlx::query_as::<_, ChatDetails>(&format!(
         "SELECT c.chat_id AS id, c.kind, c.title, c.created_by, c.created_at, {MEMBERS},
-                c.last_message
+                c.last_message, c.version
            FROM rm_chats c
           WHERE c.chat_id = $1"
     ))
@@ -413,14 +453,23 @@ pub async fn get(pool: &PgPool, chat_id: Uuid) -> Result<Option<ChatDetails>, sq
     .await
 }
 
-/// Whether `user_id` currently belongs to the chat (false for unknown chats).
-pub async fn is_member(pool: &PgPool, chat_id: Uuid, user_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM rm_chat_members WHERE chat_id = $1 AND user_id = $2)",
+/// Whether `user_id` currently belongs to the chat, and the chat's version;
+/// `None` for an unknown chat.
+pub async fn access(
+    pool: &PgPool,
+    chat_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<ChatAccess>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM rm_chat_members m
+                         WHERE m.chat_id = c.chat_id AND m.user_id = $2) AS member,
+                c.version
+           FROM rm_chats c
+          WHERE c.chat_id = $1",
     )
     .bind(chat_id)
     .bind(user_id)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
 }
 

@@ -41,6 +41,9 @@ pub struct PaymentRow {
     pub initiated_at: DateTime<Utc>,
     /// When the latest event that changed it was stored.
     pub updated_at: DateTime<Utc>,
+    /// The log position of the latest event that changed it: its ETag.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 /// Applies one log entry to the payments table; entries of other aggregates
@@ -67,8 +70,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
                                               amount_minor, currency, status,
                                               provider_payment_id, provider_refund_id,
                                               confirmation_url, initiated_at, created_position,
-                                              updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12)
+                                              updated_at, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, $11)
                      ON CONFLICT DO NOTHING",
                 )
                 .bind(payment_id)
@@ -105,7 +108,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
             SET status = $2,
                 provider_payment_id = COALESCE($3, provider_payment_id),
                 provider_refund_id = COALESCE($4, provider_refund_id),
-                updated_at = $5
+                updated_at = $5, version = $6
           WHERE payment_id = $1",
     )
     .bind(payment_id)
@@ -113,6 +116,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
     .bind(provider_payment_id)
     .bind(provider_refund_id)
     .bind(entry.recorded_at)
+    .bind(entry.position)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -120,7 +124,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
 
 const SELECT_PAYMENTS: &str = "
     SELECT payment_id AS id, booking_id, patient_id, method, amount_minor, currency, status,
-           provider_payment_id, confirmation_url, initiated_at, updated_at
+           provider_payment_id, confirmation_url, initiated_at, updated_at, version
       FROM rm_payments";
 
 /// One payment, whoever asks; callers check visibility with its `patient_id`.

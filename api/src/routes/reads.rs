@@ -7,7 +7,6 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::State;
-use axum::Json;
 use domain::access::{self, BookingScope};
 use domain::booking::BookingStatus;
 use domain::values::Actor;
@@ -26,9 +25,10 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::command::{present, Fields, Path};
+use crate::conditional::{ETag, IfNoneMatch, Read};
 use crate::consistency::{self, Consistency};
 use crate::error::ApiError;
-use crate::openapi::{self, ConsistencyParams};
+use crate::openapi::{self, ConditionalParams, ConsistencyParams};
 use crate::AppState;
 
 /// Rows a page holds when the client does not say.
@@ -126,17 +126,21 @@ fn booking_status(raw: String) -> Result<BookingStatus, ValidationError> {
         .map_err(|err: serde::de::value::Error| ValidationError::new("status", err.to_string()))
 }
 
-/// Chats are shown as [`access::may_see_chat`] says; to an admin, only one
-/// that exists.
-async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<(), ApiError> {
-    let pool = app.write.pool();
-    let visible = chats::is_member(pool, chat_id, actor.user_id).await?
-        || (access::may_see_chat(actor, false) && chats::get(pool, chat_id).await?.is_some());
-    if visible {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound("no chat with that id"))
-    }
+/// The version of a chat shown to `actor` as [`access::may_see_chat`] says;
+/// to an admin, any chat that exists.
+async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<i64, ApiError> {
+    chats::access(app.write.pool(), chat_id, actor.user_id)
+        .await?
+        .filter(|chat| access::may_see_chat(actor, chat.member))
+        .map(|chat| chat.version)
+        .ok_or(ApiError::NotFound("no chat with that id"))
+}
+
+/// The position `projection` has reached, read before a list so that the
+/// list's tag is never newer than its rows.
+async fn list_version(app: &AppState, projection: Projection) -> Result<i64, ApiError> {
+    let positions = projections::checkpoints(app.write.pool(), &[projection]).await?;
+    Ok(positions.first().copied().unwrap_or(0))
 }
 
 /// The caller's chats.
@@ -145,9 +149,10 @@ async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<(),
     path = "/chats",
     tag = "chats",
     operation_id = "list_chats",
-    params(ConsistencyParams),
+    params(ConsistencyParams, ConditionalParams),
     responses(
         (status = 200, description = "The chats the caller is a member of", body = ChatList),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 503, response = openapi::Unavailable),
     )
@@ -156,10 +161,16 @@ async fn list_chats(
     State(app): State<AppState>,
     Caller(actor): Caller,
     consistency: Consistency,
-) -> Result<Json<ChatList>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<ChatList>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
+    let version = list_version(&app, Projection::Chats).await?;
+    let tag = ETag::new(version, actor);
+    if held.matches(&tag) {
+        return Ok(Read::NotModified(tag));
+    }
     let items = chats::list_for_user(app.write.pool(), actor.user_id).await?;
-    Ok(Json(ChatList { items }))
+    Ok(Read::Full(tag, ChatList { items }))
 }
 
 /// One chat, for its members and admins.
@@ -168,9 +179,10 @@ async fn list_chats(
     path = "/chats/{id}",
     tag = "chats",
     operation_id = "get_chat",
-    params(("id" = Uuid, Path, description = "The chat"), ConsistencyParams),
+    params(("id" = Uuid, Path, description = "The chat"), ConsistencyParams, ConditionalParams),
     responses(
         (status = 200, description = "The chat", body = ChatDetails),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 503, response = openapi::Unavailable),
@@ -181,13 +193,14 @@ async fn get_chat(
     Caller(actor): Caller,
     consistency: Consistency,
     Path(chat_id): Path<Uuid>,
-) -> Result<Json<ChatDetails>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<ChatDetails>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
     let chat = chats::get(app.write.pool(), chat_id)
         .await?
-        .filter(|chat| actor.is_admin() || chat.members.contains(&actor.user_id))
+        .filter(|chat| access::may_see_chat(actor, chat.members.contains(&actor.user_id)))
         .ok_or(ApiError::NotFound("no chat with that id"))?;
-    Ok(Json(chat))
+    Ok(held.answer(ETag::new(chat.version, ()), chat))
 }
 
 /// Keyset paging of a chat's messages. Read as text so that a bad value is
@@ -209,9 +222,11 @@ struct MessagesQuery {
     path = "/chats/{id}/messages",
     tag = "chats",
     operation_id = "list_messages",
-    params(("id" = Uuid, Path, description = "The chat"), MessagesQuery, ConsistencyParams),
+    params(("id" = Uuid, Path, description = "The chat"), MessagesQuery, ConsistencyParams,
+           ConditionalParams),
     responses(
         (status = 200, description = "A page of messages", body = MessagePage),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 422, response = openapi::Invalid),
@@ -224,7 +239,8 @@ async fn list_messages(
     consistency: Consistency,
     Path(chat_id): Path<Uuid>,
     Query(query): Query<MessagesQuery>,
-) -> Result<Json<MessagePage>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<MessagePage>, ApiError> {
     let mut fields = Fields::default();
     let before_seq = fields.optional(present(query.before_seq), |raw| {
         positive("before_seq", &raw)
@@ -234,17 +250,24 @@ async fn list_messages(
         .map(|limit| limit.unwrap_or(DEFAULT_LIMIT));
     let (before_seq, limit) = fields.finish(before_seq.zip(limit))?;
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
-    visible_chat(&app, actor, chat_id).await?;
+    let version = visible_chat(&app, actor, chat_id).await?;
+    let tag = ETag::new(version, (before_seq, limit));
+    if held.matches(&tag) {
+        return Ok(Read::NotModified(tag));
+    }
     let items = chats::messages(app.write.pool(), chat_id, before_seq, limit).await?;
     // The first message has seq 1, so a page ending there is the last.
     let next_before_seq = items
         .last()
         .filter(|last| items.len() as i64 == limit && last.seq > 1)
         .map(|last| last.seq);
-    Ok(Json(MessagePage {
-        items,
-        next_before_seq,
-    }))
+    Ok(Read::Full(
+        tag,
+        MessagePage {
+            items,
+            next_before_seq,
+        },
+    ))
 }
 
 /// Filtering and paging of bookings. Read as text so that a bad value is a
@@ -285,9 +308,10 @@ fn bookings_scope(actor: Actor) -> Result<BookingFilter, ApiError> {
     path = "/bookings",
     tag = "bookings",
     operation_id = "list_bookings",
-    params(BookingsQuery, ConsistencyParams),
+    params(BookingsQuery, ConsistencyParams, ConditionalParams),
     responses(
         (status = 200, description = "A page of bookings", body = BookingPage),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 422, response = openapi::Invalid),
@@ -299,7 +323,8 @@ async fn list_bookings(
     Caller(actor): Caller,
     consistency: Consistency,
     Query(query): Query<BookingsQuery>,
-) -> Result<Json<BookingPage>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<BookingPage>, ApiError> {
     let scope = bookings_scope(actor)?;
     let mut fields = Fields::default();
     let status = fields.optional(present(query.status), booking_status);
@@ -309,6 +334,14 @@ async fn list_bookings(
     let cursor = fields.optional(present(query.cursor), |raw| positive("cursor", &raw));
     let ((status, limit), cursor) = fields.finish(status.zip(limit).zip(cursor))?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
+    let version = list_version(&app, Projection::Bookings).await?;
+    let tag = ETag::new(
+        version,
+        (actor, status.map(BookingStatus::as_str), limit, cursor),
+    );
+    if held.matches(&tag) {
+        return Ok(Read::NotModified(tag));
+    }
     let filter = BookingFilter { status, ..scope };
     // One row more than asked tells whether another page follows.
     let mut items = bookings::list(app.write.pool(), filter, cursor, limit + 1).await?;
@@ -318,7 +351,7 @@ async fn list_bookings(
     } else {
         None
     };
-    Ok(Json(BookingPage { items, next_cursor }))
+    Ok(Read::Full(tag, BookingPage { items, next_cursor }))
 }
 
 /// One booking, for whoever may see it in the list.
@@ -327,9 +360,10 @@ async fn list_bookings(
     path = "/bookings/{id}",
     tag = "bookings",
     operation_id = "get_booking",
-    params(("id" = Uuid, Path, description = "The booking"), ConsistencyParams),
+    params(("id" = Uuid, Path, description = "The booking"), ConsistencyParams, ConditionalParams),
     responses(
         (status = 200, description = "The booking", body = BookingRow),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
@@ -341,14 +375,15 @@ async fn get_booking(
     Caller(actor): Caller,
     consistency: Consistency,
     Path(booking_id): Path<Uuid>,
-) -> Result<Json<BookingRow>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<BookingRow>, ApiError> {
     let scope = BookingScope::of(actor)?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
     let booking = bookings::get(app.write.pool(), booking_id)
         .await?
         .filter(|booking| scope.includes(booking.patient_id, booking.doctor_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
-    Ok(Json(booking))
+    Ok(held.answer(ETag::new(booking.version, ()), booking))
 }
 
 /// One payment, for the booking's patient and admins.
@@ -357,9 +392,10 @@ async fn get_booking(
     path = "/payments/{id}",
     tag = "payments",
     operation_id = "get_payment",
-    params(("id" = Uuid, Path, description = "The payment"), ConsistencyParams),
+    params(("id" = Uuid, Path, description = "The payment"), ConsistencyParams, ConditionalParams),
     responses(
         (status = 200, description = "The payment", body = PaymentRow),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 503, response = openapi::Unavailable),
@@ -370,13 +406,14 @@ async fn get_payment(
     Caller(actor): Caller,
     consistency: Consistency,
     Path(payment_id): Path<Uuid>,
-) -> Result<Json<PaymentRow>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<PaymentRow>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Payments]).await?;
     let payment = payments::get(app.write.pool(), payment_id)
         .await?
         .filter(|payment| access::may_see_payment(actor, payment.patient_id))
         .ok_or(ApiError::NotFound("no payment with that id"))?;
-    Ok(Json(payment))
+    Ok(held.answer(ETag::new(payment.version, ()), payment))
 }
 
 /// Which booking's payments. Read as text so that a missing or bad value is a
@@ -395,9 +432,10 @@ struct PaymentsQuery {
     path = "/payments",
     tag = "payments",
     operation_id = "list_payments",
-    params(PaymentsQuery, ConsistencyParams),
+    params(PaymentsQuery, ConsistencyParams, ConditionalParams),
     responses(
         (status = 200, description = "The booking's payments", body = PaymentList),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
         (status = 422, response = openapi::Invalid),
@@ -409,7 +447,8 @@ async fn list_payments(
     Caller(actor): Caller,
     consistency: Consistency,
     Query(query): Query<PaymentsQuery>,
-) -> Result<Json<PaymentList>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<PaymentList>, ApiError> {
     let mut fields = Fields::default();
     let booking_id = fields.parse("booking_id", present(query.booking_id), |raw| {
         Uuid::parse_str(&raw).map_err(|_| ValidationError::new("booking_id", "must be a UUID"))
@@ -423,12 +462,17 @@ async fn list_payments(
     )
     .await?;
     let pool = app.write.pool();
-    bookings::get(pool, booking_id)
+    let booking = bookings::get(pool, booking_id)
         .await?
         .filter(|booking| access::may_see_payment(actor, booking.patient_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
+    let version = list_version(&app, Projection::Payments).await?;
+    let tag = ETag::new(version, (booking_id, booking.version));
+    if held.matches(&tag) {
+        return Ok(Read::NotModified(tag));
+    }
     let items = payments::for_booking(pool, booking_id).await?;
-    Ok(Json(PaymentList { items }))
+    Ok(Read::Full(tag, PaymentList { items }))
 }
 
 /// The admin dashboard: bookings and payments by status, and revenue.
@@ -437,9 +481,10 @@ async fn list_payments(
     path = "/dashboard/summary",
     tag = "dashboard",
     operation_id = "get_summary",
-    params(ConsistencyParams),
+    params(ConsistencyParams, ConditionalParams),
     responses(
         (status = 200, description = "The figures", body = Summary),
+        (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 403, response = openapi::Forbidden),
         (status = 503, response = openapi::Unavailable),
@@ -449,11 +494,17 @@ async fn get_summary(
     State(app): State<AppState>,
     Caller(actor): Caller,
     consistency: Consistency,
-) -> Result<Json<Summary>, ApiError> {
+    held: IfNoneMatch,
+) -> Result<Read<Summary>, ApiError> {
     if !actor.is_admin() {
         return Err(ApiError::Forbidden("only admins see the dashboard"));
     }
     consistency::wait(&app, &consistency, &[Projection::Summary]).await?;
+    let version = list_version(&app, Projection::Summary).await?;
+    let tag = ETag::new(version, ());
+    if held.matches(&tag) {
+        return Ok(Read::NotModified(tag));
+    }
     let figures = summary::get(app.write.pool()).await?;
-    Ok(Json(figures))
+    Ok(Read::Full(tag, figures))
 }

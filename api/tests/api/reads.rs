@@ -108,6 +108,29 @@ impl Herald {
         read(&self.app, actor, path, &token).await
     }
 
+    /// `GET path` as `actor` holding the copy tagged `etag`, waiting for the
+    /// latest command.
+    async fn get_holding(&self, actor: Actor, path: &str, etag: &str) -> Reply {
+        let token = self.last.lock().unwrap().clone();
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let request = self
+            .app
+            .request(
+                Method::GET,
+                &format!("{path}{separator}consistency={token}"),
+            )
+            .bearer_auth(self.app.token(actor))
+            .header("if-none-match", etag);
+        Reply::send(request).await
+    }
+
+    /// The `ETag` of `GET path` as `actor`, which must answer 200.
+    async fn etag(&self, actor: Actor, path: &str) -> String {
+        let reply = self.get(actor, path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);
+        reply.headers["etag"].to_str().unwrap().to_owned()
+    }
+
     /// `GET path` as `actor`; it must answer 200.
     async fn ok(&self, actor: Actor, path: &str) -> Value {
         let reply = self.get(actor, path).await;
@@ -741,4 +764,142 @@ async fn a_bookings_status_is_always_readable_with_its_token_at_once() {
         assert_eq!(reply.body["status"], "assigned");
         assert_eq!(reply.body["doctor_id"], doc.user_id.to_string());
     }
+}
+
+#[tokio::test]
+async fn every_read_is_answered_304_with_no_body_while_the_callers_copy_is_current() {
+    let h = Herald::start().await;
+    let (alice, doc, boss) = (patient(), doctor(), admin());
+    let chat = h.run(alice, group(&[doc])).await.id;
+    h.run(doc, send(chat, "hello")).await;
+    let booking = h.booking(alice).await;
+    let payment = h.run(alice, pay(booking)).await.id;
+
+    for (reader, path) in [
+        (alice, "/api/v1/chats".to_owned()),
+        (alice, format!("/api/v1/chats/{chat}")),
+        (alice, format!("/api/v1/chats/{chat}/messages?limit=50")),
+        (alice, "/api/v1/bookings?limit=50".to_owned()),
+        (alice, format!("/api/v1/bookings/{booking}")),
+        (alice, format!("/api/v1/payments/{payment}")),
+        (alice, format!("/api/v1/payments?booking_id={booking}")),
+        (boss, "/api/v1/dashboard/summary".to_owned()),
+    ] {
+        let etag = h.etag(reader, &path).await;
+        let again = h.get_holding(reader, &path, &etag).await;
+        assert_eq!(
+            again.status,
+            StatusCode::NOT_MODIFIED,
+            "{path}: {}",
+            again.body
+        );
+        assert_eq!(again.body, Value::String(String::new()), "{path}");
+        assert_eq!(again.headers["etag"], etag.as_str(), "{path}");
+        let listed = h
+            .get_holding(reader, &path, &format!("\"other\", W/{etag}"))
+            .await;
+        assert_eq!(listed.status, StatusCode::NOT_MODIFIED, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_change_gives_a_read_a_new_tag_and_the_old_one_gets_the_full_answer() {
+    let h = Herald::start().await;
+    let (alice, doc) = (patient(), doctor());
+    let booking = h.booking(alice).await;
+    let chat = h.run(alice, group(&[doc])).await.id;
+    let one = format!("/api/v1/bookings/{booking}");
+    let list = "/api/v1/bookings?limit=50";
+    let messages = format!("/api/v1/chats/{chat}/messages?limit=50");
+    let before = [
+        h.etag(alice, &one).await,
+        h.etag(alice, list).await,
+        h.etag(alice, &messages).await,
+    ];
+
+    h.run(doc, assign(booking, doc)).await;
+    h.run(doc, send(chat, "a new message")).await;
+
+    for (path, old) in [
+        (one.as_str(), &before[0]),
+        (list, &before[1]),
+        (&messages, &before[2]),
+    ] {
+        let reply = h.get_holding(alice, path, old).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);
+        assert_ne!(reply.headers["etag"], old.as_str(), "{path}");
+    }
+    assert_eq!(h.ok(alice, &one).await["status"], "assigned");
+}
+
+#[tokio::test]
+async fn a_tag_held_by_someone_else_earns_no_304_and_tells_nothing() {
+    let h = Herald::start().await;
+    let (alice, bob, doc) = (patient(), patient(), doctor());
+    let booking = h.booking(alice).await;
+    h.booking(bob).await;
+    let chat = h.run(alice, group(&[doc])).await.id;
+    let one = format!("/api/v1/bookings/{booking}");
+    let messages = format!("/api/v1/chats/{chat}/messages");
+    let list = "/api/v1/bookings?limit=50";
+
+    let booking_tag = h.etag(alice, &one).await;
+    let chat_tag = h.etag(alice, &messages).await;
+    let list_tag = h.etag(alice, list).await;
+
+    h.get_holding(bob, &one, &booking_tag)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    h.get_holding(bob, &messages, &chat_tag)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    h.get_holding(bob, &one, "*")
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    let own = h.get_holding(bob, list, &list_tag).await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    assert_eq!(h.items(bob, list).await.len(), 1);
+}
+
+#[tokio::test]
+async fn pages_neither_skip_nor_repeat_while_new_bookings_and_messages_land() {
+    let h = Herald::start().await;
+    let (alice, doc, boss) = (patient(), doctor(), admin());
+    let mut before = Vec::new();
+    for _ in 0..6 {
+        before.push(h.booking(alice).await);
+    }
+    before.reverse();
+    let chat = h.run(alice, group(&[doc])).await.id;
+    for n in 0..6 {
+        h.run(doc, send(chat, &format!("before {n}"))).await;
+    }
+
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/bookings?limit=2".to_owned();
+    let mut seqs_seen = Vec::new();
+    let mut messages = format!("/api/v1/chats/{chat}/messages?limit=2");
+    loop {
+        let page = h.ok(boss, &path).await;
+        seen.extend(ids(page["items"].as_array().unwrap()));
+        let messages_page = h.ok(alice, &messages).await;
+        seqs_seen.extend(seqs(&messages_page));
+        // New ones land between every two pages.
+        h.booking(alice).await;
+        h.run(doc, send(chat, "meanwhile")).await;
+        match (
+            page["next_cursor"].as_str(),
+            messages_page["next_before_seq"].as_i64(),
+        ) {
+            (Some(cursor), Some(before_seq)) => {
+                path = format!("/api/v1/bookings?limit=2&cursor={cursor}");
+                messages = format!("/api/v1/chats/{chat}/messages?limit=2&before_seq={before_seq}");
+            }
+            (None, None) => break,
+            other => panic!("the two lists should end together: {other:?}"),
+        }
+    }
+
+    assert_eq!(seen, before);
+    assert_eq!(seqs_seen, vec![6, 5, 4, 3, 2, 1]);
 }
