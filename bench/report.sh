@@ -83,6 +83,35 @@ target_rows() {
     done
 }
 
+# The reads measured as fast as they are answered: the endpoint, then its file
+# stem (read-STEM.json whole, poll-STEM.json polled).
+READS=(
+    "GET /api/v1/bookings/{id}|booking"
+    "GET /api/v1/chats/{id}/messages?limit=50|messages"
+    "GET /api/v1/bookings?limit=50|bookings"
+)
+PLAIN_READS=$(j read-plain.json .throughput)
+
+read_rows() {
+    local row what stem full polled
+    for row in "${READS[@]}"; do
+        what=${row%%|*}; stem=${row#*|}
+        full=$(j "read-$stem.json" .throughput); polled=$(j "poll-$stem.json" .throughput)
+        echo "| **Herald** \`$what\`, read whole | **$(num "$full")** | $(ratio "$full" "$PLAIN_READS")× | $(j "read-$stem.json" .latency.p50_ms) | $(j "read-$stem.json" .latency.p99_ms) | \`$(jq -c .statuses "$WORK/read-$stem.json")\` |"
+        echo "| **Herald** \`$what\`, polled with \`If-None-Match\` | **$(num "$polled")** | $(ratio "$polled" "$PLAIN_READS")× | $(j "poll-$stem.json" .latency.p50_ms) | $(j "poll-$stem.json" .latency.p99_ms) | \`$(jq -c .statuses "$WORK/poll-$stem.json")\` |"
+    done
+}
+
+read_target_rows() {
+    local row what stem full polled p99
+    for row in "${READS[@]}"; do
+        what=${row%%|*}; stem=${row#*|}
+        full=$(j "read-$stem.json" .throughput); polled=$(j "poll-$stem.json" .throughput)
+        p99=$(j "read-$stem.json" .latency.p99_ms)
+        echo "| \`$what\` | $(ratio "$full" "$PLAIN_READS")× $(verdict "$(ratio "$full" "$PLAIN_READS")" 1 higher ×) | $p99 ms $(verdict "$p99" 10 lower ' ms') | $(ratio "$polled" "$full")× $(verdict "$(ratio "$polled" "$full")" 2 higher ×) |"
+    done
+}
+
 lag_rows() {
     jq -r --slurpfile f "$WORK/lag.json" -n '
         $f[0].lag | to_entries[] |
@@ -166,6 +195,23 @@ $(lag_rows)
 | --- | ---: | ---: | ---: | ---: |
 | GET /api/v1/chats/{id}/messages?limit=50 | $(j reads.json .chat_messages.p50_ms) | $(j reads.json .chat_messages.p99_ms) | $(j reads.json .chat_messages.max_ms) | $(j reads.json .chat_messages.count) |
 | GET /api/v1/bookings?limit=50 | $(j reads.json .bookings.p50_ms) | $(j reads.json .bookings.p99_ms) | $(j reads.json .bookings.max_ms) | $(j reads.json .bookings.count) |
+
+### Reads at $CONCURRENCY concurrent clients, as fast as they are answered
+
+Each line ran for $READ_DURATION s, one endpoint from $CONCURRENCY closed-loop clients (as \`wrk\` does), on the
+Herald of the mixed run above (its data in place, its pipeline idle) and then on the plain
+app with a fresh database. Herald's reads are a patient's own: a booking, a chat of 200
+messages, a list of 60 bookings; each checks the token and the patient's right to see it.
+Polled: every read sends the \`ETag\` of the first answer as \`If-None-Match\`.
+
+| line | reads/s | × plain | p50 ms | p99 ms | answers |
+| --- | ---: | ---: | ---: | ---: | --- |
+| plain cqrs-es \`GET /account/{id}\` (no auth) | $(num "$PLAIN_READS") | | $(j read-plain.json .latency.p50_ms) | $(j read-plain.json .latency.p99_ms) | \`$(jq -c .statuses "$WORK/read-plain.json")\` |
+$(read_rows)
+
+| read | ≥ the plain app's rate | p99 ≤ 10 ms | polled ≥ 2× read whole |
+| --- | --- | --- | --- |
+$(read_target_rows)
 
 ### Replay and audit over $EVENTS events
 

@@ -3,13 +3,16 @@
 # (pgbench), the plain cqrs-es app (its mix, and opening accounts), Herald's
 # commands with its pipeline running (the mix, then new bookings, messages
 # spread over 100 chats and messages into one long chat, each on its own
-# database), end-to-end lag at half load, reads, memory, replay and audit
-# verification of a million-event log. Writes its sections of BENCHMARKS.md.
+# database), end-to-end lag at half load, reads (at a fixed rate, and as fast as
+# they are answered beside the plain app's, full and polled with ETags),
+# memory, replay and audit verification of a million-event log. Writes its
+# sections of BENCHMARKS.md.
 #
 #   bash bench/run.sh
 #
 # Settings (environment): BENCH_DURATION_S (30) seconds per command run,
-# BENCH_CONCURRENCY (32), BENCH_READ_RATE (200) reads/s, BENCH_REPLAY_EVENTS
+# BENCH_CONCURRENCY (32), BENCH_READ_RATE (200) reads/s, BENCH_READ_DURATION_S
+# (10) seconds per run of reads as fast as answered, BENCH_REPLAY_EVENTS
 # (1000000), BENCH_HOT_CHAT_MESSAGES (100000) messages in the long chat,
 # BENCH_NATS_PORT (14222) for the private NATS, BENCH_HTTP_PORT (18080).
 set -euo pipefail
@@ -19,6 +22,7 @@ source bench/lib.sh
 DURATION=${BENCH_DURATION_S:-30}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 READ_RATE=${BENCH_READ_RATE:-200}
+READ_DURATION=${BENCH_READ_DURATION_S:-10}
 REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-1000000}
 HOT_CHAT_MESSAGES=${BENCH_HOT_CHAT_MESSAGES:-100000}
 NATS_PORT=${BENCH_NATS_PORT:-14222}
@@ -29,20 +33,36 @@ trap 'cleanup; rm -rf "$WORK/nats"' EXIT
 RUN_STARTED=$(date +%s)
 URL="http://127.0.0.1:$HTTP_PORT"
 
-# plain_run OUT WORKLOAD: the plain app on a fresh database, driven with WORKLOAD
-# at full speed; the results go to $WORK/OUT.json.
-plain_run() {
-    log "plain cqrs-es app, $2: $CONCURRENCY clients, ${DURATION}s"
+# start_plain: the plain app on a fresh database; sets PLAIN_PID once it listens.
+start_plain() {
     fresh_db herald_bench_plain
     "${PSQL[@]}" -d postgres -c "CREATE DATABASE herald_bench_plain"
     "${PSQL[@]}" -d herald_bench_plain -f bench/plain_cqrs.sql
     start plain "$BIN/plain-cqrs" --database-url "$PG_SERVER/herald_bench_plain" --listen "127.0.0.1:$PLAIN_PORT"
-    local pid=$STARTED_PID
+    PLAIN_PID=$STARTED_PID
     wait_for_port "$PLAIN_PORT"
+}
+
+# plain_run OUT WORKLOAD: the plain app on a fresh database, driven with WORKLOAD
+# at full speed; the results go to $WORK/OUT.json.
+plain_run() {
+    log "plain cqrs-es app, $2: $CONCURRENCY clients, ${DURATION}s"
+    start_plain
     "$BIN/herald-load" commands --target plain --workload "$2" --url "http://127.0.0.1:$PLAIN_PORT" \
-        --concurrency "$CONCURRENCY" --duration-s "$DURATION" --pid "$pid" >"$WORK/$1.json"
-    stop "$pid"
+        --concurrency "$CONCURRENCY" --duration-s "$DURATION" --pid "$PLAIN_PID" >"$WORK/$1.json"
+    stop "$PLAIN_PID"
     log "plain $2: $(jq -r .throughput "$WORK/$1.json") commands/s"
+}
+
+# read_run OUT URL ARGS...: one endpoint read from $CONCURRENCY clients as fast as
+# it answers; the results go to $WORK/OUT.json.
+read_run() {
+    local out=$1 url=$2
+    shift 2
+    log "reads, $*: $CONCURRENCY clients, ${READ_DURATION}s"
+    "$BIN/herald-load" read-load --url "$url" --concurrency "$CONCURRENCY" \
+        --duration-s "$READ_DURATION" "$@" >"$WORK/$out.json"
+    log "reads, $*: $(jq -r .throughput "$WORK/$out.json")/s"
 }
 
 # fresh_herald DATABASE PREFIX: points Herald at a fresh database and a NATS
@@ -114,10 +134,19 @@ log "lag at $HALF commands/s"
 "$BIN/herald-load" commands --url "$URL" --concurrency "$CONCURRENCY" --duration-s "$DURATION" \
     --rate "$HALF" --lag --database-url "$HERALD_DATABASE_URL" >"$WORK/lag.json"
 
-# 5. Reads at a fixed rate.
+# 5. Reads at a fixed rate, then as fast as they are answered: each endpoint
+#    read whole, then polled with the ETag of its first answer; then the plain
+#    app's one read, on its own fresh database.
 log "reads at $READ_RATE/s"
 "$BIN/herald-load" reads --url "$URL" --rate "$READ_RATE" --duration-s "$DURATION" >"$WORK/reads.json"
+for read in booking messages bookings; do
+    read_run "read-$read" "$URL" --read "$read"
+    read_run "poll-$read" "$URL" --read "$read" --poll
+done
 stop "$HERALD_PID"
+start_plain
+read_run read-plain "http://127.0.0.1:$PLAIN_PORT" --read account
+stop "$PLAIN_PID"
 
 # 6. Herald, one kind of command at a time, each on a fresh database: new
 #    bookings, messages spread over 100 chats, messages into one long chat.
@@ -178,6 +207,7 @@ VERIFY_S=$VERIFY_S
 DURATION=$DURATION
 CONCURRENCY=$CONCURRENCY
 READ_RATE=$READ_RATE
+READ_DURATION=$READ_DURATION
 ENV
 WORK="$WORK" bash bench/report.sh
 log "done in $(( $(date +%s) - RUN_STARTED ))s; raw results in $WORK"

@@ -281,6 +281,8 @@ pub struct ReadFixture {
     pub messages_url: String,
     /// `GET …/bookings`.
     pub bookings_url: String,
+    /// `GET …/bookings/{id}` of the last booking made.
+    pub booking_url: String,
     /// The patient's token.
     pub token: String,
 }
@@ -303,13 +305,19 @@ pub async fn read_fixture(
         })
         .collect();
     plan.extend((0..bookings).map(|_| Op::Book));
+    let mut booking = None;
     for op in plan {
         let request = worker.request(op);
-        herald::accepted(client, &request, "preparing reads").await?;
+        let reply = herald::accepted(client, &request, "preparing reads").await?;
+        if matches!(op, Op::Book) {
+            booking = reply.body["id"].as_str().map(str::to_owned);
+        }
     }
+    let booking = booking.context("the read fixture made no booking")?;
     Ok(ReadFixture {
         messages_url: format!("{}/chats/{}/messages?limit=50", worker.api, worker.chat),
         bookings_url: format!("{}/bookings?limit=50", worker.api),
+        booking_url: format!("{}/bookings/{booking}", worker.api),
         token: worker.patient.token,
     })
 }

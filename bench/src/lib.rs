@@ -15,6 +15,7 @@ pub mod lag;
 pub mod plain;
 pub mod plain_mix;
 pub mod proxy;
+pub mod read_load;
 pub mod rss;
 pub mod seed;
 pub mod stats;

@@ -2,7 +2,8 @@
 //! app shaped like cqrs-es's own demo (serverlesstechnology/cqrs-demo). One
 //! aggregate, a bank account; one command per `POST /account/{id}`; the
 //! framework's event store and a view kept by a `GenericQuery` in the request,
-//! as the demo does. Nothing here is tuned beyond what the demo does, so it
+//! as the demo does; `GET /account/{id}` answers the view, as the demo's query
+//! handler does. Nothing here is tuned beyond what the demo does, so it
 //! measures what the framework gives out of the box.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use cqrs_es::persist::GenericQuery;
+use cqrs_es::persist::{GenericQuery, ViewRepository};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventEnvelope, View};
 use postgres_es::{PostgresCqrs, PostgresViewRepository};
 use serde::{Deserialize, Serialize};
@@ -197,30 +198,50 @@ impl View<BankAccount> for AccountView {
     }
 }
 
-/// The framework with its view query, shared by the handlers.
-pub type AppState = Arc<PostgresCqrs<BankAccount>>;
+/// The view's repository.
+type Views = PostgresViewRepository<AccountView, BankAccount>;
+
+/// The framework and the view it keeps, shared by the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    cqrs: Arc<PostgresCqrs<BankAccount>>,
+    views: Arc<Views>,
+}
 
 /// The framework on `pool`, with the view kept in table `account_query`.
 pub fn framework(pool: PgPool) -> AppState {
-    let views: Arc<PostgresViewRepository<AccountView, BankAccount>> =
-        Arc::new(PostgresViewRepository::new("account_query", pool.clone()));
-    let query = GenericQuery::new(views);
-    Arc::new(postgres_es::postgres_cqrs(pool, vec![Box::new(query)], ()))
+    let views: Arc<Views> = Arc::new(PostgresViewRepository::new("account_query", pool.clone()));
+    let query = GenericQuery::new(views.clone());
+    AppState {
+        cqrs: Arc::new(postgres_es::postgres_cqrs(pool, vec![Box::new(query)], ())),
+        views,
+    }
 }
 
-/// `POST /account/{id}`: one command.
+/// `POST /account/{id}`: one command; `GET /account/{id}`: the account's view.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/account/{id}", post(command))
+        .route("/account/{id}", post(command).get(query))
         .with_state(state)
 }
 
+async fn query(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.views.load(&id).await {
+        Ok(Some(view)) => (StatusCode::OK, Json(view)).into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(err) => {
+            eprintln!("plain-cqrs: {err}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
 async fn command(
-    State(cqrs): State<AppState>,
+    State(state): State<AppState>,
     Path(id): Path<String>,
     Json(command): Json<AccountCommand>,
 ) -> Response {
-    match cqrs.execute(&id, command).await {
+    match state.cqrs.execute(&id, command).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(AggregateError::UserError(err)) => {
             (StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).into_response()

@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Send commands and report throughput, latency, lag and memory.
     Commands(CommandArgs),
+    /// Read one endpoint as fast as it answers and report rate and latency.
+    ReadLoad(ReadLoadArgs),
     /// Read chat messages and bookings at a fixed rate and report latency.
     Reads(ReadArgs),
     /// Forward TCP connections (to Postgres); kill it to cut them all.
@@ -159,6 +161,41 @@ struct CommandArgs {
     jwt_secret: Option<String>,
 }
 
+/// What `read-load` reads.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReadKind {
+    /// Herald: `GET /bookings/{id}`, the patient's own booking.
+    Booking,
+    /// Herald: `GET /chats/{id}/messages?limit=50` of a chat of 200 messages.
+    Messages,
+    /// Herald: `GET /bookings?limit=50` of a patient with 60 bookings.
+    Bookings,
+    /// The plain app: `GET /account/{id}` of an account with a deposit.
+    Account,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReadLoadArgs {
+    /// The app's base URL.
+    #[arg(long)]
+    url: String,
+    /// What to read.
+    #[arg(long, value_enum)]
+    read: ReadKind,
+    /// Send the first answer's `ETag` back as `If-None-Match`, as a poller does.
+    #[arg(long)]
+    poll: bool,
+    /// Clients reading at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds to read.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// The secret Herald checks tokens with.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 struct ReadArgs {
     /// Herald's base URL.
@@ -179,6 +216,7 @@ struct ReadArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Commands(args) => commands(args).await,
+        Command::ReadLoad(args) => read_load(args).await,
         Command::Reads(args) => reads(args).await,
         Command::Proxy { listen, upstream } => Ok(bench::proxy::run(&listen, &upstream).await?),
         Command::Seed {
@@ -405,6 +443,60 @@ async fn wait_sequenced(pool: &PgPool, limit: Duration) -> anyhow::Result<Durati
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Reads one endpoint from many clients as fast as it answers, after a setup
+/// that writes what it reads and waits until it can be read.
+async fn read_load(args: ReadLoadArgs) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let url = args.url.trim_end_matches('/');
+    let read = match args.read {
+        ReadKind::Account => {
+            let account = uuid::Uuid::new_v4();
+            let address = format!("{url}/account/{account}");
+            for command in [
+                serde_json::json!({ "OpenAccount": { "account_id": account } }),
+                serde_json::json!({ "DepositMoney": { "amount": 1_000 } }),
+            ] {
+                let answer = client.post(&address).json(&command).send().await?;
+                anyhow::ensure!(
+                    answer.status().is_success(),
+                    "the plain app answered {}",
+                    answer.status()
+                );
+            }
+            bench::read_load::Read {
+                url: address,
+                token: None,
+                etag: None,
+            }
+        }
+        kind => {
+            let keys = keys(args.jwt_secret.clone())?;
+            let fixture = bench::herald_mix::read_fixture(&client, url, &keys, 200, 60).await?;
+            let url = match kind {
+                ReadKind::Booking => fixture.booking_url,
+                ReadKind::Messages => fixture.messages_url,
+                _ => fixture.bookings_url,
+            };
+            bench::read_load::Read {
+                url,
+                token: Some(fixture.token),
+                etag: None,
+            }
+        }
+    };
+    let read = read
+        .ready(&client, args.poll, Duration::from_secs(30))
+        .await?;
+    let report = bench::read_load::run(
+        &client,
+        read,
+        args.concurrency,
+        Duration::from_secs(args.duration_s),
+    )
+    .await;
+    print_json(&report)
 }
 
 #[derive(Debug, Serialize)]
