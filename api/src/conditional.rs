@@ -10,9 +10,9 @@ use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH};
+use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -86,14 +86,12 @@ impl<T: Serialize> IntoResponse for Read<T> {
             Read::Full(tag, body) => (StatusCode::OK, tag, Some(body)),
             Read::NotModified(tag) => (StatusCode::NOT_MODIFIED, tag, None),
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(ETAG, tag.header());
-        // Answers are the caller's own: caches may keep them for that caller
-        // only, and must ask again before using them.
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+        // Like every authenticated answer, it is `Cache-Control: no-store`
+        // (see `security_headers`): the client keeps its copy itself.
+        let etag = [(ETAG, tag.header())];
         match body {
-            Some(body) => (status, headers, Json(body)).into_response(),
-            None => (status, headers).into_response(),
+            Some(body) => (status, etag, Json(body)).into_response(),
+            None => (status, etag).into_response(),
         }
     }
 }

@@ -161,7 +161,11 @@ impl WriteSide {
     where
         A::Command: Clone,
     {
-        self.counted(id, false, command, metadata).await
+        let result = self
+            .decide_and_commit::<A>(id, false, command, metadata)
+            .await;
+        count(&result);
+        result
     }
 
     /// [`WriteSide::execute`] for a command that creates aggregate `new`. An
@@ -178,34 +182,10 @@ impl WriteSide {
         A::Command: Clone,
     {
         let minted = matches!(new, NewId::Minted(_));
-        self.counted(new.id(), minted, command, metadata).await
-    }
-
-    /// [`WriteSide::decide_and_commit`], counted by outcome.
-    async fn counted<A: Stored>(
-        &self,
-        id: Uuid,
-        minted: bool,
-        command: A::Command,
-        metadata: &Metadata,
-    ) -> Result<Committed<A>, CommandError>
-    where
-        A::Command: Clone,
-    {
         let result = self
-            .decide_and_commit::<A>(id, minted, command, metadata)
+            .decide_and_commit::<A>(new.id(), minted, command, metadata)
             .await;
-        let outcome = match &result {
-            Ok(committed) if committed.replayed => "replayed",
-            Ok(committed) if committed.events.is_empty() => "unchanged",
-            Ok(_) => "accepted",
-            Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => "rejected",
-            Err(CommandError::Conflict) => "conflict",
-            Err(CommandError::Unavailable(_)) => "unavailable",
-            Err(CommandError::Internal(_)) => "failed",
-        };
-        metrics::counter!("herald_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
-            .increment(1);
+        count(&result);
         result
     }
 
@@ -422,6 +402,24 @@ async fn stored_version(pool: &PgPool, aggregate_type: &str, id: Uuid) -> Result
     .fetch_one(pool)
     .await?;
     Ok(version as u64)
+}
+
+/// Counts a command by its outcome in `herald_commands_total`.
+fn count<A: Stored>(result: &Result<Committed<A>, CommandError>)
+where
+    A::Command: Clone,
+{
+    let outcome = match result {
+        Ok(committed) if committed.replayed => "replayed",
+        Ok(committed) if committed.events.is_empty() => "unchanged",
+        Ok(_) => "accepted",
+        Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => "rejected",
+        Err(CommandError::Conflict) => "conflict",
+        Err(CommandError::Unavailable(_)) => "unavailable",
+        Err(CommandError::Internal(_)) => "failed",
+    };
+    metrics::counter!("herald_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+        .increment(1);
 }
 
 #[cfg(test)]

@@ -795,6 +795,8 @@ async fn every_read_is_answered_304_with_no_body_while_the_callers_copy_is_curre
         );
         assert_eq!(again.body, Value::String(String::new()), "{path}");
         assert_eq!(again.headers["etag"], etag.as_str(), "{path}");
+        // The client keeps its copy itself; no cache along the way does.
+        assert_eq!(again.headers["cache-control"], "no-store", "{path}");
         let listed = h
             .get_holding(reader, &path, &format!("\"other\", W/{etag}"))
             .await;
