@@ -116,10 +116,74 @@ async fn drop_stale_databases(now: u64) {
             .nth(2)
             .and_then(|secs| secs.parse::<u64>().ok());
         if created.is_some_and(|created| created + STALE_AFTER_SECS < now) {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .execute(&pool)
-                .await;
+            drop_database(&pool, &name).await;
         }
+    }
+}
+
+async fn drop_database(server: &PgPool, name: &str) {
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(server)
+        .await;
+}
+
+/// What a test made on the real servers: removed when the test passes; kept,
+/// with a line naming it, when the test fails, so that it can be looked at.
+/// (What an aborted run leaves is removed by a later run after an hour.)
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    database_url: Option<String>,
+    topology: Option<Topology>,
+}
+
+impl Leftovers {
+    /// The database at `database_url` and the stream of `topology`, as the
+    /// test's own.
+    pub fn new(database_url: Option<String>, topology: Option<Topology>) -> Self {
+        Self {
+            database_url,
+            topology,
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let database = self
+            .database_url
+            .take()
+            .and_then(|url| url.rsplit('/').next().map(str::to_owned));
+        let topology = self.topology.take();
+        if std::thread::panicking() {
+            eprintln!(
+                "the failed test's data is kept: database {}, stream {}",
+                database.as_deref().unwrap_or("(none of its own)"),
+                topology.map_or_else(|| "(none of its own)".to_owned(), |t| t.stream_name()),
+            );
+            return;
+        }
+        // Dropped inside the test's runtime, which cannot block on this: the
+        // work gets a thread and a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Some(name) = database {
+                    if let Ok(server) = PgPool::connect(&format!("{}/postgres", server_url())).await
+                    {
+                        drop_database(&server, &name).await;
+                    }
+                }
+                if let Some(topology) = topology {
+                    delete_stream(&topology).await;
+                }
+            });
+        })
+        .join();
     }
 }
 

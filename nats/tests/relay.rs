@@ -64,6 +64,7 @@ async fn an_event_committed_late_with_an_earlier_id_is_relayed_where_a_naive_rea
     let url = support::fresh_database().await;
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
     let (relay, _stop) = start_relay(&pool, &topology).await;
 
     // Transaction A takes the earlier event_id but commits last.
@@ -118,6 +119,7 @@ async fn events_are_sequenced_in_numeric_transaction_order_where_the_ids_gain_a_
         ids.push(id);
     }
     let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
     let (relay, _stop) = start_relay(&pool, &topology).await;
 
     wait_until_published(&relay, 2).await;
@@ -157,6 +159,7 @@ async fn an_open_transaction_that_may_write_events_holds_the_relay_back_until_it
     let url = support::fresh_database().await;
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
     let (relay, _stop) = start_relay(&pool, &topology).await;
 
     let open = open_transaction_with_an_id(&url, false).await;
@@ -179,6 +182,7 @@ async fn a_long_transaction_that_declared_it_writes_no_events_does_not_hold_the_
     let url = support::fresh_database().await;
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
     let (relay, _stop) = start_relay(&pool, &topology).await;
 
     let open = open_transaction_with_an_id(&url, true).await;
@@ -199,6 +203,7 @@ async fn many_writers_committing_out_of_order_are_all_relayed_once_while_a_naive
     let url = support::fresh_database().await;
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
     let (relay, _stop) = start_relay(&pool, &topology).await;
 
     let naive_seen = {
@@ -270,6 +275,7 @@ async fn two_relays_keep_one_active_and_the_standby_takes_over_when_it_stops() {
     let url = support::fresh_database().await;
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
     let mut connection = PgConnection::connect(&url).await.unwrap();
     append(&mut connection, "chat", 1).await;
 
@@ -303,6 +309,7 @@ async fn a_stream_that_lost_its_messages_is_refilled_from_the_log() {
     let url = support::fresh_database().await;
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
     let mut connection = PgConnection::connect(&url).await.unwrap();
     for sequence in 1..=3 {
         append(&mut connection, "chat", sequence).await;

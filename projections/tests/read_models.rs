@@ -27,14 +27,17 @@ struct Log {
     pool: PgPool,
     entries: Vec<LogEntry>,
     sequences: HashMap<Uuid, i64>,
+    _leftovers: support::Leftovers,
 }
 
 impl Log {
     async fn new() -> Self {
+        let (pool, leftovers) = fresh_pool().await;
         Self {
-            pool: fresh_pool().await,
+            pool,
             entries: Vec::new(),
             sequences: HashMap::new(),
+            _leftovers: leftovers,
         }
     }
 
@@ -73,9 +76,11 @@ impl Log {
     }
 }
 
-async fn fresh_pool() -> PgPool {
+/// A pool on a fresh, migrated database, which is dropped when the test passes.
+async fn fresh_pool() -> (PgPool, support::Leftovers) {
     let url = support::fresh_database().await;
-    support::migrated_pool(&url).await
+    let pool = support::migrated_pool(&url).await;
+    (pool, support::Leftovers::new(Some(url), None))
 }
 
 /// An entry as the relay would publish it; the event type is the payload's tag.
@@ -932,7 +937,7 @@ async fn rebuilding_from_the_log_in_one_batch_gives_the_same_rows_as_applying_li
     let mut batch = log.entries.clone();
     batch.push(log.entries[5].clone());
 
-    let rebuilt = fresh_pool().await;
+    let (rebuilt, _leftovers) = fresh_pool().await;
     apply_all(&rebuilt, &batch).await;
     let live = dump(&log.pool).await;
     assert!(live.iter().all(|table| table
@@ -987,7 +992,7 @@ async fn messages_applied_as_one_batch_across_chats_give_the_same_rows_as_one_at
     batch.insert(4, log.entries[3].clone());
     batch.push(log.entries[2].clone());
 
-    let batched = fresh_pool().await;
+    let (batched, _leftovers) = fresh_pool().await;
     apply_all(&batched, &batch).await;
     assert_eq!(
         unread_of_all(&batched, ward).await,
@@ -999,7 +1004,7 @@ async fn messages_applied_as_one_batch_across_chats_give_the_same_rows_as_one_at
 
 #[tokio::test]
 async fn a_payload_that_is_not_its_event_is_a_permanent_decode_error() {
-    let pool = fresh_pool().await;
+    let (pool, _leftovers) = fresh_pool().await;
     let mut bad = entry(
         1,
         "Chat",

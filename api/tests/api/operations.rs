@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use api::limits::LimitArgs;
 use common::pg_proxy::PgProxy;
-use common::{fresh_database, patient, Options, TestApp};
+use common::{fresh_database, patient, Leftovers, Options, TestApp};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -49,6 +49,7 @@ async fn liveness_answers_without_a_token() {
 #[tokio::test]
 async fn readiness_fails_naming_postgres_while_it_is_down_and_recovers() {
     let direct = fresh_database().await;
+    let _leftovers = Leftovers::new(Some(direct.clone()), None);
     let name = direct.rsplit('/').next().unwrap();
     let proxy = PgProxy::start("127.0.0.1:5432").await;
     let app = TestApp::spawn_on(&format!(
@@ -259,6 +260,7 @@ async fn instances_started_at_once_on_a_new_database_all_come_up() {
             database_url: fresh_database().await,
             database_pool_size: 2,
         };
+        let _leftovers = Leftovers::new(Some(args.database_url.clone()), None);
         let started = join_all((0..8).map(|_| async {
             api::db::migrated_pool(&args).await?;
             Ok::<_, Box<dyn std::error::Error>>(())
@@ -310,8 +312,10 @@ fn herald_up_refused(env: &[(&str, String)]) -> (String, String) {
 async fn startup_errors_name_the_variable_and_the_address_and_print_no_tokens() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
+    let database = fresh_database().await;
+    let _leftovers = Leftovers::new(Some(database.clone()), None);
     let (stdout, stderr) = herald_up_refused(&[
-        ("HERALD_DATABASE_URL", fresh_database().await),
+        ("HERALD_DATABASE_URL", database),
         ("HERALD_LISTEN", address.clone()),
     ]);
     assert!(

@@ -6,13 +6,14 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::pg_proxy::PgProxy;
-use common::{fresh_database, patient, TestApp};
+use common::{fresh_database, patient, Leftovers, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
 async fn commands_answer_503_while_postgres_is_down_and_succeed_again_when_it_is_back() {
     let direct = fresh_database().await;
+    let _leftovers = Leftovers::new(Some(direct.clone()), None);
     let name = direct.rsplit('/').next().unwrap();
     let proxy = PgProxy::start("127.0.0.1:5432").await;
     let app = TestApp::spawn_on(&format!(

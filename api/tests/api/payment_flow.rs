@@ -769,7 +769,9 @@ async fn a_dead_payment_provider_gives_fast_503s_and_stores_nothing() {
         Arc::new(SandboxGateway::new(&address, common::shop()).unwrap()),
         policy,
     ));
-    let app = TestApp::spawn_with_gateway(&common::fresh_database().await, Some(gateway)).await;
+    let database = common::fresh_database().await;
+    let _leftovers = common::Leftovers::new(Some(database.clone()), None);
+    let app = TestApp::spawn_with_gateway(&database, Some(gateway)).await;
     let alice = patient();
     let booking = app.booking(alice).await;
     let pay = post(

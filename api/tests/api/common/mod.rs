@@ -4,7 +4,9 @@
 pub mod pg_proxy;
 use herald_nats::testing as support;
 
-pub use support::{assert_complete_and_ordered, fresh_database, nats_url, stream_entries};
+pub use support::{
+    assert_complete_and_ordered, fresh_database, nats_url, stream_entries, Leftovers,
+};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,6 +73,8 @@ pub struct TestApp {
     process: Option<Background>,
     /// The live gateway's hub, when the test runs one.
     pub live: Option<Arc<LiveHub>>,
+    /// The database and stream this Herald made, dropped last.
+    leftovers: support::Leftovers,
 }
 
 /// How a test's Herald differs from the default one: a fresh database, a
@@ -99,7 +103,7 @@ pub struct Options {
 impl TestApp {
     /// Herald's write side on its own fresh database.
     pub async fn spawn() -> Self {
-        Self::spawn_on(&fresh_database().await).await
+        Self::spawn_with(Options::default()).await
     }
 
     /// All of Herald, as `herald up` runs it: API, relay and every projection
@@ -265,11 +269,19 @@ impl TestApp {
             .with_env_filter("warn")
             .with_test_writer()
             .try_init();
-        let database_url = match options.database_url {
-            Some(url) => url,
-            None => fresh_database().await,
+        // What this Herald made for itself is removed once the test passes.
+        let (database_url, own_database) = match options.database_url {
+            Some(url) => (url, false),
+            None => (fresh_database().await, true),
         };
-        let topology = options.topology.unwrap_or_else(support::unique_topology);
+        let (topology, own_topology) = match options.topology {
+            Some(topology) => (topology, false),
+            None => (support::unique_topology(), true),
+        };
+        let leftovers = support::Leftovers::new(
+            own_database.then(|| database_url.clone()),
+            own_topology.then(|| topology.clone()),
+        );
         let listener = match options.listener {
             Some(listener) => listener,
             None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -329,6 +341,7 @@ impl TestApp {
             webhook_secret: state.webhook_secret,
             process: None,
             live: state.live,
+            leftovers,
         }
     }
 
