@@ -182,11 +182,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// A query parameter's value, with an empty one (`?status=`) read as absent.
-pub fn present(raw: Option<String>) -> Option<String> {
-    raw.filter(|value| !value.is_empty())
-}
-
 /// Gathers every invalid field of a request before answering, so that a client
 /// learns all of them at once.
 #[derive(Debug, Default)]

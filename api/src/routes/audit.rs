@@ -24,7 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::command::{present, Fields, Path};
+use crate::command::{Fields, Path};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::routes::reads::Query;
@@ -103,13 +103,13 @@ async fn list_events(
 ) -> Result<Json<EventPage>, ApiError> {
     may_audit(actor)?;
     let mut fields = Fields::default();
-    let after = fields.optional(present(query.after), |raw| {
+    let after = fields.optional(query.after, |raw| {
         raw.parse::<i64>()
             .ok()
             .filter(|after| *after >= 0)
             .ok_or_else(|| ValidationError::new("after", "must be a position, 0 or more"))
     });
-    let limit = fields.optional(present(query.limit), |raw| {
+    let limit = fields.optional(query.limit, |raw| {
         raw.parse::<i64>()
             .ok()
             .filter(|limit| (1..=MAX_LIMIT).contains(limit))
@@ -120,7 +120,7 @@ async fn list_events(
                 )
             })
     });
-    let aggregate_type = fields.optional(present(query.aggregate_type), |raw| {
+    let aggregate_type = fields.optional(query.aggregate_type, |raw| {
         AggregateKind::parse(&raw).ok_or_else(|| {
             ValidationError::new("aggregate_type", "must be Chat, Booking or Payment")
         })
@@ -258,7 +258,7 @@ async fn aggregate_as_of(
     let aggregate_type = AggregateKind::parse(&aggregate_type)
         .ok_or(ApiError::NotFound("no such aggregate type"))?;
     let mut fields = Fields::default();
-    let as_of = fields.optional(present(query.as_of), parse_as_of);
+    let as_of = fields.optional(query.as_of, parse_as_of);
     let as_of = fields.finish(as_of)?.unwrap_or(AsOf::Now);
     let entries = chain::aggregate_entries(
         app.write.pool(),
@@ -328,7 +328,7 @@ async fn verify(
 ) -> Result<Json<Verification>, ApiError> {
     may_audit(actor)?;
     let mut fields = Fields::default();
-    let expect = fields.optional(present(query.expect), |raw| {
+    let expect = fields.optional(query.expect, |raw| {
         raw.parse::<Checkpoint>()
             .map_err(|err| ValidationError::new("expect", err.to_string()))
     });

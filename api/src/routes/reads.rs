@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::command::{present, Fields, Path};
+use crate::command::{Fields, Path};
 use crate::conditional::{ETag, IfNoneMatch, Read};
 use crate::consistency::{self, Consistency};
 use crate::error::ApiError;
@@ -242,11 +242,9 @@ async fn list_messages(
     held: IfNoneMatch,
 ) -> Result<Read<MessagePage>, ApiError> {
     let mut fields = Fields::default();
-    let before_seq = fields.optional(present(query.before_seq), |raw| {
-        positive("before_seq", &raw)
-    });
+    let before_seq = fields.optional(query.before_seq, |raw| positive("before_seq", &raw));
     let limit = fields
-        .optional(present(query.limit), page_limit)
+        .optional(query.limit, page_limit)
         .map(|limit| limit.unwrap_or(DEFAULT_LIMIT));
     let (before_seq, limit) = fields.finish(before_seq.zip(limit))?;
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
@@ -327,11 +325,11 @@ async fn list_bookings(
 ) -> Result<Read<BookingPage>, ApiError> {
     let scope = bookings_scope(actor)?;
     let mut fields = Fields::default();
-    let status = fields.optional(present(query.status), booking_status);
+    let status = fields.optional(query.status, booking_status);
     let limit = fields
-        .optional(present(query.limit), page_limit)
+        .optional(query.limit, page_limit)
         .map(|limit| limit.unwrap_or(DEFAULT_LIMIT));
-    let cursor = fields.optional(present(query.cursor), |raw| positive("cursor", &raw));
+    let cursor = fields.optional(query.cursor, |raw| positive("cursor", &raw));
     let ((status, limit), cursor) = fields.finish(status.zip(limit).zip(cursor))?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
     let version = list_version(&app, Projection::Bookings).await?;
@@ -450,7 +448,7 @@ async fn list_payments(
     held: IfNoneMatch,
 ) -> Result<Read<PaymentList>, ApiError> {
     let mut fields = Fields::default();
-    let booking_id = fields.parse("booking_id", present(query.booking_id), |raw| {
+    let booking_id = fields.parse("booking_id", query.booking_id, |raw| {
         Uuid::parse_str(&raw).map_err(|_| ValidationError::new("booking_id", "must be a UUID"))
     });
     let booking_id = fields.finish(booking_id)?;
