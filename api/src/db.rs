@@ -13,6 +13,12 @@ use crate::config::DatabaseArgs;
 /// How long a request waits for a connection before answering 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A connection idle for longer is pinged before it is used again, so one
+/// that Postgres dropped meanwhile (a restart, say) is replaced rather than
+/// failing a request. A connection in steady use was just checked: the pool
+/// pings each one as it is returned.
+const RECHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Why no pool on the configured database could be had. The URL is never
 /// printed (it may hold a password); the database's name is.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +125,15 @@ fn pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
     Ok(PgPoolOptions::new()
         .max_connections(args.database_pool_size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > RECHECK_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 
