@@ -42,6 +42,11 @@ impl ETag {
 pub struct IfNoneMatch(Option<HeaderValue>);
 
 impl IfNoneMatch {
+    /// Whether the request holds any tag at all: a poller's.
+    pub fn is_conditional(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Whether the client holds `tag`, compared weakly as RFC 9110 asks of
     /// `If-None-Match`; `*` matches whatever exists.
     pub fn matches(&self, tag: &ETag) -> bool {

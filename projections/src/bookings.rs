@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::ApplyError;
+use crate::{ApplyError, Projection};
 
 use crate::{BOOKING, PAYMENT};
 
@@ -346,18 +346,27 @@ const SELECT_BOOKINGS: &str = "
            updated_at, created_position, version
       FROM rm_bookings";
 
-/// Up to `limit` bookings matching `filter`, newest first. Pass the
-/// `created_position` of the last row of a page as `after_cursor` to get the
-/// next one; new bookings never shift a page, since positions only grow.
+/// Up to `limit` bookings matching `filter`, newest first, with the position
+/// the bookings projection had reached when they were read: the page's
+/// version, from the same snapshot as its rows. Pass the `created_position`
+/// of the last row of a page as `after_cursor` to get the next one; new
+/// bookings never shift a page, since positions only grow.
 pub async fn list(
     pool: &PgPool,
     filter: BookingFilter,
     after_cursor: Option<i64>,
     limit: i64,
-) -> Result<Vec<BookingRow>, sqlx::Error> {
+) -> Result<(i64, Vec<BookingRow>), sqlx::Error> {
+    let mut query = QueryBuilder::<Postgres>::new(
+        "SELECT head.position, page.*
+           FROM (SELECT coalesce(max(position), 0) AS position
+                   FROM projection_checkpoints WHERE projection = ",
+    );
+    query.push_bind(Projection::Bookings.name());
+    query.push(") head LEFT JOIN LATERAL (");
+    query.push(SELECT_BOOKINGS);
     // Only the conditions in use are written, so each query matches one of
     // the (column, created_position) indexes.
-    let mut query = QueryBuilder::<Postgres>::new(SELECT_BOOKINGS);
     query.push(" WHERE true");
     if let Some(patient_id) = filter.patient_id {
         query.push(" AND patient_id = ").push_bind(patient_id);
@@ -373,8 +382,11 @@ pub async fn list(
     }
     query
         .push(" ORDER BY created_position DESC LIMIT ")
-        .push_bind(limit);
-    query.build_query_as::<BookingRow>().fetch_all(pool).await
+        .push_bind(limit)
+        .push(") page ON true");
+    let rows = query.build().fetch_all(pool).await?;
+    let (position, page) = crate::head_and_page::<(i64,), BookingRow>(&rows)?.unwrap_or_default();
+    Ok((position.0, page))
 }
 
 /// One booking, whoever asks; callers check visibility with its

@@ -453,6 +453,12 @@ pub async fn get(pool: &PgPool, chat_id: Uuid) -> Result<Option<ChatDetails>, sq
     .await
 }
 
+/// [`ChatAccess`] of the chat `$1` for the reader `$2`.
+const ACCESS: &str = "SELECT m.user_id IS NOT NULL AS member, c.version
+                        FROM rm_chats c
+                        LEFT JOIN rm_chat_members m ON m.chat_id = c.chat_id AND m.user_id = $2
+                       WHERE c.chat_id = $1";
+
 /// Whether `user_id` currently belongs to the chat, and the chat's version;
 /// `None` for an unknown chat.
 pub async fn access(
@@ -460,38 +466,40 @@ pub async fn access(
     chat_id: Uuid,
     user_id: Uuid,
 ) -> Result<Option<ChatAccess>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM rm_chat_members m
-                         WHERE m.chat_id = c.chat_id AND m.user_id = $2) AS member,
-                c.version
-           FROM rm_chats c
-          WHERE c.chat_id = $1",
-    )
-    .bind(chat_id)
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(ACCESS)
+        .bind(chat_id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
 }
 
+/// Up to `limit` messages of `$1` with `seq` below `$3`, newest first.
+const MESSAGES: &str = "SELECT message_id AS id, seq, author, body, sent_at, edited_at, deleted
+                          FROM rm_chat_messages
+                         WHERE chat_id = $1 AND seq < $3
+                         ORDER BY seq DESC
+                         LIMIT $4";
+
 /// Up to `limit` messages with `seq` below `before_seq` (all when `None`),
-/// newest first: the next page starts before the last row's `seq`, which stays
-/// stable however many messages arrive meanwhile.
+/// newest first, and whether `user_id` may read them ([`access`]); `None` for
+/// an unknown chat. The next page starts before the last row's `seq`, which
+/// stays stable however many messages arrive meanwhile. One statement: the
+/// access and the page come from one snapshot.
 pub async fn messages(
     pool: &PgPool,
     chat_id: Uuid,
+    user_id: Uuid,
     before_seq: Option<i64>,
     limit: i64,
-) -> Result<Vec<MessageRow>, sqlx::Error> {
-    sqlx::query_as::<_, MessageRow>(
-        "SELECT message_id AS id, seq, author, body, sent_at, edited_at, deleted
-           FROM rm_chat_messages
-          WHERE chat_id = $1 AND seq < $2
-          ORDER BY seq DESC
-          LIMIT $3",
-    )
+) -> Result<Option<(ChatAccess, Vec<MessageRow>)>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT head.*, page.* FROM ({ACCESS}) head LEFT JOIN LATERAL ({MESSAGES}) page ON true"
+    ))
     .bind(chat_id)
+    .bind(user_id)
     .bind(before_seq.unwrap_or(i64::MAX))
     .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?;
+    crate::head_and_page(&rows)
 }

@@ -20,7 +20,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use herald_nats::LogEntry;
-use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, Row};
 
 /// The aggregate types in the log, as the read models match them.
 pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
@@ -34,6 +35,28 @@ pub use herald_nats::follower::ApplyError;
 pub use rebuild::rebuild_into;
 pub use replay::{replay, ReplayError, ReplayReport};
 pub use worker::Worker;
+
+/// A page read together with its head (what the reader is checked against,
+/// or the page's version) in one statement, so both come from one snapshot:
+/// the page `LEFT JOIN LATERAL`ed onto a one-row head. Every row repeats the
+/// head; a page with no rows leaves one row whose `id` is null. `None` when
+/// the head itself has no row.
+pub(crate) fn head_and_page<H, R>(rows: &[PgRow]) -> Result<Option<(H, Vec<R>)>, sqlx::Error>
+where
+    H: for<'r> FromRow<'r, PgRow>,
+    R: for<'r> FromRow<'r, PgRow>,
+{
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut page = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.try_get::<Option<uuid::Uuid>, _>("id")?.is_some() {
+            page.push(R::from_row(row)?);
+        }
+    }
+    Ok(Some((H::from_row(first)?, page)))
+}
 
 /// The read models Herald keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -320,17 +320,28 @@ async fn message_pages_run_newest_first_and_continue_before_the_last_seq() {
     }
     log.chat(chat, deleted(4, ALICE)).await;
 
+    let page = |before| {
+        let pool = log.pool.clone();
+        async move {
+            let (access, rows) = chats::messages(&pool, chat, user(ALICE), before, 2)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(access.member);
+            rows
+        }
+    };
     let mut pages = Vec::new();
     let mut before = None;
     loop {
-        let page = chats::messages(&log.pool, chat, before, 2).await.unwrap();
-        let Some(last) = page.last() else { break };
+        let rows = page(before).await;
+        let Some(last) = rows.last() else { break };
         before = Some(last.seq);
-        pages.push(page.iter().map(|m| m.seq).collect::<Vec<_>>());
+        pages.push(rows.iter().map(|m| m.seq).collect::<Vec<_>>());
     }
     assert_eq!(pages, vec![vec![5, 4], vec![3, 2], vec![1]]);
 
-    let newest = chats::messages(&log.pool, chat, None, 2).await.unwrap();
+    let newest = page(None).await;
     assert_eq!(newest[0].body.as_deref(), Some("message 5"));
     assert_eq!(newest[0].id, message_id(5));
     assert_eq!(newest[0].sent_at, at(15).trunc_subsecs_micros());
@@ -338,10 +349,15 @@ async fn message_pages_run_newest_first_and_continue_before_the_last_seq() {
     assert!(newest[1].deleted, "a deleted message keeps its place");
     assert_eq!(newest[1].body, None, "but not its text");
 
-    let other_chat = chats::messages(&log.pool, Uuid::new_v4(), None, 10)
+    let (outsider, _) = chats::messages(&log.pool, chat, user(CAROL), None, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!outsider.member, "the page says who may read it");
+    let other_chat = chats::messages(&log.pool, Uuid::new_v4(), user(ALICE), None, 10)
         .await
         .unwrap();
-    assert!(other_chat.is_empty());
+    assert!(other_chat.is_none());
 }
 
 /// Postgres keeps microseconds.
@@ -492,7 +508,7 @@ async fn bookings_filter_by_patient_doctor_and_status_newest_first() {
 
     let list = |filter| {
         let pool = log.pool.clone();
-        async move { ids(&bookings::list(&pool, filter, None, 50).await.unwrap()) }
+        async move { ids(&bookings::list(&pool, filter, None, 50).await.unwrap().1) }
     };
     assert_eq!(
         list(BookingFilter::default()).await,
@@ -551,7 +567,7 @@ async fn booking_pages_continue_after_the_cursor_without_repeats_or_gaps() {
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let page = bookings::list(&log.pool, filter, cursor, 3).await.unwrap();
+        let (_, page) = bookings::list(&log.pool, filter, cursor, 3).await.unwrap();
         if page.is_empty() {
             break;
         }
@@ -566,8 +582,8 @@ async fn booking_pages_continue_after_the_cursor_without_repeats_or_gaps() {
         patient_id: Some(user(PATIENT_1)),
         ..BookingFilter::default()
     };
-    let first = bookings::list(&log.pool, filter, None, 2).await.unwrap();
-    let rest = bookings::list(&log.pool, filter, Some(first[1].created_position), 10)
+    let (_, first) = bookings::list(&log.pool, filter, None, 2).await.unwrap();
+    let (_, rest) = bookings::list(&log.pool, filter, Some(first[1].created_position), 10)
         .await
         .unwrap();
     assert_eq!(ids(&first), [requested_order[0], requested_order[2]]);
