@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Where a Herald command run spends its time, in one run on a fresh database:
+# Where a Herald command or read run spends its time, in one run on a fresh database:
 # who uses the machine's CPU (Herald, Postgres, NATS, the load generator),
 # where Herald's own CPU goes (perf, by symbol), and what Postgres backends do
 # (pg_stat_activity sampled every 10 ms: average sessions per state, wait and
-# statement), and what one command costs: CPU by process, Postgres transactions,
+# statement), and what one command or read costs: CPU by process, Postgres transactions,
 # WAL flushes (fsyncs) and, when Postgres preloads pg_stat_statements,
-# statements (round trips). Writes the "Profile" section of BENCHMARKS.md.
+# statements (round trips). Writes the "Profile" section of BENCHMARKS.md (for
+# reads, the "Profile of a read run" section).
 #
 #   bash bench/profile.sh
 #
 # Settings (environment): BENCH_DURATION_S (30), BENCH_CONCURRENCY (32),
-# BENCH_WORKLOAD (mix; or bookings, messages), BENCH_NATS_PORT (14222),
+# BENCH_WORKLOAD (mix; or bookings, messages; or a read as `herald-load read-load`
+# names it, read whole or polled: read-booking, read-messages, read-bookings,
+# poll-booking, poll-messages, poll-bookings), BENCH_NATS_PORT (14222),
 # BENCH_HTTP_PORT (18080), BENCH_HERALD (the herald binary to profile, by default
 # the one just built; another build's, to set two side by side).
 set -euo pipefail
@@ -22,6 +25,23 @@ CONCURRENCY=${BENCH_CONCURRENCY:-32}
 WORKLOAD=${BENCH_WORKLOAD:-mix}
 NATS_PORT=${BENCH_NATS_PORT:-14222}
 HTTP_PORT=${BENCH_HTTP_PORT:-18080}
+case $WORKLOAD in
+    read-* | poll-*)
+        UNIT=read
+        LOAD=(read-load --read "${WORKLOAD#*-}")
+        [[ $WORKLOAD == poll-* ]] && LOAD+=(--poll)
+        SECTION_NAME="bench/profile.sh reads"
+        # Reads answered: the setup's few hundred commands before them are counted in
+        # the totals but not in the divisor.
+        ANSWERED='[.statuses[]] | add'
+        ;;
+    *)
+        UNIT=command
+        LOAD=(commands --workload "$WORKLOAD")
+        SECTION_NAME="bench/profile.sh"
+        ANSWERED='.commands_ok'
+        ;;
+esac
 WORK=$(mktemp -d /tmp/herald-profile.XXXXXX)
 trap 'cleanup; rm -rf "$WORK/nats"' EXIT
 DB=herald_profile
@@ -67,7 +87,7 @@ else
     STATEMENTS="NULL"
 fi
 # The statements that took Postgres longest since the counters were read
-# before the run: calls and execution time per command answered.
+# before the run: calls and execution time per command or read answered.
 top_statements() {
     "${PSQL[@]}" -d "$DB" -F ' | ' -c "SELECT round(calls::numeric / $1, 2),
             round((total_exec_time * 1000 / $1)::numeric, 1),
@@ -112,6 +132,7 @@ counters() {
     END \$\$"
 
 log "profiling $DURATION s of the $WORKLOAD workload at $CONCURRENCY clients"
+STARTED_AT=$(date +%s.%N)
 [ "$STATEMENTS" = NULL ] || "${PSQL[@]}" -d "$DB" -c "SELECT pg_stat_statements_reset(0,
     (SELECT oid FROM pg_database WHERE datname = current_database()), 0)" >/dev/null
 COUNTERS_BEFORE=$(counters)
@@ -122,10 +143,11 @@ SAMPLER=$!
 perf record -F 499 -p "$HERALD_PID" -o "$WORK/perf.data" -- sleep "$DURATION" 2>"$WORK/perf.log" &
 PERF=$!
 TIMEFORMAT='%U %S'
-{ time "$BIN/herald-load" commands --url "http://127.0.0.1:$HTTP_PORT" \
-    --concurrency "$CONCURRENCY" --duration-s "$DURATION" --workload "$WORKLOAD" \
+{ time "$BIN/herald-load" "${LOAD[@]}" --url "http://127.0.0.1:$HTTP_PORT" \
+    --concurrency "$CONCURRENCY" --duration-s "$DURATION" \
     >"$WORK/load.json" 2>"$WORK/load.log"; } 2>"$WORK/load.time"
 AFTER=$(snapshot)
+ELAPSED=$(awk -v a="$STARTED_AT" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 COUNTERS_AFTER=$(counters)
 wait "$SAMPLER" "$PERF"
 "${PSQL[@]}" -d postgres -c "DROP FUNCTION public.herald_profile_sample(text, float)"
@@ -135,20 +157,20 @@ HZ=$(getconf CLK_TCK)
 read -r H0 P0 N0 M0 <<<"$BEFORE"
 read -r H1 P1 N1 M1 <<<"$AFTER"
 read -r LU LS <"$WORK/load.time"
-cpu() { awk -v t="$1" -v hz="$HZ" -v s="$DURATION" 'BEGIN { printf "%.2f", t / hz / s }'; }
+cpu() { awk -v t="$1" -v hz="$HZ" -v s="$ELAPSED" 'BEGIN { printf "%.2f", t / hz / s }'; }
 HERALD_CPU=$(cpu $((H1 - H0)))
 POSTGRES_CPU=$(cpu $((P1 - P0)))
 NATS_CPU=$(cpu $((N1 - N0)))
 MACHINE_CPU=$(cpu $((M1 - M0)))
-LOAD_CPU=$(awk -v u="$LU" -v s="$LS" -v d="$DURATION" 'BEGIN { printf "%.2f", (u + s) / d }')
+LOAD_CPU=$(awk -v u="$LU" -v s="$LS" -v d="$ELAPSED" 'BEGIN { printf "%.2f", (u + s) / d }')
 OTHER_CPU=$(awk -v m="$MACHINE_CPU" -v a="$HERALD_CPU" -v b="$POSTGRES_CPU" -v c="$NATS_CPU" -v d="$LOAD_CPU" \
     'BEGIN { o = m - a - b - c - d; printf "%.2f", o < 0 ? 0 : o }')
 RATE=$(jq -r '.throughput | round' "$WORK/load.json")
-COMMANDS=$(jq -r '.commands_ok' "$WORK/load.json")
+COMMANDS=$(jq -r "$ANSWERED" "$WORK/load.json")
 read -r X0 W0 S0 <<<"$COUNTERS_BEFORE"
 read -r X1 W1 S1 <<<"$COUNTERS_AFTER"
-# Milliseconds of CPU per command, from cores busy over the run.
-per_command_ms() { awk -v c="$1" -v r="$RATE" 'BEGIN { printf "%.3f", c * 1000 / r }'; }
+# Milliseconds of CPU per command or read, from cores busy over the run.
+per_command_ms() { awk -v c="$1" -v d="$ELAPSED" -v n="$COMMANDS" 'BEGIN { printf "%.3f", c * d * 1000 / n }'; }
 per_command() { awk -v n="$1" -v c="$COMMANDS" 'BEGIN { printf "%.2f", n / c }'; }
 if [ "$S0" -ge 0 ]; then
     STATEMENTS_PER_COMMAND=$(per_command $((S1 - S0)))
@@ -160,12 +182,12 @@ perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol --perce
     grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+(-[[:space:]]+)*$//' | head -30 >"$WORK/symbols.txt"
 
 SECTION=$(
-    echo "<!-- bench/profile.sh: begin -->"
-    echo "## Profile of a command run"
+    echo "<!-- $SECTION_NAME: begin -->"
+    echo "## Profile of a $UNIT run"
     echo
-    echo "Measured by \`bash bench/profile.sh\` (BENCH_DURATION_S=$DURATION, $CONCURRENCY clients) on"
+    echo "Measured by \`BENCH_WORKLOAD=$WORKLOAD BENCH_DURATION_S=$DURATION bash bench/profile.sh\` ($CONCURRENCY clients) on"
     echo "$(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\`$(git diff --quiet HEAD -- . ':!BENCHMARKS.md' || echo ' (with uncommitted changes)'):"
-    echo "\`herald up\` under the benchmark's \`$WORKLOAD\` workload, $RATE commands/s."
+    echo "\`herald up\` under the benchmark's \`$WORKLOAD\` workload, $RATE ${UNIT}s/s."
     echo
     echo "### Who uses the CPU (cores busy, averaged over the run; the machine has $(nproc))"
     echo
@@ -178,9 +200,9 @@ SECTION=$(
     echo "| anything else on the machine | $OTHER_CPU |"
     echo "| **all** | **$MACHINE_CPU** |"
     echo
-    echo "### What one command costs (the whole pipeline's work, divided by commands answered)"
+    echo "### What one $UNIT costs (the whole pipeline's work, divided by ${UNIT}s answered)"
     echo
-    echo "| what | per command |"
+    echo "| what | per $UNIT |"
     echo "| --- | ---: |"
     echo "| CPU of Herald, ms | $(per_command_ms "$HERALD_CPU") |"
     echo "| CPU of Postgres, ms | $(per_command_ms "$POSTGRES_CPU") |"
@@ -194,7 +216,7 @@ SECTION=$(
     if [ -s "$WORK/statements.txt" ]; then
         echo "### Where Postgres's time goes (pg_stat_statements, the 15 longest in total)"
         echo
-        echo "| calls per command | µs of execution per command | statement |"
+        echo "| calls per $UNIT | µs of execution per $UNIT | statement |"
         echo "| ---: | ---: | --- |"
         sed -E 's/^([^|]*) \| ([^|]*) \| (.*)$/| \1 | \2 | `\3` |/' "$WORK/statements.txt"
         echo
@@ -213,7 +235,7 @@ SECTION=$(
     echo '```'
     cat "$WORK/symbols.txt"
     echo '```'
-    echo "<!-- bench/profile.sh: end -->"
+    echo "<!-- $SECTION_NAME: end -->"
 )
-replace_section "bench/profile.sh" "$SECTION"
+replace_section "$SECTION_NAME" "$SECTION"
 log "profile written to BENCHMARKS.md; raw results in $WORK"
