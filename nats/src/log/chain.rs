@@ -83,9 +83,15 @@ pub fn canonical_bytes(entry: &LogEntry) -> Vec<u8> {
 
 /// The link after `previous` for `entry`: `SHA-256(previous ‖ canonical(entry))`.
 pub fn link(previous: &Hash, entry: &LogEntry) -> Hash {
+    link_canonical(previous, &canonical_bytes(entry))
+}
+
+/// [`link`] of an entry already in its canonical form, so that one form
+/// serves both of its chains.
+fn link_canonical(previous: &Hash, canonical: &[u8]) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update(previous);
-    hasher.update(canonical_bytes(entry));
+    hasher.update(canonical);
     hasher.finalize().into()
 }
 
@@ -195,21 +201,42 @@ impl Serialize for Checkpoint {
     }
 }
 
-/// The aggregate-chain hash of the last entry the sequencer linked, for the
-/// aggregates it linked most recently, so that the next event of a busy
-/// aggregate links to its predecessor without asking Postgres. A head is kept
-/// with its sequence and only serves the entry right after it; any other is
-/// looked up in the log. Heads are computed from the log alone, so one kept
-/// from a transaction that rolled back is what the retry computes again.
-#[derive(Debug, Default)]
+/// The aggregate-chain hash of the last entry linked (by the sequencer) or
+/// checked (by the verifier), for the aggregates seen most recently, so that
+/// the next event of a busy aggregate links to its predecessor without asking
+/// Postgres. A head is kept with its sequence and only serves the entry right
+/// after it; any other is looked up in the log. Heads are computed from the
+/// log alone, so one kept from a transaction that rolled back is what the
+/// retry computes again.
+#[derive(Debug)]
 pub(crate) struct Heads {
     heads: HashMap<(String, String), (i64, Hash)>,
+    limit: usize,
 }
 
-/// Most aggregates whose heads are kept; past it they are forgotten at once.
+/// Most aggregates whose heads the sequencer keeps; past it they are
+/// forgotten at once.
 const HEADS_KEPT: usize = 65_536;
 
+/// Most aggregates whose heads the verifier keeps (about 150 MB): enough that
+/// a log of tens of millions of events is checked without looking one up.
+const VERIFY_HEADS_KEPT: usize = 1 << 20;
+
+impl Default for Heads {
+    fn default() -> Self {
+        Self::keeping(HEADS_KEPT)
+    }
+}
+
 impl Heads {
+    /// Heads of at most `limit` aggregates.
+    fn keeping(limit: usize) -> Self {
+        Self {
+            heads: HashMap::new(),
+            limit,
+        }
+    }
+
     /// The aggregate-chain hash before `entry`, when it is kept.
     fn before(&self, entry: &LogEntry) -> Option<Hash> {
         if entry.sequence == 1 {
@@ -221,10 +248,10 @@ impl Heads {
             .map(|(_, hash)| *hash)
     }
 
-    /// Forgets every head once more than [`HEADS_KEPT`] are kept; called
-    /// between batches, never while one is being linked.
+    /// Forgets every head once more than its limit are kept; called between
+    /// batches, never while one is being linked.
     fn forget_if_full(&mut self) {
-        if self.heads.len() > HEADS_KEPT {
+        if self.heads.len() > self.limit {
             self.heads.clear();
         }
     }
@@ -254,7 +281,7 @@ pub(crate) async fn link_entries(
     entries: &[LogEntry],
 ) -> Result<Links, sqlx::Error> {
     heads.forget_if_full();
-    look_up_heads(tx, heads, entries).await?;
+    look_up_heads(tx, heads, entries.iter()).await?;
     let mut links = Links {
         hashes: Vec::with_capacity(entries.len()),
         aggregate_hashes: Vec::with_capacity(entries.len()),
@@ -270,8 +297,9 @@ pub(crate) async fn link_entries(
             );
             GENESIS
         });
-        previous = link(&previous, entry);
-        let aggregate = link(&previous_aggregate, entry);
+        let canonical = canonical_bytes(entry);
+        previous = link_canonical(&previous, &canonical);
+        let aggregate = link_canonical(&previous_aggregate, &canonical);
         heads.keep(
             &entry.aggregate_type,
             &entry.aggregate_id,
@@ -291,7 +319,7 @@ pub(crate) fn stored_head(position: i64, stored: Option<Vec<u8>>) -> Hash {
     if position == 0 {
         return GENESIS;
     }
-    as_hash(stored).unwrap_or(GENESIS)
+    as_hash(&stored).unwrap_or(GENESIS)
 }
 
 /// Links entries numbered before the hash chains existed: positions after
@@ -327,16 +355,20 @@ pub(crate) async fn hash_through(
     Ok(last)
 }
 
-/// Keeps the aggregate-chain hashes, already in the log, of the events just
-/// before those of `entries` (sequence − 1) that are neither kept nor among
-/// `entries` themselves.
-async fn look_up_heads(
+/// Keeps the aggregate-chain hashes, already in the log before the first of
+/// `entries` (consecutive, in position order), of the events just before
+/// those of `entries` (sequence − 1) that are neither kept nor among `entries`
+/// themselves.
+async fn look_up_heads<'a>(
     tx: &mut PgConnection,
     heads: &mut Heads,
-    entries: &[LogEntry],
+    entries: impl Iterator<Item = &'a LogEntry> + Clone,
 ) -> Result<(), sqlx::Error> {
+    let Some(first) = entries.clone().next().map(|e| e.position) else {
+        return Ok(());
+    };
     let linked_here: HashSet<(&str, &str, i64)> = entries
-        .iter()
+        .clone()
         .map(|e| {
             (
                 e.aggregate_type.as_str(),
@@ -346,7 +378,6 @@ async fn look_up_heads(
         })
         .collect();
     let wanted: Vec<&LogEntry> = entries
-        .iter()
         .filter(|e| {
             heads.before(e).is_none()
                 && !linked_here.contains(&(
@@ -367,23 +398,27 @@ async fn look_up_heads(
            FROM unnest($1::text[], $2::text[], $3::bigint[]) AS p(aggregate_type, aggregate_id, sequence)
            JOIN events e USING (aggregate_type, aggregate_id, sequence)
            JOIN event_log l ON l.event_id = e.event_id
-          WHERE l.aggregate_hash IS NOT NULL",
+          WHERE l.aggregate_hash IS NOT NULL AND l.position < $4",
     )
     .bind(&types)
     .bind(&ids)
     .bind(&sequences)
+    .bind(first)
     .fetch_all(&mut *tx)
     .await?;
     for (aggregate_type, aggregate_id, sequence, hash) in rows {
-        if let Some(hash) = as_hash(hash) {
+        if let Some(hash) = as_hash(&hash) {
             heads.keep(&aggregate_type, &aggregate_id, sequence, hash);
         }
     }
     Ok(())
 }
 
-fn as_hash(bytes: Option<Vec<u8>>) -> Option<Hash> {
-    bytes.and_then(|bytes| Hash::try_from(bytes.as_slice()).ok())
+/// A stored link, when it is one.
+fn as_hash(bytes: &Option<Vec<u8>>) -> Option<Hash> {
+    bytes
+        .as_deref()
+        .and_then(|bytes| Hash::try_from(bytes).ok())
 }
 
 /// What a verification of the log found.
@@ -406,16 +441,13 @@ pub struct Verification {
     pub head: Option<Checkpoint>,
 }
 
-/// One row as the verifier reads it: the entry, its stored links, and its
-/// aggregate predecessor's.
+/// One row as the verifier reads it: the entry and its stored links.
 #[derive(Debug, sqlx::FromRow)]
 struct VerifyRow {
     #[sqlx(flatten)]
     entry: LogEntry,
     hash: Option<Vec<u8>>,
     aggregate_hash: Option<Vec<u8>>,
-    previous_aggregate_hash: Option<Vec<u8>>,
-    previous_position: Option<i64>,
 }
 
 /// Recomputes both chains over the whole log, streaming it in batches by
@@ -435,9 +467,18 @@ pub async fn verify(
     // when the check ends early it drops `received`, which stops the read.
     let (batches, mut received) = mpsc::channel::<Vec<VerifyRow>>(1);
     let check = async move {
+        // For the aggregate heads the verifier no longer keeps.
+        let mut conn = pool.acquire().await?;
         let mut chain = Verifier::new(expect);
         while let Some(rows) = received.recv().await {
             let last = rows.last().map_or(0, |row| row.entry.position);
+            chain.heads.forget_if_full();
+            look_up_heads(
+                &mut conn,
+                &mut chain.heads,
+                rows.iter().map(|row| &row.entry),
+            )
+            .await?;
             for row in rows {
                 if let Err(failed) = chain.check(row) {
                     return Ok(failed);
@@ -451,8 +492,8 @@ pub async fn verify(
     Ok(verification)
 }
 
-/// Reads the log for [`verify`] in batches by position, each row with its
-/// aggregate predecessor's link, until the end or until nobody listens.
+/// Reads the log for [`verify`] in batches by position, until the end or
+/// until nobody listens.
 async fn read_for_verify(
     pool: &PgPool,
     batches: mpsc::Sender<Vec<VerifyRow>>,
@@ -460,21 +501,9 @@ async fn read_for_verify(
     let mut conn = pool.acquire().await?;
     let mut position = 0;
     loop {
-        let rows: Vec<VerifyRow> = sqlx::query_as(
-            "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
-                    e.event_type, e.event_version, e.payload, e.metadata, e.recorded_at,
-                    l.hash, l.aggregate_hash,
-                    pl.aggregate_hash AS previous_aggregate_hash, pl.position AS previous_position
-               FROM event_log l
-               JOIN events e ON e.event_id = l.event_id
-               LEFT JOIN events pe ON pe.aggregate_type = e.aggregate_type
-                                  AND pe.aggregate_id = e.aggregate_id
-                                  AND pe.sequence = e.sequence - 1
-               LEFT JOIN event_log pl ON pl.event_id = pe.event_id
-              WHERE l.position > $1
-              ORDER BY l.position
-              LIMIT $2",
-        )
+        let rows: Vec<VerifyRow> = sqlx::query_as(&format!(
+            "{SELECT_AUDIT_ENTRIES} WHERE l.position > $1 ORDER BY l.position LIMIT $2"
+        ))
         .bind(position)
         .bind(VERIFY_BATCH)
         .fetch_all(&mut *conn)
@@ -494,6 +523,9 @@ struct Verifier {
     expect: Option<Checkpoint>,
     previous: Hash,
     position: i64,
+    /// Each aggregate's last link checked, or looked up in the log before
+    /// the batch being checked.
+    heads: Heads,
     verification: Verification,
 }
 
@@ -503,6 +535,7 @@ impl Verifier {
             expect,
             previous: GENESIS,
             position: 0,
+            heads: Heads::keeping(VERIFY_HEADS_KEPT),
             verification: Verification {
                 ok: true,
                 events_checked: 0,
@@ -520,21 +553,20 @@ impl Verifier {
         if entry.position != at {
             return Err(self.fail(at, format!("position {at} is missing from the log")));
         }
-        let computed = link(&self.previous, entry);
-        if as_hash(row.hash) != Some(computed) {
+        let canonical = canonical_bytes(entry);
+        let computed = link_canonical(&self.previous, &canonical);
+        if as_hash(&row.hash) != Some(computed) {
             return Err(self.fail(
                 at,
                 "the entry does not match its hash: it was changed, moved or inserted, or an entry before it was removed".to_owned(),
             ));
         }
-        let previous_aggregate = match (entry.sequence, row.previous_position) {
-            (1, _) => Some(GENESIS),
-            (_, Some(before)) if before < at => as_hash(row.previous_aggregate_hash),
-            _ => None,
-        };
-        let aggregate_ok = previous_aggregate
-            .is_some_and(|before| as_hash(row.aggregate_hash) == Some(link(&before, entry)));
-        if !aggregate_ok {
+        let aggregate = self
+            .heads
+            .before(entry)
+            .map(|before| link_canonical(&before, &canonical))
+            .filter(|computed| as_hash(&row.aggregate_hash) == Some(*computed));
+        let Some(aggregate) = aggregate else {
             return Err(self.fail(
                 at,
                 format!(
@@ -542,7 +574,7 @@ impl Verifier {
                     entry.aggregate_type, entry.aggregate_id, entry.sequence
                 ),
             ));
-        }
+        };
         if let Some(expected) = self.expect.filter(|e| e.position == at) {
             if expected.hash != computed {
                 return Err(self.fail(
@@ -551,6 +583,12 @@ impl Verifier {
                 ));
             }
         }
+        self.heads.keep(
+            &entry.aggregate_type,
+            &entry.aggregate_id,
+            entry.sequence,
+            aggregate,
+        );
         self.previous = computed;
         self.position = at;
         self.verification.events_checked += 1;
