@@ -80,7 +80,7 @@ pub struct UpArgs {
     pub jwt_secret: Option<SecretString>,
 
     /// Secret the payment provider signs its webhooks with; at least 16 bytes.
-    /// Required outside `--dev`, which makes an ephemeral one.
+    /// Required outside `--dev`, which makes one and keeps it in the database.
     #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret)]
     pub webhook_secret: Option<SecretString>,
 
@@ -90,8 +90,9 @@ pub struct UpArgs {
     #[arg(long, env = "HERALD_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
 
-    /// Development mode: without a JWT secret, make an ephemeral one and print a
-    /// ready token for every role; serve the sandbox payment provider.
+    /// Development mode: without a JWT or webhook secret, make one up and keep
+    /// it in the database; print a ready token for a demo user of every role
+    /// (the same users after a restart); serve the sandbox payment provider.
     #[arg(long)]
     pub dev: bool,
 
@@ -267,9 +268,14 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h")]
     pub ttl: humantime::Duration,
 
-    /// The secret Herald checks tokens with.
+    /// The secret Herald checks tokens with; when not set, the one
+    /// `herald up --dev` keeps in the database.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, value_parser = secret)]
-    pub jwt_secret: SecretString,
+    pub jwt_secret: Option<SecretString>,
+
+    /// Where `herald up --dev` keeps its secret, when no secret is given.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// A user id; what a mistyped one should be is said plainly.

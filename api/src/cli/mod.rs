@@ -13,8 +13,9 @@ use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use projections::Projection;
 
 use crate::auth::JwtKeys;
-use crate::config::{AuditCommand, Cli, Command, DatabaseArgs, EventsCommand, NatsArgs};
+use crate::config::{AuditCommand, Cli, Command, DatabaseArgs, EventsCommand, NatsArgs, TokenArgs};
 use crate::db;
+use crate::dev::DevIdentity;
 use domain::values::Actor;
 
 /// A subcommand's failure, printed as `herald: <error>`.
@@ -32,10 +33,26 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(args).await,
         Command::Audit(AuditCommand::Checkpoint(args)) => audit::checkpoint(args).await,
         Command::Replay(args) => replay::replay(args).await,
-        Command::Token(args) => JwtKeys::new(&args.jwt_secret)
-            .map(|keys| println!("{}", keys.mint(Actor::new(args.sub, args.role), *args.ttl)))
-            .map_err(BoxError::from),
+        Command::Token(args) => token(args).await,
     }
+}
+
+/// Mints a token with the configured secret or, without one, with the secret
+/// `herald up --dev` keeps in the database.
+async fn token(args: TokenArgs) -> Result<(), BoxError> {
+    let keys = match &args.jwt_secret {
+        Some(secret) => JwtKeys::new(secret)?,
+        None => {
+            let pool = db::existing_pool(&args.database).await?;
+            let dev = DevIdentity::load(&pool).await?.ok_or(
+                "HERALD_JWT_SECRET is not set, and the database named by HERALD_DATABASE_URL \
+                 holds no development secret (`herald up --dev` keeps one there)",
+            )?;
+            JwtKeys::new(&dev.jwt_secret)?
+        }
+    };
+    println!("{}", keys.mint(Actor::new(args.sub, args.role), *args.ttl));
+    Ok(())
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), BoxError> {

@@ -1,30 +1,62 @@
 //! `herald up`: everything in one process.
 
-use std::time::Duration;
-
-use domain::values::{Actor, Role};
-use secrecy::SecretString;
-use uuid::Uuid;
-
 use herald_nats::Topology;
 
 use super::BoxError;
 use crate::auth::JwtKeys;
 use crate::config::UpArgs;
 use crate::db::migrated_pool;
+use crate::dev::DevIdentity;
 use crate::live::LiveConfig;
-use crate::provider::webhook::WebhookSecret;
+use crate::provider::webhook::{WebhookSecret, WebhookSecretError};
 use crate::provider::PaymentProvider;
 use crate::startup::{Application, Parts, Settings};
+
+/// Why `herald up` without `--dev` does not start without a JWT secret.
+const MISSING_SECRET: &str = "HERALD_JWT_SECRET is required (at least 32 bytes; make one with \
+     `openssl rand -hex 32`); use `herald up --dev` to run with one Herald makes up and keeps \
+     in its database";
 
 /// Everything in one process: API, relay, every projection worker, the
 /// payment process manager and the live gateway.
 pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
-    let (keys, dev_tokens) = jwt_keys(&args)?;
-    let webhook_secret = WebhookSecret::from_config(args.webhook_secret.clone(), args.dev)?;
+    // Configured secrets are checked before anything is touched.
+    let configured_keys = args.jwt_secret.as_ref().map(JwtKeys::new).transpose()?;
+    let configured_webhook = args
+        .webhook_secret
+        .clone()
+        .map(WebhookSecret::new)
+        .transpose()?;
+    if !args.dev {
+        configured_keys.as_ref().ok_or(MISSING_SECRET)?;
+        configured_webhook
+            .as_ref()
+            .ok_or(WebhookSecretError::Missing)?;
+    }
     // The schema is ready before the port opens; the port is bound before
     // the provider is set up, so that the default public URL names it.
     let pool = migrated_pool(&args.database).await?;
+    let dev = match args.dev {
+        true => Some(DevIdentity::load_or_create(&pool).await?),
+        false => None,
+    };
+    // Without configured secrets, development mode's kept ones.
+    let signed_with = match configured_keys {
+        Some(_) => "HERALD_JWT_SECRET",
+        None => "the development secret kept in the database",
+    };
+    let keys = match configured_keys {
+        Some(keys) => keys,
+        None => JwtKeys::new(&dev.as_ref().ok_or(MISSING_SECRET)?.jwt_secret)?,
+    };
+    let webhook_secret = match configured_webhook {
+        Some(secret) => secret,
+        None => {
+            let dev = dev.as_ref().ok_or(WebhookSecretError::Missing)?;
+            WebhookSecret::new(dev.webhook_secret.clone())?
+        }
+    };
+    let greeting = dev.as_ref().map(|dev| dev.greeting(&keys, signed_with));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|err| format!("cannot listen on {} (HERALD_LISTEN): {err}", args.listen))?;
@@ -54,43 +86,12 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
     })
     .await?;
     // Printed once Herald is sure to start, not above an error.
-    if let Some(tokens) = dev_tokens {
-        println!("{tokens}");
+    if let Some(greeting) = greeting {
+        println!("{greeting}");
     }
     tracing::info!(%address, public_url, "herald is listening");
     application
         .run_until_stopped(crate::shutdown_signal())
         .await?;
     Ok(())
-}
-
-/// The configured signing keys, or in `--dev` mode without a secret,
-/// ephemeral ones and a ready token for every role, to print once Herald runs.
-fn jwt_keys(args: &UpArgs) -> Result<(JwtKeys, Option<String>), BoxError> {
-    match (&args.jwt_secret, args.dev) {
-        (Some(secret), _) => Ok((JwtKeys::new(secret)?, None)),
-        (None, false) => Err(
-            "HERALD_JWT_SECRET is required (at least 32 bytes; make one with \
-                              `openssl rand -hex 32`); use `herald up --dev` to run with an \
-                              ephemeral one"
-                .into(),
-        ),
-        (None, true) => {
-            let secret: [u8; 32] = rand::random();
-            let keys = JwtKeys::new(&SecretString::from(hex::encode(secret)))?;
-            let mut tokens = String::from(
-                "development mode: an ephemeral JWT secret signs these tokens (valid 24h):",
-            );
-            for role in [Role::Patient, Role::Doctor, Role::Admin, Role::Auditor] {
-                let actor = Actor::new(Uuid::new_v4(), role);
-                let token = keys.mint(actor, Duration::from_secs(24 * 3600));
-                tokens.push_str(&format!(
-                    "\n  {:<8} sub={} token={token}",
-                    role.as_str(),
-                    actor.user_id
-                ));
-            }
-            Ok((keys, Some(tokens)))
-        }
-    }
 }

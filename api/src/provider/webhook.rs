@@ -67,7 +67,7 @@ pub enum WebhookSecretError {
     /// None was configured and this is not development mode.
     #[error(
         "HERALD_WEBHOOK_SECRET is required (at least {MIN_SECRET_LEN} bytes); \
-         use `herald up --dev` to run with an ephemeral one"
+         use `herald up --dev` to run with one it makes up"
     )]
     Missing,
     /// The configured one is too short to resist guessing.
@@ -102,20 +102,6 @@ impl WebhookSecret {
             return Err(WebhookSecretError::TooShort);
         }
         Ok(Self(Arc::new(secret)))
-    }
-
-    /// The configured secret or, in development mode only, a random one: the
-    /// built-in sandbox provider, which signs with it too, is then the only
-    /// sender that can be verified.
-    pub fn from_config(
-        configured: Option<SecretString>,
-        dev: bool,
-    ) -> Result<Self, WebhookSecretError> {
-        match (configured, dev) {
-            (Some(secret), _) => Self::new(secret),
-            (None, true) => Self::new(SecretString::from(hex::encode(rand::random::<[u8; 32]>()))),
-            (None, false) => Err(WebhookSecretError::Missing),
-        }
     }
 
     fn mac(&self, timestamp: i64, body: &[u8]) -> HmacSha256 {
@@ -432,15 +418,11 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_is_required_outside_development_and_must_not_be_short() {
+    fn a_secret_must_not_be_short() {
         assert!(matches!(
-            WebhookSecret::from_config(None, false),
-            Err(WebhookSecretError::Missing)
-        ));
-        assert!(WebhookSecret::from_config(None, true).is_ok());
-        assert!(matches!(
-            WebhookSecret::from_config(Some(SecretString::from("short")), true),
+            WebhookSecret::new(SecretString::from("short")),
             Err(WebhookSecretError::TooShort)
         ));
+        assert!(WebhookSecret::new(SecretString::from("sixteen bytes ok")).is_ok());
     }
 }

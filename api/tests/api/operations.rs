@@ -308,6 +308,142 @@ fn herald_up_refused(env: &[(&str, String)]) -> (String, String) {
     )
 }
 
+/// A running `herald up --dev`, killed when dropped.
+struct DevHerald {
+    child: Child,
+    base: String,
+    /// The demo users' `(role, sub, token)`, as printed.
+    users: Vec<(String, String, String)>,
+}
+
+impl DevHerald {
+    /// Starts `herald up --dev` on `database` without configured secrets and
+    /// waits for its greeting.
+    fn start(database: &str, prefix: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["up", "--dev"])
+            .env("RUST_LOG", "warn")
+            .env("HERALD_DATABASE_URL", database)
+            .env("HERALD_LISTEN", &address)
+            .env("HERALD_NATS_PREFIX", prefix)
+            .env_remove("HERALD_JWT_SECRET")
+            .env_remove("HERALD_WEBHOOK_SECRET")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut users = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if line.contains("mint more") {
+                break;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let [role, sub, token] = words[..] {
+                if let (Some(sub), Some(token)) =
+                    (sub.strip_prefix("sub="), token.strip_prefix("token="))
+                {
+                    users.push((role.to_owned(), sub.to_owned(), token.to_owned()));
+                }
+            }
+        }
+        Self {
+            child,
+            base: format!("http://{address}/api/v1"),
+            users,
+        }
+    }
+
+    /// The status of the caller's bookings read with `token`.
+    async fn read_with(&self, token: &str) -> StatusCode {
+        reqwest::Client::new()
+            .get(format!("{}/bookings", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+impl Drop for DevHerald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn dev_mode_keeps_its_users_and_secret_across_a_restart_and_herald_token_mints_with_it() {
+    let database = fresh_database().await;
+    let prefix = format!("devmode{}", uuid::Uuid::new_v4().simple());
+    let _leftovers = Leftovers::new(
+        Some(database.clone()),
+        Some(herald_nats::Topology::new(&prefix)),
+    );
+    let first = DevHerald::start(&database, &prefix);
+    let roles: Vec<&str> = first.users.iter().map(|(role, ..)| role.as_str()).collect();
+    assert_eq!(roles, ["patient", "doctor", "admin", "auditor"]);
+    let (_, patient, printed_token) = first.users[0].clone();
+    assert_eq!(first.read_with(&printed_token).await, StatusCode::OK);
+    let users_before: Vec<String> = first.users.iter().map(|(_, sub, _)| sub.clone()).collect();
+    drop(first);
+
+    let again = DevHerald::start(&database, &prefix);
+    let users_after: Vec<String> = again.users.iter().map(|(_, sub, _)| sub.clone()).collect();
+    assert_eq!(
+        users_after, users_before,
+        "the same demo users after a restart"
+    );
+    assert_eq!(
+        again.read_with(&printed_token).await,
+        StatusCode::OK,
+        "a token printed before the restart still works"
+    );
+
+    let minted = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["token", "--sub", &patient, "--role", "patient"])
+        .env("HERALD_DATABASE_URL", &database)
+        .env_remove("HERALD_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let minted = String::from_utf8(minted.stdout).unwrap();
+    assert_eq!(again.read_with(minted.trim()).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn herald_token_without_a_secret_names_what_is_missing() {
+    let database = fresh_database().await;
+    let _leftovers = Leftovers::new(Some(database.clone()), None);
+    // A Herald database on which `herald up --dev` never ran.
+    api::db::migrated_pool(&api::config::DatabaseArgs {
+        database_url: database.clone(),
+        database_pool_size: 1,
+    })
+    .await
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "token",
+            "--sub",
+            &uuid::Uuid::new_v4().to_string(),
+            "--role",
+            "admin",
+        ])
+        .env("HERALD_DATABASE_URL", &database)
+        .env_remove("HERALD_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("HERALD_JWT_SECRET") && stderr.contains("herald up --dev"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn startup_errors_name_the_variable_and_the_address_and_print_no_tokens() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
