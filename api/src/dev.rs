@@ -26,10 +26,12 @@ pub struct DevIdentity {
     pub users: [Actor; 4],
 }
 
+/// The secrets, then the patient, doctor, admin and auditor.
 type Row = (String, String, Uuid, Uuid, Uuid, Uuid);
 
-const SELECT: &str =
-    "SELECT jwt_secret, webhook_secret, patient_id, doctor_id, admin_id, auditor_id
+/// The kept identity, as [`Row`].
+const SELECT: &str = "SELECT jwt_secret, webhook_secret,
+                             patient_id, doctor_id, admin_id, auditor_id
                         FROM dev_identity";
 
 impl DevIdentity {
