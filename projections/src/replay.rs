@@ -30,8 +30,6 @@ const SWAP_WITHIN: i64 = 2000;
 /// How long the swap waits for reads in flight to let go of the live tables
 /// before it gives up and tries again, so queued reads are never held long.
 const SWAP_LOCK_TIMEOUT: &str = "2s";
-/// How long the swapped-out tables stay for reads that were already on them.
-const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often, and how far apart, the swap tries to take the live tables
 /// before it lets go of everything and starts over.
 const LOCK_ATTEMPTS: u32 = 200;
@@ -135,9 +133,8 @@ pub async fn replay(
     };
     entries += applied;
     progress(position, position);
-    // Reads that resolved the old tables just before the swap finish on them
-    // before they are dropped.
-    tokio::time::sleep(RETIRE_AFTER).await;
+    // Reads still on the old tables finish on them: dropping them waits for
+    // their locks, and every later read resolves the new ones.
     let mut conn = pool.acquire().await?;
     for schema in [&retired, &shadow] {
         sqlx::query(&format!(
