@@ -168,7 +168,7 @@ impl Requested {
     }
 
     /// Inserts the bookings gathered so far, pending and unpaid, and starts
-    /// a new run. A booking already there (a redelivered entry) is kept.
+    /// a new run.
     async fn write(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if self.booking_ids.is_empty() {
             return Ok(());
@@ -187,8 +187,7 @@ impl Requested {
                            $10::timestamptz[])
                     AS r (booking_id, patient_id, call_type, address, amount_minor, currency,
                           scheduled_at, requested_at, position, recorded_at)
-             ORDER BY r.position
-             ON CONFLICT DO NOTHING",
+             ORDER BY r.position",
         )
         .bind(run.booking_ids)
         .bind(run.patient_ids)
@@ -295,8 +294,7 @@ async fn apply_payment(
             let pending = PaymentStatus::Pending.as_str();
             sqlx::query(
                 "INSERT INTO rm_booking_payments (payment_id, booking_id, status)
-                 VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3)",
             )
             .bind(payment_id)
             .bind(booking_id)

@@ -166,11 +166,10 @@ async fn apply_event(
             created_by,
             created_at,
         } => {
-            let created = sqlx::query(
+            sqlx::query(
                 "INSERT INTO rm_chats (chat_id, kind, title, created_by, created_at, last_seq,
                                        last_message, last_activity_position)
-                 VALUES ($1, $2, $3, $4, $5, 0, NULL, $6)
-                 ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, 0, NULL, $6)",
             )
             .bind(chat_id)
             .bind(kind.as_str())
@@ -180,20 +179,17 @@ async fn apply_event(
             .bind(entry.position)
             .execute(&mut *conn)
             .await?;
-            if created.rows_affected() == 1 {
-                sqlx::query(
-                    "INSERT INTO rm_chat_members (chat_id, user_id, read_up_to, unread_count,
-                                                  joined_position, join_index)
-                     SELECT $1, m.user_id, 0, 0, $3, m.ordinality::integer
-                       FROM UNNEST($2::uuid[]) WITH ORDINALITY AS m (user_id, ordinality)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(chat_id)
-                .bind(&members)
-                .bind(entry.position)
-                .execute(&mut *conn)
-                .await?;
-            }
+            sqlx::query(
+                "INSERT INTO rm_chat_members (chat_id, user_id, read_up_to, unread_count,
+                                              joined_position, join_index)
+                 SELECT $1, m.user_id, 0, 0, $3, m.ordinality::integer
+                   FROM UNNEST($2::uuid[]) WITH ORDINALITY AS m (user_id, ordinality)",
+            )
+            .bind(chat_id)
+            .bind(&members)
+            .bind(entry.position)
+            .execute(&mut *conn)
+            .await?;
         }
         ChatEvent::MemberAdded { user_id, .. } => {
             // A newcomer (or someone coming back: leaving drops the marker)
@@ -204,8 +200,7 @@ async fn apply_event(
                  SELECT $1, $2, 0,
                         (SELECT count(*) FROM rm_chat_messages x
                           WHERE x.chat_id = $1 AND NOT x.deleted AND x.author <> $2),
-                        $3, 0
-                 ON CONFLICT DO NOTHING",
+                        $3, 0",
             )
             .bind(chat_id)
             .bind(user_id)
@@ -331,10 +326,12 @@ impl NewMessages {
         self.positions.push(entry.position);
     }
 
-    /// Writes the gathered messages and empties the list. A message already
-    /// stored (a redelivery) changes nothing; each new one adds one unread
-    /// message for every member but its author who has not read that far, and
-    /// becomes its chat's preview when it is the newest.
+    /// Writes the gathered messages and empties the list. Each adds one
+    /// unread message for every member but its author who has not read that
+    /// far, and becomes its chat's preview when it is the newest. A message
+    /// whose seq or id is already stored fails the statement: the log says
+    /// something the read model cannot hold, which is a dead letter, never a
+    /// message silently left out.
     async fn write(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if self.chat_ids.is_empty() {
             return Ok(());
@@ -347,21 +344,19 @@ impl NewMessages {
              inserted AS (
                  INSERT INTO rm_chat_messages (chat_id, seq, message_id, author, body, sent_at,
                                                edited_at, deleted)
-                 SELECT chat_id, seq, message_id, author, body, sent_at, NULL, false FROM input
-                 ON CONFLICT DO NOTHING
-                 RETURNING chat_id, seq, author),
+                 SELECT chat_id, seq, message_id, author, body, sent_at, NULL, false FROM input),
              unread AS (
                  UPDATE rm_chat_members m
                     SET unread_count = m.unread_count + d.unread
                    FROM (SELECT r.chat_id, r.user_id, count(*) AS unread
-                           FROM inserted n JOIN rm_chat_members r ON r.chat_id = n.chat_id
+                           FROM input n JOIN rm_chat_members r ON r.chat_id = n.chat_id
                           WHERE n.author <> r.user_id AND n.seq > r.read_up_to
                           GROUP BY r.chat_id, r.user_id) d
                   WHERE m.chat_id = d.chat_id AND m.user_id = d.user_id),
              newest AS (
-                 SELECT DISTINCT ON (i.chat_id) i.chat_id, i.seq, i.preview, i.position
-                   FROM input i JOIN inserted n ON n.chat_id = i.chat_id AND n.seq = i.seq
-                  ORDER BY i.chat_id, i.seq DESC)
+                 SELECT DISTINCT ON (chat_id) chat_id, seq, preview, position
+                   FROM input
+                  ORDER BY chat_id, seq DESC)
              UPDATE rm_chats c
                 SET last_message = CASE WHEN n.seq >= c.last_seq THEN n.preview::jsonb
                                         ELSE c.last_message END,

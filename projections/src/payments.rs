@@ -71,8 +71,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
                                               provider_payment_id, provider_refund_id,
                                               confirmation_url, initiated_at, created_position,
                                               updated_at, version)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, $11)
-                     ON CONFLICT DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, $11)",
                 )
                 .bind(payment_id)
                 .bind(booking_id)

@@ -85,7 +85,7 @@ pub(crate) async fn apply_all(
 }
 
 /// Counts a run of new bookings as pending, in one statement, and empties
-/// it. A booking already known (a redelivered entry) is not counted again.
+/// it.
 async fn count_requested(
     conn: &mut PgConnection,
     requested: &mut Vec<Uuid>,
@@ -97,8 +97,7 @@ async fn count_requested(
     let pending = BookingStatus::Pending.as_str();
     let inserted = sqlx::query(
         "INSERT INTO rm_summary_bookings (booking_id, status)
-         SELECT booking_id, $2 FROM unnest($1::uuid[]) AS r (booking_id)
-         ON CONFLICT DO NOTHING",
+         SELECT booking_id, $2 FROM unnest($1::uuid[]) AS r (booking_id)",
     )
     .bind(std::mem::take(requested))
     .bind(pending)
@@ -144,10 +143,9 @@ async fn apply_payment(
     let status = match crate::decode::<PaymentEvent>(entry)? {
         PaymentEvent::PaymentInitiated { amount, .. } => {
             let pending = PaymentStatus::Pending.as_str();
-            let inserted = sqlx::query(
+            sqlx::query(
                 "INSERT INTO rm_summary_payments (payment_id, status, amount_minor, currency)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4)",
             )
             .bind(payment_id)
             .bind(pending)
@@ -155,9 +153,7 @@ async fn apply_payment(
             .bind(amount.currency().as_str())
             .execute(&mut *conn)
             .await?;
-            if inserted.rows_affected() == 1 {
-                totals.count_in(PAYMENTS, pending);
-            }
+            totals.count_in(PAYMENTS, pending);
             return Ok(());
         }
         PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,

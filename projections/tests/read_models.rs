@@ -949,12 +949,9 @@ async fn rebuilding_from_the_log_in_one_batch_gives_the_same_rows_as_applying_li
     log.booking(third, requested(third, PATIENT_1, 7_000, "EUR"))
         .await;
     log.booking(second, assigned(DOCTOR_1)).await;
-    // A new booking delivered again after the rest.
-    let mut batch = log.entries.clone();
-    batch.push(log.entries[5].clone());
 
     let (rebuilt, _leftovers) = fresh_pool().await;
-    apply_all(&rebuilt, &batch).await;
+    apply_all(&rebuilt, &log.entries).await;
     let live = dump(&log.pool).await;
     assert!(live.iter().all(|table| table
         .as_object()
@@ -1003,19 +1000,111 @@ async fn messages_applied_as_one_batch_across_chats_give_the_same_rows_as_one_at
     log.chat(ward, sent(6, BOB, "six")).await;
     log.chat(ward, deleted(6, BOB)).await;
     log.chat(direct, sent_elsewhere(4, DAN, "fine")).await;
-    // A message delivered twice, next to itself and after the rest.
-    let mut batch = log.entries.clone();
-    batch.insert(4, log.entries[3].clone());
-    batch.push(log.entries[2].clone());
 
     let (batched, _leftovers) = fresh_pool().await;
-    apply_all(&batched, &batch).await;
+    apply_all(&batched, &log.entries).await;
     assert_eq!(
         unread_of_all(&batched, ward).await,
         [Some(3), Some(4), Some(2)]
     );
     assert_eq!(unread(&batched, direct, BOB).await, Some(2));
     assert_eq!(dump(&batched).await, dump(&log.pool).await);
+}
+
+#[tokio::test]
+async fn an_event_whose_row_the_read_model_already_holds_fails_instead_of_being_skipped() {
+    let (pool, _leftovers) = fresh_pool().await;
+    let (ward, direct) = (Uuid::new_v4(), Uuid::new_v4());
+    let (booking, payment) = (Uuid::new_v4(), Uuid::new_v4());
+    let held = [
+        entry(1, "Chat", ward, 1, &created(ward, &[ALICE, BOB]), json!({})),
+        entry(
+            2,
+            "Chat",
+            direct,
+            1,
+            &created(direct, &[ALICE, CAROL]),
+            json!({}),
+        ),
+        entry(3, "Chat", ward, 2, &sent(1, ALICE, "one"), json!({})),
+        entry(
+            4,
+            "Booking",
+            booking,
+            1,
+            &requested(booking, PATIENT_1, 150_000, "RUB"),
+            json!({}),
+        ),
+        entry(
+            5,
+            "Payment",
+            payment,
+            1,
+            &initiated(payment, booking, 150_000, "RUB"),
+            json!({}),
+        ),
+    ];
+    apply_all(&pool, &held).await;
+
+    let added_again = ChatEvent::MemberAdded {
+        user_id: user(BOB),
+        added_by: user(ALICE),
+        at: at(60),
+    };
+    // Each names a row that is already there: a message id another chat
+    // holds (a log written before ids were unique), or a chat, member,
+    // booking or payment that exists.
+    let clashes = [
+        (
+            entry(6, "Chat", direct, 2, &sent(1, CAROL, "same id"), json!({})),
+            &[Projection::Chats][..],
+        ),
+        (
+            entry(7, "Chat", ward, 3, &created(ward, &[ALICE]), json!({})),
+            &[Projection::Chats],
+        ),
+        (
+            entry(8, "Chat", ward, 3, &added_again, json!({})),
+            &[Projection::Chats],
+        ),
+        (
+            entry(
+                9,
+                "Booking",
+                booking,
+                2,
+                &requested(booking, PATIENT_1, 150_000, "RUB"),
+                json!({}),
+            ),
+            &[Projection::Bookings, Projection::Summary],
+        ),
+        (
+            entry(
+                10,
+                "Payment",
+                payment,
+                2,
+                &initiated(payment, booking, 150_000, "RUB"),
+                json!({}),
+            ),
+            &[
+                Projection::Bookings,
+                Projection::Payments,
+                Projection::Summary,
+            ],
+        ),
+    ];
+    for (clash, followers) in clashes {
+        for projection in followers {
+            let mut tx = pool.begin().await.unwrap();
+            let err = projection.apply(&mut tx, &clash).await.unwrap_err();
+            assert!(
+                matches!(&err, ApplyError::Sql(sqlx::Error::Database(db)) if db.is_unique_violation()),
+                "{projection} at {}: {err}",
+                clash.position
+            );
+        }
+    }
 }
 
 #[tokio::test]

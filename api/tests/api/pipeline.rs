@@ -259,6 +259,54 @@ async fn a_read_model_catches_up_after_its_worker_was_down() {
 }
 
 #[tokio::test]
+async fn a_message_whose_id_another_chat_holds_is_a_dead_letter_not_a_message_left_out() {
+    let app = TestApp::spawn_with_pipeline().await;
+    let alice = patient();
+    let ward = app.group_chat(alice, &[doctor()]).await;
+    let other = app.group_chat(alice, &[doctor()]).await;
+    let first = app
+        .post(
+            &format!("/api/v1/chats/{ward}/messages"),
+            alice,
+            json!({ "body": "first" }),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // A log written before message ids were unique: the other chat's first
+    // message reuses the id.
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_claim_message_id")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let payload = json!({ "MessageSent": {
+        "message_id": first.id(),
+        "seq": 1,
+        "author": alice.user_id,
+        "body": "same id",
+        "sent_at": "2026-11-30T12:00:00Z",
+    }});
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Chat', $1, 2, 'MessageSent', '1', $2, '{}')",
+    )
+    .bind(other.to_string())
+    .bind(payload)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    app.wait_for_projections().await;
+    let dead: Vec<(String, String)> =
+        sqlx::query_as("SELECT projection, error FROM projection_dead_letters")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "chats");
+    assert!(dead[0].1.contains("duplicate key"), "{}", dead[0].1);
+}
+
+#[tokio::test]
 async fn a_poison_event_is_set_aside_as_a_dead_letter_and_the_projection_goes_on() {
     let app = TestApp::spawn_with_pipeline().await;
     let alice = patient();
