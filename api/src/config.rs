@@ -1,8 +1,11 @@
 //! The `herald` command line: one typed struct per subcommand, every setting also
 //! read from its `HERALD_*` environment variable.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 use domain::values::Role;
+use herald_nats::log::chain::Checkpoint;
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -203,6 +206,11 @@ pub enum EventsCommand {
     /// Write the log as NDJSON to stdout, one entry a line, in position order,
     /// with the fields of `GET /api/v1/events`.
     Export(ExportArgs),
+    /// Restore an export into an empty database (made by `herald migrate`),
+    /// checking both hash chains on the way in; a file that breaks anywhere
+    /// is refused with its position and nothing is written. Prints the
+    /// restored log's head as `<position>:<hash>`.
+    Import(ImportArgs),
 }
 
 /// Settings of `herald events export`.
@@ -215,6 +223,23 @@ pub struct ExportArgs {
     /// Start after this position.
     #[arg(long, default_value_t = 0)]
     pub after: i64,
+}
+
+/// Settings of `herald events import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The export to read; standard input when absent.
+    pub file: Option<PathBuf>,
+
+    /// A head printed by `herald audit checkpoint` before the export: the
+    /// restored chain must pass through it, so a file cut short of it is
+    /// refused.
+    #[arg(long)]
+    pub expect: Option<Checkpoint>,
 }
 
 /// `herald audit …`.
@@ -239,7 +264,7 @@ pub struct VerifyArgs {
     /// the chain must still pass through it, so the log was neither rewritten
     /// nor cut short before it.
     #[arg(long)]
-    pub expect: Option<herald_nats::log::chain::Checkpoint>,
+    pub expect: Option<Checkpoint>,
 }
 
 /// Settings of `herald replay`.

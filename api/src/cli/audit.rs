@@ -1,14 +1,15 @@
-//! `herald events export`, `herald audit verify` and `herald audit checkpoint`:
-//! the log for auditors.
+//! `herald events export` and `import`, `herald audit verify` and `herald
+//! audit checkpoint`: the log for auditors, and its restore.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use herald_nats::log::chain::{self, Checkpoint, Verification};
+use herald_nats::log::chain::{self, AuditEntry, Checkpoint, Verification};
+use herald_nats::log::restore::{Restore, RestoreError};
 use sqlx::PgPool;
 
-use super::{progress_bar, BoxError};
-use crate::config::{DatabaseArgs, ExportArgs, VerifyArgs};
+use super::{progress_bar, took, BoxError};
+use crate::config::{DatabaseArgs, ExportArgs, ImportArgs, VerifyArgs};
 use crate::db::existing_pool;
 
 /// Entries read per query while exporting.
@@ -37,6 +38,39 @@ pub(super) async fn export(args: ExportArgs) -> Result<(), BoxError> {
     out.flush().or_else(reader_gone)
 }
 
+/// Restores an export into an empty database and prints its head.
+pub(super) async fn import(args: ImportArgs) -> Result<(), BoxError> {
+    let pool = existing_pool(&args.database).await?;
+    let input: Box<dyn BufRead> = match &args.file {
+        Some(path) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).map_err(|err| format!("{}: {err}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let bar = progress_bar("import", "{prefix} {pos} entries, {rate}");
+    let started = Instant::now();
+    let mut restore = Restore::begin(&pool, args.expect).await?;
+    for (line, position) in input.lines().zip(1..) {
+        let entry: AuditEntry =
+            serde_json::from_str(&line?).map_err(|err| RestoreError::Broken {
+                position,
+                reason: format!("line {position} is not an exported entry: {err}"),
+            })?;
+        restore.push(entry).await?;
+        bar.set_position(position as u64);
+    }
+    let verification = restore.commit().await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "restored {}; `herald up` builds the read models from them",
+        took(verification.events_checked, started)
+    );
+    if let Some(head) = verification.head {
+        println!("{head}");
+    }
+    Ok(())
+}
+
 /// A reader that stopped reading (`herald events export | head`) has all it
 /// wanted: that is the end of the export, not an error.
 fn reader_gone(err: std::io::Error) -> Result<(), BoxError> {
@@ -60,12 +94,7 @@ async fn verified(pool: &PgPool, expect: Option<Checkpoint>) -> Result<Verificat
     })
     .await?;
     bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!(
-        "verified {} entries in {elapsed:.2}s ({:.0} entries/s)",
-        verification.events_checked,
-        verification.events_checked as f64 / elapsed.max(1e-9)
-    );
+    eprintln!("verified {}", took(verification.events_checked, started));
     Ok(verification)
 }
 

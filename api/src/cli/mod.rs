@@ -7,6 +7,7 @@ mod up;
 mod workers;
 
 use std::io::IsTerminal;
+use std::time::Instant;
 
 use herald_nats::Topology;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
@@ -30,6 +31,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::DeadLetters(args) => replay::dead_letters(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Events(EventsCommand::Export(args)) => audit::export(args).await,
+        Command::Events(EventsCommand::Import(args)) => audit::import(args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(args).await,
         Command::Audit(AuditCommand::Checkpoint(args)) => audit::checkpoint(args).await,
         Command::Replay(args) => replay::replay(args).await,
@@ -78,6 +80,15 @@ pub(crate) fn progress_bar(prefix: &str, template: &str) -> ProgressBar {
     ProgressBar::new(0)
         .with_style(style)
         .with_prefix(prefix.to_owned())
+}
+
+/// `<n> entries in <s>s (<rate> entries/s)`: what a long command got through.
+pub(crate) fn took(entries: i64, started: Instant) -> String {
+    let elapsed = started.elapsed().as_secs_f64();
+    format!(
+        "{entries} entries in {elapsed:.2}s ({:.0} entries/s)",
+        entries as f64 / elapsed.max(1e-9)
+    )
 }
 
 /// A NATS client (connecting in the background if NATS is away) and the names

@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::{admin, auditor, doctor, patient, Reply, TestApp};
+use common::{admin, auditor, doctor, herald_on, patient, Reply, TestApp};
 use domain::values::{Actor, Role};
 use herald_nats::log;
 use herald_nats::log::chain::{self, Checkpoint, Verification};
@@ -526,12 +526,7 @@ async fn a_truncated_tail_is_named_by_its_first_missing_position_against_a_kept_
 
 /// Runs the `herald` binary against the test's database.
 fn herald(app: &TestApp, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("HERALD_DATABASE_URL", &app.database_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+    herald_on(&app.database_url, args)
 }
 
 #[tokio::test]
@@ -645,16 +640,6 @@ async fn a_booking_stored_in_the_old_event_shape_still_loads_projects_replays_an
     assert_intact(&app, None).await;
 }
 
-/// Runs the `herald` binary against `database_url`.
-fn herald_on(database_url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("HERALD_DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn commands_that_read_the_log_refuse_a_database_that_does_not_exist_and_create_none() {
     let missing = common::fresh_database().await;
@@ -755,4 +740,99 @@ fn the_command_line_speaks_of_herald_and_says_what_a_bad_value_should_be() {
     let stderr = String::from_utf8_lossy(&token.stderr);
     assert!(!token.status.success());
     assert!(stderr.contains("must be a UUID"), "{stderr}");
+}
+
+/// An export written to a file of the test's own, removed when dropped.
+struct ExportFile(std::path::PathBuf);
+
+impl ExportFile {
+    fn holding(lines: &[&str]) -> Self {
+        let path = std::env::temp_dir().join(format!("herald-export-{}.ndjson", Uuid::new_v4()));
+        std::fs::write(&path, lines.concat()).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ExportFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn an_import_refuses_a_tampered_or_cut_export_naming_the_position_and_writes_nothing() {
+    let app = sequenced_log().await;
+    let total = log::head(&app.pool).await.unwrap();
+    let kept = head(&app).await;
+    let export = herald(&app, &["events", "export"]);
+    assert!(export.status.success(), "{export:?}");
+    let text = String::from_utf8(export.stdout).unwrap();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    assert_eq!(lines.len() as i64, total);
+
+    let target = common::fresh_database().await;
+    let _leftovers = common::Leftovers::new(Some(target.clone()), None);
+    let migrated = herald_on(&target, &["migrate"]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    let target_pool = sqlx::PgPool::connect(&target).await.unwrap();
+
+    let at = lines.iter().position(|l| l.contains("\"note 3\"")).unwrap();
+    let mut edited = lines.clone();
+    let changed = lines[at].replace("\"note 3\"", "\"note three\"");
+    edited[at] = &changed;
+    let mut dropped = lines.clone();
+    dropped.remove(6);
+    let last = lines[lines.len() - 1];
+    let mut cut_mid_line = lines.clone();
+    *cut_mid_line.last_mut().unwrap() = &last[..last.len() / 2];
+    let cut_at_line_end = &lines[..lines.len() - 2];
+    let kept_arg = kept.to_string();
+    let cases: [(&str, Vec<&str>, &[&str], i64); 4] = [
+        ("an edited entry", edited, &[], at as i64 + 1),
+        ("a missing entry", dropped, &[], 7),
+        ("a file cut inside its last line", cut_mid_line, &[], total),
+        (
+            "a file cut at a line's end, with the kept head",
+            cut_at_line_end.to_vec(),
+            &["--expect", &kept_arg],
+            total - 1,
+        ),
+    ];
+    for (case, lines, extra, position) in cases {
+        let file = ExportFile::holding(&lines);
+        let mut args = vec!["events", "import", file.path()];
+        args.extend_from_slice(extra);
+        let refused = herald_on(&target, &args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{case}: {stderr}");
+        assert!(
+            stderr.contains(&format!("not intact at position {position}:")),
+            "{case}: {stderr}"
+        );
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&target_pool)
+            .await
+            .unwrap();
+        assert_eq!(events, 0, "{case} wrote events");
+    }
+
+    let whole = ExportFile::holding(&lines);
+    let restored = herald_on(
+        &target,
+        &["events", "import", whole.path(), "--expect", &kept_arg],
+    );
+    assert!(restored.status.success(), "{restored:?}");
+    assert_eq!(String::from_utf8(restored.stdout).unwrap().trim(), kept_arg);
+    let verified = herald_on(&target, &["audit", "verify", "--expect", &kept_arg]);
+    assert!(verified.status.success(), "{verified:?}");
+    let again = herald_on(&target, &["events", "import", whole.path()]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds events"),
+        "{again:?}"
+    );
 }

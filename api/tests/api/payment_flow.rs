@@ -81,7 +81,7 @@ async fn read(app: &TestApp, actor: Actor, path: &str, token: &str) -> Value {
 }
 
 /// A patient's booking and the payment they started for it.
-struct Paying {
+pub(crate) struct Paying {
     patient: Actor,
     booking: Uuid,
     payment: Uuid,
@@ -177,7 +177,7 @@ async fn open_charge(request: reqwest::RequestBuilder, payment: Uuid, key: &str)
 }
 
 /// A payment the patient confirmed on the sandbox page, once Herald stored it.
-async fn paid_through_the_sandbox(app: &TestApp) -> Paying {
+pub(crate) async fn paid_through_the_sandbox(app: &TestApp) -> Paying {
     let paying = start_paying(app).await;
     let chosen = choose(app, paying.page(), "succeed").await;
     assert_eq!(chosen.status, StatusCode::OK, "{}", chosen.body);

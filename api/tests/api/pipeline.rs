@@ -7,12 +7,12 @@ use crate::common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{admin, doctor, patient, TestApp};
+use common::{admin, doctor, herald_on, patient, TestApp};
 use domain::values::Actor;
 use futures::stream::{self, StreamExt};
 use projections::Projection;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A mix of commands like the platform's: mostly chat messages, then reads,
@@ -137,6 +137,81 @@ async fn after_thousands_of_mixed_commands_every_read_model_equals_a_rebuild_fro
     common::assert_complete_and_ordered(
         &common::stream_entries(&app.topology).await,
         &app.event_ids().await,
+    );
+}
+
+/// Every read model's rows, each table as one JSON array in a fixed order.
+async fn read_models(pool: &sqlx::PgPool) -> Vec<(String, Value)> {
+    let mut tables = Vec::new();
+    for projection in Projection::ALL {
+        for table in projection.tables() {
+            let rows: Value = sqlx::query_scalar(&format!(
+                "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text), '[]')
+                   FROM {table} t"
+            ))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            tables.push(((*table).to_owned(), rows));
+        }
+    }
+    tables
+}
+
+#[tokio::test]
+async fn a_log_exported_under_load_and_imported_elsewhere_rebuilds_every_read_model_and_goes_on() {
+    let app = TestApp::spawn_with_payments().await;
+    mixed_workload(&app, 600).await;
+    crate::payment_flow::paid_through_the_sandbox(&app).await;
+    app.wait_for_projections().await;
+    let export = herald_on(&app.database_url, &["events", "export"]);
+    assert!(export.status.success(), "{export:?}");
+    let file = std::env::temp_dir().join(format!("herald-drill-{}.ndjson", Uuid::new_v4()));
+    std::fs::write(&file, &export.stdout).unwrap();
+
+    let target = common::fresh_database().await;
+    let _leftovers = common::Leftovers::new(Some(target.clone()), None);
+    let migrated = herald_on(&target, &["migrate"]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    let imported = herald_on(&target, &["events", "import", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(imported.status.success(), "{imported:?}");
+    let head = String::from_utf8(imported.stdout).unwrap();
+
+    let mut restored = TestApp::spawn_with(common::Options {
+        database_url: Some(target.clone()),
+        ..common::Options::default()
+    })
+    .await;
+    restored.start_pipeline().await;
+    restored.wait_for_projections().await;
+    let original = read_models(&app.pool).await;
+    assert!(original.iter().all(|(_, rows)| rows != &json!([])));
+    assert_eq!(read_models(&restored.pool).await, original);
+
+    // The restored log takes new commands, continuing each aggregate and
+    // both chains.
+    let (chat, member): (Uuid, Uuid) =
+        sqlx::query_as("SELECT chat_id, user_id FROM rm_chat_members LIMIT 1")
+            .fetch_one(&restored.pool)
+            .await
+            .unwrap();
+    let sent = restored
+        .post(
+            &format!("/api/v1/chats/{chat}/messages"),
+            Actor::new(member, domain::values::Role::Patient),
+            json!({ "body": "after the restore" }),
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    restored.wait_for_projections().await;
+    let verified = herald_on(&target, &["audit", "verify", "--expect", head.trim()]);
+    assert!(verified.status.success(), "{verified:?}");
+    let report: Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert_eq!(
+        report["events_checked"],
+        json!(app.event_count().await + 1),
+        "{report}"
     );
 }
 

@@ -22,7 +22,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::SecondsFormat;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor, PgPool};
@@ -441,15 +441,6 @@ pub struct Verification {
     pub head: Option<Checkpoint>,
 }
 
-/// One row as the verifier reads it: the entry and its stored links.
-#[derive(Debug, sqlx::FromRow)]
-struct VerifyRow {
-    #[sqlx(flatten)]
-    entry: LogEntry,
-    hash: Option<Vec<u8>>,
-    aggregate_hash: Option<Vec<u8>>,
-}
-
 /// Recomputes both chains over the whole log, streaming it in batches by
 /// position so memory stays flat, and stops at the first entry that does not
 /// link. `expect` is a checkpoint kept outside the database that the chain
@@ -465,24 +456,15 @@ pub async fn verify(
         .await?;
     // The next batch is read on its own connection while this one is checked;
     // when the check ends early it drops `received`, which stops the read.
-    let (batches, mut received) = mpsc::channel::<Vec<VerifyRow>>(1);
+    let (batches, mut received) = mpsc::channel::<Vec<AuditEntry>>(1);
     let check = async move {
         // For the aggregate heads the verifier no longer keeps.
         let mut conn = pool.acquire().await?;
         let mut chain = Verifier::new(expect);
         while let Some(rows) = received.recv().await {
             let last = rows.last().map_or(0, |row| row.entry.position);
-            chain.heads.forget_if_full();
-            look_up_heads(
-                &mut conn,
-                &mut chain.heads,
-                rows.iter().map(|row| &row.entry),
-            )
-            .await?;
-            for row in rows {
-                if let Err(failed) = chain.check(row) {
-                    return Ok(failed);
-                }
+            if let Err(failed) = chain.check_batch(&mut conn, &rows).await? {
+                return Ok(failed);
             }
             progress(chain.verification.events_checked, total.max(last));
         }
@@ -496,12 +478,12 @@ pub async fn verify(
 /// until nobody listens.
 async fn read_for_verify(
     pool: &PgPool,
-    batches: mpsc::Sender<Vec<VerifyRow>>,
+    batches: mpsc::Sender<Vec<AuditEntry>>,
 ) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut position = 0;
     loop {
-        let rows: Vec<VerifyRow> = sqlx::query_as(&format!(
+        let rows: Vec<AuditEntry> = sqlx::query_as(&format!(
             "{SELECT_AUDIT_ENTRIES} WHERE l.position > $1 ORDER BY l.position LIMIT $2"
         ))
         .bind(position)
@@ -519,7 +501,7 @@ async fn read_for_verify(
 }
 
 /// Both chains recomputed entry by entry, in position order.
-struct Verifier {
+pub(crate) struct Verifier {
     expect: Option<Checkpoint>,
     previous: Hash,
     position: i64,
@@ -530,7 +512,7 @@ struct Verifier {
 }
 
 impl Verifier {
-    fn new(expect: Option<Checkpoint>) -> Self {
+    pub(crate) fn new(expect: Option<Checkpoint>) -> Self {
         Self {
             expect,
             previous: GENESIS,
@@ -546,8 +528,21 @@ impl Verifier {
         }
     }
 
+    /// Checks the next rows, consecutive and in position order; on a break,
+    /// the verification that names it. The heads of aggregates it no longer
+    /// keeps are looked up through `conn` in the log before the first row.
+    pub(crate) async fn check_batch(
+        &mut self,
+        conn: &mut PgConnection,
+        rows: &[AuditEntry],
+    ) -> Result<Result<(), Verification>, sqlx::Error> {
+        self.heads.forget_if_full();
+        look_up_heads(conn, &mut self.heads, rows.iter().map(|row| &row.entry)).await?;
+        Ok(rows.iter().try_for_each(|row| self.check(row)))
+    }
+
     /// Checks the next row; on a break, the verification that names it.
-    fn check(&mut self, row: VerifyRow) -> Result<(), Verification> {
+    fn check(&mut self, row: &AuditEntry) -> Result<(), Verification> {
         let entry = &row.entry;
         let at = self.position + 1;
         if entry.position != at {
@@ -600,7 +595,7 @@ impl Verifier {
     }
 
     /// The verification once the log has ended.
-    fn finish(mut self) -> Verification {
+    pub(crate) fn finish(mut self) -> Verification {
         let position = self.position;
         match self.expect.filter(|e| e.position > position) {
             Some(expected) => self.fail(
@@ -694,6 +689,38 @@ impl Serialize for AuditEntry {
             aggregate_hash: self.aggregate_hash.as_ref().map(hex::encode),
         }
         .serialize(serializer)
+    }
+}
+
+/// Reads an entry back from the form it is serialized in, as `herald events
+/// import` does: `recorded_at` leaves `metadata` again, and the links are
+/// hex.
+impl<'de> Deserialize<'de> for AuditEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Shown {
+            #[serde(flatten)]
+            entry: LogEntry,
+            hash: Option<String>,
+            aggregate_hash: Option<String>,
+        }
+        let Shown {
+            mut entry,
+            hash,
+            aggregate_hash,
+        } = Shown::deserialize(deserializer)?;
+        if let Value::Object(members) = &mut entry.metadata {
+            members.remove("recorded_at");
+        }
+        let bytes = |hex: Option<String>| {
+            hex.map(|hex| hex::decode(hex).map_err(serde::de::Error::custom))
+                .transpose()
+        };
+        Ok(Self {
+            entry,
+            hash: bytes(hash)?,
+            aggregate_hash: bytes(aggregate_hash)?,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
 pub mod chain;
+pub mod restore;
 pub(crate) mod sequencer;
 
 /// The Postgres channel the write side notifies after commits so the relay wakes

@@ -730,6 +730,16 @@ pub fn patient() -> Actor {
 pub fn doctor() -> Actor {
     Actor::new(Uuid::new_v4(), Role::Doctor)
 }
+/// Runs the `herald` binary against `database_url`, its output kept.
+pub fn herald_on(database_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("HERALD_DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 pub fn admin() -> Actor {
     Actor::new(Uuid::new_v4(), Role::Admin)
 }
