@@ -261,10 +261,14 @@ impl Charge {
     }
 }
 
+/// The charge, `refunded` once it was refunded.
 async fn find_charge(pool: &PgPool, provider_payment_id: &str) -> Result<Option<Charge>, ApiError> {
     sqlx::query_as(
-        "SELECT provider_payment_id, payment_id, amount_minor, currency, description, status
-           FROM sandbox_payments WHERE provider_payment_id = $1",
+        "SELECT provider_payment_id, payment_id, amount_minor, currency, description,
+                CASE WHEN EXISTS (SELECT FROM sandbox_refunds r
+                                   WHERE r.provider_payment_id = p.provider_payment_id)
+                     THEN 'refunded' ELSE status END AS status
+           FROM sandbox_payments p WHERE provider_payment_id = $1",
     )
     .bind(provider_payment_id)
     .fetch_optional(pool)
@@ -369,7 +373,8 @@ async fn refund(
     let charge = find_charge(pool, &body.payment_id)
         .await?
         .ok_or(ApiError::NotFound("the sandbox has no such charge"))?;
-    if charge.status != "succeeded" {
+    // A refunded charge is asked again: the same refund is confirmed again.
+    if !matches!(charge.status.as_str(), "succeeded" | "refunded") {
         return Err(ApiError::BadRequest(
             "only a succeeded charge can be refunded".to_owned(),
         ));

@@ -275,6 +275,29 @@ async fn a_booking_paid_on_the_sandbox_page_is_marked_paid_and_refunded_by_itsel
     assert_eq!(shown["status"], "refunded", "{shown}");
     assert_eq!(shown["provider_payment_id"], paying.provider_payment_id());
     assert_eq!(shown["confirmation_url"], page.as_str());
+    let html = app
+        .client
+        .get(&page)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Status: <strong>refunded</strong>"), "{html}");
+    // The booking was paid for once; where the money is now is the payment's.
+    let shown = read(
+        &app,
+        alice,
+        &format!("/api/v1/bookings/{booking}"),
+        &token_of(refunded),
+    )
+    .await;
+    assert_eq!(
+        (&shown["status"], &shown["paid"], &shown["payment_status"]),
+        (&json!("cancelled"), &json!(true), &json!("refunded")),
+        "{shown}"
+    );
 
     // Nothing acts twice: settle, then check every count once more.
     app.wait_for_projections().await;
