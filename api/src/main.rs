@@ -36,7 +36,7 @@ fn init_logs() {
         _ => !std::io::stderr().is_terminal(),
     };
     let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| api::cli::LogWriter)
         .with_env_filter(filter);
     if json {
         logs.json()

@@ -7,10 +7,11 @@ mod up;
 mod workers;
 
 use std::io::IsTerminal;
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use herald_nats::Topology;
-use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 use projections::Projection;
 
 use crate::auth::JwtKeys;
@@ -77,9 +78,28 @@ pub(crate) fn progress_bar(prefix: &str, template: &str) -> ProgressBar {
             },
         )
         .progress_chars("=> ");
-    ProgressBar::new(0)
-        .with_style(style)
-        .with_prefix(prefix.to_owned())
+    BARS.add(
+        ProgressBar::new(0)
+            .with_style(style)
+            .with_prefix(prefix.to_owned()),
+    )
+}
+
+/// The progress bars showing on the terminal, drawn together so that a log
+/// line written meanwhile goes above them instead of over them.
+static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
+
+/// Where `herald` logs: stderr, above any progress bar showing there.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        BARS.suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// `<n> entries in <s>s (<rate> entries/s)`: what a long command got through.
