@@ -33,6 +33,7 @@ if [[ ! -x $venv/bin/schemathesis ]]; then
 fi
 "$venv/bin/schemathesis" --version
 
+commit=$(git rev-parse --short HEAD)
 cargo build --quiet -p api --bin herald
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -124,7 +125,7 @@ verdict=$([[ $status == 0 ]] && echo passed || echo FAILED)
 replace_section "api/fuzz.sh" "<!-- api/fuzz.sh: begin -->
 ## Fuzzing the API
 
-\`bash api/fuzz.sh\` on $(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\`, $(nproc) cores:
+\`bash api/fuzz.sh\` on $(date -u +%Y-%m-%d) at commit \`$commit\`, $(nproc) cores:
 schemathesis $("$venv/bin/schemathesis" --version | tr -dc '0-9.'), every check, up to $examples examples per
 operation and $max_time s per role, against \`herald up --dev\` with its own database and
 stream. **$verdict.**
