@@ -20,12 +20,18 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// a larger one is only work for the server.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// The claims of a Herald token.
+/// The claims of a Herald token: who, in which role, until when; when it
+/// was issued and its own id. Tokens minted before `iat` and `jti` existed
+/// carry neither and are still read.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: Uuid,
     role: String,
     exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    jti: Option<Uuid>,
 }
 
 /// Signs and checks tokens with one secret.
@@ -59,7 +65,8 @@ impl JwtKeys {
     /// A token for `actor`, valid for `ttl`.
     pub fn mint(&self, actor: Actor, ttl: Duration) -> String {
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let exp = Utc::now()
+        let now = Utc::now();
+        let exp = now
             .checked_add_signed(ttl)
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
             .timestamp();
@@ -67,6 +74,8 @@ impl JwtKeys {
             sub: actor.user_id,
             role: actor.role.as_str().to_owned(),
             exp,
+            iat: Some(now.timestamp()),
+            jti: Some(Uuid::new_v4()),
         };
         // HS256 signing of a plain struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

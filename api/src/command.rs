@@ -48,11 +48,7 @@ where
         let Caller(actor) = Caller::from_request_parts(&mut parts, state).await?;
         let bytes = read_body(&parts.headers, body).await?;
         let body = parse_json(&parts.headers, &bytes)?;
-        let request_id = parts
-            .headers
-            .get(&X_REQUEST_ID)
-            .and_then(|value| value.to_str().ok())
-            .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned);
+        let request_id = request_id(&parts.headers);
         let idempotency = idempotency_key(&parts.headers)?.map(|key| IdempotencyKey {
             key,
             request_hash: request_hash(parts.method.as_str(), parts.uri.path(), &canonical(&bytes)),
@@ -63,6 +59,41 @@ where
             body,
         })
     }
+}
+
+/// A request anyone may send, without a token (signing up, signing in): its
+/// request id and its body, parsed as strictly as a command's.
+pub struct OpenRequest<T> {
+    /// The request id its events' metadata carries.
+    pub request_id: String,
+    /// The parsed body; an empty body reads as `{}`.
+    pub body: T,
+}
+
+impl<S, T> FromRequest<S> for OpenRequest<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let bytes = read_body(&parts.headers, body).await?;
+        Ok(Self {
+            request_id: request_id(&parts.headers),
+            body: parse_json(&parts.headers, &bytes)?,
+        })
+    }
+}
+
+/// The request's `X-Request-Id` (the request id layer sets one on every
+/// request), or a new id.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned)
 }
 
 /// A decoding error in the client's terms: serde names the Rust type it

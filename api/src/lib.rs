@@ -19,6 +19,7 @@ pub mod limits;
 pub mod live;
 pub mod openapi;
 pub mod ops;
+pub mod passwords;
 pub mod provider;
 pub mod request_id;
 pub mod routes;
@@ -113,7 +114,8 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         .merge(routes::bookings::routes())
         .merge(routes::payments::routes())
         .merge(routes::reads::routes())
-        .merge(routes::audit::routes());
+        .merge(routes::audit::routes())
+        .merge(routes::auth::routes());
     let mut outside =
         OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
     if sandbox {

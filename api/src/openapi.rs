@@ -280,13 +280,14 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 
 /// Adds to one operation what the middleware adds to every request: the
 /// request id both ways, the rate limit (its headers and the 429), the opaque
-/// 500, and, under `/api/v1`, the bearer token and its 401.
+/// 500, and, under `/api/v1`, the bearer token and its 401, unless the route
+/// says it needs none (signing up and in).
 fn complete(operation: &mut Operation, api: bool) {
     operation
         .parameters
         .get_or_insert_with(Vec::new)
         .push(RefOr::T(request_id_parameter()));
-    if api {
+    if api && operation.security.is_none() {
         operation.security = Some(vec![SecurityRequirement::new::<_, _, &str>(BEARER, [])]);
         add_missing(operation, "401", "Unauthorized");
     }

@@ -42,8 +42,27 @@ WITH appended AS (
     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
     SELECT t, i, s, s, p::jsonb
       FROM unnest($8::text[], $9::text[], $10::bigint[], $11::text[]) AS n (t, i, s, p)
+), accounts AS (
+    INSERT INTO accounts (user_id, email, password_hash, name, phone)
+    SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[])
 )
 SELECT pg_notify($12, '')";
+
+/// A new account's personal data, written beside the event that records the
+/// account, in the same statement, to the `accounts` table rather than the log.
+#[derive(Clone)]
+pub struct NewAccount {
+    /// The user the account signs in as.
+    pub user_id: Uuid,
+    /// The address they sign in with.
+    pub email: String,
+    /// The argon2id hash of their password.
+    pub password_hash: String,
+    /// Their name.
+    pub name: String,
+    /// Their phone, if given.
+    pub phone: Option<String>,
+}
 
 /// One command's events, decided on the aggregate state of `basis`.
 pub(crate) struct Append {
@@ -59,6 +78,8 @@ pub(crate) struct Append {
     pub snapshot: Option<String>,
     /// The caller's idempotency key: `(actor, key)`.
     pub idempotency: Option<(Uuid, String)>,
+    /// The account the command opens, if it opens one.
+    pub account: Option<NewAccount>,
     /// Which cached state the events were decided on.
     pub basis: Basis,
     /// Told the outcome once it is known.
@@ -202,8 +223,14 @@ fn refused(err: sqlx::Error) -> AppendError {
         return AppendError::Unavailable;
     }
     match &err {
-        // The aggregate's version, or the idempotency key, was taken first.
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => AppendError::Conflict,
+        // The aggregate's version, or the idempotency key, was taken first;
+        // a rule a unique index keeps is the store's refusal instead.
+        sqlx::Error::Database(db)
+            if db.code().as_deref() == Some("23505")
+                && crate::error::rule_of_constraint(&err).is_none() =>
+        {
+            AppendError::Conflict
+        }
         _ => AppendError::Store(err),
     }
 }
@@ -219,6 +246,7 @@ fn statement(appends: &[Append]) -> Query<'_, Postgres, PgArguments> {
     let mut payloads = Vec::with_capacity(events);
     let mut metadata = Vec::with_capacity(events);
     let mut snapshots = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut accounts = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for append in appends {
         for (offset, (event_type, event_version, payload)) in append.events.iter().enumerate() {
             aggregate_types.push(append.aggregate_type);
@@ -228,6 +256,13 @@ fn statement(appends: &[Append]) -> Query<'_, Postgres, PgArguments> {
             event_versions.push(event_version.as_str());
             payloads.push(payload.as_str());
             metadata.push(append.metadata.as_str());
+        }
+        if let Some(account) = &append.account {
+            accounts.0.push(account.user_id);
+            accounts.1.push(account.email.as_str());
+            accounts.2.push(account.password_hash.as_str());
+            accounts.3.push(account.name.as_str());
+            accounts.4.push(account.phone.as_deref());
         }
         if let Some(snapshot) = &append.snapshot {
             snapshots.0.push(append.aggregate_type);
@@ -249,4 +284,9 @@ fn statement(appends: &[Append]) -> Query<'_, Postgres, PgArguments> {
         .bind(snapshots.2)
         .bind(snapshots.3)
         .bind(COMMIT_CHANNEL)
+        .bind(accounts.0)
+        .bind(accounts.1)
+        .bind(accounts.2)
+        .bind(accounts.3)
+        .bind(accounts.4)
 }

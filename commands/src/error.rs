@@ -76,13 +76,14 @@ pub fn database_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a sqlx:
 /// The domain rule a write-side constraint enforced at commit, when a store
 /// error is one: the commit found what the facts looked up before it missed,
 /// e.g. a payment started for the same booking by a concurrent request.
-fn rule_of_constraint(err: &(dyn StdError + 'static)) -> Option<DomainError> {
+pub(crate) fn rule_of_constraint(err: &(dyn StdError + 'static)) -> Option<DomainError> {
     let Some(sqlx::Error::Database(db)) = database_error(err) else {
         return None;
     };
     match db.constraint() {
         Some("one_active_payment_per_booking") => Some(DomainError::PaymentInProgress),
         Some("one_message_per_id") => Some(DomainError::MessageAlreadyExists),
+        Some("one_account_per_email") => Some(DomainError::EmailTaken),
         _ => None,
     }
 }

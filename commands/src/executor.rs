@@ -5,13 +5,14 @@ use cqrs_es::{Aggregate, DomainEvent};
 use domain::booking::Booking;
 use domain::chat::Chat;
 use domain::payment::Payment;
+use domain::user::User;
 use domain::DomainError;
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::append::{Append, AppendError, Appender};
+use crate::append::{Append, AppendError, Appender, NewAccount};
 use crate::cache::{Basis, Cache, Slot};
 use crate::idempotency::{self, Recorded};
 use crate::load;
@@ -51,6 +52,12 @@ impl Stored for Booking {
 impl Stored for Payment {
     fn cache(write_side: &WriteSide) -> &Cache<Self> {
         &write_side.payments
+    }
+}
+
+impl Stored for User {
+    fn cache(write_side: &WriteSide) -> &Cache<Self> {
+        &write_side.users
     }
 }
 
@@ -115,6 +122,7 @@ pub struct WriteSide {
     chats: Cache<Chat>,
     bookings: Cache<Booking>,
     payments: Cache<Payment>,
+    users: Cache<User>,
     appender: Appender,
 }
 
@@ -126,6 +134,7 @@ impl WriteSide {
             chats: Cache::new(CACHED),
             bookings: Cache::new(CACHED),
             payments: Cache::new(CACHED),
+            users: Cache::new(CACHED),
             appender: Appender::start(pool.clone()),
             pool,
         }
@@ -162,7 +171,7 @@ impl WriteSide {
         A::Command: Clone,
     {
         let result = self
-            .decide_and_commit::<A>(id, false, command, metadata)
+            .decide_and_commit::<A>(id, false, command, metadata, None)
             .await;
         count(&result);
         result
@@ -183,7 +192,26 @@ impl WriteSide {
     {
         let minted = matches!(new, NewId::Minted(_));
         let result = self
-            .decide_and_commit::<A>(new.id(), minted, command, metadata)
+            .decide_and_commit::<A>(new.id(), minted, command, metadata, None)
+            .await;
+        count(&result);
+        result
+    }
+
+    /// [`WriteSide::create`] for a command that opens `account`: its
+    /// personal data is written beside the command's events, in the same
+    /// statement, to the `accounts` table, never to the log. An address
+    /// another account holds refuses the command
+    /// ([`DomainError::EmailTaken`]).
+    pub async fn open_account(
+        &self,
+        command: <User as cqrs_es::Aggregate>::Command,
+        metadata: &Metadata,
+        account: NewAccount,
+    ) -> Result<Committed<User>, CommandError> {
+        let id = account.user_id;
+        let result = self
+            .decide_and_commit::<User>(id, true, command, metadata, Some(&account))
             .await;
         count(&result);
         result
@@ -191,13 +219,15 @@ impl WriteSide {
 
     /// Decides `command` and commits its events, as [`WriteSide::execute`]
     /// says; `minted`: the id was minted for this command, so there is
-    /// nothing to load before the first attempt.
+    /// nothing to load before the first attempt; `account`: the personal
+    /// data written with the events.
     async fn decide_and_commit<A: Stored>(
         &self,
         id: Uuid,
         minted: bool,
         command: A::Command,
         metadata: &Metadata,
+        account: Option<&NewAccount>,
     ) -> Result<Committed<A>, CommandError>
     where
         A::Command: Clone,
@@ -295,6 +325,7 @@ impl WriteSide {
                     .idempotency
                     .as_ref()
                     .map(|key| (metadata.actor.user_id, key.key.clone())),
+                account: account.cloned(),
                 basis: basis.clone(),
                 reply,
             });

@@ -22,6 +22,7 @@ pub mod payments;
 pub mod process_manager;
 mod token;
 
+pub use append::NewAccount;
 pub use error::{database_error, CommandError};
 pub use executor::{Committed, NewId, WriteSide};
 pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY_LEN};

@@ -245,6 +245,13 @@ pub enum DomainError {
         /// What the provider reported.
         received: Money,
     },
+
+    /// User ids are minted by Herald, so a clash is a retry or a bug.
+    #[error("a user with this id already exists")]
+    UserAlreadyExists,
+    /// One account per e-mail address, whatever its case.
+    #[error("an account with this e-mail address already exists")]
+    EmailTaken,
 }
 
 impl DomainError {
@@ -271,7 +278,9 @@ impl DomainError {
             | Self::BookingCancelled
             | Self::PaymentInProgress
             | Self::PaymentAlreadyExists
-            | Self::PaymentTransition { .. } => ErrorKind::Conflict,
+            | Self::PaymentTransition { .. }
+            | Self::UserAlreadyExists
+            | Self::EmailTaken => ErrorKind::Conflict,
         }
     }
 

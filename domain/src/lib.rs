@@ -11,6 +11,7 @@ pub mod chat;
 mod error;
 pub mod payment;
 pub mod upcast;
+pub mod user;
 pub mod values;
 
 pub use error::{

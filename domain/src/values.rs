@@ -384,6 +384,162 @@ impl Reason {
     }
 }
 
+text_value!(
+    /// An e-mail address someone signs in with. Compared without regard to
+    /// case, as people type it.
+    Email
+);
+
+impl Email {
+    /// Accepts `local@domain` of at most 254 characters once surrounding
+    /// whitespace is dropped: one `@`, something on both sides, a dot in the
+    /// domain, and no spaces or control characters.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, ValidationError> {
+        let raw = raw.into();
+        let email = raw.trim();
+        let shaped = email.chars().count() <= 254
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && email.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && !domain.contains('@')
+                    && domain.split('.').count() >= 2
+                    && domain.split('.').all(|label| !label.is_empty())
+            });
+        if !shaped {
+            return Err(ValidationError::new(
+                "email",
+                "must be an e-mail address such as anna@example.com",
+            ));
+        }
+        Ok(Self(email.to_owned()))
+    }
+}
+
+text_value!(
+    /// What a person is called, as they want to be shown.
+    PersonName
+);
+
+impl PersonName {
+    /// Accepts 1 to 200 characters once surrounding whitespace is dropped,
+    /// and stores the trimmed text.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, ValidationError> {
+        let raw = raw.into();
+        check_text(&raw, "name", 200)?;
+        Ok(Self(raw.trim().to_owned()))
+    }
+}
+
+text_value!(
+    /// A telephone number in international form, `+` and its digits.
+    Phone
+);
+
+impl Phone {
+    /// Accepts `+` and 7 to 15 digits (E.164), with spaces, dashes, dots and
+    /// brackets between them as people write them; stores `+` and the digits.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, ValidationError> {
+        let raw = raw.into();
+        let refused = || {
+            ValidationError::new(
+                "phone",
+                "must be + and 7 to 15 digits, such as +7 916 123-45-67",
+            )
+        };
+        let rest = raw.trim().strip_prefix('+').ok_or_else(refused)?;
+        if !rest
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        {
+            return Err(refused());
+        }
+        let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
+        if !(7..=15).contains(&digits.len()) {
+            return Err(refused());
+        }
+        Ok(Self(format!("+{digits}")))
+    }
+}
+
+/// Passwords so common that they are the first ones tried.
+const COMMON_PASSWORDS: &[&str] = &[
+    "12345678",
+    "123456789",
+    "1234567890",
+    "password",
+    "password1",
+    "password123",
+    "qwerty123",
+    "qwertyuiop",
+    "11111111",
+    "00000000",
+    "iloveyou",
+    "abc12345",
+    "12341234",
+    "87654321",
+    "11223344",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "welcome1",
+    "letmein1",
+    "passw0rd",
+    "1q2w3e4r",
+    "1qaz2wsx",
+    "qwerty12",
+    "asdfghjk",
+    "zaq12wsx",
+    "superman",
+    "trustno1",
+    "admin123",
+];
+
+/// A password as chosen, before it is hashed. It is neither printed nor
+/// serialized: it lives only as long as the request that carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Accepts 8 to 128 characters that are not among the most common
+    /// passwords, compared without regard to case.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, ValidationError> {
+        let raw = raw.into();
+        let length = raw.chars().count();
+        if !(8..=128).contains(&length) {
+            return Err(ValidationError::new(
+                "password",
+                "must be 8 to 128 characters",
+            ));
+        }
+        if raw.contains('\0') {
+            return Err(ValidationError::new(
+                "password",
+                "must not contain the NUL character (U+0000)",
+            ));
+        }
+        let lower = raw.to_lowercase();
+        if COMMON_PASSWORDS.contains(&lower.as_str()) {
+            return Err(ValidationError::new(
+                "password",
+                "is one of the most common passwords; choose another",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The password, for hashing or checking against a hash.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(…)")
+    }
+}
+
 /// Declares a closed set of lowercase names with `as_str` and `FromStr`.
 macro_rules! name_enum {
     (
@@ -611,6 +767,48 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&PaymentMethod::Card).unwrap(),
             "\"card\""
+        );
+    }
+
+    #[test]
+    fn e_mail_addresses_need_one_at_and_a_dotted_domain() {
+        assert_eq!(
+            Email::parse("  Anna@Example.com ").unwrap().as_str(),
+            "Anna@Example.com"
+        );
+        for refused in [
+            "anna",
+            "@example.com",
+            "anna@",
+            "anna@example",
+            "a b@c.d",
+            "a@b@c.d",
+            "a@b..c",
+        ] {
+            assert_eq!(field_of(Email::parse(refused)), "email", "{refused}");
+        }
+    }
+
+    #[test]
+    fn phones_keep_plus_and_their_digits() {
+        assert_eq!(
+            Phone::parse("+7 (916) 123-45-67").unwrap().as_str(),
+            "+79161234567"
+        );
+        for refused in ["79161234567", "+7 916", "+7916123456712345", "+7 916 ABC"] {
+            assert_eq!(field_of(Phone::parse(refused)), "phone", "{refused}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_8_to_128_characters_and_not_the_most_common_ones() {
+        assert!(Password::parse("correct horse").is_ok());
+        for refused in ["short", "Password1", "12345678", &"x".repeat(129)] {
+            assert_eq!(field_of(Password::parse(refused)), "password", "{refused}");
+        }
+        assert_eq!(
+            format!("{:?}", Password::parse("correct horse").unwrap()),
+            "Password(…)"
         );
     }
 }

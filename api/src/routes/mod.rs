@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per aggregate.
 
 pub mod audit;
+pub mod auth;
 pub mod bookings;
 pub mod chats;
 pub mod live;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use api::limits::LimitArgs;
 use common::pg_proxy::PgProxy;
-use common::{fresh_database, patient, Leftovers, Options, TestApp};
+use common::{free_port, fresh_database, patient, DevHerald, Leftovers, Options, TestApp};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -105,14 +105,6 @@ impl Drop for PrivateNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
@@ -306,72 +298,6 @@ fn herald_up_refused(env: &[(&str, String)]) -> (String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// A running `herald up --dev`, killed when dropped.
-struct DevHerald {
-    child: Child,
-    base: String,
-    /// The demo users' `(role, sub, token)`, as printed.
-    users: Vec<(String, String, String)>,
-}
-
-impl DevHerald {
-    /// Starts `herald up --dev` on `database` without configured secrets and
-    /// waits for its greeting.
-    fn start(database: &str, prefix: &str) -> Self {
-        use std::io::{BufRead, BufReader};
-        let address = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["up", "--dev"])
-            .env("RUST_LOG", "warn")
-            .env("HERALD_DATABASE_URL", database)
-            .env("HERALD_LISTEN", &address)
-            .env("HERALD_NATS_PREFIX", prefix)
-            .env_remove("HERALD_JWT_SECRET")
-            .env_remove("HERALD_WEBHOOK_SECRET")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut users = Vec::new();
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            if line.contains("mint more") {
-                break;
-            }
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if let [role, sub, token] = words[..] {
-                if let (Some(sub), Some(token)) =
-                    (sub.strip_prefix("sub="), token.strip_prefix("token="))
-                {
-                    users.push((role.to_owned(), sub.to_owned(), token.to_owned()));
-                }
-            }
-        }
-        Self {
-            child,
-            base: format!("http://{address}/api/v1"),
-            users,
-        }
-    }
-
-    /// The status of the caller's bookings read with `token`.
-    async fn read_with(&self, token: &str) -> StatusCode {
-        reqwest::Client::new()
-            .get(format!("{}/bookings", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    }
-}
-
-impl Drop for DevHerald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

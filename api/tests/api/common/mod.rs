@@ -9,6 +9,7 @@ pub use support::{
 };
 
 use std::future::Future;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -732,7 +733,7 @@ pub fn doctor() -> Actor {
 }
 /// Runs the `herald` binary against `database_url`, its output kept.
 pub fn herald_on(database_url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)
         .env("HERALD_DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
@@ -767,5 +768,95 @@ pub async fn assert_matches_rebuild(pool: &PgPool, projection: projections::Proj
         .await
         .unwrap();
         assert_eq!(differing, 0, "{table} differs from a rebuild from the log");
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `herald up --dev`, killed when dropped.
+pub struct DevHerald {
+    child: Child,
+    pub base: String,
+    /// The demo users' `(role, sub, token)`, as printed.
+    pub users: Vec<(String, String, String)>,
+}
+
+impl DevHerald {
+    /// Starts `herald up --dev` on `database` without configured secrets and
+    /// waits for its greeting.
+    pub fn start(database: &str, prefix: &str) -> Self {
+        Self::spawn(database, prefix, None)
+    }
+
+    /// [`DevHerald::start`], logging everything down to debug into `logs`.
+    pub fn start_logging_to(database: &str, prefix: &str, logs: &std::path::Path) -> Self {
+        Self::spawn(database, prefix, Some(logs))
+    }
+
+    fn spawn(database: &str, prefix: &str, logs: Option<&std::path::Path>) -> Self {
+        use std::io::{BufRead, BufReader};
+        let address = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        match logs {
+            Some(path) => command
+                .env("RUST_LOG", "debug")
+                .stderr(std::fs::File::create(path).unwrap()),
+            None => command.env("RUST_LOG", "warn"),
+        };
+        let mut child = command
+            .args(["up", "--dev"])
+            .env("HERALD_DATABASE_URL", database)
+            .env("HERALD_LISTEN", &address)
+            .env("HERALD_NATS_PREFIX", prefix)
+            .env_remove("HERALD_JWT_SECRET")
+            .env_remove("HERALD_WEBHOOK_SECRET")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut users = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if line.contains("mint more") {
+                break;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let [role, sub, token] = words[..] {
+                if let (Some(sub), Some(token)) =
+                    (sub.strip_prefix("sub="), token.strip_prefix("token="))
+                {
+                    users.push((role.to_owned(), sub.to_owned(), token.to_owned()));
+                }
+            }
+        }
+        Self {
+            child,
+            base: format!("http://{address}/api/v1"),
+            users,
+        }
+    }
+
+    /// The status of the caller's bookings read with `token`.
+    pub async fn read_with(&self, token: &str) -> StatusCode {
+        reqwest::Client::new()
+            .get(format!("{}/bookings", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}
+
+impl Drop for DevHerald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

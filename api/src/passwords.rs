@@ -1,0 +1,61 @@
+//! Passwords as Herald keeps them: argon2id hashes with OWASP's parameters
+//! (19 MiB, two passes, one lane), computed off the async threads.
+
+use std::sync::LazyLock;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use domain::values::Password;
+
+use commands::CommandError;
+
+use crate::error::ApiError;
+
+/// The hasher, with OWASP's argon2id parameters.
+fn argon2() -> Argon2<'static> {
+    // Constant parameters within argon2's limits always build.
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A hash checked when no account has the address given, so that an unknown
+/// address takes as long to refuse as a wrong password.
+static DECOY: LazyLock<String> = LazyLock::new(|| {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2()
+        .hash_password(b"a password nobody has", &salt)
+        .map(|hash| hash.to_string())
+        .unwrap_or_default()
+});
+
+/// The PHC string of `password`'s argon2id hash with a fresh salt.
+pub async fn hash(password: Password) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        argon2()
+            .hash_password(password.expose().as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+    })
+    .await
+    .map_err(|err| internal(err.into()))?
+    .map_err(|err| internal(err.to_string().into()))
+}
+
+/// Whether `password` is the one `stored` is the hash of. With no stored
+/// hash, a decoy is checked and the answer is no, in the same time.
+pub async fn matches(password: String, stored: Option<String>) -> Result<bool, ApiError> {
+    let known = stored.is_some();
+    tokio::task::spawn_blocking(move || {
+        let stored = stored.unwrap_or_else(|| DECOY.clone());
+        let matched = PasswordHash::new(&stored)
+            .is_ok_and(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok());
+        known && matched
+    })
+    .await
+    .map_err(|err| internal(err.into()))
+}
+
+fn internal(err: Box<dyn std::error::Error + Send + Sync>) -> ApiError {
+    ApiError::Command(CommandError::Internal(err))
+}

@@ -1,0 +1,255 @@
+//! Accounts: signing up and signing in, one account per address, and no
+//! personal data in the log.
+
+use crate::common;
+
+use base64::Engine;
+use common::{DevHerald, Reply, TestApp};
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn open(app: &TestApp, path: &str, body: Value) -> Reply {
+    Reply::send(
+        app.client
+            .post(format!("{}/api/v1/auth/{path}", app.address))
+            .json(&body),
+    )
+    .await
+}
+
+async fn register(app: &TestApp, email: &str, password: &str) -> Reply {
+    open(
+        app,
+        "register",
+        json!({ "email": email, "password": password, "name": "Anna Petrova", "phone": "+7 916 123-45-67" }),
+    )
+    .await
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> Reply {
+    open(
+        app,
+        "login",
+        json!({ "email": email, "password": password }),
+    )
+    .await
+}
+
+/// The claims of a JWT, unchecked.
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_patient_signs_up_signs_in_and_books_a_visit_with_the_token() {
+    let app = TestApp::spawn().await;
+    let signed_up = register(&app, "Anna@Example.com", "correct horse battery").await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
+    assert_eq!(signed_up.body["email"], "Anna@Example.com");
+    assert_eq!(signed_up.body["name"], "Anna Petrova");
+    assert_eq!(signed_up.body["phone"], "+79161234567");
+    assert_eq!(signed_up.body["role"], "patient");
+    let id = signed_up.id();
+
+    let signed_in = login(&app, " anna@example.COM", "correct horse battery").await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.body);
+    assert_eq!(signed_in.body["token_type"], "Bearer");
+    assert_eq!(signed_in.body["expires_in"], 900);
+    assert_eq!(signed_in.body["user"]["id"], id.to_string());
+    assert_eq!(signed_in.body["user"]["role"], "patient");
+    let token = signed_in.body["access_token"].as_str().unwrap();
+    let claims = claims(token);
+    assert_eq!(claims["sub"], id.to_string());
+    assert_eq!(claims["role"], "patient");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert!(claims["jti"].is_string(), "{claims}");
+
+    let booked = Reply::send(
+        app.client
+            .post(format!("{}/api/v1/bookings", app.address))
+            .bearer_auth(token)
+            .json(
+                &json!({ "call_type": "urgent", "address": "Tverskaya 1", "amount_minor": 150000 }),
+            ),
+    )
+    .await;
+    assert_eq!(booked.status, StatusCode::CREATED, "{}", booked.body);
+    let stored = app.events_after(0).await;
+    let booking = stored
+        .iter()
+        .find(|e| e.event_type == "BookingRequested")
+        .unwrap();
+    assert_eq!(booking.metadata["actor"], id.to_string());
+}
+
+#[tokio::test]
+async fn an_address_opens_one_account_whatever_its_case_even_when_many_sign_up_at_once() {
+    let app = TestApp::spawn().await;
+    let emails = [
+        "lev@example.com",
+        "Lev@example.com",
+        "LEV@EXAMPLE.COM",
+        "lev@Example.com",
+    ];
+    let replies = join_all(
+        emails
+            .iter()
+            .cycle()
+            .take(12)
+            .map(|email| register(&app, email, "another fine password")),
+    )
+    .await;
+    let created = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{replies:?}");
+    for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        refused.assert_problem(StatusCode::CONFLICT);
+        assert_eq!(
+            refused.body["detail"],
+            "an account with this e-mail address already exists"
+        );
+    }
+    let (accounts, registered): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM accounts),
+                (SELECT count(*) FROM events WHERE event_type = 'UserRegistered')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((accounts, registered), (1, 1));
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_an_unknown_address_are_refused_alike() {
+    let app = TestApp::spawn().await;
+    let signed_up = register(&app, "mila@example.com", "correct horse battery").await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
+    let wrong_password = login(&app, "mila@example.com", "correct horse batterY").await;
+    let unknown = login(&app, "nobody@example.com", "correct horse battery").await;
+    for refused in [&wrong_password, &unknown] {
+        refused.assert_problem(StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(wrong_password.body["detail"], unknown.body["detail"]);
+    assert!(wrong_password.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("not right"));
+}
+
+#[tokio::test]
+async fn signing_up_with_bad_values_names_each_field_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let refused = app
+        .stores_nothing(open(
+            &app,
+            "register",
+            json!({ "email": "anna", "password": "short", "name": " ", "phone": "8 916" }),
+        ))
+        .await;
+    refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    let mut fields = refused.invalid_fields();
+    fields.sort();
+    assert_eq!(fields, ["email", "name", "password", "phone"]);
+
+    app.stores_nothing(register(&app, "anna@example.com", "Password123"))
+        .await
+        .assert_names("password");
+    app.stores_nothing(open(
+        &app,
+        "register",
+        json!({ "email": "anna@example.com" }),
+    ))
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    app.stores_nothing(open(
+        &app,
+        "register",
+        json!({ "email": "anna@example.com", "password": "correct horse", "name": "Anna", "role": "admin" }),
+    ))
+    .await
+    .assert_problem(StatusCode::BAD_REQUEST);
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(accounts, 0);
+}
+
+#[tokio::test]
+async fn no_password_hash_e_mail_name_or_phone_reaches_the_event_log_the_stream_or_the_logs() {
+    let database = common::fresh_database().await;
+    let prefix = format!("accounts{}", uuid::Uuid::new_v4().simple());
+    let topology = herald_nats::Topology::new(&prefix);
+    let _leftovers = common::Leftovers::new(Some(database.clone()), Some(topology.clone()));
+    let logs = std::env::temp_dir().join(format!("herald-{prefix}.log"));
+    let herald = DevHerald::start_logging_to(&database, &prefix, &logs);
+    let client = reqwest::Client::new();
+    let (email, password) = ("secret.person@example.com", "a very private passphrase");
+    let signed_up = Reply::send(client.post(format!("{}/auth/register", herald.base)).json(&json!({
+        "email": email, "password": password, "name": "Anna Petrova", "phone": "+7 916 123-45-67",
+    })))
+    .await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
+    let signed_in = Reply::send(
+        client
+            .post(format!("{}/auth/login", herald.base))
+            .json(&json!({ "email": email, "password": password })),
+    )
+    .await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.body);
+
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM accounts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+    let log: String =
+        sqlx::query_scalar("SELECT string_agg(payload::text || metadata::text, '') FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let stream = loop {
+        let stream = serde_json::to_string(&common::stream_entries(&topology).await).unwrap();
+        if stream.contains("UserRegistered") || std::time::Instant::now() > deadline {
+            break stream;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    drop(herald);
+    let logs_written = std::fs::read_to_string(&logs).unwrap();
+    std::fs::remove_file(&logs).unwrap();
+    assert!(log.contains("UserRegistered") && stream.contains("UserRegistered"));
+    assert!(logs_written.contains("signed in"), "{logs_written}");
+    for secret in [
+        email,
+        "secret.person",
+        password,
+        &hash,
+        "Anna Petrova",
+        "79161234567",
+    ] {
+        assert!(!log.contains(secret), "the log holds {secret}");
+        assert!(!stream.contains(secret), "the stream holds {secret}");
+        assert!(
+            !logs_written.contains(secret),
+            "Herald's logs hold {secret}"
+        );
+    }
+}
