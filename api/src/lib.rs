@@ -24,6 +24,7 @@ pub mod provider;
 pub mod request_id;
 pub mod routes;
 pub mod server;
+pub mod sessions;
 pub mod startup;
 
 use std::sync::Arc;

@@ -19,6 +19,7 @@ use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::accounts::AccountWrite;
 use crate::cache::Basis;
 
 /// Most events one batch appends.
@@ -42,27 +43,9 @@ WITH appended AS (
     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
     SELECT t, i, s, s, p::jsonb
       FROM unnest($8::text[], $9::text[], $10::bigint[], $11::text[]) AS n (t, i, s, p)
-), accounts AS (
-    INSERT INTO accounts (user_id, email, password_hash, name, phone)
-    SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::text[])
+
 )
 SELECT pg_notify($12, '')";
-
-/// A new account's personal data, written beside the event that records the
-/// account, in the same statement, to the `accounts` table rather than the log.
-#[derive(Clone)]
-pub struct NewAccount {
-    /// The user the account signs in as.
-    pub user_id: Uuid,
-    /// The address they sign in with.
-    pub email: String,
-    /// The argon2id hash of their password.
-    pub password_hash: String,
-    /// Their name.
-    pub name: String,
-    /// Their phone, if given.
-    pub phone: Option<String>,
-}
 
 /// One command's events, decided on the aggregate state of `basis`.
 pub(crate) struct Append {
@@ -78,8 +61,8 @@ pub(crate) struct Append {
     pub snapshot: Option<String>,
     /// The caller's idempotency key: `(actor, key)`.
     pub idempotency: Option<(Uuid, String)>,
-    /// The account the command opens, if it opens one.
-    pub account: Option<NewAccount>,
+    /// The change to the user's account the command's events record, if any.
+    pub account: Option<AccountWrite>,
     /// Which cached state the events were decided on.
     pub basis: Basis,
     /// Told the outcome once it is known.
@@ -175,8 +158,8 @@ async fn commit(pool: &PgPool, batch: Vec<Append>) {
         return;
     }
     metrics::histogram!("herald_append_batch_commands").record(current.len() as f64);
-    match statement(&current).execute(pool).await {
-        Ok(_) => {
+    match store(pool, &current).await {
+        Ok(()) => {
             for append in current {
                 settle(append, Ok(()));
             }
@@ -197,15 +180,27 @@ async fn commit(pool: &PgPool, batch: Vec<Append>) {
                     let _ = append.reply.send(Err(AppendError::Conflict));
                     continue;
                 }
-                let outcome = statement(std::slice::from_ref(&append))
-                    .execute(pool)
+                let outcome = store(pool, std::slice::from_ref(&append))
                     .await
-                    .map(drop)
                     .map_err(refused);
                 settle(append, outcome);
             }
         }
     }
+}
+
+/// Stores `appends` in one statement; when some of them change accounts, that
+/// statement and the account writes, in order, in one transaction.
+async fn store(pool: &PgPool, appends: &[Append]) -> Result<(), sqlx::Error> {
+    if appends.iter().all(|append| append.account.is_none()) {
+        return statement(appends).execute(pool).await.map(drop);
+    }
+    let mut tx = pool.begin().await?;
+    statement(appends).execute(&mut *tx).await?;
+    for account in appends.iter().filter_map(|append| append.account.as_ref()) {
+        account.write(&mut tx).await?;
+    }
+    tx.commit().await
 }
 
 /// Records the outcome on the aggregate's entry, then tells the command.
@@ -246,7 +241,6 @@ fn statement(appends: &[Append]) -> Query<'_, Postgres, PgArguments> {
     let mut payloads = Vec::with_capacity(events);
     let mut metadata = Vec::with_capacity(events);
     let mut snapshots = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut accounts = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for append in appends {
         for (offset, (event_type, event_version, payload)) in append.events.iter().enumerate() {
             aggregate_types.push(append.aggregate_type);
@@ -256,13 +250,6 @@ fn statement(appends: &[Append]) -> Query<'_, Postgres, PgArguments> {
             event_versions.push(event_version.as_str());
             payloads.push(payload.as_str());
             metadata.push(append.metadata.as_str());
-        }
-        if let Some(account) = &append.account {
-            accounts.0.push(account.user_id);
-            accounts.1.push(account.email.as_str());
-            accounts.2.push(account.password_hash.as_str());
-            accounts.3.push(account.name.as_str());
-            accounts.4.push(account.phone.as_deref());
         }
         if let Some(snapshot) = &append.snapshot {
             snapshots.0.push(append.aggregate_type);
@@ -284,9 +271,4 @@ fn statement(appends: &[Append]) -> Query<'_, Postgres, PgArguments> {
         .bind(snapshots.2)
         .bind(snapshots.3)
         .bind(COMMIT_CHANNEL)
-        .bind(accounts.0)
-        .bind(accounts.1)
-        .bind(accounts.2)
-        .bind(accounts.3)
-        .bind(accounts.4)
 }

@@ -12,7 +12,8 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::append::{Append, AppendError, Appender, NewAccount};
+use crate::accounts::AccountWrite;
+use crate::append::{Append, AppendError, Appender};
 use crate::cache::{Basis, Cache, Slot};
 use crate::idempotency::{self, Recorded};
 use crate::load;
@@ -198,20 +199,20 @@ impl WriteSide {
         result
     }
 
-    /// [`WriteSide::create`] for a command that opens `account`: its
-    /// personal data is written beside the command's events, in the same
-    /// statement, to the `accounts` table, never to the log. An address
-    /// another account holds refuses the command
-    /// ([`DomainError::EmailTaken`]).
-    pub async fn open_account(
+    /// Decides `command` on the user whose account `account` changes, and
+    /// commits its events and that change in one transaction: the personal
+    /// data goes to the `accounts` table, never to the log. Opening an
+    /// account creates its user under an id minted for it; an address another
+    /// account holds refuses the command ([`DomainError::EmailTaken`]).
+    pub async fn execute_on_account(
         &self,
         command: <User as cqrs_es::Aggregate>::Command,
         metadata: &Metadata,
-        account: NewAccount,
+        account: AccountWrite,
     ) -> Result<Committed<User>, CommandError> {
-        let id = account.user_id;
+        let minted = matches!(account, AccountWrite::Open { .. });
         let result = self
-            .decide_and_commit::<User>(id, true, command, metadata, Some(&account))
+            .decide_and_commit::<User>(account.user_id(), minted, command, metadata, Some(&account))
             .await;
         count(&result);
         result
@@ -227,7 +228,7 @@ impl WriteSide {
         minted: bool,
         command: A::Command,
         metadata: &Metadata,
-        account: Option<&NewAccount>,
+        account: Option<&AccountWrite>,
     ) -> Result<Committed<A>, CommandError>
     where
         A::Command: Clone,

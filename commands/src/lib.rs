@@ -9,6 +9,7 @@
 //! The payment gateway port and the booking ⇄ payment process manager live here
 //! too: both turn outside facts and events into commands.
 
+pub mod accounts;
 mod append;
 mod cache;
 mod error;
@@ -22,7 +23,6 @@ pub mod payments;
 pub mod process_manager;
 mod token;
 
-pub use append::NewAccount;
 pub use error::{database_error, CommandError};
 pub use executor::{Committed, NewId, WriteSide};
 pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY_LEN};

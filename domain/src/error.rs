@@ -101,6 +101,9 @@ pub enum Permission {
     /// business one by one.
     #[error("auditors read the event log, not bookings")]
     AuditorsReadTheLogNotBookings,
+    /// A password is known to its owner only.
+    #[error("only the user themself may change their password")]
+    OnlyTheUserMayChangeTheirPassword,
 }
 
 /// What a command tried to do to a booking, for transition errors.
@@ -246,6 +249,9 @@ pub enum DomainError {
         received: Money,
     },
 
+    /// No user has this id.
+    #[error("the user does not exist")]
+    UserNotFound,
     /// User ids are minted by Herald, so a clash is a retry or a bug.
     #[error("a user with this id already exists")]
     UserAlreadyExists,
@@ -265,7 +271,8 @@ impl DomainError {
             Self::ChatNotFound
             | Self::MessageNotFound
             | Self::BookingNotFound
-            | Self::PaymentNotFound => ErrorKind::NotFound,
+            | Self::PaymentNotFound
+            | Self::UserNotFound => ErrorKind::NotFound,
             Self::ChatAlreadyExists
             | Self::NotAMember
             | Self::AlreadyAMember

@@ -11,8 +11,8 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::DomainError;
-use crate::values::Role;
+use crate::error::{DomainError, Permission};
+use crate::values::{Actor, Role};
 
 /// What can be asked of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,13 @@ pub enum UserCommand {
     Register {
         /// The new user's id.
         user_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The user chose a new password.
+    ChangePassword {
+        /// Who asks: only the user themself.
+        actor: Actor,
         /// When.
         at: DateTime<Utc>,
     },
@@ -38,12 +45,18 @@ pub enum UserEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The user's password changed; the new hash is in their account, not here.
+    PasswordChanged {
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
     fn event_type(&self) -> String {
         match self {
             Self::UserRegistered { .. } => "UserRegistered",
+            Self::PasswordChanged { .. } => "PasswordChanged",
         }
         .to_owned()
     }
@@ -53,9 +66,10 @@ impl DomainEvent for UserEvent {
     }
 }
 
-/// A user, as the log knows them: their role.
+/// A user, as the log knows them: who, and their role.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
+    id: Uuid,
     role: Option<Role>,
 }
 
@@ -77,6 +91,15 @@ impl User {
                     role: Role::Patient,
                     at,
                 }])
+            }
+            UserCommand::ChangePassword { actor, at } => {
+                if self.role.is_none() {
+                    return Err(DomainError::UserNotFound);
+                }
+                if actor.user_id != self.id {
+                    return Err(Permission::OnlyTheUserMayChangeTheirPassword.into());
+                }
+                Ok(vec![UserEvent::PasswordChanged { at }])
             }
         }
     }
@@ -103,7 +126,11 @@ impl Aggregate for User {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            UserEvent::UserRegistered { role, .. } => self.role = Some(role),
+            UserEvent::UserRegistered { user_id, role, .. } => {
+                self.id = user_id;
+                self.role = Some(role);
+            }
+            UserEvent::PasswordChanged { .. } => {}
         }
     }
 }
@@ -140,6 +167,35 @@ mod tests {
         assert_eq!(
             user.decide(register(id)),
             Err(DomainError::UserAlreadyExists)
+        );
+    }
+
+    #[test]
+    fn only_the_user_changes_their_password() {
+        let id = Uuid::new_v4();
+        let mut user = User::default();
+        let change = |actor| UserCommand::ChangePassword {
+            actor,
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        assert_eq!(
+            user.decide(change(Actor::new(id, Role::Patient))),
+            Err(DomainError::UserNotFound)
+        );
+        for event in user.decide(register(id)).unwrap() {
+            user.apply(event);
+        }
+        assert_eq!(
+            user.decide(change(Actor::new(id, Role::Patient))).unwrap(),
+            [UserEvent::PasswordChanged {
+                at: DateTime::<Utc>::UNIX_EPOCH
+            }]
+        );
+        assert_eq!(
+            user.decide(change(Actor::new(Uuid::new_v4(), Role::Admin))),
+            Err(DomainError::Forbidden(
+                Permission::OnlyTheUserMayChangeTheirPassword
+            ))
         );
     }
 }

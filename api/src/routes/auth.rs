@@ -1,12 +1,15 @@
-//! Signing up and signing in: `POST /auth/register` and `POST /auth/login`,
-//! the routes under `/api/v1` that need no token.
+//! Accounts: signing up, in and out, refreshing the access token, and the
+//! caller's own account (`/me`). Signing up, in and out and refreshing are
+//! the routes under `/api/v1` that need no access token.
 
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
-use commands::{Metadata, NewAccount};
+use commands::accounts::{self, AccountWrite};
+use commands::Metadata;
 use domain::user::{User, UserCommand};
 use domain::values::{Actor, Email, Password, PersonName, Phone, Role};
 use serde::{Deserialize, Serialize};
@@ -15,10 +18,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::command::{Accepted, Answer, Fields, OpenRequest};
+use crate::auth::Caller;
+use crate::command::{Accepted, Answer, CommandRequest, Fields, OpenRequest};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::passwords;
+use crate::sessions;
 use crate::AppState;
 
 /// How long an access token from signing in is valid.
@@ -29,6 +34,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
 }
 
 /// Someone signing up. Fields are read as optional so that a missing one is
@@ -105,25 +114,28 @@ async fn register(
     let (((email, password), name), phone) =
         fields.finish(email.zip(password).zip(name).zip(phone))?;
     let user_id = Uuid::now_v7();
-    let account = NewAccount {
-        user_id,
+    let profile = Profile {
         email: email.to_string(),
-        password_hash: passwords::hash(password).await?,
         name: name.to_string(),
         phone: phone.map(String::from),
-    };
-    let profile = Profile {
-        email: account.email.clone(),
-        name: account.name.clone(),
-        phone: account.phone.clone(),
         role: Role::Patient,
+    };
+    let account = AccountWrite::Open {
+        user_id,
+        email: profile.email.clone(),
+        password_hash: passwords::hash(password).await?,
+        name: profile.name.clone(),
+        phone: profile.phone.clone(),
     };
     let metadata = Metadata::for_request(Actor::new(user_id, Role::Patient), request_id);
     let command = UserCommand::Register {
         user_id,
         at: Utc::now(),
     };
-    let committed = app.write.open_account(command, &metadata, account).await?;
+    let committed = app
+        .write
+        .execute_on_account(command, &metadata, account)
+        .await?;
     Ok(Answer::created(
         &committed,
         Registered {
@@ -150,6 +162,8 @@ struct Login {
 pub struct SignedIn {
     /// A bearer token for every other route.
     pub access_token: String,
+    /// Trades for a new pair at `POST /auth/refresh`, once; valid for 30 days.
+    pub refresh_token: String,
     /// Always `Bearer`.
     #[schema(example = "Bearer")]
     pub token_type: &'static str,
@@ -167,16 +181,6 @@ pub struct SignedInUser {
     /// Their account.
     #[serde(flatten)]
     pub profile: Profile,
-}
-
-/// An account's row, as signing in reads it.
-#[derive(sqlx::FromRow)]
-struct AccountRow {
-    user_id: Uuid,
-    email: String,
-    name: String,
-    phone: Option<String>,
-    password_hash: String,
 }
 
 /// Someone signs in with their e-mail address and password.
@@ -204,31 +208,39 @@ async fn login(
     let email = fields.required("email", request.body.email);
     let password = fields.required("password", request.body.password);
     let (email, password) = fields.finish(email.zip(password))?;
-    let account: Option<AccountRow> = sqlx::query_as(
-        "SELECT user_id, email, name, phone, password_hash FROM accounts
-          WHERE lower(email) = lower($1)",
-    )
-    .bind(email.trim())
-    .fetch_optional(app.write.pool())
-    .await?;
+    let account = accounts::by_email(app.write.pool(), &email).await?;
     let stored = account.as_ref().map(|a| a.password_hash.clone());
-    let refused = ApiError::Unauthorized("the e-mail address or the password is not right");
     if !passwords::matches(password, stored).await? {
         tracing::info!("sign-in refused");
-        return Err(refused);
+        return Err(wrong_credentials());
     }
-    let Some(account) = account else {
-        return Err(refused);
-    };
+    let account = account.ok_or_else(wrong_credentials)?;
+    let refresh_token = sessions::start(app.write.pool(), account.user_id).await?;
+    let signed_in = signed_in(&app, account, refresh_token).await?;
+    tracing::info!(user_id = %signed_in.user.id, role = %signed_in.user.profile.role, "signed in");
+    Ok(Json(signed_in))
+}
+
+fn wrong_credentials() -> ApiError {
+    ApiError::Unauthorized("the e-mail address or the password is not right")
+}
+
+/// The answer that signs `account` in with `refresh_token`: a new access
+/// token in the role the log gives the user.
+async fn signed_in(
+    app: &AppState,
+    account: accounts::Account,
+    refresh_token: String,
+) -> Result<SignedIn, ApiError> {
     let role = app
         .write
         .load::<User>(account.user_id)
         .await?
         .role()
-        .ok_or(refused)?;
-    tracing::info!(user_id = %account.user_id, %role, "signed in");
-    Ok(Json(SignedIn {
+        .ok_or(ApiError::Unauthorized("the account has no user"))?;
+    Ok(SignedIn {
         access_token: app.keys.mint(Actor::new(account.user_id, role), ACCESS_TTL),
+        refresh_token,
         token_type: "Bearer",
         expires_in: ACCESS_TTL.as_secs(),
         user: SignedInUser {
@@ -240,5 +252,192 @@ async fn login(
                 role,
             },
         },
+    })
+}
+
+/// A refresh token presented.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RefreshToken {
+    /// The refresh token from signing in or the last refresh.
+    #[schema(value_type = String, required = true)]
+    refresh_token: Option<String>,
+}
+
+impl RefreshToken {
+    fn required(self) -> Result<String, ApiError> {
+        let mut fields = Fields::default();
+        let token = fields.required("refresh_token", self.refresh_token);
+        fields.finish(token)
+    }
+}
+
+/// Trades a refresh token for a new access token and a new refresh token.
+/// A refresh token works once: presented again, it ends its session.
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "accounts",
+    operation_id = "refresh",
+    security(()),
+    request_body = RefreshToken,
+    responses(
+        (status = 200, description = "A new pair; the one presented is spent", body = SignedIn),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, description = "The refresh token is unknown, expired, revoked or already spent (which also ends its session)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn refresh(
+    State(app): State<AppState>,
+    request: OpenRequest<RefreshToken>,
+) -> Result<Json<SignedIn>, ApiError> {
+    let presented = request.body.required()?;
+    let refused = || ApiError::Unauthorized("the refresh token is not valid");
+    let (user_id, next) = sessions::rotate(app.write.pool(), &presented)
+        .await?
+        .ok_or_else(refused)?;
+    let account = accounts::of_user(app.write.pool(), user_id)
+        .await?
+        .ok_or_else(refused)?;
+    Ok(Json(signed_in(&app, account, next).await?))
+}
+
+/// Ends the session a refresh token belongs to: it and every token rotated
+/// from the same sign-in stop working. Access tokens already issued expire
+/// on their own.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "accounts",
+    operation_id = "logout",
+    security(()),
+    request_body = RefreshToken,
+    responses(
+        (status = 204, description = "Signed out (also when the token was not valid)"),
+        (status = 400, response = openapi::BadRequest),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn logout(
+    State(app): State<AppState>,
+    request: OpenRequest<RefreshToken>,
+) -> Result<StatusCode, ApiError> {
+    sessions::end(app.write.pool(), &request.body.required()?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller as Herald knows them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// Their user id, the token's `sub`.
+    pub id: Uuid,
+    /// The role the token gives them.
+    #[schema(value_type = String, example = "patient")]
+    pub role: Role,
+    /// Their account's address; `null` for a service account, which has none.
+    pub email: Option<String>,
+    /// Their name; `null` without an account.
+    pub name: Option<String>,
+    /// Their phone, if they gave one.
+    pub phone: Option<String>,
+}
+
+/// The caller's own account.
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "accounts",
+    operation_id = "me",
+    responses(
+        (status = 200, description = "The caller", body = Me),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn me(State(app): State<AppState>, Caller(actor): Caller) -> Result<Json<Me>, ApiError> {
+    let account = accounts::of_user(app.write.pool(), actor.user_id).await?;
+    Ok(Json(Me {
+        id: actor.user_id,
+        role: actor.role,
+        email: account.as_ref().map(|a| a.email.clone()),
+        name: account.as_ref().map(|a| a.name.clone()),
+        phone: account.and_then(|a| a.phone),
     }))
+}
+
+/// A new password, with the current one.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ChangePassword {
+    /// The password now.
+    #[schema(value_type = String, required = true, format = Password)]
+    current_password: Option<String>,
+    /// 8 to 128 characters, not one of the most common passwords.
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128, format = Password)]
+    new_password: Option<String>,
+}
+
+/// The caller chooses a new password. Every other session of theirs ends;
+/// the answer signs this one in afresh.
+#[utoipa::path(
+    post,
+    path = "/me/password",
+    tag = "accounts",
+    operation_id = "change_password",
+    request_body = ChangePassword,
+    responses(
+        (status = 200, description = "Changed (PasswordChanged); a new pair for this session", body = SignedIn),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, description = "The caller has no account (a service account)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn change_password(
+    State(app): State<AppState>,
+    request: CommandRequest<ChangePassword>,
+) -> Result<Json<SignedIn>, ApiError> {
+    let CommandRequest {
+        actor,
+        metadata,
+        body,
+    } = request;
+    let mut fields = Fields::default();
+    let current = fields.required("current_password", body.current_password);
+    let new = fields.parse("new_password", body.new_password, |raw| {
+        Password::parse(raw).map_err(|mut err| {
+            err.field = "new_password".to_owned();
+            err
+        })
+    });
+    let (current, new) = fields.finish(current.zip(new))?;
+    let account = accounts::of_user(app.write.pool(), actor.user_id)
+        .await?
+        .ok_or(ApiError::NotFound("the caller has no account"))?;
+    if !passwords::matches(current, Some(account.password_hash.clone())).await? {
+        return Err(ApiError::Invalid(vec![domain::ValidationError::new(
+            "current_password",
+            "is not right",
+        )]));
+    }
+    let write = AccountWrite::Password {
+        user_id: actor.user_id,
+        password_hash: passwords::hash(new).await?,
+    };
+    let command = UserCommand::ChangePassword {
+        actor,
+        at: Utc::now(),
+    };
+    app.write
+        .execute_on_account(command, &metadata, write)
+        .await?;
+    sessions::end_all(app.write.pool(), actor.user_id).await?;
+    let refresh_token = sessions::start(app.write.pool(), actor.user_id).await?;
+    tracing::info!(user_id = %actor.user_id, "password changed; other sessions ended");
+    Ok(Json(signed_in(&app, account, refresh_token).await?))
 }

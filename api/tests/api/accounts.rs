@@ -253,3 +253,150 @@ async fn no_password_hash_e_mail_name_or_phone_reaches_the_event_log_the_stream_
         );
     }
 }
+
+/// Signs up and in; the answer to signing in.
+async fn signed_in(app: &TestApp, email: &str, password: &str) -> Value {
+    let signed_up = register(app, email, password).await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
+    let signed_in = login(app, email, password).await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.body);
+    signed_in.body
+}
+
+async fn refresh(app: &TestApp, token: &Value) -> Reply {
+    open(app, "refresh", json!({ "refresh_token": token })).await
+}
+
+async fn me(app: &TestApp, access_token: &str) -> Reply {
+    Reply::send(
+        app.client
+            .get(format!("{}/api/v1/me", app.address))
+            .bearer_auth(access_token),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_refresh_token_works_once_and_presented_again_ends_its_session() {
+    let app = TestApp::spawn().await;
+    let first = signed_in(&app, "ivan@example.com", "correct horse battery").await;
+    let rotated = refresh(&app, &first["refresh_token"]).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    assert_ne!(rotated.body["refresh_token"], first["refresh_token"]);
+    assert_eq!(rotated.body["user"]["id"], first["user"]["id"]);
+    let access = rotated.body["access_token"].as_str().unwrap();
+    assert_eq!(me(&app, access).await.status, StatusCode::OK);
+
+    // The spent token again: refused, and the session it began is over.
+    refresh(&app, &first["refresh_token"])
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    refresh(&app, &rotated.body["refresh_token"])
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    // Another sign-in is another session, untouched.
+    let other = login(&app, "ivan@example.com", "correct horse battery").await;
+    assert_eq!(
+        refresh(&app, &other.body["refresh_token"]).await.status,
+        StatusCode::OK
+    );
+    refresh(&app, &json!("not a token"))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    open(&app, "refresh", json!({}))
+        .await
+        .assert_names("refresh_token");
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session_of_its_refresh_token() {
+    let app = TestApp::spawn().await;
+    let session = signed_in(&app, "olga@example.com", "correct horse battery").await;
+    let out = open(
+        &app,
+        "logout",
+        json!({ "refresh_token": session["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.body);
+    refresh(&app, &session["refresh_token"])
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn me_shows_the_callers_account_and_only_id_and_role_for_a_service_token() {
+    let app = TestApp::spawn().await;
+    let session = signed_in(&app, "Pavel@example.com", "correct horse battery").await;
+    let shown = me(&app, session["access_token"].as_str().unwrap()).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
+    assert_eq!(
+        shown.body,
+        json!({
+            "id": session["user"]["id"], "role": "patient", "email": "Pavel@example.com",
+            "name": "Anna Petrova", "phone": "+79161234567",
+        })
+    );
+    let service = common::admin();
+    let shown = me(&app, &app.token(service)).await;
+    assert_eq!(
+        shown.body,
+        json!({ "id": service.user_id, "role": "admin", "email": null, "name": null, "phone": null })
+    );
+    Reply::send(app.client.get(format!("{}/api/v1/me", app.address)))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_new_password_ends_every_other_session_and_the_old_password() {
+    let app = TestApp::spawn().await;
+    let (email, old, new) = (
+        "nina@example.com",
+        "correct horse battery",
+        "tr0ub4dor and more",
+    );
+    let here = signed_in(&app, email, old).await;
+    let elsewhere = login(&app, email, old).await.body;
+    let change = |current: &str, new: &str| {
+        Reply::send(
+            app.client
+                .post(format!("{}/api/v1/me/password", app.address))
+                .bearer_auth(here["access_token"].as_str().unwrap())
+                .json(&json!({ "current_password": current, "new_password": new })),
+        )
+    };
+    app.stores_nothing(change("not the password", new))
+        .await
+        .assert_names("current_password");
+    app.stores_nothing(change(old, "short"))
+        .await
+        .assert_names("new_password");
+
+    let changed = change(old, new).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    login(&app, email, old)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    assert_eq!(login(&app, email, new).await.status, StatusCode::OK);
+    for ended in [&here["refresh_token"], &elsewhere["refresh_token"]] {
+        refresh(&app, ended)
+            .await
+            .assert_problem(StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        refresh(&app, &changed.body["refresh_token"]).await.status,
+        StatusCode::OK
+    );
+    let recorded = app
+        .events_after(0)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "PasswordChanged")
+        .unwrap();
+    assert_eq!(recorded.metadata["actor"], here["user"]["id"]);
+    assert_eq!(
+        recorded.payload,
+        json!({ "PasswordChanged": { "at": recorded.payload["PasswordChanged"]["at"] } })
+    );
+}
