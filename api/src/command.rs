@@ -66,6 +66,8 @@ where
 pub struct OpenRequest<T> {
     /// The request id its events' metadata carries.
     pub request_id: String,
+    /// The address it came from.
+    pub address: std::net::IpAddr,
     /// The parsed body; an empty body reads as `{}`.
     pub body: T,
 }
@@ -82,6 +84,7 @@ where
         let bytes = read_body(&parts.headers, body).await?;
         Ok(Self {
             request_id: request_id(&parts.headers),
+            address: crate::limits::caller_address(&parts.extensions),
             body: parse_json(&parts.headers, &bytes)?,
         })
     }

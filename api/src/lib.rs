@@ -26,6 +26,7 @@ pub mod routes;
 pub mod server;
 pub mod sessions;
 pub mod startup;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -61,6 +62,8 @@ pub struct AppState {
     /// Token buckets, spent by requests and by live frames that issue
     /// commands; none means no rate limits.
     pub limits: Option<Arc<RateLimits>>,
+    /// Failed sign-ins per account and address.
+    pub sign_ins: Arc<throttle::SignInThrottle>,
 }
 
 /// What a running Herald adds around its routes.

@@ -147,16 +147,20 @@ impl RateLimits {
 }
 
 /// Middleware: charges the request to its buckets and refuses it when one is empty.
+/// The address a request came from (loopback when the server did not say).
+pub fn caller_address(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |info| info.0.ip())
+}
+
 pub async fn enforce(
     State(limits): State<Arc<RateLimits>>,
     request: Request,
     next: Next,
 ) -> Response {
     limits.sweep_now_and_then();
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |info| info.0.ip());
+    let address = caller_address(request.extensions());
     let path = request.uri().path();
     let verdict = if path.starts_with("/webhooks/") {
         check(&limits.webhooks, &address)

@@ -128,6 +128,7 @@ impl Application {
             sandbox: settings.provider.sandbox,
             live,
             limits,
+            sign_ins: Arc::default(),
         };
         let surface = Surface {
             nats: Some(client),

@@ -105,7 +105,9 @@ async fn register(
     State(app): State<AppState>,
     request: OpenRequest<Register>,
 ) -> Result<Answer<Registered>, ApiError> {
-    let OpenRequest { request_id, body } = request;
+    let OpenRequest {
+        request_id, body, ..
+    } = request;
     let mut fields = Fields::default();
     let email = fields.parse("email", body.email, Email::parse);
     let password = fields.parse("password", body.password, Password::parse);
@@ -208,12 +210,17 @@ async fn login(
     let email = fields.required("email", request.body.email);
     let password = fields.required("password", request.body.password);
     let (email, password) = fields.finish(email.zip(password))?;
+    if let Some(retry_after) = app.sign_ins.wait(&email, request.address) {
+        return Err(ApiError::RateLimited { retry_after });
+    }
     let account = accounts::by_email(app.write.pool(), &email).await?;
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     if !passwords::matches(password, stored).await? {
-        tracing::info!("sign-in refused");
+        app.sign_ins.failed(&email, request.address);
+        tracing::info!(address = %request.address, "sign-in refused");
         return Err(wrong_credentials());
     }
+    app.sign_ins.succeeded(&email);
     let account = account.ok_or_else(wrong_credentials)?;
     let refresh_token = sessions::start(app.write.pool(), account.user_id).await?;
     let signed_in = signed_in(&app, account, refresh_token).await?;

@@ -400,3 +400,38 @@ async fn a_new_password_ends_every_other_session_and_the_old_password() {
         json!({ "PasswordChanged": { "at": recorded.payload["PasswordChanged"]["at"] } })
     );
 }
+
+#[tokio::test]
+async fn guessing_an_accounts_password_is_stopped_for_a_while_even_with_the_right_one() {
+    let app = TestApp::spawn().await;
+    let (email, password) = ("vera@example.com", "correct horse battery");
+    assert_eq!(
+        register(&app, email, password).await.status,
+        StatusCode::CREATED
+    );
+    for _ in 0..5 {
+        login(&app, email, "a wrong guess")
+            .await
+            .assert_problem(StatusCode::UNAUTHORIZED);
+    }
+    for attempt in [password, "a wrong guess"] {
+        let stopped = login(&app, &email.to_uppercase(), attempt).await;
+        stopped.assert_problem(StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = stopped.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((800..=900).contains(&wait), "Retry-After: {wait}");
+    }
+    // Another account from the same address is not locked by these five.
+    let (other, other_password) = ("yuri@example.com", "another fine password");
+    assert_eq!(
+        register(&app, other, other_password).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        login(&app, other, other_password).await.status,
+        StatusCode::OK
+    );
+}
