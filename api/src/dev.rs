@@ -1,16 +1,24 @@
 //! Development mode's identity: the JWT and webhook secrets `herald up --dev`
-//! makes up for itself and its demo users, one of each role, kept in the
-//! database so that tokens printed once still work after a restart, and so
-//! that `herald token` can mint more against a `--dev` database.
+//! makes up for itself and its demo users, one of each role with an account
+//! to sign in with, kept in the database so that tokens and passwords printed
+//! once still work after a restart, and so that `herald token` can mint more
+//! against a `--dev` database.
 
 use std::time::Duration;
 
-use domain::values::{Actor, Role};
+use chrono::Utc;
+use commands::accounts::{self, AccountWrite};
+use commands::{CommandError, Metadata, WriteSide};
+use domain::user::UserCommand;
+use domain::values::{Actor, Password, Role};
+use domain::DomainError;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::JwtKeys;
+use crate::error::ApiError;
+use crate::passwords;
 
 /// How long the printed demo tokens are valid.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -24,15 +32,24 @@ pub struct DevIdentity {
     pub webhook_secret: SecretString,
     /// One user of each role.
     pub users: [Actor; 4],
+    /// What every demo user signs in with.
+    pub password: String,
 }
 
-/// The secrets, then the patient, doctor, admin and auditor.
-type Row = (String, String, Uuid, Uuid, Uuid, Uuid);
+/// The secrets, the patient, doctor, admin and auditor, and their password.
+type Row = (String, String, Uuid, Uuid, Uuid, Uuid, String);
 
-/// The kept identity, as [`Row`].
+/// The kept identity, as [`Row`] (a password is made up by the next
+/// `herald up --dev` when the row predates demo accounts).
 const SELECT: &str = "SELECT jwt_secret, webhook_secret,
-                             patient_id, doctor_id, admin_id, auditor_id
+                             patient_id, doctor_id, admin_id, auditor_id,
+                             coalesce(password, '')
                         FROM dev_identity";
+
+/// The address a demo user signs in with.
+pub fn demo_email(role: Role) -> String {
+    format!("{role}@herald.test")
+}
 
 impl DevIdentity {
     /// The database's identity, made on first use. Two Herald processes
@@ -52,8 +69,50 @@ impl DevIdentity {
         .bind(Uuid::new_v4())
         .execute(pool)
         .await?;
+        // Kept since before demo users had accounts: a password now.
+        sqlx::query("UPDATE dev_identity SET password = $1 WHERE password IS NULL")
+            .bind(hex::encode(rand::random::<[u8; 8]>()))
+            .execute(pool)
+            .await?;
         let row: Row = sqlx::query_as(SELECT).fetch_one(pool).await?;
         Ok(Self::from(row))
+    }
+
+    /// Opens the demo users' accounts that do not exist yet, as Herald
+    /// itself. Another process opening them at the same moment is fine.
+    pub async fn open_accounts(&self, write: &WriteSide) -> Result<(), ApiError> {
+        let password =
+            Password::parse(self.password.clone()).map_err(|err| ApiError::Invalid(vec![err]))?;
+        for actor in self.users {
+            if accounts::of_user(write.pool(), actor.user_id)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let account = AccountWrite::Open {
+                user_id: actor.user_id,
+                email: demo_email(actor.role),
+                password_hash: passwords::hash(password.clone()).await?,
+                name: format!("Demo {}", actor.role),
+                phone: None,
+            };
+            let command = UserCommand::Create {
+                user_id: actor.user_id,
+                role: actor.role,
+                actor: Actor::system(),
+                at: Utc::now(),
+            };
+            let metadata = Metadata::for_request(Actor::system(), Uuid::now_v7().to_string());
+            match write.execute_on_account(command, &metadata, account).await {
+                Ok(_)
+                | Err(CommandError::Rejected(
+                    DomainError::UserAlreadyExists | DomainError::EmailTaken,
+                )) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The database's identity, if `herald up --dev` ever ran on it.
@@ -66,13 +125,16 @@ impl DevIdentity {
     /// `keys`, and how to mint more.
     pub fn greeting(&self, keys: &JwtKeys, signed_with: &str) -> String {
         let mut text = format!(
-            "development mode: the demo users' tokens, valid 24h, signed with {signed_with}:"
+            "development mode: the demo users sign in with the password {}; their tokens, \
+             valid 24h, signed with {signed_with}:",
+            self.password
         );
         for actor in self.users {
             let token = keys.mint(actor, DEMO_TOKEN_TTL);
             text.push_str(&format!(
-                "\n  {:<8} sub={} token={token}",
+                "\n  {:<8} {:<20} sub={} token={token}",
                 actor.role.as_str(),
+                demo_email(actor.role),
                 actor.user_id
             ));
         }
@@ -85,7 +147,7 @@ impl DevIdentity {
 }
 
 impl From<Row> for DevIdentity {
-    fn from((jwt_secret, webhook_secret, patient, doctor, admin, auditor): Row) -> Self {
+    fn from((jwt_secret, webhook_secret, patient, doctor, admin, auditor, password): Row) -> Self {
         Self {
             jwt_secret: SecretString::from(jwt_secret),
             webhook_secret: SecretString::from(webhook_secret),
@@ -95,6 +157,7 @@ impl From<Row> for DevIdentity {
                 Actor::new(admin, Role::Admin),
                 Actor::new(auditor, Role::Auditor),
             ],
+            password,
         }
     }
 }

@@ -101,6 +101,9 @@ pub enum Permission {
     /// business one by one.
     #[error("auditors read the event log, not bookings")]
     AuditorsReadTheLogNotBookings,
+    /// Staff accounts are opened by the platform's operators.
+    #[error("only admins may create users")]
+    OnlyAdminsMayCreateUsers,
     /// A password is known to its owner only.
     #[error("only the user themself may change their password")]
     OnlyTheUserMayChangeTheirPassword,

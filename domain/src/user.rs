@@ -11,7 +11,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{DomainError, Permission};
+use crate::error::{DomainError, Permission, ValidationError};
 use crate::values::{Actor, Role};
 
 /// What can be asked of a user.
@@ -21,6 +21,17 @@ pub enum UserCommand {
     Register {
         /// The new user's id.
         user_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin opens an account for someone in a given role.
+    Create {
+        /// The new user's id.
+        user_id: Uuid,
+        /// The role they will act in.
+        role: Role,
+        /// Who creates them: an admin, or Herald itself.
+        actor: Actor,
         /// When.
         at: DateTime<Utc>,
     },
@@ -45,6 +56,17 @@ pub enum UserEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// An admin opened an account for someone.
+    UserCreated {
+        /// The user's id.
+        user_id: Uuid,
+        /// The role they act in.
+        role: Role,
+        /// The admin who created them (nil for Herald itself).
+        created_by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The user's password changed; the new hash is in their account, not here.
     PasswordChanged {
         /// When.
@@ -56,6 +78,7 @@ impl DomainEvent for UserEvent {
     fn event_type(&self) -> String {
         match self {
             Self::UserRegistered { .. } => "UserRegistered",
+            Self::UserCreated { .. } => "UserCreated",
             Self::PasswordChanged { .. } => "PasswordChanged",
         }
         .to_owned()
@@ -89,6 +112,32 @@ impl User {
                 Ok(vec![UserEvent::UserRegistered {
                     user_id,
                     role: Role::Patient,
+                    at,
+                }])
+            }
+            UserCommand::Create {
+                user_id,
+                role,
+                actor,
+                at,
+            } => {
+                if !actor.is_admin() {
+                    return Err(Permission::OnlyAdminsMayCreateUsers.into());
+                }
+                if role == Role::System {
+                    return Err(ValidationError::new(
+                        "role",
+                        "must be one of patient, doctor, admin, auditor",
+                    )
+                    .into());
+                }
+                if self.role.is_some() {
+                    return Err(DomainError::UserAlreadyExists);
+                }
+                Ok(vec![UserEvent::UserCreated {
+                    user_id,
+                    role,
+                    created_by: actor.user_id,
                     at,
                 }])
             }
@@ -126,7 +175,8 @@ impl Aggregate for User {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            UserEvent::UserRegistered { user_id, role, .. } => {
+            UserEvent::UserRegistered { user_id, role, .. }
+            | UserEvent::UserCreated { user_id, role, .. } => {
                 self.id = user_id;
                 self.role = Some(role);
             }
@@ -166,6 +216,38 @@ mod tests {
         assert_eq!(user.role(), Some(Role::Patient));
         assert_eq!(
             user.decide(register(id)),
+            Err(DomainError::UserAlreadyExists)
+        );
+    }
+
+    #[test]
+    fn only_an_admin_creates_a_user_in_a_role_a_person_can_have() {
+        let id = Uuid::new_v4();
+        let create = |role, actor| UserCommand::Create {
+            user_id: id,
+            role,
+            actor,
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let admin = Actor::new(Uuid::new_v4(), Role::Admin);
+        let mut user = User::default();
+        assert_eq!(
+            user.decide(create(
+                Role::Doctor,
+                Actor::new(Uuid::new_v4(), Role::Doctor)
+            )),
+            Err(DomainError::Forbidden(Permission::OnlyAdminsMayCreateUsers))
+        );
+        assert!(matches!(
+            user.decide(create(Role::System, admin)),
+            Err(DomainError::Invalid(_))
+        ));
+        for event in user.decide(create(Role::Doctor, admin)).unwrap() {
+            user.apply(event);
+        }
+        assert_eq!(user.role(), Some(Role::Doctor));
+        assert_eq!(
+            user.decide(create(Role::Doctor, admin)),
             Err(DomainError::UserAlreadyExists)
         );
     }

@@ -56,7 +56,6 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
             WebhookSecret::new(dev.webhook_secret.clone())?
         }
     };
-    let greeting = dev.as_ref().map(|dev| dev.greeting(&keys, signed_with));
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|err| format!("cannot listen on {} (HERALD_LISTEN): {err}", args.listen))?;
@@ -67,6 +66,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         .map_or_else(|| format!("http://{address}"), ToString::to_string);
     let provider =
         PaymentProvider::from_config(&args.provider, args.dev, &public_url, &webhook_secret)?;
+    let greeting = dev.as_ref().map(|dev| dev.greeting(&keys, signed_with));
     let application = Application::build(Settings {
         listener,
         pool,
@@ -85,6 +85,9 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         parts: Parts::ALL,
     })
     .await?;
+    if let Some(dev) = &dev {
+        dev.open_accounts(&application.state().write).await?;
+    }
     // Printed once Herald is sure to start, not above an error.
     if let Some(greeting) = greeting {
         println!("{greeting}");

@@ -301,7 +301,8 @@ fn herald_up_refused(env: &[(&str, String)]) -> (String, String) {
 }
 
 #[tokio::test]
-async fn dev_mode_keeps_its_users_and_secret_across_a_restart_and_herald_token_mints_with_it() {
+async fn dev_mode_keeps_its_users_passwords_and_secret_across_a_restart_and_herald_token_mints_with_it(
+) {
     let database = fresh_database().await;
     let prefix = format!("devmode{}", uuid::Uuid::new_v4().simple());
     let _leftovers = Leftovers::new(
@@ -309,19 +310,38 @@ async fn dev_mode_keeps_its_users_and_secret_across_a_restart_and_herald_token_m
         Some(herald_nats::Topology::new(&prefix)),
     );
     let first = DevHerald::start(&database, &prefix);
-    let roles: Vec<&str> = first.users.iter().map(|(role, ..)| role.as_str()).collect();
+    let roles: Vec<&str> = first.users.iter().map(|user| user.role.as_str()).collect();
     assert_eq!(roles, ["patient", "doctor", "admin", "auditor"]);
-    let (_, patient, printed_token) = first.users[0].clone();
+    let patient = first.users[0].sub.clone();
+    let printed_token = first.users[0].token.clone();
     assert_eq!(first.read_with(&printed_token).await, StatusCode::OK);
-    let users_before: Vec<String> = first.users.iter().map(|(_, sub, _)| sub.clone()).collect();
+    let users_before: Vec<String> = first.users.iter().map(|user| user.sub.clone()).collect();
+    let password = first.password.clone();
     drop(first);
 
     let again = DevHerald::start(&database, &prefix);
-    let users_after: Vec<String> = again.users.iter().map(|(_, sub, _)| sub.clone()).collect();
+    let users_after: Vec<String> = again.users.iter().map(|user| user.sub.clone()).collect();
     assert_eq!(
         users_after, users_before,
         "the same demo users after a restart"
     );
+    assert_eq!(
+        again.password, password,
+        "the same password after a restart"
+    );
+    // Every demo user signs in with the printed address and password.
+    for user in &again.users {
+        let signed_in = reqwest::Client::new()
+            .post(format!("{}/auth/login", again.base))
+            .json(&json!({ "email": user.email, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed_in.status(), StatusCode::OK, "{}", user.email);
+        let body: Value = signed_in.json().await.unwrap();
+        assert_eq!(body["user"]["id"], user.sub.as_str());
+        assert_eq!(body["user"]["role"], user.role.as_str());
+    }
     assert_eq!(
         again.read_with(&printed_token).await,
         StatusCode::OK,

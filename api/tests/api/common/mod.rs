@@ -771,6 +771,15 @@ pub async fn assert_matches_rebuild(pool: &PgPool, projection: projections::Proj
     }
 }
 
+/// A demo user as `herald up --dev` prints it.
+#[derive(Debug, Clone)]
+pub struct DemoUser {
+    pub role: String,
+    pub email: String,
+    pub sub: String,
+    pub token: String,
+}
+
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -785,7 +794,9 @@ pub struct DevHerald {
     child: Child,
     pub base: String,
     /// The demo users' `(role, sub, token)`, as printed.
-    pub users: Vec<(String, String, String)>,
+    pub users: Vec<DemoUser>,
+    /// What the demo users sign in with, as printed.
+    pub password: String,
 }
 
 impl DevHerald {
@@ -821,17 +832,26 @@ impl DevHerald {
             .spawn()
             .unwrap();
         let mut users = Vec::new();
+        let mut password = String::new();
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
             let line = line.unwrap();
             if line.contains("mint more") {
                 break;
             }
+            if let Some((_, rest)) = line.split_once("with the password ") {
+                password = rest.split(';').next().unwrap().to_owned();
+            }
             let words: Vec<&str> = line.split_whitespace().collect();
-            if let [role, sub, token] = words[..] {
+            if let [role, email, sub, token] = words[..] {
                 if let (Some(sub), Some(token)) =
                     (sub.strip_prefix("sub="), token.strip_prefix("token="))
                 {
-                    users.push((role.to_owned(), sub.to_owned(), token.to_owned()));
+                    users.push(DemoUser {
+                        role: role.to_owned(),
+                        email: email.to_owned(),
+                        sub: sub.to_owned(),
+                        token: token.to_owned(),
+                    });
                 }
             }
         }
@@ -839,6 +859,7 @@ impl DevHerald {
             child,
             base: format!("http://{address}/api/v1"),
             users,
+            password,
         }
     }
 
