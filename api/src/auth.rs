@@ -1,5 +1,7 @@
 //! Who is calling: HS256 JWTs carrying the user id and role.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts};
@@ -9,8 +11,11 @@ use domain::values::{Actor, Role};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::background::StopSignal;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -34,11 +39,99 @@ struct Claims {
     jti: Option<Uuid>,
 }
 
-/// Signs and checks tokens with one secret.
+/// Signs and checks tokens with one secret, refusing those of users whose
+/// access was taken away since.
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    revocations: Arc<Revocations>,
+}
+
+/// Where a change of a user's role or access is announced (by the trigger
+/// that fills `user_access`).
+const USER_ACCESS_CHANNEL: &str = "herald_user_access";
+
+/// How often every process reloads [`Revocations`] even without being told
+/// of a change, in case it missed one while its connection was down.
+pub const REVOCATIONS_RELOAD: Duration = Duration::from_secs(30);
+
+/// The users whose tokens are refused: every token of a deactivated user,
+/// and tokens issued before the moment a user's role changed or they were
+/// deactivated. Read from `user_access`, which the log's User events fill.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    users: RwLock<HashMap<Uuid, Revoked>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Revoked {
+    active: bool,
+    /// Tokens issued before this (Unix seconds, rounded up: a token says
+    /// when it was issued in whole seconds, so one from the second of the
+    /// change is refused too) are refused.
+    not_before: i64,
+}
+
+impl Revocations {
+    /// Reads the revoked users afresh.
+    pub async fn reload<'c>(&self, executor: impl PgExecutor<'c>) -> Result<(), sqlx::Error> {
+        let rows: Vec<(Uuid, bool, i64)> = sqlx::query_as(
+            "SELECT user_id, active, ceil(extract(epoch FROM not_before))::bigint
+               FROM user_access WHERE NOT active OR not_before > '-infinity'",
+        )
+        .fetch_all(executor)
+        .await?;
+        let users = rows
+            .into_iter()
+            .map(|(user_id, active, not_before)| (user_id, Revoked { active, not_before }))
+            .collect();
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = users;
+        Ok(())
+    }
+
+    /// Reloads whenever a change is announced, and every
+    /// [`REVOCATIONS_RELOAD`] anyway, until `stop`; keeps the last ones while
+    /// Postgres is away.
+    pub async fn keep_reloading(self: Arc<Self>, pool: PgPool, stop: StopSignal) {
+        let following = async {
+            loop {
+                if let Err(err) = self.follow(&pool).await {
+                    tracing::warn!(%err, "cannot follow changes to users' access; keeping the last ones");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        tokio::select! {
+            () = following => {}
+            () = stop => {}
+        }
+    }
+
+    /// Listens on a connection of its own, so the pool's idle connections
+    /// serve only requests, and reloads through it.
+    async fn follow(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(USER_ACCESS_CHANNEL).await?;
+        loop {
+            self.reload(&mut listener).await?;
+            tokio::select! {
+                notified = listener.recv() => { notified?; }
+                () = tokio::time::sleep(REVOCATIONS_RELOAD) => {}
+            }
+        }
+    }
+
+    /// Why a token of `user_id` issued at `issued_at` is refused, if it is.
+    fn refusal(&self, user_id: Uuid, issued_at: Option<i64>) -> Option<&'static str> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let revoked = users.get(&user_id)?;
+        if !revoked.active {
+            return Some("the account is deactivated");
+        }
+        (issued_at.unwrap_or(i64::MIN) < revoked.not_before)
+            .then_some("the token was issued before the account's role changed; sign in again")
+    }
 }
 
 /// Why a secret cannot sign tokens.
@@ -59,7 +152,13 @@ impl JwtKeys {
         Ok(Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
+            revocations: Arc::default(),
         })
+    }
+
+    /// The users whose tokens these keys refuse.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// A token for `actor`, valid for `ttl`.
@@ -111,6 +210,9 @@ impl JwtKeys {
             .role
             .parse()
             .map_err(|_| ApiError::Unauthorized("the token's role is not recognised"))?;
+        if let Some(refusal) = self.revocations.refusal(claims.sub, claims.iat) {
+            return Err(ApiError::Unauthorized(refusal));
+        }
         Ok(Actor::new(claims.sub, role))
     }
 }

@@ -119,7 +119,8 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         .merge(routes::payments::routes())
         .merge(routes::reads::routes())
         .merge(routes::audit::routes())
-        .merge(routes::auth::routes());
+        .merge(routes::auth::routes())
+        .merge(routes::users::routes());
     let mut outside =
         OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
     if sandbox {

@@ -42,15 +42,24 @@ pub async fn hash(password: Password) -> Result<String, ApiError> {
     .map_err(|err| internal(err.to_string().into()))
 }
 
+/// What an account opened by an admin holds until its user sets a password:
+/// no password matches it.
+pub const NOT_SET: &str = "!";
+
 /// Whether `password` is the one `stored` is the hash of. With no stored
-/// hash, a decoy is checked and the answer is no, in the same time.
+/// hash, or none set yet, a decoy is checked and the answer is no, in the
+/// same time.
 pub async fn matches(password: String, stored: Option<String>) -> Result<bool, ApiError> {
-    let known = stored.is_some();
     tokio::task::spawn_blocking(move || {
-        let stored = stored.unwrap_or_else(|| DECOY.clone());
-        let matched = PasswordHash::new(&stored)
-            .is_ok_and(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok());
-        known && matched
+        let stored = stored
+            .as_deref()
+            .and_then(|hash| PasswordHash::new(hash).ok());
+        let decoy = PasswordHash::new(&DECOY).ok();
+        let Some(hash) = stored.clone().or(decoy) else {
+            return false;
+        };
+        let matched = argon2().verify_password(password.as_bytes(), &hash).is_ok();
+        stored.is_some() && matched
     })
     .await
     .map_err(|err| internal(err.into()))

@@ -121,6 +121,37 @@ pub async fn end(pool: &PgPool, presented: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// How long the token for setting a first password is valid.
+pub const PASSWORD_SETUP_TTL: Duration = Duration::from_secs(48 * 3600);
+
+/// A one-time token that sets the first password of `user_id`'s account.
+pub async fn password_setup(pool: &PgPool, user_id: Uuid) -> Result<String, sqlx::Error> {
+    let (token, hash) = mint();
+    sqlx::query(
+        "INSERT INTO password_setups (token_hash, user_id, expires_at)
+         VALUES ($1, $2, now() + make_interval(secs => $3))",
+    )
+    .bind(hash)
+    .bind(user_id)
+    .bind(PASSWORD_SETUP_TTL.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(token)
+}
+
+/// Spends a password-setup token: the user it sets the password of, or
+/// `None` when it is unknown, expired or spent.
+pub async fn spend_password_setup(pool: &PgPool, token: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE password_setups SET used_at = now()
+          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+         RETURNING user_id",
+    )
+    .bind(hashed(token))
+    .fetch_optional(pool)
+    .await
+}
+
 /// Ends every session of `user_id`.
 pub async fn end_all(pool: &PgPool, user_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(

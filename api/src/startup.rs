@@ -116,6 +116,10 @@ impl Application {
             background.spawn(|stop| runner.run(stop));
             hub
         });
+        let revocations = settings.keys.revocations().clone();
+        revocations.reload(&pool).await?;
+        let reloading = pool.clone();
+        background.spawn(|stop| revocations.keep_reloading(reloading, stop));
         let limits = match &settings.limits {
             Some(args) => RateLimits::new(args, settings.keys.clone()).map(Arc::new),
             None => None,

@@ -115,3 +115,56 @@ pub async fn of_user<'c>(
         .fetch_optional(executor)
         .await
 }
+
+/// A user as admins list them: their account and their access.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ListedUser {
+    /// The user's id.
+    pub id: Uuid,
+    /// The address they sign in with.
+    pub email: String,
+    /// Their name.
+    pub name: String,
+    /// Their phone, if given.
+    pub phone: Option<String>,
+    /// The role they act in.
+    pub role: String,
+    /// Whether they may sign in.
+    pub active: bool,
+    /// When their account was opened.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Which users to list.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// Only this role's.
+    pub role: Option<String>,
+    /// Only those whose address or name holds this, whatever its case.
+    pub search: Option<String>,
+}
+
+/// Up to `limit` users matching `filter`, by id, after `after`.
+pub async fn list<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: &UserFilter,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<ListedUser>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.user_id AS id, a.email, a.name, a.phone, u.role, u.active, a.created_at
+           FROM accounts a JOIN user_access u USING (user_id)
+          WHERE ($1::text IS NULL OR u.role = $1)
+            AND ($2::text IS NULL OR strpos(lower(a.email), lower($2)) > 0
+                                  OR strpos(lower(a.name), lower($2)) > 0)
+            AND ($3::uuid IS NULL OR a.user_id > $3)
+          ORDER BY a.user_id
+          LIMIT $4",
+    )
+    .bind(&filter.role)
+    .bind(&filter.search)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}

@@ -104,6 +104,12 @@ pub enum Permission {
     /// Staff accounts are opened by the platform's operators.
     #[error("only admins may create users")]
     OnlyAdminsMayCreateUsers,
+    /// Roles and access are the platform operators' to give and take.
+    #[error("only admins may manage users")]
+    OnlyAdminsManageUsers,
+    /// An admin who demotes or deactivates themself may leave nobody in charge.
+    #[error("admins may not change their own role or deactivate themselves")]
+    AdminsDoNotManageThemselves,
     /// A password is known to its owner only.
     #[error("only the user themself may change their password")]
     OnlyTheUserMayChangeTheirPassword,

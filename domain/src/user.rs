@@ -1,10 +1,10 @@
 //! A person who signs in to Herald.
 //!
-//! The log records that an account exists, in which role, and from when. The
-//! person's e-mail address, name, phone and password hash are not in it: they
-//! are written beside the event that records the account, in the same
-//! transaction, to a table of their own, so that they can be erased later
-//! without touching the log.
+//! The log records that an account exists, in which role, whether it may
+//! sign in, and who changed that and when. The person's e-mail address, name,
+//! phone and password hash are not in it: they are written beside the event
+//! that records the account, in the same transaction, to a table of their own,
+//! so that they can be erased later without touching the log.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
@@ -42,6 +42,29 @@ pub enum UserCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// An admin gives the user another role.
+    ChangeRole {
+        /// The new role.
+        role: Role,
+        /// Who: an admin, not about themself.
+        actor: Actor,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin stops the user from signing in.
+    Deactivate {
+        /// Who: an admin, not about themself.
+        actor: Actor,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An admin lets a deactivated user sign in again.
+    Reactivate {
+        /// Who: an admin.
+        actor: Actor,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 /// What happened to a user.
@@ -72,6 +95,31 @@ pub enum UserEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The user's role changed.
+    RoleChanged {
+        /// The role before.
+        from: Role,
+        /// The role now.
+        to: Role,
+        /// The admin who changed it.
+        by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The user may no longer sign in; their sessions and tokens stop working.
+    UserDeactivated {
+        /// The admin who deactivated them.
+        by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The user may sign in again.
+    UserReactivated {
+        /// The admin who reactivated them.
+        by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -80,6 +128,9 @@ impl DomainEvent for UserEvent {
             Self::UserRegistered { .. } => "UserRegistered",
             Self::UserCreated { .. } => "UserCreated",
             Self::PasswordChanged { .. } => "PasswordChanged",
+            Self::RoleChanged { .. } => "RoleChanged",
+            Self::UserDeactivated { .. } => "UserDeactivated",
+            Self::UserReactivated { .. } => "UserReactivated",
         }
         .to_owned()
     }
@@ -89,17 +140,24 @@ impl DomainEvent for UserEvent {
     }
 }
 
-/// A user, as the log knows them: who, and their role.
+/// A user, as the log knows them: who, their role, and whether they may
+/// sign in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     id: Uuid,
     role: Option<Role>,
+    deactivated: bool,
 }
 
 impl User {
     /// The role the user acts in, once they exist.
     pub fn role(&self) -> Option<Role> {
         self.role
+    }
+
+    /// Whether the user exists and may sign in.
+    pub fn is_active(&self) -> bool {
+        self.role.is_some() && !self.deactivated
     }
 
     /// The events `command` leads to, or why it is refused.
@@ -124,13 +182,7 @@ impl User {
                 if !actor.is_admin() {
                     return Err(Permission::OnlyAdminsMayCreateUsers.into());
                 }
-                if role == Role::System {
-                    return Err(ValidationError::new(
-                        "role",
-                        "must be one of patient, doctor, admin, auditor",
-                    )
-                    .into());
-                }
+                let role = person_role(role)?;
                 if self.role.is_some() {
                     return Err(DomainError::UserAlreadyExists);
                 }
@@ -142,16 +194,79 @@ impl User {
                 }])
             }
             UserCommand::ChangePassword { actor, at } => {
-                if self.role.is_none() {
-                    return Err(DomainError::UserNotFound);
-                }
+                self.existing()?;
                 if actor.user_id != self.id {
                     return Err(Permission::OnlyTheUserMayChangeTheirPassword.into());
                 }
                 Ok(vec![UserEvent::PasswordChanged { at }])
             }
+            UserCommand::ChangeRole { role, actor, at } => {
+                let from = self.administered_by(actor)?;
+                let to = person_role(role)?;
+                if from == to {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::RoleChanged {
+                    from,
+                    to,
+                    by: actor.user_id,
+                    at,
+                }])
+            }
+            UserCommand::Deactivate { actor, at } => {
+                self.administered_by(actor)?;
+                if self.deactivated {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::UserDeactivated {
+                    by: actor.user_id,
+                    at,
+                }])
+            }
+            UserCommand::Reactivate { actor, at } => {
+                if !actor.is_admin() {
+                    return Err(Permission::OnlyAdminsManageUsers.into());
+                }
+                self.existing()?;
+                if !self.deactivated {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::UserReactivated {
+                    by: actor.user_id,
+                    at,
+                }])
+            }
         }
     }
+
+    /// The user's role, once they exist.
+    fn existing(&self) -> Result<Role, DomainError> {
+        self.role.ok_or(DomainError::UserNotFound)
+    }
+
+    /// The user's role, when `actor` may manage them: an admin, about
+    /// someone else, so that no admin locks themself out.
+    fn administered_by(&self, actor: Actor) -> Result<Role, DomainError> {
+        if !actor.is_admin() {
+            return Err(Permission::OnlyAdminsManageUsers.into());
+        }
+        let role = self.existing()?;
+        if actor.user_id == self.id {
+            return Err(Permission::AdminsDoNotManageThemselves.into());
+        }
+        Ok(role)
+    }
+}
+
+/// `role` when a person can have it: any but Herald's own.
+fn person_role(role: Role) -> Result<Role, ValidationError> {
+    if role == Role::System {
+        return Err(ValidationError::new(
+            "role",
+            "must be one of patient, doctor, admin, auditor",
+        ));
+    }
+    Ok(role)
 }
 
 impl Aggregate for User {
@@ -181,6 +296,9 @@ impl Aggregate for User {
                 self.role = Some(role);
             }
             UserEvent::PasswordChanged { .. } => {}
+            UserEvent::RoleChanged { to, .. } => self.role = Some(to),
+            UserEvent::UserDeactivated { .. } => self.deactivated = true,
+            UserEvent::UserReactivated { .. } => self.deactivated = false,
         }
     }
 }
@@ -249,6 +367,72 @@ mod tests {
         assert_eq!(
             user.decide(create(Role::Doctor, admin)),
             Err(DomainError::UserAlreadyExists)
+        );
+    }
+
+    #[test]
+    fn an_admin_deactivates_reactivates_and_changes_the_role_of_others_but_not_themself() {
+        let id = Uuid::new_v4();
+        let admin = Actor::new(Uuid::new_v4(), Role::Admin);
+        let mut user = User::default();
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        for event in user.decide(register(id)).unwrap() {
+            user.apply(event);
+        }
+        let mut run = |command| {
+            let events = user.decide(command)?;
+            for event in events.clone() {
+                user.apply(event);
+            }
+            Ok::<_, DomainError>(events)
+        };
+        assert_eq!(
+            run(UserCommand::Deactivate {
+                actor: Actor::new(Uuid::new_v4(), Role::Doctor),
+                at
+            }),
+            Err(DomainError::Forbidden(Permission::OnlyAdminsManageUsers))
+        );
+        assert_eq!(
+            run(UserCommand::Deactivate { actor: admin, at }).unwrap(),
+            [UserEvent::UserDeactivated {
+                by: admin.user_id,
+                at
+            }]
+        );
+        assert_eq!(
+            run(UserCommand::Deactivate { actor: admin, at }).unwrap(),
+            []
+        );
+        assert_eq!(
+            run(UserCommand::Reactivate { actor: admin, at }).unwrap(),
+            [UserEvent::UserReactivated {
+                by: admin.user_id,
+                at
+            }]
+        );
+        assert_eq!(
+            run(UserCommand::ChangeRole {
+                role: Role::Doctor,
+                actor: admin,
+                at
+            })
+            .unwrap(),
+            [UserEvent::RoleChanged {
+                from: Role::Patient,
+                to: Role::Doctor,
+                by: admin.user_id,
+                at
+            }]
+        );
+        assert_eq!(user.role(), Some(Role::Doctor));
+        assert!(user.is_active());
+        let myself = Actor::new(id, Role::Admin);
+        assert_eq!(
+            user.decide(UserCommand::Deactivate { actor: myself, at }),
+            Err(DomainError::Forbidden(
+                Permission::AdminsDoNotManageThemselves
+            ))
         );
     }
 

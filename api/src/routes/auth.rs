@@ -36,6 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(login))
         .routes(routes!(refresh))
         .routes(routes!(logout))
+        .routes(routes!(set_password))
         .routes(routes!(me))
         .routes(routes!(change_password))
 }
@@ -239,12 +240,13 @@ async fn signed_in(
     account: accounts::Account,
     refresh_token: String,
 ) -> Result<SignedIn, ApiError> {
-    let role = app
-        .write
-        .load::<User>(account.user_id)
-        .await?
+    let user = app.write.load::<User>(account.user_id).await?;
+    let role = user
         .role()
         .ok_or(ApiError::Unauthorized("the account has no user"))?;
+    if !user.is_active() {
+        return Err(ApiError::Forbidden("the account is deactivated"));
+    }
     Ok(SignedIn {
         access_token: app.keys.mint(Actor::new(account.user_id, role), ACCESS_TTL),
         refresh_token,
@@ -447,4 +449,69 @@ async fn change_password(
     let refresh_token = sessions::start(app.write.pool(), actor.user_id).await?;
     tracing::info!(user_id = %actor.user_id, "password changed; other sessions ended");
     Ok(Json(signed_in(&app, account, refresh_token).await?))
+}
+
+/// A first password, with the one-time token an admin was given for it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SetPassword {
+    /// The `set_password_token` from creating the user.
+    #[schema(value_type = String, required = true)]
+    token: Option<String>,
+    /// 8 to 128 characters, not one of the most common passwords.
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128, format = Password)]
+    password: Option<String>,
+}
+
+/// Someone an admin opened an account for sets its first password with the
+/// one-time token from `POST /users`, then signs in.
+#[utoipa::path(
+    post,
+    path = "/auth/set-password",
+    tag = "accounts",
+    operation_id = "set_password",
+    security(()),
+    request_body = SetPassword,
+    responses(
+        (status = 204, description = "Set (PasswordChanged); sign in with it"),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, description = "The token is unknown, expired or spent", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn set_password(
+    State(app): State<AppState>,
+    request: OpenRequest<SetPassword>,
+) -> Result<StatusCode, ApiError> {
+    let OpenRequest {
+        request_id, body, ..
+    } = request;
+    let mut fields = Fields::default();
+    let token = fields.required("token", body.token);
+    let password = fields.parse("password", body.password, Password::parse);
+    let (token, password) = fields.finish(token.zip(password))?;
+    let user_id = sessions::spend_password_setup(app.write.pool(), &token)
+        .await?
+        .ok_or(ApiError::Unauthorized("the token is not valid"))?;
+    let role = app
+        .write
+        .load::<User>(user_id)
+        .await?
+        .role()
+        .ok_or(ApiError::Unauthorized("the token is not valid"))?;
+    let actor = Actor::new(user_id, role);
+    let write = AccountWrite::Password {
+        user_id,
+        password_hash: passwords::hash(password).await?,
+    };
+    let command = UserCommand::ChangePassword {
+        actor,
+        at: Utc::now(),
+    };
+    app.write
+        .execute_on_account(command, &Metadata::for_request(actor, request_id), write)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

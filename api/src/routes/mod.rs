@@ -7,3 +7,4 @@ pub mod chats;
 pub mod live;
 pub mod payments;
 pub mod reads;
+pub mod users;

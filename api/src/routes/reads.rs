@@ -32,7 +32,7 @@ use crate::openapi::{self, ConditionalParams, ConsistencyParams};
 use crate::AppState;
 
 /// Rows a page holds when the client does not say.
-const DEFAULT_LIMIT: i64 = 50;
+pub(crate) const DEFAULT_LIMIT: i64 = 50;
 /// Most rows a page may hold, so one request cannot ask for a whole table.
 const MAX_LIMIT: i64 = 200;
 
@@ -100,7 +100,7 @@ struct PaymentList {
     items: Vec<PaymentRow>,
 }
 
-fn page_limit(raw: String) -> Result<i64, ValidationError> {
+pub(crate) fn page_limit(raw: String) -> Result<i64, ValidationError> {
     raw.parse::<i64>()
         .ok()
         .filter(|limit| (1..=MAX_LIMIT).contains(limit))
@@ -110,6 +110,21 @@ fn page_limit(raw: String) -> Result<i64, ValidationError> {
                 format!("must be a whole number from 1 to {MAX_LIMIT}"),
             )
         })
+}
+
+/// Cuts `items`, read one more than `limit` to learn whether another page
+/// follows, to the page, and names the cursor of the next page if one does.
+pub(crate) fn next_page<T, C>(
+    items: &mut Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> C,
+) -> Option<C> {
+    let page = usize::try_from(limit).unwrap_or(usize::MAX);
+    if items.len() <= page {
+        return None;
+    }
+    items.truncate(page);
+    items.last().map(cursor)
 }
 
 /// A positive whole number, e.g. a sequence number or a cursor.
@@ -362,12 +377,7 @@ async fn list_bookings(
     // One row more than asked tells whether another page follows.
     let (version, mut items) = bookings::list(app.write.pool(), filter, cursor, limit + 1).await?;
     let tag = ETag::new(version, scope_of_tag);
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        items.last().map(|last| last.created_position.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut items, limit, |last| last.created_position.to_string());
     Ok(Read::Full(tag, BookingPage { items, next_cursor }))
 }
 

@@ -435,3 +435,199 @@ async fn guessing_an_accounts_password_is_stopped_for_a_while_even_with_the_righ
         StatusCode::OK
     );
 }
+
+async fn as_admin(app: &TestApp, admin: domain::values::Actor, path: &str, body: Value) -> Reply {
+    app.post(&format!("/api/v1/{path}"), admin, body).await
+}
+
+#[tokio::test]
+async fn an_admin_opens_a_doctors_account_whose_password_is_set_once_with_the_token() {
+    let app = TestApp::spawn().await;
+    let admin = common::admin();
+    let body =
+        json!({ "email": "dr.house@example.com", "name": "Gregory House", "role": "doctor" });
+    as_admin(&app, common::doctor(), "users", body.clone())
+        .await
+        .assert_problem(StatusCode::FORBIDDEN);
+    let created = as_admin(&app, admin, "users", body.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["role"], "doctor");
+    as_admin(&app, admin, "users", body)
+        .await
+        .assert_problem(StatusCode::CONFLICT);
+    let token = created.body["set_password_token"].clone();
+    let password = "a doctor's own password";
+    login(&app, "dr.house@example.com", password)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+
+    let set = open(
+        &app,
+        "set-password",
+        json!({ "token": token, "password": password }),
+    )
+    .await;
+    assert_eq!(set.status, StatusCode::NO_CONTENT, "{}", set.body);
+    open(
+        &app,
+        "set-password",
+        json!({ "token": token, "password": "and another one" }),
+    )
+    .await
+    .assert_problem(StatusCode::UNAUTHORIZED);
+    let signed_in = login(&app, "dr.house@example.com", password).await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{}", signed_in.body);
+    assert_eq!(signed_in.body["user"]["role"], "doctor");
+    assert_eq!(signed_in.body["user"]["id"], created.body["id"]);
+    let created_event = app
+        .events_after(0)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "UserCreated")
+        .unwrap();
+    assert_eq!(created_event.metadata["actor"], admin.user_id.to_string());
+}
+
+#[tokio::test]
+async fn admins_list_users_by_role_and_search_page_by_page() {
+    let app = TestApp::spawn().await;
+    let admin = common::admin();
+    for (email, role) in [
+        ("a.doc@example.com", "doctor"),
+        ("b.doc@example.com", "doctor"),
+        ("c.doc@example.com", "doctor"),
+        ("audit@example.com", "auditor"),
+    ] {
+        let body = json!({ "email": email, "name": format!("Name of {email}"), "role": role });
+        assert_eq!(
+            as_admin(&app, admin, "users", body).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let app = &app;
+    let list = |query: String| async move {
+        app.send(
+            reqwest::Method::GET,
+            &format!("/api/v1/users?{query}"),
+            admin,
+            None,
+        )
+        .await
+    };
+    let first = list("role=doctor&limit=2".to_owned()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let rest = list(format!("role=doctor&limit=2&cursor={cursor}")).await;
+    let emails: Vec<&str> = first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest.body["items"].as_array().unwrap())
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    let mut sorted = emails.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "a.doc@example.com",
+            "b.doc@example.com",
+            "c.doc@example.com"
+        ]
+    );
+    assert!(rest.body["next_cursor"].is_null());
+    let found = list("q=AUDIT".to_owned()).await;
+    assert_eq!(
+        found.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        found.body
+    );
+    assert_eq!(found.body["items"][0]["role"], "auditor");
+    assert_eq!(found.body["items"][0]["active"], true);
+    list("role=system".to_owned()).await.assert_names("role");
+    app.send(
+        reqwest::Method::GET,
+        "/api/v1/users",
+        common::patient(),
+        None,
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_deactivated_users_tokens_stop_on_every_herald_within_seconds_until_reactivated() {
+    let here = TestApp::spawn().await;
+    let there = TestApp::spawn_on(&here.database_url).await;
+    let admin = common::admin();
+    let session = signed_in(&here, "kira@example.com", "correct horse battery").await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let id = session["user"]["id"].as_str().unwrap().to_owned();
+    for app in [&here, &there] {
+        assert_eq!(me(app, &token).await.status, StatusCode::OK);
+    }
+
+    let deactivated = as_admin(&here, admin, &format!("users/{id}/deactivate"), json!({})).await;
+    assert_eq!(deactivated.status, StatusCode::OK, "{}", deactivated.body);
+    me(&here, &token)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while me(&there, &token).await.status == StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepted on the other Herald"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    refresh(&here, &session["refresh_token"])
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    login(&here, "kira@example.com", "correct horse battery")
+        .await
+        .assert_problem(StatusCode::FORBIDDEN);
+
+    let reactivated = as_admin(&here, admin, &format!("users/{id}/reactivate"), json!({})).await;
+    assert_eq!(reactivated.status, StatusCode::OK, "{}", reactivated.body);
+    // Tokens carry whole seconds: one from the second of the deactivation is
+    // refused too, so the next sign-in is a second later.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = login(&here, "kira@example.com", "correct horse battery").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(
+        me(&here, again.body["access_token"].as_str().unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A token from before the deactivation stays refused.
+    me(&here, &token)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_new_role_takes_effect_at_the_next_sign_in_and_refuses_older_tokens() {
+    let app = TestApp::spawn().await;
+    let session = signed_in(&app, "lena@example.com", "correct horse battery").await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let id = session["user"]["id"].as_str().unwrap().to_owned();
+    let changed = as_admin(
+        &app,
+        common::admin(),
+        &format!("users/{id}/role"),
+        json!({ "role": "doctor" }),
+    )
+    .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    me(&app, &token)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    // Tokens carry whole seconds: the next second's sign-in is after the change.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = login(&app, "lena@example.com", "correct horse battery").await;
+    assert_eq!(again.body["user"]["role"], "doctor", "{}", again.body);
+    let shown = me(&app, again.body["access_token"].as_str().unwrap()).await;
+    assert_eq!(shown.body["role"], "doctor", "{}", shown.body);
+}
