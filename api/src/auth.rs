@@ -39,13 +39,24 @@ struct Claims {
     jti: Option<Uuid>,
 }
 
-/// Signs and checks tokens with one secret, refusing those of users whose
-/// access was taken away since.
+/// Signs tokens with the newest secret and checks them with it and the
+/// previous ones, so that the secret can be rotated without signing everyone
+/// out; refuses the tokens of users whose access was taken away since.
 #[derive(Clone)]
 pub struct JwtKeys {
+    /// The key that signs, named in each token's `kid`.
+    kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// Every key that checks, the signing one first, by `kid`.
+    decoding: Vec<(String, DecodingKey)>,
     revocations: Arc<Revocations>,
+}
+
+/// A key's name: the first 8 bytes of the SHA-256 of its secret, in hex,
+/// which tells keys apart without saying anything of the secret.
+fn key_id(secret: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(secret)[..8])
 }
 
 /// Where a change of a user's role or access is announced (by the trigger
@@ -145,15 +156,24 @@ pub struct WeakSecret;
 impl JwtKeys {
     /// Keys from a secret of at least [`MIN_SECRET_LEN`] bytes.
     pub fn new(secret: &SecretString) -> Result<Self, WeakSecret> {
-        let bytes = secret.expose_secret().as_bytes();
-        if bytes.len() < MIN_SECRET_LEN {
-            return Err(WeakSecret);
-        }
+        let bytes = strong(secret)?;
+        let kid = key_id(bytes);
         Ok(Self {
+            decoding: vec![(kid.clone(), DecodingKey::from_secret(bytes))],
+            kid,
             encoding: EncodingKey::from_secret(bytes),
-            decoding: DecodingKey::from_secret(bytes),
             revocations: Arc::default(),
         })
+    }
+
+    /// These keys, also accepting tokens signed with the `previous` secrets.
+    pub fn accepting(mut self, previous: &[SecretString]) -> Result<Self, WeakSecret> {
+        for secret in previous {
+            let bytes = strong(secret)?;
+            self.decoding
+                .push((key_id(bytes), DecodingKey::from_secret(bytes)));
+        }
+        Ok(self)
     }
 
     /// The users whose tokens these keys refuse.
@@ -176,9 +196,10 @@ impl JwtKeys {
             iat: Some(now.timestamp()),
             jti: Some(Uuid::new_v4()),
         };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
         // HS256 signing of a plain struct cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .unwrap_or_default()
+        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap_or_default()
     }
 
     /// The actor a token speaks for, when it is genuine and current.
@@ -192,7 +213,22 @@ impl JwtKeys {
         validation.leeway = 5;
         // A token that says when it starts is not honoured before then.
         validation.validate_nbf = true;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        // A token without a `kid` predates key names: the signing key checks it.
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::Unauthorized("the token is not a valid Herald token"))?
+            .kid;
+        let key = match kid {
+            None => &self.decoding[0].1,
+            Some(kid) => self
+                .decoding
+                .iter()
+                .find(|(id, _)| *id == kid)
+                .map(|(_, key)| key)
+                .ok_or(ApiError::Unauthorized(
+                    "the token is signed with a key Herald no longer accepts",
+                ))?,
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     ApiError::Unauthorized("the token has expired")
@@ -215,6 +251,15 @@ impl JwtKeys {
         }
         Ok(Actor::new(claims.sub, role))
     }
+}
+
+/// A secret's bytes, when it is long enough.
+fn strong(secret: &SecretString) -> Result<&[u8], WeakSecret> {
+    let bytes = secret.expose_secret().as_bytes();
+    if bytes.len() < MIN_SECRET_LEN {
+        return Err(WeakSecret);
+    }
+    Ok(bytes)
 }
 
 /// The authenticated caller of a request.
@@ -275,6 +320,32 @@ mod tests {
             .unwrap();
         assert_eq!(verified.user_id, actor.user_id);
         assert_eq!(verified.role, Role::Doctor);
+    }
+
+    #[test]
+    fn a_rotated_secret_keeps_its_tokens_valid_while_it_is_accepted() {
+        let (old, new) = ("o".repeat(32), "n".repeat(32));
+        let actor = Actor::new(Uuid::new_v4(), Role::Patient);
+        let old_token = keys(&old).mint(actor, Duration::from_secs(60));
+        let rotated = keys(&new)
+            .accepting(&[SecretString::from(old.clone())])
+            .unwrap();
+        assert_eq!(rotated.verify(&old_token).unwrap(), actor);
+        let new_token = rotated.mint(actor, Duration::from_secs(60));
+        let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+        assert_eq!(kid(&new_token), key_id(new.as_bytes()));
+        assert_ne!(kid(&new_token), kid(&old_token));
+        assert_eq!(rotated.verify(&new_token).unwrap(), actor);
+        // Once the old secret is dropped, its tokens are refused by name.
+        assert!(matches!(
+            keys(&new).verify(&old_token),
+            Err(ApiError::Unauthorized(
+                "the token is signed with a key Herald no longer accepts"
+            ))
+        ));
+        assert!(keys(&new)
+            .accepting(&[SecretString::from("short".to_owned())])
+            .is_err());
     }
 
     #[test]

@@ -82,6 +82,18 @@ pub struct UpArgs {
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true, value_parser = secret)]
     pub jwt_secret: Option<SecretString>,
 
+    /// Secrets that signed tokens before the current one, comma-separated:
+    /// their tokens are still accepted until they expire, while new ones are
+    /// signed with `HERALD_JWT_SECRET`. Each at least 32 bytes.
+    #[arg(
+        long,
+        env = "HERALD_JWT_PREVIOUS_SECRETS",
+        hide_env_values = true,
+        value_parser = secret,
+        value_delimiter = ','
+    )]
+    pub jwt_previous_secrets: Vec<SecretString>,
+
     /// Secret the payment provider signs its webhooks with; at least 16 bytes.
     /// Required outside `--dev`, which makes one and keeps it in the database.
     #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret)]

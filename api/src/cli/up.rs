@@ -21,7 +21,11 @@ const MISSING_SECRET: &str = "HERALD_JWT_SECRET is required (at least 32 bytes; 
 /// payment process manager and the live gateway.
 pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
     // Configured secrets are checked before anything is touched.
-    let configured_keys = args.jwt_secret.as_ref().map(JwtKeys::new).transpose()?;
+    let configured_keys = args
+        .jwt_secret
+        .as_ref()
+        .map(|secret| JwtKeys::new(secret)?.accepting(&args.jwt_previous_secrets))
+        .transpose()?;
     let configured_webhook = args
         .webhook_secret
         .clone()

@@ -423,3 +423,73 @@ async fn startup_errors_name_the_variable_and_the_address_and_print_no_tokens() 
         "{stderr}"
     );
 }
+
+/// A token for `actor` minted by `herald token` with `secret`.
+fn minted_with(secret: &str, actor: domain::values::Actor) -> String {
+    let minted = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "token",
+            "--sub",
+            &actor.user_id.to_string(),
+            "--role",
+            actor.role.as_str(),
+        ])
+        .env("HERALD_JWT_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    String::from_utf8(minted.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_rotated_jwt_secret_still_accepts_tokens_of_the_previous_ones_it_is_given() {
+    let database = fresh_database().await;
+    let prefix = format!("rotation{}", uuid::Uuid::new_v4().simple());
+    let _leftovers = Leftovers::new(
+        Some(database.clone()),
+        Some(herald_nats::Topology::new(&prefix)),
+    );
+    let (old, older, new, dropped) = (
+        "o".repeat(32),
+        "p".repeat(32),
+        "n".repeat(32),
+        "d".repeat(32),
+    );
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("up")
+        .env("RUST_LOG", "warn")
+        .env("HERALD_DATABASE_URL", &database)
+        .env("HERALD_NATS_PREFIX", &prefix)
+        .env("HERALD_LISTEN", &address)
+        .env("HERALD_JWT_SECRET", &new)
+        .env("HERALD_JWT_PREVIOUS_SECRETS", format!("{old},{older}"))
+        .env("HERALD_WEBHOOK_SECRET", "w".repeat(32))
+        .env("HERALD_SANDBOX", "true")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let me = |token: String| {
+        let client = client.clone();
+        let url = format!("http://{address}/api/v1/me");
+        async move { client.get(url).bearer_auth(token).send().await }
+    };
+    let actor = patient();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while me(minted_with(&new, actor)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "herald did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (secret, wanted) in [
+        (&new, StatusCode::OK),
+        (&old, StatusCode::OK),
+        (&older, StatusCode::OK),
+        (&dropped, StatusCode::UNAUTHORIZED),
+    ] {
+        let status = me(minted_with(secret, actor)).await.unwrap().status();
+        assert_eq!(status, wanted, "a token of secret {}", &secret[..1]);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
