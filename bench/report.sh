@@ -213,6 +213,19 @@ $(read_rows)
 | --- | --- | --- | --- |
 $(read_target_rows)
 
+### Signing in
+
+On the same Herald: one patient signing in (\`POST /api/v1/auth/login\`, an argon2id check of
+19 MiB and two passes each time) from $CONCURRENCY closed-loop clients for $READ_DURATION s; then new
+bookings at $SIGN_IN_BOOKINGS_RATE/s for $READ_DURATION s, alone and while those sign-ins ran beside them.
+
+| line | per second | p50 ms | p99 ms | answers |
+| --- | ---: | ---: | ---: | --- |
+| sign-ins, as fast as answered | $(num "$(j sign-in.json .throughput)" 1) | $(j sign-in.json .latency.p50_ms) | $(j sign-in.json .latency.p99_ms) | \`$(jq -c .statuses "$WORK/sign-in.json")\` |
+| new bookings at $SIGN_IN_BOOKINGS_RATE/s, alone | $(num "$(j bookings-alone.json .throughput)") | $(j bookings-alone.json .latency.p50_ms) | $(j bookings-alone.json .latency.p99_ms) | \`$(jq -c .statuses "$WORK/bookings-alone.json")\` |
+| new bookings at $SIGN_IN_BOOKINGS_RATE/s, beside sign-ins at full speed | $(num "$(j bookings-beside-sign-ins.json .throughput)") | $(j bookings-beside-sign-ins.json .latency.p50_ms) | $(j bookings-beside-sign-ins.json .latency.p99_ms) | \`$(jq -c .statuses "$WORK/bookings-beside-sign-ins.json")\` |
+| … the sign-ins beside them | $(num "$(j sign-in-beside.json .throughput)" 1) | $(j sign-in-beside.json .latency.p50_ms) | $(j sign-in-beside.json .latency.p99_ms) | \`$(jq -c .statuses "$WORK/sign-in-beside.json")\` |
+
 ### Replay and audit over $EVENTS events
 
 The log (90 % chat traffic in chats of 100 events, 10 % bookings of 3) was written by

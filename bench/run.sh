@@ -12,7 +12,8 @@
 #
 # Settings (environment): BENCH_DURATION_S (30) seconds per command run,
 # BENCH_CONCURRENCY (32), BENCH_READ_RATE (200) reads/s, BENCH_READ_DURATION_S
-# (10) seconds per run of reads as fast as answered, BENCH_REPLAY_EVENTS
+# (10) seconds per run of reads as fast as answered, BENCH_SIGN_IN_BOOKINGS_RATE
+# (200) new bookings/s beside sign-ins, BENCH_REPLAY_EVENTS
 # (1000000), BENCH_HOT_CHAT_MESSAGES (100000) messages in the long chat,
 # BENCH_NATS_PORT (14222) for the private NATS, BENCH_HTTP_PORT (18080).
 set -euo pipefail
@@ -23,6 +24,7 @@ DURATION=${BENCH_DURATION_S:-30}
 CONCURRENCY=${BENCH_CONCURRENCY:-32}
 READ_RATE=${BENCH_READ_RATE:-200}
 READ_DURATION=${BENCH_READ_DURATION_S:-10}
+SIGN_IN_BOOKINGS_RATE=${BENCH_SIGN_IN_BOOKINGS_RATE:-200}
 REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-1000000}
 HOT_CHAT_MESSAGES=${BENCH_HOT_CHAT_MESSAGES:-100000}
 NATS_PORT=${BENCH_NATS_PORT:-14222}
@@ -143,6 +145,23 @@ for read in booking messages bookings; do
     read_run "read-$read" "$URL" --read "$read"
     read_run "poll-$read" "$URL" --read "$read" --poll
 done
+
+# 5b. Signing in (an argon2id check each, slow by design) as fast as it is
+#     answered; then new bookings at a fixed rate, alone and while sign-ins
+#     run at full speed beside them.
+read_run sign-in "$URL" --read sign-in
+bookings_at() {
+    "$BIN/herald-load" commands --workload bookings --url "$URL" --concurrency "$CONCURRENCY" \
+        --duration-s "$READ_DURATION" --rate "$SIGN_IN_BOOKINGS_RATE" >"$WORK/$1.json"
+}
+log "bookings at $SIGN_IN_BOOKINGS_RATE/s, alone"
+bookings_at bookings-alone
+log "bookings at $SIGN_IN_BOOKINGS_RATE/s, while signing in at full speed"
+"$BIN/herald-load" read-load --url "$URL" --read sign-in --concurrency "$CONCURRENCY" \
+    --duration-s "$READ_DURATION" >"$WORK/sign-in-beside.json" &
+SIGNING_IN=$!
+bookings_at bookings-beside-sign-ins
+wait "$SIGNING_IN"
 stop "$HERALD_PID"
 start_plain
 read_run read-plain "http://127.0.0.1:$PLAIN_PORT" --read account
@@ -208,6 +227,7 @@ DURATION=$DURATION
 CONCURRENCY=$CONCURRENCY
 READ_RATE=$READ_RATE
 READ_DURATION=$READ_DURATION
+SIGN_IN_BOOKINGS_RATE=$SIGN_IN_BOOKINGS_RATE
 ENV
 WORK="$WORK" bash bench/report.sh
 log "done in $(( $(date +%s) - RUN_STARTED ))s; raw results in $WORK"

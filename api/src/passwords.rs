@@ -1,5 +1,7 @@
 //! Passwords as Herald keeps them: argon2id hashes with OWASP's parameters
-//! (19 MiB, two passes, one lane), computed off the async threads.
+//! (19 MiB, two passes, one lane), computed off the async threads, and on at
+//! most half of the cores at once: a burst of sign-ins waits its turn
+//! instead of taking the CPU from commands and reads, or 19 MiB per request.
 
 use std::sync::LazyLock;
 
@@ -9,8 +11,29 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use domain::values::Password;
 
 use commands::CommandError;
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+
+/// Hashes computed at once: half of the cores, at least one.
+static HASHING: LazyLock<Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    Semaphore::new((cores / 2).max(1))
+});
+
+/// Runs `work` (an argon2 computation) on a blocking thread once a hashing
+/// slot is free.
+async fn hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = HASHING
+        .acquire()
+        .await
+        .map_err(|err| internal(err.into()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| internal(err.into()))
+}
 
 /// The hasher, with OWASP's argon2id parameters.
 fn argon2() -> Argon2<'static> {
@@ -31,14 +54,13 @@ static DECOY: LazyLock<String> = LazyLock::new(|| {
 
 /// The PHC string of `password`'s argon2id hash with a fresh salt.
 pub async fn hash(password: Password) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let salt = SaltString::generate(&mut OsRng);
         argon2()
             .hash_password(password.expose().as_bytes(), &salt)
             .map(|hash| hash.to_string())
     })
-    .await
-    .map_err(|err| internal(err.into()))?
+    .await?
     .map_err(|err| internal(err.to_string().into()))
 }
 
@@ -50,7 +72,7 @@ pub const NOT_SET: &str = "!";
 /// hash, or none set yet, a decoy is checked and the answer is no, in the
 /// same time.
 pub async fn matches(password: String, stored: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let stored = stored
             .as_deref()
             .and_then(|hash| PasswordHash::new(hash).ok());
@@ -62,7 +84,6 @@ pub async fn matches(password: String, stored: Option<String>) -> Result<bool, A
         stored.is_some() && matched
     })
     .await
-    .map_err(|err| internal(err.into()))
 }
 
 fn internal(err: Box<dyn std::error::Error + Send + Sync>) -> ApiError {

@@ -1,7 +1,8 @@
 //! Reads as fast as they are answered: a fixed number of clients, each a
 //! closed loop sending one GET after another, as `wrk` does. A poller holds
 //! the `ETag` of its first answer and sends it back as `If-None-Match`, so
-//! every later read is answered `304` while nothing changes.
+//! every later read is answered `304` while nothing changes. A sign-in is
+//! driven the same way, as a POST of the same credentials.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,11 +24,16 @@ pub struct Read {
     pub token: Option<String>,
     /// The tag sent as `If-None-Match`, for a poller.
     pub etag: Option<String>,
+    /// POSTed as JSON instead of a GET (a sign-in).
+    pub body: Option<serde_json::Value>,
 }
 
 impl Read {
     fn send(&self, client: &Client) -> reqwest::RequestBuilder {
-        let mut request = client.get(&self.url);
+        let mut request = match &self.body {
+            Some(body) => client.post(&self.url).json(body),
+            None => client.get(&self.url),
+        };
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

@@ -172,6 +172,9 @@ enum ReadKind {
     Bookings,
     /// The plain app: `GET /account/{id}` of an account with a deposit.
     Account,
+    /// Herald: `POST /auth/login` of one patient, who signed up first (an
+    /// argon2id check each time).
+    SignIn,
 }
 
 #[derive(Debug, clap::Args)]
@@ -469,6 +472,31 @@ async fn read_load(args: ReadLoadArgs) -> anyhow::Result<()> {
                 url: address,
                 token: None,
                 etag: None,
+                body: None,
+            }
+        }
+        ReadKind::SignIn => {
+            let credentials = serde_json::json!({
+                "email": format!("bench-{}@example.com", uuid::Uuid::new_v4().simple()),
+                "password": "a benchmark's password",
+            });
+            let mut account = credentials.clone();
+            account["name"] = "Bench Patient".into();
+            let answer = client
+                .post(format!("{url}/api/v1/auth/register"))
+                .json(&account)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                answer.status().is_success(),
+                "signing up answered {}",
+                answer.status()
+            );
+            bench::read_load::Read {
+                url: format!("{url}/api/v1/auth/login"),
+                token: None,
+                etag: None,
+                body: Some(credentials),
             }
         }
         kind => {
@@ -483,6 +511,7 @@ async fn read_load(args: ReadLoadArgs) -> anyhow::Result<()> {
                 url,
                 token: Some(fixture.token),
                 etag: None,
+                body: None,
             }
         }
     };
