@@ -8,7 +8,9 @@
 //! the primary key of `events`. When a batch fails, its appends are retried one
 //! by one, so that only the command that broke a rule (a version taken by
 //! another process, a message id already used) fails, and its neighbours
-//! commit. Nothing is acknowledged before its commit.
+//! commit. Nothing is acknowledged before its commit. A command that changes
+//! an account (`crate::accounts`) has that change written after the events,
+//! in the same transaction.
 
 use std::collections::HashSet;
 
@@ -43,7 +45,6 @@ WITH appended AS (
     INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
     SELECT t, i, s, s, p::jsonb
       FROM unnest($8::text[], $9::text[], $10::bigint[], $11::text[]) AS n (t, i, s, p)
-
 )
 SELECT pg_notify($12, '')";
 
