@@ -28,6 +28,8 @@ BEGIN
             PERFORM pg_notify('herald_user_access', '');
         WHEN 'UserDeactivated' THEN
             UPDATE user_access SET active = false, not_before = now() WHERE user_id = id;
+            -- Their sessions end with the deactivation.
+            UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = id AND revoked_at IS NULL;
             PERFORM pg_notify('herald_user_access', '');
         WHEN 'UserReactivated' THEN
             UPDATE user_access SET active = true WHERE user_id = id;

@@ -96,6 +96,7 @@ impl DevIdentity {
                 password_hash: passwords::hash(password.clone()).await?,
                 name: format!("Demo {}", actor.role),
                 phone: None,
+                password_setup: None,
             };
             let command = UserCommand::Create {
                 user_id: actor.user_id,

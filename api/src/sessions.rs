@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A new opaque token and the hash it is stored as.
-fn mint() -> (String, Vec<u8>) {
+pub fn mint() -> (String, Vec<u8>) {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
@@ -121,44 +121,24 @@ pub async fn end(pool: &PgPool, presented: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// How long the token for setting a first password is valid.
-pub const PASSWORD_SETUP_TTL: Duration = Duration::from_secs(48 * 3600);
-
-/// A one-time token that sets the first password of `user_id`'s account.
-pub async fn password_setup(pool: &PgPool, user_id: Uuid) -> Result<String, sqlx::Error> {
-    let (token, hash) = mint();
-    sqlx::query(
-        "INSERT INTO password_setups (token_hash, user_id, expires_at)
-         VALUES ($1, $2, now() + make_interval(secs => $3))",
-    )
-    .bind(hash)
-    .bind(user_id)
-    .bind(PASSWORD_SETUP_TTL.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(token)
-}
-
-/// Spends a password-setup token: the user it sets the password of, or
-/// `None` when it is unknown, expired or spent.
-pub async fn spend_password_setup(pool: &PgPool, token: &str) -> Result<Option<Uuid>, sqlx::Error> {
+/// The user a password-setup token sets the password of, or `None` when it
+/// is unknown, expired or spent.
+pub async fn password_setup_of(pool: &PgPool, token: &str) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "UPDATE password_setups SET used_at = now()
-          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-         RETURNING user_id",
+        "SELECT user_id FROM password_setups
+          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",
     )
     .bind(hashed(token))
     .fetch_optional(pool)
     .await
 }
 
-/// Ends every session of `user_id`.
-pub async fn end_all(pool: &PgPool, user_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(user_id)
-    .execute(pool)
-    .await?;
+/// Spends a password-setup token once its password is set, so that a set
+/// that failed can be tried again with it.
+pub async fn spend_password_setup(pool: &PgPool, token: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE password_setups SET used_at = now() WHERE token_hash = $1")
+        .bind(hashed(token))
+        .execute(pool)
+        .await?;
     Ok(())
 }

@@ -3,8 +3,13 @@
 //! recording *that* it changed (see [`crate::append`]), so the two never
 //! disagree, and the data can be erased later without touching the log.
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
+
+/// How long the token that sets an account's first password is valid.
+pub const PASSWORD_SETUP_TTL: Duration = Duration::from_secs(48 * 3600);
 
 /// A change to the `accounts` table, written with the event that records it.
 #[derive(Clone)]
@@ -21,8 +26,11 @@ pub enum AccountWrite {
         name: String,
         /// Their phone, if given.
         phone: Option<String>,
+        /// The SHA-256 of a one-time token that sets their first password,
+        /// valid for [`PASSWORD_SETUP_TTL`], when an admin opens the account.
+        password_setup: Option<Vec<u8>>,
     },
-    /// A new password.
+    /// A new password; every session of the user ends with it.
     Password {
         /// Whose.
         user_id: Uuid,
@@ -48,9 +56,13 @@ impl AccountWrite {
                 password_hash,
                 name,
                 phone,
+                password_setup,
             } => {
                 sqlx::query(
-                    "INSERT INTO accounts (user_id, email, password_hash, name, phone)
+                    "WITH setup AS (
+                         INSERT INTO password_setups (token_hash, user_id, expires_at)
+                         SELECT $6, $1, now() + make_interval(secs => $7) WHERE $6 IS NOT NULL)
+                     INSERT INTO accounts (user_id, email, password_hash, name, phone)
                      VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(user_id)
@@ -58,6 +70,8 @@ impl AccountWrite {
                 .bind(password_hash)
                 .bind(name)
                 .bind(phone)
+                .bind(password_setup)
+                .bind(PASSWORD_SETUP_TTL.as_secs_f64())
                 .execute(conn)
                 .await?;
             }
@@ -65,11 +79,16 @@ impl AccountWrite {
                 user_id,
                 password_hash,
             } => {
-                sqlx::query("UPDATE accounts SET password_hash = $2 WHERE user_id = $1")
-                    .bind(user_id)
-                    .bind(password_hash)
-                    .execute(conn)
-                    .await?;
+                sqlx::query(
+                    "WITH ended AS (
+                         UPDATE refresh_tokens SET revoked_at = now()
+                          WHERE user_id = $1 AND revoked_at IS NULL)
+                     UPDATE accounts SET password_hash = $2 WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .bind(password_hash)
+                .execute(conn)
+                .await?;
             }
         }
         Ok(())

@@ -129,6 +129,7 @@ async fn register(
         password_hash: passwords::hash(password).await?,
         name: profile.name.clone(),
         phone: profile.phone.clone(),
+        password_setup: None,
     };
     let metadata = Metadata::for_request(Actor::new(user_id, Role::Patient), request_id);
     let command = UserCommand::Register {
@@ -445,7 +446,6 @@ async fn change_password(
     app.write
         .execute_on_account(command, &metadata, write)
         .await?;
-    sessions::end_all(app.write.pool(), actor.user_id).await?;
     let refresh_token = sessions::start(app.write.pool(), actor.user_id).await?;
     tracing::info!(user_id = %actor.user_id, "password changed; other sessions ended");
     Ok(Json(signed_in(&app, account, refresh_token).await?))
@@ -492,7 +492,7 @@ async fn set_password(
     let token = fields.required("token", body.token);
     let password = fields.parse("password", body.password, Password::parse);
     let (token, password) = fields.finish(token.zip(password))?;
-    let user_id = sessions::spend_password_setup(app.write.pool(), &token)
+    let user_id = sessions::password_setup_of(app.write.pool(), &token)
         .await?
         .ok_or(ApiError::Unauthorized("the token is not valid"))?;
     let role = app
@@ -513,5 +513,6 @@ async fn set_password(
     app.write
         .execute_on_account(command, &Metadata::for_request(actor, request_id), write)
         .await?;
+    sessions::spend_password_setup(app.write.pool(), &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -117,12 +117,14 @@ async fn create(
     let role = fields.parse("role", body.role, role);
     let (((email, name), phone), role) = fields.finish(email.zip(name).zip(phone).zip(role))?;
     let user_id = Uuid::now_v7();
+    let (set_password_token, setup_hash) = sessions::mint();
     let account = AccountWrite::Open {
         user_id,
         email: email.to_string(),
         password_hash: passwords::NOT_SET.to_owned(),
         name: name.to_string(),
         phone: phone.map(String::from),
+        password_setup: Some(setup_hash),
     };
     let command = UserCommand::Create {
         user_id,
@@ -134,8 +136,7 @@ async fn create(
         .write
         .execute_on_account(command, &metadata, account)
         .await?;
-    let set_password_token = sessions::password_setup(app.write.pool(), user_id).await?;
-    let expires = chrono::Duration::from_std(sessions::PASSWORD_SETUP_TTL).unwrap_or_default();
+    let expires = chrono::Duration::from_std(accounts::PASSWORD_SETUP_TTL).unwrap_or_default();
     Ok(Answer::created(
         &committed,
         UserCreated {
@@ -305,8 +306,8 @@ async fn change_role(
 }
 
 /// An admin stops another user from signing in (UserDeactivated): their
-/// sessions end at once and their tokens stop working within seconds on
-/// every Herald process.
+/// sessions end with it, and their tokens stop working on every Herald
+/// process as soon as it is announced.
 #[utoipa::path(
     post,
     path = "/users/{id}/deactivate",
@@ -330,9 +331,7 @@ async fn deactivate(
         actor: request.actor,
         at: Utc::now(),
     };
-    let answer = administer(&app, id, command, &request.metadata).await?;
-    sessions::end_all(app.write.pool(), id).await?;
-    Ok(answer)
+    administer(&app, id, command, &request.metadata).await
 }
 
 /// An admin lets a deactivated user sign in again (UserReactivated).
