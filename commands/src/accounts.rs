@@ -30,6 +30,15 @@ pub enum AccountWrite {
         /// valid for [`PASSWORD_SETUP_TTL`], when an admin opens the account.
         password_setup: Option<Vec<u8>>,
     },
+    /// New profile values; a field left `None` keeps its value.
+    Profile {
+        /// Whose.
+        user_id: Uuid,
+        /// A new name.
+        name: Option<String>,
+        /// A new phone, or `Some(None)` to remove it.
+        phone: Option<Option<String>>,
+    },
     /// A new password; every session of the user ends with it.
     Password {
         /// Whose.
@@ -43,7 +52,9 @@ impl AccountWrite {
     /// The user whose account this changes.
     pub fn user_id(&self) -> Uuid {
         match self {
-            Self::Open { user_id, .. } | Self::Password { user_id, .. } => *user_id,
+            Self::Open { user_id, .. }
+            | Self::Profile { user_id, .. }
+            | Self::Password { user_id, .. } => *user_id,
         }
     }
 
@@ -72,6 +83,24 @@ impl AccountWrite {
                 .bind(phone)
                 .bind(password_setup)
                 .bind(PASSWORD_SETUP_TTL.as_secs_f64())
+                .execute(conn)
+                .await?;
+            }
+            Self::Profile {
+                user_id,
+                name,
+                phone,
+            } => {
+                sqlx::query(
+                    "UPDATE accounts
+                        SET name = coalesce($2, name),
+                            phone = CASE WHEN $3 THEN $4 ELSE phone END
+                      WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .bind(name)
+                .bind(phone.is_some())
+                .bind(phone.clone().flatten())
                 .execute(conn)
                 .await?;
             }

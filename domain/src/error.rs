@@ -110,6 +110,9 @@ pub enum Permission {
     /// An admin who demotes or deactivates themself may leave nobody in charge.
     #[error("admins may not change their own role or deactivate themselves")]
     AdminsDoNotManageThemselves,
+    /// What an account shows of a person is theirs to say.
+    #[error("only the user themself may change their profile")]
+    OnlyTheUserMayChangeTheirProfile,
     /// A password is known to its owner only.
     #[error("only the user themself may change their password")]
     OnlyTheUserMayChangeTheirPassword,

@@ -42,6 +42,16 @@ pub enum UserCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The user changes what their account shows of them.
+    ChangeProfile {
+        /// Who asks: only the user themself.
+        actor: Actor,
+        /// The fields that change (`name`, `phone`); their values go to the
+        /// account, not to the log.
+        fields: Vec<String>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// An admin gives the user another role.
     ChangeRole {
         /// The new role.
@@ -95,6 +105,13 @@ pub enum UserEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The user changed their profile; the new values are in their account.
+    ProfileChanged {
+        /// Which fields changed.
+        fields: Vec<String>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The user's role changed.
     RoleChanged {
         /// The role before.
@@ -128,6 +145,7 @@ impl DomainEvent for UserEvent {
             Self::UserRegistered { .. } => "UserRegistered",
             Self::UserCreated { .. } => "UserCreated",
             Self::PasswordChanged { .. } => "PasswordChanged",
+            Self::ProfileChanged { .. } => "ProfileChanged",
             Self::RoleChanged { .. } => "RoleChanged",
             Self::UserDeactivated { .. } => "UserDeactivated",
             Self::UserReactivated { .. } => "UserReactivated",
@@ -199,6 +217,16 @@ impl User {
                     return Err(Permission::OnlyTheUserMayChangeTheirPassword.into());
                 }
                 Ok(vec![UserEvent::PasswordChanged { at }])
+            }
+            UserCommand::ChangeProfile { actor, fields, at } => {
+                self.existing()?;
+                if actor.user_id != self.id {
+                    return Err(Permission::OnlyTheUserMayChangeTheirProfile.into());
+                }
+                if fields.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::ProfileChanged { fields, at }])
             }
             UserCommand::ChangeRole { role, actor, at } => {
                 let from = self.administered_by(actor)?;
@@ -295,7 +323,7 @@ impl Aggregate for User {
                 self.id = user_id;
                 self.role = Some(role);
             }
-            UserEvent::PasswordChanged { .. } => {}
+            UserEvent::PasswordChanged { .. } | UserEvent::ProfileChanged { .. } => {}
             UserEvent::RoleChanged { to, .. } => self.role = Some(to),
             UserEvent::UserDeactivated { .. } => self.deactivated = true,
             UserEvent::UserReactivated { .. } => self.deactivated = false,

@@ -37,7 +37,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(set_password))
-        .routes(routes!(me))
+        .routes(routes!(me, change_profile))
         .routes(routes!(change_password))
 }
 
@@ -377,6 +377,85 @@ async fn me(State(app): State<AppState>, Caller(actor): Caller) -> Result<Json<M
         name: account.as_ref().map(|a| a.name.clone()),
         phone: account.and_then(|a| a.phone),
     }))
+}
+
+/// What the caller changes of their profile; a field left out keeps its value.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ChangeProfile {
+    /// A new name; not blank.
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+    name: Option<String>,
+    /// A new phone (`+` and 7 to 15 digits), or `null` to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    phone: Option<Option<String>>,
+}
+
+/// A field that is present, even as `null`: `Some(None)` then.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// The caller changes their name or phone (ProfileChanged, naming the fields;
+/// the values go to their account, not to the log).
+#[utoipa::path(
+    patch,
+    path = "/me",
+    tag = "accounts",
+    operation_id = "change_profile",
+    request_body = ChangeProfile,
+    responses(
+        (status = 200, description = "Changed, or nothing to change", body = Me),
+        (status = 400, response = openapi::BadRequest),
+        (status = 404, description = "The caller has no account (a service account)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 422, response = openapi::Invalid),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn change_profile(
+    State(app): State<AppState>,
+    request: CommandRequest<ChangeProfile>,
+) -> Result<Json<Me>, ApiError> {
+    let CommandRequest {
+        actor,
+        metadata,
+        body,
+    } = request;
+    let mut fields = Fields::default();
+    let name = fields.optional(body.name, PersonName::parse);
+    let phone = fields.optional(body.phone, |phone| phone.map(Phone::parse).transpose());
+    let (name, phone) = fields.finish(name.zip(phone))?;
+    if accounts::of_user(app.write.pool(), actor.user_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound("the caller has no account"));
+    }
+    let changed = [("name", name.is_some()), ("phone", phone.is_some())]
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(field, _)| field.to_owned())
+        .collect();
+    let write = AccountWrite::Profile {
+        user_id: actor.user_id,
+        name: name.map(String::from),
+        phone: phone.map(|phone| phone.map(String::from)),
+    };
+    let command = UserCommand::ChangeProfile {
+        actor,
+        fields: changed,
+        at: Utc::now(),
+    };
+    app.write
+        .execute_on_account(command, &metadata, write)
+        .await?;
+    me(State(app), Caller(actor)).await
 }
 
 /// A new password, with the current one.

@@ -631,3 +631,50 @@ async fn a_new_role_takes_effect_at_the_next_sign_in_and_refuses_older_tokens() 
     let shown = me(&app, again.body["access_token"].as_str().unwrap()).await;
     assert_eq!(shown.body["role"], "doctor", "{}", shown.body);
 }
+
+#[tokio::test]
+async fn a_user_changes_their_name_and_removes_their_phone_with_only_the_field_names_logged() {
+    let app = TestApp::spawn().await;
+    let session = signed_in(&app, "oleg@example.com", "correct horse battery").await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let patch = |body: Value| {
+        Reply::send(
+            app.client
+                .patch(format!("{}/api/v1/me", app.address))
+                .bearer_auth(&token)
+                .json(&body),
+        )
+    };
+    app.stores_nothing(patch(json!({ "name": " ", "phone": "12" })))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    let unchanged = app.stores_nothing(patch(json!({}))).await;
+    assert_eq!(unchanged.body["name"], "Anna Petrova", "{}", unchanged.body);
+
+    let changed = patch(json!({ "name": "Oleg Sidorov", "phone": null })).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(
+        (&changed.body["name"], &changed.body["phone"]),
+        (&json!("Oleg Sidorov"), &Value::Null)
+    );
+    assert_eq!(me(&app, &token).await.body["name"], "Oleg Sidorov");
+    let recorded = app
+        .events_after(0)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "ProfileChanged")
+        .unwrap();
+    assert_eq!(
+        recorded.payload["ProfileChanged"]["fields"],
+        json!(["name", "phone"])
+    );
+    assert!(!recorded.payload.to_string().contains("Oleg"));
+    let service = Reply::send(
+        app.client
+            .patch(format!("{}/api/v1/me", app.address))
+            .bearer_auth(app.token(common::admin()))
+            .json(&json!({ "name": "Nobody" })),
+    )
+    .await;
+    service.assert_problem(StatusCode::NOT_FOUND);
+}
