@@ -91,6 +91,16 @@ pub fn may_see_booking(actor: Actor, patient: Uuid, doctor: Option<Uuid>) -> boo
     BookingScope::of(actor).is_ok_and(|scope| scope.includes(patient, doctor))
 }
 
+/// Whether `actor` may manage users: open their accounts, list them, change
+/// their role and access. Only admins (and Herald itself) may.
+pub fn may_manage_users(actor: Actor) -> Result<(), Permission> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(Permission::OnlyAdminsManageUsers)
+    }
+}
+
 /// Whether `actor` may see the payments `patient` makes.
 pub fn may_see_payment(actor: Actor, patient: Uuid) -> bool {
     actor.is_admin() || (actor.role == Role::Patient && actor.user_id == patient)

@@ -101,9 +101,6 @@ pub enum Permission {
     /// business one by one.
     #[error("auditors read the event log, not bookings")]
     AuditorsReadTheLogNotBookings,
-    /// Staff accounts are opened by the platform's operators.
-    #[error("only admins may create users")]
-    OnlyAdminsMayCreateUsers,
     /// Roles and access are the platform operators' to give and take.
     #[error("only admins may manage users")]
     OnlyAdminsManageUsers,

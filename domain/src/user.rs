@@ -11,6 +11,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::may_manage_users;
 use crate::error::{DomainError, Permission, ValidationError};
 use crate::values::{Actor, Role};
 
@@ -197,9 +198,7 @@ impl User {
                 actor,
                 at,
             } => {
-                if !actor.is_admin() {
-                    return Err(Permission::OnlyAdminsMayCreateUsers.into());
-                }
+                may_manage_users(actor)?;
                 let role = person_role(role)?;
                 if self.role.is_some() {
                     return Err(DomainError::UserAlreadyExists);
@@ -252,9 +251,7 @@ impl User {
                 }])
             }
             UserCommand::Reactivate { actor, at } => {
-                if !actor.is_admin() {
-                    return Err(Permission::OnlyAdminsManageUsers.into());
-                }
+                may_manage_users(actor)?;
                 self.existing()?;
                 if !self.deactivated {
                     return Ok(vec![]);
@@ -275,9 +272,7 @@ impl User {
     /// The user's role, when `actor` may manage them: an admin, about
     /// someone else, so that no admin locks themself out.
     fn administered_by(&self, actor: Actor) -> Result<Role, DomainError> {
-        if !actor.is_admin() {
-            return Err(Permission::OnlyAdminsManageUsers.into());
-        }
+        may_manage_users(actor)?;
         let role = self.existing()?;
         if actor.user_id == self.id {
             return Err(Permission::AdminsDoNotManageThemselves.into());
@@ -382,7 +377,7 @@ mod tests {
                 Role::Doctor,
                 Actor::new(Uuid::new_v4(), Role::Doctor)
             )),
-            Err(DomainError::Forbidden(Permission::OnlyAdminsMayCreateUsers))
+            Err(DomainError::Forbidden(Permission::OnlyAdminsManageUsers))
         );
         assert!(matches!(
             user.decide(create(Role::System, admin)),

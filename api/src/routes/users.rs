@@ -6,8 +6,9 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use commands::accounts::{self, AccountWrite, ListedUser, UserFilter};
 use commands::{Committed, Metadata};
+use domain::access;
 use domain::user::{User, UserCommand};
-use domain::values::{Actor, Email, PersonName, Phone, Role};
+use domain::values::{Email, PersonName, Phone, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -31,15 +32,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_role))
         .routes(routes!(deactivate))
         .routes(routes!(reactivate))
-}
-
-/// Only admins administer users.
-fn admin_only(actor: Actor) -> Result<(), ApiError> {
-    if actor.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("only admins may manage users"))
-    }
 }
 
 /// A role as a person can hold it.
@@ -109,7 +101,6 @@ async fn create(
         metadata,
         body,
     } = request;
-    admin_only(actor)?;
     let mut fields = Fields::default();
     let email = fields.parse("email", body.email, Email::parse);
     let name = fields.parse("name", body.name, PersonName::parse);
@@ -197,7 +188,7 @@ async fn list(
     Caller(actor): Caller,
     Query(query): Query<UsersQuery>,
 ) -> Result<Json<UserPage>, ApiError> {
-    admin_only(actor)?;
+    access::may_manage_users(actor)?;
     let mut fields = Fields::default();
     let role = fields.optional(query.role, role);
     let search = fields.optional(query.q, |q| {
