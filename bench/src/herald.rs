@@ -39,6 +39,29 @@ impl Person {
         Self::existing(keys, Actor::new(Uuid::new_v4(), role))
     }
 
+    /// A new person in `role` with an account, opened by an admin through
+    /// `POST /users`, so that they may join chats and take visits.
+    pub async fn enrolled(
+        client: &Client,
+        api: &str,
+        keys: &JwtKeys,
+        role: Role,
+    ) -> anyhow::Result<Self> {
+        let admin = Self::new(keys, Role::Admin);
+        let body = json!({
+            "email": format!("{}@load.herald.test", Uuid::new_v4()),
+            "name": format!("Load {role}"),
+            "role": role.to_string(),
+        });
+        let request = command(api, Method::POST, "/users", &admin.token, body);
+        let reply = accepted(client, &request, "opening an account").await?;
+        let user_id = reply.body["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .context("an account's answer carries no id")?;
+        Ok(Self::existing(keys, Actor::new(user_id, role)))
+    }
+
     /// `actor`, who already exists in Herald's data (a seeded chat's member).
     pub fn existing(keys: &JwtKeys, actor: Actor) -> Self {
         Self {
@@ -90,10 +113,10 @@ pub struct CareChat {
 }
 
 impl CareChat {
-    /// A new patient opens a chat with a new doctor.
+    /// A new patient opens a chat with a new doctor, who has an account.
     pub async fn open(client: &Client, api: &str, keys: &JwtKeys) -> anyhow::Result<Self> {
         let patient = Person::new(keys, Role::Patient);
-        let doctor = Person::new(keys, Role::Doctor);
+        let doctor = Person::enrolled(client, api, keys, Role::Doctor).await?;
         let request = command(
             api,
             Method::POST,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{BookingAction, DomainError, Permission, ValidationError};
+use crate::user::Named;
 use crate::values::{Actor, Address, CallType, Money, Reason, Role};
 
 /// How far ahead a visit can be booked: doctors' calendars do not reach
@@ -73,8 +74,8 @@ pub enum BookingCommand {
     AssignDoctor {
         /// Who asks.
         actor: Actor,
-        /// The doctor who will make the visit.
-        doctor_id: Uuid,
+        /// The doctor who will make the visit: an active doctor's account.
+        doctor: Named,
         /// When the request was made.
         at: DateTime<Utc>,
     },
@@ -239,22 +240,25 @@ impl Booking {
         };
         match command {
             BookingCommand::Request { .. } => Err(DomainError::BookingAlreadyExists),
-            BookingCommand::AssignDoctor {
-                actor,
-                doctor_id,
-                at,
-            } => {
+            BookingCommand::AssignDoctor { actor, doctor, at } => {
                 match actor.role {
                     _ if actor.is_admin() => {}
-                    Role::Doctor if doctor_id == actor.user_id => {}
+                    Role::Doctor if doctor.user_id == actor.user_id => {}
                     Role::Doctor => return Err(Permission::DoctorsMayOnlyAssignThemselves.into()),
                     _ => return Err(Permission::OnlyAdminsOrDoctorsMayAssign.into()),
                 }
                 if state.status != BookingStatus::Pending {
                     return Err(transition(BookingAction::AssignDoctor));
                 }
+                if doctor.active_as != Some(Role::Doctor) {
+                    return Err(ValidationError::new(
+                        "doctor_id",
+                        "no active doctor has this id",
+                    )
+                    .into());
+                }
                 Ok(vec![BookingEvent::DoctorAssigned {
-                    doctor_id,
+                    doctor_id: doctor.user_id,
                     assigned_by: actor.user_id,
                     at,
                 }])
@@ -508,9 +512,16 @@ mod tests {
     }
 
     fn assign(actor: Actor, doctor: u128) -> BookingCommand {
+        assign_named(actor, id(doctor), Some(Role::Doctor))
+    }
+
+    fn assign_named(actor: Actor, doctor: Uuid, active_as: Option<Role>) -> BookingCommand {
         BookingCommand::AssignDoctor {
             actor,
-            doctor_id: id(doctor),
+            doctor: Named {
+                user_id: doctor,
+                active_as,
+            },
             at: now(),
         }
     }
@@ -678,6 +689,20 @@ mod tests {
         reject(pending(), assign(patient(), DOCTOR), error.clone()).await;
         let auditor = as_role(DOCTOR, Role::Auditor);
         reject(pending(), assign(auditor, DOCTOR), error).await;
+    }
+
+    #[tokio::test]
+    async fn only_an_active_doctor_can_be_assigned() {
+        let error = DomainError::Invalid(ValidationError::new(
+            "doctor_id",
+            "no active doctor has this id",
+        ));
+        for active_as in [None, Some(Role::Patient), Some(Role::Admin)] {
+            let command = assign_named(admin(), id(OTHER_DOCTOR), active_as);
+            reject(pending(), command, error.clone()).await;
+        }
+        // A deactivated doctor cannot take a visit with a token still valid.
+        reject(pending(), assign_named(doctor(), id(DOCTOR), None), error).await;
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{DomainError, Permission, ValidationError};
+use crate::user::Named;
 use crate::values::{Actor, ChatKind, ChatTitle, MessageBody, Role};
 
 /// Most people a group chat may hold, to bound fan-out of every message.
@@ -31,8 +32,8 @@ pub enum ChatCommand {
         kind: ChatKind,
         /// Optional display name.
         title: Option<ChatTitle>,
-        /// Other people to include besides the creator.
-        members: Vec<Uuid>,
+        /// Other people to include besides the creator, each an active user.
+        members: Vec<Named>,
         /// When the request was made.
         at: DateTime<Utc>,
     },
@@ -40,8 +41,8 @@ pub enum ChatCommand {
     AddMember {
         /// Who asks.
         actor: Actor,
-        /// Who joins.
-        user_id: Uuid,
+        /// Who joins: an active user.
+        user: Named,
         /// When the request was made.
         at: DateTime<Utc>,
     },
@@ -303,12 +304,16 @@ impl Chat {
         let kind = self.kind.ok_or(DomainError::ChatNotFound)?;
         match command {
             ChatCommand::Create { .. } => Err(DomainError::ChatAlreadyExists),
-            ChatCommand::AddMember { actor, user_id, at } => {
+            ChatCommand::AddMember { actor, user, at } => {
+                let user_id = user.user_id;
                 if kind == ChatKind::Direct {
                     return Err(DomainError::DirectChatMembersAreFixed);
                 }
                 if !actor.is_admin() && !self.is_member(actor.user_id) {
                     return Err(Permission::OnlyMembersMayAddMembers.into());
+                }
+                if !user.is_active() {
+                    return Err(ValidationError::new("user_id", "no active user has this id").into());
                 }
                 if self.is_member(user_id) {
                     return Err(DomainError::AlreadyAMember);
@@ -438,7 +443,7 @@ impl Chat {
         chat_id: Uuid,
         kind: ChatKind,
         title: Option<ChatTitle>,
-        requested: Vec<Uuid>,
+        requested: Vec<Named>,
         at: DateTime<Utc>,
     ) -> Result<Vec<ChatEvent>, DomainError> {
         if self.exists() {
@@ -450,8 +455,15 @@ impl Chat {
         // Herald's own actor is not a person, so it never joins the chats it
         // opens on people's behalf.
         let creator = (actor.role != Role::System).then_some(actor.user_id);
+        if let Some(stranger) = requested.iter().find(|named| !named.is_active()) {
+            return Err(ValidationError::new(
+                "members",
+                format!("{} is not an active user", stranger.user_id),
+            )
+            .into());
+        }
         let mut members: Vec<Uuid> = Vec::with_capacity(requested.len() + 1);
-        for user_id in creator.into_iter().chain(requested) {
+        for user_id in creator.into_iter().chain(requested.iter().map(|named| named.user_id)) {
             if !members.contains(&user_id) {
                 members.push(user_id);
             }
@@ -677,15 +689,23 @@ mod tests {
             chat_id: user(500),
             kind,
             title: None,
-            members: members.iter().copied().map(user).collect(),
+            members: members.iter().copied().map(active).collect(),
             at: at(),
+        }
+    }
+
+    /// `who`, with an active patient's account.
+    fn active(who: u128) -> Named {
+        Named {
+            user_id: user(who),
+            active_as: Some(Role::Patient),
         }
     }
 
     fn add(actor: Actor, who: u128) -> ChatCommand {
         ChatCommand::AddMember {
             actor,
-            user_id: user(who),
+            user: active(who),
             at: at(),
         }
     }
@@ -741,7 +761,7 @@ mod tests {
             chat_id: user(500),
             kind: ChatKind::Group,
             title: Some(ChatTitle::parse("Care team").unwrap()),
-            members: vec![user(BOB), user(ALICE), user(CAROL), user(BOB)],
+            members: vec![active(BOB), active(ALICE), active(CAROL), active(BOB)],
             at: at(),
         };
         let event = ChatEvent::ChatCreated {
@@ -822,6 +842,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chat_opens_only_with_active_users() {
+        for kind in [ChatKind::Direct, ChatKind::Group] {
+            let mut command = create(patient(ALICE), kind, &[BOB]);
+            if let ChatCommand::Create { members, .. } = &mut command {
+                members[0].active_as = None;
+            }
+            reject_invalid(vec![], command, "members").await;
+        }
+    }
+
+    #[tokio::test]
     async fn commands_on_a_missing_chat_are_not_found() {
         for command in [
             add(admin(), BOB),
@@ -867,6 +898,19 @@ mod tests {
     async fn nobody_can_add_members_to_a_direct_chat() {
         let error = DomainError::DirectChatMembersAreFixed;
         reject(direct(), add(admin(), CAROL), error).await;
+    }
+
+    #[tokio::test]
+    async fn only_an_active_user_can_be_added() {
+        let stranger = ChatCommand::AddMember {
+            actor: patient(ALICE),
+            user: Named {
+                user_id: user(CAROL),
+                active_as: None,
+            },
+            at: at(),
+        };
+        reject_invalid(group(), stranger, "user_id").await;
     }
 
     #[tokio::test]

@@ -326,6 +326,25 @@ impl Aggregate for User {
     }
 }
 
+/// Someone another aggregate's command names (a booking's doctor, a chat's
+/// member), as the write side finds them in the lookup table the User events
+/// fill in their own transaction: the role they act in while their account
+/// is active, and nothing when they have no account or it is deactivated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Named {
+    /// Who is named.
+    pub user_id: Uuid,
+    /// Their role, if they may act.
+    pub active_as: Option<Role>,
+}
+
+impl Named {
+    /// Whether they have an account that may act.
+    pub fn is_active(&self) -> bool {
+        self.active_as.is_some()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

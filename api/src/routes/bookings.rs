@@ -133,7 +133,8 @@ async fn request(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Assign {
-    /// The doctor's user id.
+    /// The doctor's user id: an active doctor's account, or the visit is
+    /// refused (422).
     #[schema(value_type = Uuid, required = true)]
     doctor_id: Option<Uuid>,
 }
@@ -169,11 +170,12 @@ async fn assign(
     } = request;
     let mut fields = Fields::default();
     let doctor_id = fields.required("doctor_id", body.doctor_id);
-    let command = fields.finish(doctor_id.map(|doctor_id| BookingCommand::AssignDoctor {
+    let doctor_id = fields.finish(doctor_id)?;
+    let command = BookingCommand::AssignDoctor {
         actor,
-        doctor_id,
+        doctor: app.write.person(doctor_id).await?,
         at: Utc::now(),
-    }))?;
+    };
     let committed = app
         .write
         .execute::<Booking>(booking_id, command, &metadata)

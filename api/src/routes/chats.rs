@@ -40,7 +40,7 @@ struct CreateChat {
     /// A display name.
     #[schema(value_type = Option<String>, min_length = 1)]
     title: Option<String>,
-    /// Who else is in it; the caller always is.
+    /// Who else is in it, each an active user's account; the caller always is.
     #[schema(value_type = Vec<Uuid>, required = true)]
     members: Option<Vec<Uuid>>,
 }
@@ -78,18 +78,15 @@ async fn create(
     let kind = fields.parse("kind", body.kind, |kind| kind.parse::<ChatKind>());
     let title = fields.optional(body.title, ChatTitle::parse);
     let members = fields.required("members", body.members);
-    let command = fields.finish(
-        kind.zip(title)
-            .zip(members)
-            .map(|((kind, title), members)| ChatCommand::Create {
-                actor,
-                chat_id,
-                kind,
-                title,
-                members,
-                at: Utc::now(),
-            }),
-    )?;
+    let ((kind, title), members) = fields.finish(kind.zip(title).zip(members))?;
+    let command = ChatCommand::Create {
+        actor,
+        chat_id,
+        kind,
+        title,
+        members: app.write.people(&members).await?,
+        at: Utc::now(),
+    };
     let committed = app.write.create::<Chat>(new, command, &metadata).await?;
     Ok(Answer::created(&committed, Accepted::of(&committed)))
 }
@@ -98,7 +95,7 @@ async fn create(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddMember {
-    /// The user who joins.
+    /// The user who joins: an active user's account.
     #[schema(value_type = Uuid, required = true)]
     user_id: Option<Uuid>,
 }
@@ -134,11 +131,12 @@ async fn add_member(
     } = request;
     let mut fields = Fields::default();
     let user_id = fields.required("user_id", body.user_id);
-    let command = fields.finish(user_id.map(|user_id| ChatCommand::AddMember {
+    let user_id = fields.finish(user_id)?;
+    let command = ChatCommand::AddMember {
         actor,
-        user_id,
+        user: app.write.person(user_id).await?,
         at: Utc::now(),
-    }))?;
+    };
     let committed = app
         .write
         .execute::<Chat>(chat_id, command, &metadata)

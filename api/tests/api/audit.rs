@@ -198,7 +198,7 @@ async fn patients_and_doctors_are_forbidden_the_audit_endpoints_and_anonymous_ca
 #[tokio::test]
 async fn an_aggregate_as_of_a_position_or_a_time_is_its_events_folded_up_to_then() {
     let app = TestApp::spawn_with_pipeline().await;
-    let (p, d) = (patient(), doctor());
+    let (p, d) = (patient(), app.enroll(doctor()).await);
     let booking = app.booking(p).await;
     app.post(
         &format!("/api/v1/bookings/{booking}/assign"),

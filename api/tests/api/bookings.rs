@@ -66,11 +66,12 @@ async fn pending() -> Visit {
     let app = TestApp::spawn().await;
     let patient = patient();
     let booking = app.booking(patient).await;
+    let doctor = app.enroll(doctor()).await;
     Visit {
         app,
         booking,
         patient,
-        doctor: doctor(),
+        doctor,
         admin: admin(),
     }
 }
@@ -267,6 +268,36 @@ async fn an_admin_assigns_any_doctor() {
         assigned.event().field("assigned_by"),
         &json!(v.admin.user_id)
     );
+}
+
+#[tokio::test]
+async fn a_visit_is_assigned_only_to_an_active_doctor() {
+    let v = pending().await;
+    let deactivated = v.app.enroll(doctor()).await;
+    v.app
+        .accepts(
+            v.admin,
+            post(format!("/api/v1/users/{}/deactivate", deactivated.user_id), json!({})),
+            StatusCode::OK,
+        )
+        .await;
+    let not_doctors = [
+        v.patient,
+        v.app.enroll(patient()).await,
+        v.app.enroll(admin()).await,
+        doctor(),
+        deactivated,
+    ];
+
+    for someone in not_doctors {
+        v.app
+            .refuses(v.admin, assign(v.booking, someone), StatusCode::UNPROCESSABLE_ENTITY)
+            .await
+            .assert_names("doctor_id");
+    }
+    v.app
+        .refuses(deactivated, assign(v.booking, deactivated), StatusCode::UNAUTHORIZED)
+        .await;
 }
 
 #[tokio::test]

@@ -60,7 +60,7 @@ struct Group {
 
 async fn group() -> Group {
     let app = TestApp::spawn().await;
-    let (alice, bob) = (patient(), doctor());
+    let (alice, bob) = (patient(), app.enroll(doctor()).await);
     let chat = app.group_chat(alice, &[bob]).await;
     Group {
         app,
@@ -85,7 +85,7 @@ impl Group {
 #[tokio::test]
 async fn a_group_chat_is_created_with_its_creator_as_the_first_member() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = (patient(), doctor());
+    let (alice, bob) = (patient(), app.enroll(doctor()).await);
 
     let created = app
         .accepts(
@@ -106,7 +106,7 @@ async fn a_group_chat_is_created_with_its_creator_as_the_first_member() {
 #[tokio::test]
 async fn a_direct_chat_is_created_between_the_caller_and_one_other_person() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = (patient(), doctor());
+    let (alice, bob) = (patient(), app.enroll(doctor()).await);
 
     let created = app
         .accepts(
@@ -184,7 +184,8 @@ async fn auditors_may_not_create_chats() {
 async fn a_chat_id_chosen_by_the_client_is_used_and_cannot_be_used_again() {
     let app = TestApp::spawn().await;
     let id = Uuid::new_v4();
-    let body = json!({ "id": id, "kind": "group", "members": [doctor().user_id] });
+    let doctor = app.enroll(doctor()).await;
+    let body = json!({ "id": id, "kind": "group", "members": [doctor.user_id] });
 
     let created = app
         .accepts(patient(), create(body.clone()), StatusCode::CREATED)
@@ -198,7 +199,7 @@ async fn a_chat_id_chosen_by_the_client_is_used_and_cannot_be_used_again() {
 #[tokio::test]
 async fn a_member_adds_someone_to_a_group_chat() {
     let g = group().await;
-    let newcomer = patient();
+    let newcomer = g.app.enroll(patient()).await;
 
     let added = g
         .app
@@ -218,7 +219,7 @@ async fn an_admin_outside_a_group_chat_adds_someone_to_it() {
     let g = group().await;
 
     g.app
-        .accepts(admin(), add(g.chat, patient()), StatusCode::OK)
+        .accepts(admin(), add(g.chat, g.app.enroll(patient()).await), StatusCode::OK)
         .await;
 }
 
@@ -243,6 +244,33 @@ async fn adding_someone_already_in_the_chat_is_a_conflict() {
 }
 
 #[tokio::test]
+async fn only_active_users_join_a_chat() {
+    let g = group().await;
+    let deactivated = g.app.enroll(patient()).await;
+    g.app
+        .accepts(
+            admin(),
+            post(format!("/api/v1/users/{}/deactivate", deactivated.user_id), json!({})),
+            StatusCode::OK,
+        )
+        .await;
+
+    for stranger in [patient(), deactivated] {
+        g.app
+            .refuses(g.alice, add(g.chat, stranger), StatusCode::UNPROCESSABLE_ENTITY)
+            .await
+            .assert_names("user_id");
+        for kind in ["direct", "group"] {
+            let body = json!({ "kind": kind, "members": [stranger.user_id] });
+            g.app
+                .refuses(g.alice, create(body), StatusCode::UNPROCESSABLE_ENTITY)
+                .await
+                .assert_names("members");
+        }
+    }
+}
+
+#[tokio::test]
 async fn adding_a_member_needs_a_user_id() {
     let g = group().await;
     let call = post(format!("/api/v1/chats/{}/members", g.chat), json!({}));
@@ -256,7 +284,7 @@ async fn adding_a_member_needs_a_user_id() {
 #[tokio::test]
 async fn the_members_of_a_direct_chat_cannot_change() {
     let app = TestApp::spawn().await;
-    let (alice, bob) = (patient(), doctor());
+    let (alice, bob) = (patient(), app.enroll(doctor()).await);
     let chat = app
         .accepts(
             alice,
@@ -368,7 +396,7 @@ async fn a_message_id_chosen_by_the_client_cannot_be_used_twice() {
 #[tokio::test]
 async fn a_message_id_another_chat_used_is_refused_and_every_message_is_read() {
     let app = TestApp::spawn_with_pipeline().await;
-    let (alice, bob) = (patient(), doctor());
+    let (alice, bob) = (patient(), app.enroll(doctor()).await);
     let first = app.group_chat(alice, &[bob]).await;
     let second = app.group_chat(alice, &[bob]).await;
     let id = Uuid::new_v4();

@@ -143,7 +143,8 @@ async fn message(app: &TestApp, chat: Uuid, author: Actor, body: &str) -> u64 {
 async fn a_chat_another_process_wrote_to_is_reloaded_and_the_command_decided_afresh() {
     let first = TestApp::spawn().await;
     let second = TestApp::spawn_on(&first.database_url).await;
-    let (alice, bob, carol) = (patient(), patient(), patient());
+    let (alice, bob) = (patient(), patient());
+    let carol = first.enroll(patient()).await;
     let chat = first.group_chat(alice, &[bob]).await;
     assert_eq!(message(&first, chat, alice, "from the first").await, 1);
 

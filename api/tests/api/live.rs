@@ -260,7 +260,7 @@ async fn a_removed_member_stops_receiving_at_once() {
 #[tokio::test]
 async fn a_member_added_later_receives_the_chat_from_then_on() {
     let app = TestApp::spawn_live(LiveConfig::default()).await;
-    let (doctor, newcomer) = (doctor(), doctor());
+    let (doctor, newcomer) = (doctor(), app.enroll(doctor()).await);
     let chat = app.group_chat(doctor, &[]).await;
     let mut socket = connect(&app, newcomer).await;
     post_message(&app, chat, doctor, "private").await;

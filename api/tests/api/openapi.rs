@@ -287,7 +287,7 @@ async fn the_docs_page_is_served_from_herald_itself() {
 async fn real_answers_match_their_documented_schemas() {
     let mut app = TestApp::spawn_with_pipeline().await;
     let doc = document(&app).await;
-    let (alice, bob, boss) = (patient(), doctor(), admin());
+    let (alice, bob, boss) = (patient(), app.enroll(doctor()).await, admin());
 
     let created = app
         .post(

@@ -102,6 +102,20 @@ impl Herald {
         }
     }
 
+    /// A group chat `creator` opens with `members`, each enrolled first.
+    async fn chat(&self, creator: Actor, members: &[Actor]) -> Done {
+        for member in members {
+            self.app.enroll(*member).await;
+        }
+        self.run(creator, group(members)).await
+    }
+
+    /// `by` assigns `booking` to `doctor`, who is enrolled first.
+    async fn assign(&self, by: Actor, booking: Uuid, doctor: Actor) -> Done {
+        let doctor = self.app.enroll(doctor).await;
+        self.run(by, assign(booking, doctor)).await
+    }
+
     /// `GET path` as `actor`, waiting for the latest command.
     async fn get(&self, actor: Actor, path: &str) -> Reply {
         let token = self.last.lock().unwrap().clone();
@@ -221,8 +235,8 @@ fn seqs(page: &Value) -> Vec<i64> {
 async fn the_chat_list_shows_only_the_callers_chats_with_last_message_and_unread_count() {
     let h = Herald::start().await;
     let (alice, bob, carol) = (patient(), doctor(), patient());
-    let chat = h.run(alice, group(&[bob])).await.id;
-    let elsewhere = h.run(carol, group(&[patient()])).await.id;
+    let chat = h.chat(alice, &[bob]).await.id;
+    let elsewhere = h.chat(carol, &[patient()]).await.id;
 
     let listed = h.items(alice, "/api/v1/chats").await;
     assert_eq!(ids(&listed), [chat]);
@@ -271,7 +285,7 @@ async fn the_chat_list_shows_only_the_callers_chats_with_last_message_and_unread
 async fn a_chat_and_its_messages_are_shown_to_members_and_admins_and_hidden_from_others() {
     let h = Herald::start().await;
     let (alice, bob, outsider) = (patient(), doctor(), patient());
-    let chat = h.run(alice, group(&[bob])).await.id;
+    let chat = h.chat(alice, &[bob]).await.id;
     h.run(bob, send(chat, "hello")).await;
     let (path, messages) = (
         format!("/api/v1/chats/{chat}"),
@@ -313,7 +327,7 @@ async fn a_chat_and_its_messages_are_shown_to_members_and_admins_and_hidden_from
 async fn messages_come_newest_first_in_keyset_pages() {
     let h = Herald::start().await;
     let (alice, bob) = (patient(), doctor());
-    let chat = h.run(alice, group(&[bob])).await.id;
+    let chat = h.chat(alice, &[bob]).await.id;
     for n in 1..=5 {
         h.run(
             if n % 2 == 0 { bob } else { alice },
@@ -351,7 +365,7 @@ async fn messages_come_newest_first_in_keyset_pages() {
 async fn a_message_page_limit_outside_1_to_200_is_refused_naming_limit() {
     let h = Herald::start().await;
     let alice = patient();
-    let chat = h.run(alice, group(&[doctor()])).await.id;
+    let chat = h.chat(alice, &[doctor()]).await.id;
     let page = |query: &str| format!("/api/v1/chats/{chat}/messages?{query}");
 
     for limit in ["0", "201", "-1", "ten"] {
@@ -375,7 +389,7 @@ async fn a_message_page_limit_outside_1_to_200_is_refused_naming_limit() {
 async fn an_edited_message_shows_its_new_body_and_a_deleted_one_is_marked_deleted() {
     let h = Herald::start().await;
     let (alice, bob) = (patient(), doctor());
-    let chat = h.run(alice, group(&[bob])).await.id;
+    let chat = h.chat(alice, &[bob]).await.id;
     let draft = h.run(alice, send(chat, "first draft")).await.id;
     let oops = h.run(alice, send(chat, "oops")).await.id;
     assert_eq!(h.items(bob, "/api/v1/chats").await[0]["unread_count"], 2);
@@ -409,8 +423,8 @@ async fn bookings_are_listed_by_role_and_filtered_by_status() {
     let b1 = h.booking(p1).await;
     let b2 = h.booking(p1).await;
     let b3 = h.booking(p2).await;
-    h.run(d1, assign(b1, d1)).await;
-    h.run(boss, assign(b3, d1)).await;
+    h.assign(d1, b1, d1).await;
+    h.assign(boss, b3, d1).await;
     h.run(
         d1,
         post(format!("/api/v1/bookings/{b3}/complete"), json!({})),
@@ -508,7 +522,7 @@ async fn a_booking_is_shown_to_its_patient_its_doctor_and_admins_with_its_paymen
     assert_eq!(shown["amount_minor"], PRICE);
     h.refused(doc, &path, StatusCode::NOT_FOUND).await;
 
-    h.run(doc, assign(booking, doc)).await;
+    h.assign(doc, booking, doc).await;
     for reader in [alice, doc, admin()] {
         let shown = h.ok(reader, &path).await;
         assert_eq!(shown["status"], "assigned");
@@ -533,7 +547,7 @@ async fn a_payment_is_shown_to_the_bookings_patient_and_admins_only() {
     let (alice, doc) = (patient(), doctor());
     let booking = h.booking(alice).await;
     let unpaid = h.booking(alice).await;
-    h.run(doc, assign(booking, doc)).await;
+    h.assign(doc, booking, doc).await;
     let payment = h.run(alice, pay(booking)).await.id;
     let (one, of_booking) = (
         format!("/api/v1/payments/{payment}"),
@@ -586,8 +600,8 @@ async fn the_dashboard_counts_bookings_and_payments_by_status_for_admins_only() 
     let visiting = h.booking(alice).await;
     let visited = h.booking(alice).await;
     let called_off = h.booking(alice).await;
-    h.run(doc, assign(visiting, doc)).await;
-    h.run(doc, assign(visited, doc)).await;
+    h.assign(doc, visiting, doc).await;
+    h.assign(doc, visited, doc).await;
     h.run(
         doc,
         post(format!("/api/v1/bookings/{visited}/complete"), json!({})),
@@ -702,7 +716,7 @@ async fn a_read_gives_up_after_about_two_seconds_when_its_projections_lag_behind
     let mut h = Herald::start().await;
     let alice = patient();
     h.app.stop_pipeline().await;
-    let chat = h.run(alice, group(&[doctor()])).await;
+    let chat = h.chat(alice, &[doctor()]).await;
 
     let started = Instant::now();
     let reply = h.get(alice, "/api/v1/chats").await;
@@ -726,7 +740,7 @@ async fn a_read_gives_up_after_about_two_seconds_when_its_projections_lag_behind
 async fn a_sent_message_is_always_readable_with_its_token_at_once() {
     let h = Herald::start().await;
     let (alice, bob) = (patient(), doctor());
-    let chat = h.run(alice, group(&[bob])).await.id;
+    let chat = h.chat(alice, &[bob]).await.id;
     let messages = format!("/api/v1/chats/{chat}/messages?limit=1");
     for n in 1..=20 {
         let sent = h.run(alice, send(chat, &format!("message {n}"))).await;
@@ -757,7 +771,7 @@ async fn a_bookings_status_is_always_readable_with_its_token_at_once() {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         assert_eq!(reply.body["status"], "pending");
 
-        let assigned = h.run(doc, assign(requested.id, doc)).await;
+        let assigned = h.assign(doc, requested.id, doc).await;
         let reply = read(&h.app, doc, &path, &assigned.token).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         assert_eq!(reply.body["status"], "assigned");
@@ -769,7 +783,7 @@ async fn a_bookings_status_is_always_readable_with_its_token_at_once() {
 async fn every_read_is_answered_304_with_no_body_while_the_callers_copy_is_current() {
     let h = Herald::start().await;
     let (alice, doc, boss) = (patient(), doctor(), admin());
-    let chat = h.run(alice, group(&[doc])).await.id;
+    let chat = h.chat(alice, &[doc]).await.id;
     h.run(doc, send(chat, "hello")).await;
     let booking = h.booking(alice).await;
     let payment = h.run(alice, pay(booking)).await.id;
@@ -808,7 +822,7 @@ async fn a_change_gives_a_read_a_new_tag_and_the_old_one_gets_the_full_answer() 
     let h = Herald::start().await;
     let (alice, doc) = (patient(), doctor());
     let booking = h.booking(alice).await;
-    let chat = h.run(alice, group(&[doc])).await.id;
+    let chat = h.chat(alice, &[doc]).await.id;
     let one = format!("/api/v1/bookings/{booking}");
     let list = "/api/v1/bookings?limit=50";
     let messages = format!("/api/v1/chats/{chat}/messages?limit=50");
@@ -818,7 +832,7 @@ async fn a_change_gives_a_read_a_new_tag_and_the_old_one_gets_the_full_answer() 
         h.etag(alice, &messages).await,
     ];
 
-    h.run(doc, assign(booking, doc)).await;
+    h.assign(doc, booking, doc).await;
     h.run(doc, send(chat, "a new message")).await;
 
     for (path, old) in [
@@ -839,7 +853,7 @@ async fn a_tag_held_by_someone_else_earns_no_304_and_tells_nothing() {
     let (alice, bob, doc) = (patient(), patient(), doctor());
     let booking = h.booking(alice).await;
     h.booking(bob).await;
-    let chat = h.run(alice, group(&[doc])).await.id;
+    let chat = h.chat(alice, &[doc]).await.id;
     let one = format!("/api/v1/bookings/{booking}");
     let messages = format!("/api/v1/chats/{chat}/messages");
     let list = "/api/v1/bookings?limit=50";
@@ -871,7 +885,7 @@ async fn pages_neither_skip_nor_repeat_while_new_bookings_and_messages_land() {
         before.push(h.booking(alice).await);
     }
     before.reverse();
-    let chat = h.run(alice, group(&[doc])).await.id;
+    let chat = h.chat(alice, &[doc]).await.id;
     for n in 0..6 {
         h.run(doc, send(chat, &format!("before {n}"))).await;
     }
@@ -909,7 +923,7 @@ async fn pages_neither_skip_nor_repeat_while_new_bookings_and_messages_land() {
 async fn an_empty_query_value_is_refused_naming_its_parameter() {
     let h = Herald::start().await;
     let (alice, boss) = (patient(), admin());
-    let chat = h.run(alice, group(&[doctor()])).await.id;
+    let chat = h.chat(alice, &[doctor()]).await.id;
     for (reader, path, field) in [
         (boss, "/api/v1/bookings?limit=".to_owned(), "limit"),
         (boss, "/api/v1/bookings?cursor=".to_owned(), "cursor"),

@@ -25,7 +25,10 @@ use api::server::ConnectionArgs;
 use api::startup::{Application, Parts, Settings};
 use chrono::{DateTime, Utc};
 use commands::gateway::{PaymentGateway, ShopCredentials};
-use commands::WriteSide;
+use commands::accounts::AccountWrite;
+use commands::{CommandError, Metadata, WriteSide};
+use domain::user::UserCommand;
+use domain::DomainError;
 use domain::values::{Actor, Role};
 use herald_nats::Topology;
 use projections::Projection;
@@ -527,8 +530,37 @@ impl TestApp {
         .unwrap()
     }
 
-    /// A chat created by `creator` with `others`, and its id.
+    /// `actor` with an account of their own in their role, opened by Herald
+    /// itself unless they have one, so that they may be assigned a visit or
+    /// join a chat.
+    pub async fn enroll(&self, actor: Actor) -> Actor {
+        let account = AccountWrite::Open {
+            user_id: actor.user_id,
+            email: format!("{}@herald.test", actor.user_id),
+            password_hash: api::passwords::NOT_SET.to_owned(),
+            name: format!("Test {}", actor.role),
+            phone: None,
+            password_setup: None,
+        };
+        let command = UserCommand::Create {
+            user_id: actor.user_id,
+            role: actor.role,
+            actor: Actor::system(),
+            at: Utc::now(),
+        };
+        let metadata = Metadata::for_request(Actor::system(), Uuid::now_v7().to_string());
+        match self.write.execute_on_account(command, &metadata, account).await {
+            Ok(_) | Err(CommandError::Rejected(DomainError::UserAlreadyExists)) => actor,
+            Err(err) => panic!("{actor:?} could not be enrolled: {err}"),
+        }
+    }
+
+    /// A chat created by `creator` with `others`, each enrolled first, and
+    /// its id.
     pub async fn group_chat(&self, creator: Actor, others: &[Actor]) -> Uuid {
+        for other in others {
+            self.enroll(*other).await;
+        }
         let members: Vec<Uuid> = others.iter().map(|a| a.user_id).collect();
         let reply = self
             .post(
