@@ -38,6 +38,10 @@ pub enum AccountWrite {
         name: Option<String>,
         /// A new phone, or `Some(None)` to remove it.
         phone: Option<Option<String>>,
+        /// A doctor's new specialty, or `Some(None)` to remove it.
+        specialty: Option<Option<String>>,
+        /// A doctor's new introduction, or `Some(None)` to remove it.
+        bio: Option<Option<String>>,
     },
     /// A new password; every session of the user ends with it.
     Password {
@@ -90,17 +94,25 @@ impl AccountWrite {
                 user_id,
                 name,
                 phone,
+                specialty,
+                bio,
             } => {
                 sqlx::query(
                     "UPDATE accounts
                         SET name = coalesce($2, name),
-                            phone = CASE WHEN $3 THEN $4 ELSE phone END
+                            phone = CASE WHEN $3 THEN $4 ELSE phone END,
+                            specialty = CASE WHEN $5 THEN $6 ELSE specialty END,
+                            bio = CASE WHEN $7 THEN $8 ELSE bio END
                       WHERE user_id = $1",
                 )
                 .bind(user_id)
                 .bind(name)
                 .bind(phone.is_some())
                 .bind(phone.clone().flatten())
+                .bind(specialty.is_some())
+                .bind(specialty.clone().flatten())
+                .bind(bio.is_some())
+                .bind(bio.clone().flatten())
                 .execute(conn)
                 .await?;
             }
@@ -135,11 +147,16 @@ pub struct Account {
     pub name: String,
     /// Their phone, if given.
     pub phone: Option<String>,
+    /// A doctor's specialty, if given.
+    pub specialty: Option<String>,
+    /// A doctor's introduction, if given.
+    pub bio: Option<String>,
     /// The argon2id hash of their password.
     pub password_hash: String,
 }
 
-const SELECT_ACCOUNT: &str = "SELECT user_id, email, name, phone, password_hash FROM accounts";
+const SELECT_ACCOUNT: &str =
+    "SELECT user_id, email, name, phone, specialty, bio, password_hash FROM accounts";
 
 /// The account signing in with `email`, whatever its case.
 pub async fn by_email<'c>(

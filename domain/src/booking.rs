@@ -251,11 +251,9 @@ impl Booking {
                     return Err(transition(BookingAction::AssignDoctor));
                 }
                 if doctor.active_as != Some(Role::Doctor) {
-                    return Err(ValidationError::new(
-                        "doctor_id",
-                        "no active doctor has this id",
-                    )
-                    .into());
+                    return Err(
+                        ValidationError::new("doctor_id", "no active doctor has this id").into(),
+                    );
                 }
                 Ok(vec![BookingEvent::DoctorAssigned {
                     doctor_id: doctor.user_id,

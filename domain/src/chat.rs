@@ -313,7 +313,9 @@ impl Chat {
                     return Err(Permission::OnlyMembersMayAddMembers.into());
                 }
                 if !user.is_active() {
-                    return Err(ValidationError::new("user_id", "no active user has this id").into());
+                    return Err(
+                        ValidationError::new("user_id", "no active user has this id").into(),
+                    );
                 }
                 if self.is_member(user_id) {
                     return Err(DomainError::AlreadyAMember);
@@ -463,7 +465,10 @@ impl Chat {
             .into());
         }
         let mut members: Vec<Uuid> = Vec::with_capacity(requested.len() + 1);
-        for user_id in creator.into_iter().chain(requested.iter().map(|named| named.user_id)) {
+        for user_id in creator
+            .into_iter()
+            .chain(requested.iter().map(|named| named.user_id))
+        {
             if !members.contains(&user_id) {
                 members.push(user_id);
             }

@@ -47,8 +47,9 @@ pub enum UserCommand {
     ChangeProfile {
         /// Who asks: only the user themself.
         actor: Actor,
-        /// The fields that change (`name`, `phone`); their values go to the
-        /// account, not to the log.
+        /// The fields that change (`name`, `phone`, and a doctor's
+        /// `specialty` and `bio`); their values go to the account, not to the
+        /// log.
         fields: Vec<String>,
         /// When.
         at: DateTime<Utc>,
@@ -159,6 +160,9 @@ impl DomainEvent for UserEvent {
     }
 }
 
+/// The profile fields only a doctor has.
+pub const DOCTORS_ONLY: [&str; 2] = ["specialty", "bio"];
+
 /// A user, as the log knows them: who, their role, and whether they may
 /// sign in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +225,16 @@ impl User {
                 self.existing()?;
                 if actor.user_id != self.id {
                     return Err(Permission::OnlyTheUserMayChangeTheirProfile.into());
+                }
+                if self.role != Some(Role::Doctor) {
+                    if let Some(field) = fields.iter().find(|f| DOCTORS_ONLY.contains(&f.as_str()))
+                    {
+                        return Err(ValidationError::new(
+                            field.as_str(),
+                            "only a doctor's profile has a specialty and a bio",
+                        )
+                        .into());
+                    }
                 }
                 if fields.is_empty() {
                     return Ok(vec![]);
@@ -378,6 +392,42 @@ mod tests {
             user.decide(register(id)),
             Err(DomainError::UserAlreadyExists)
         );
+    }
+
+    #[test]
+    fn only_a_doctor_has_a_specialty_and_a_bio() {
+        let id = Uuid::new_v4();
+        let change = |role, fields: &[&str]| {
+            let mut user = User::default();
+            let create = UserCommand::Create {
+                user_id: id,
+                role,
+                actor: Actor::system(),
+                at: DateTime::<Utc>::UNIX_EPOCH,
+            };
+            for event in user.decide(create).unwrap() {
+                user.apply(event);
+            }
+            user.decide(UserCommand::ChangeProfile {
+                actor: Actor::new(id, role),
+                fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+                at: DateTime::<Utc>::UNIX_EPOCH,
+            })
+        };
+        assert_eq!(
+            change(Role::Doctor, &["specialty", "bio"]).unwrap(),
+            [UserEvent::ProfileChanged {
+                fields: vec!["specialty".to_owned(), "bio".to_owned()],
+                at: DateTime::<Utc>::UNIX_EPOCH,
+            }]
+        );
+        for role in [Role::Patient, Role::Admin, Role::Auditor] {
+            for field in DOCTORS_ONLY {
+                let refused = change(role, &["name", field]).unwrap_err();
+                assert_eq!(refused.validation().map(|v| v.field.as_str()), Some(field));
+            }
+            assert!(change(role, &["name"]).is_ok());
+        }
     }
 
     #[test]

@@ -431,6 +431,36 @@ impl PersonName {
 }
 
 text_value!(
+    /// What a doctor practises, as patients see it.
+    Specialty
+);
+
+impl Specialty {
+    /// Accepts 1 to 100 characters once surrounding whitespace is dropped,
+    /// and stores the trimmed text.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, ValidationError> {
+        let raw = raw.into();
+        check_text(&raw, "specialty", 100)?;
+        Ok(Self(raw.trim().to_owned()))
+    }
+}
+
+text_value!(
+    /// A doctor's short introduction of themself.
+    Bio
+);
+
+impl Bio {
+    /// Accepts 1 to 1000 characters once surrounding whitespace is dropped,
+    /// and stores the trimmed text.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, ValidationError> {
+        let raw = raw.into();
+        check_text(&raw, "bio", 1000)?;
+        Ok(Self(raw.trim().to_owned()))
+    }
+}
+
+text_value!(
     /// A telephone number in international form, `+` and its digits.
     Phone
 );

@@ -11,7 +11,7 @@ use chrono::Utc;
 use commands::accounts::{self, AccountWrite};
 use commands::Metadata;
 use domain::user::{User, UserCommand};
-use domain::values::{Actor, Email, Password, PersonName, Phone, Role};
+use domain::values::{Actor, Bio, Email, Password, PersonName, Phone, Role, Specialty};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -355,6 +355,10 @@ pub struct Me {
     pub name: Option<String>,
     /// Their phone, if they gave one.
     pub phone: Option<String>,
+    /// A doctor's specialty, if they gave one.
+    pub specialty: Option<String>,
+    /// A doctor's short introduction, if they gave one.
+    pub bio: Option<String>,
 }
 
 /// The caller's own account.
@@ -370,12 +374,24 @@ pub struct Me {
 )]
 async fn me(State(app): State<AppState>, Caller(actor): Caller) -> Result<Json<Me>, ApiError> {
     let account = accounts::of_user(app.write.pool(), actor.user_id).await?;
+    let (email, name, phone, specialty, bio) = match account {
+        Some(account) => (
+            Some(account.email),
+            Some(account.name),
+            account.phone,
+            account.specialty,
+            account.bio,
+        ),
+        None => Default::default(),
+    };
     Ok(Json(Me {
         id: actor.user_id,
         role: actor.role,
-        email: account.as_ref().map(|a| a.email.clone()),
-        name: account.as_ref().map(|a| a.name.clone()),
-        phone: account.and_then(|a| a.phone),
+        email,
+        name,
+        phone,
+        specialty,
+        bio,
     }))
 }
 
@@ -390,6 +406,16 @@ struct ChangeProfile {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     phone: Option<Option<String>>,
+    /// Doctors only: what they practise (up to 100 characters), or `null`
+    /// to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 100)]
+    specialty: Option<Option<String>>,
+    /// Doctors only: a short introduction (up to 1000 characters), or `null`
+    /// to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 1000)]
+    bio: Option<Option<String>>,
 }
 
 /// A field that is present, even as `null`: `Some(None)` then.
@@ -401,8 +427,9 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-/// The caller changes their name or phone (ProfileChanged, naming the fields;
-/// the values go to their account, not to the log).
+/// The caller changes their name or phone, and a doctor their specialty or
+/// bio (ProfileChanged, naming the fields; the values go to their account,
+/// not to the log).
 #[utoipa::path(
     patch,
     path = "/me",
@@ -430,22 +457,32 @@ async fn change_profile(
     let mut fields = Fields::default();
     let name = fields.optional(body.name, PersonName::parse);
     let phone = fields.optional(body.phone, |phone| phone.map(Phone::parse).transpose());
-    let (name, phone) = fields.finish(name.zip(phone))?;
+    let specialty = fields.optional(body.specialty, |s| s.map(Specialty::parse).transpose());
+    let bio = fields.optional(body.bio, |bio| bio.map(Bio::parse).transpose());
+    let (((name, phone), specialty), bio) =
+        fields.finish(name.zip(phone).zip(specialty).zip(bio))?;
     if accounts::of_user(app.write.pool(), actor.user_id)
         .await?
         .is_none()
     {
         return Err(ApiError::NotFound("the caller has no account"));
     }
-    let changed = [("name", name.is_some()), ("phone", phone.is_some())]
-        .into_iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(field, _)| field.to_owned())
-        .collect();
+    let changed = [
+        ("name", name.is_some()),
+        ("phone", phone.is_some()),
+        ("specialty", specialty.is_some()),
+        ("bio", bio.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(field, _)| field.to_owned())
+    .collect();
     let write = AccountWrite::Profile {
         user_id: actor.user_id,
         name: name.map(String::from),
         phone: phone.map(|phone| phone.map(String::from)),
+        specialty: specialty.map(|specialty| specialty.map(String::from)),
+        bio: bio.map(|bio| bio.map(String::from)),
     };
     let command = UserCommand::ChangeProfile {
         actor,

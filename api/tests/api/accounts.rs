@@ -334,14 +334,17 @@ async fn me_shows_the_callers_account_and_only_id_and_role_for_a_service_token()
         shown.body,
         json!({
             "id": session["user"]["id"], "role": "patient", "email": "Pavel@example.com",
-            "name": "Anna Petrova", "phone": "+79161234567",
+            "name": "Anna Petrova", "phone": "+79161234567", "specialty": null, "bio": null,
         })
     );
     let service = common::admin();
     let shown = me(&app, &app.token(service)).await;
     assert_eq!(
         shown.body,
-        json!({ "id": service.user_id, "role": "admin", "email": null, "name": null, "phone": null })
+        json!({
+            "id": service.user_id, "role": "admin", "email": null, "name": null, "phone": null,
+            "specialty": null, "bio": null,
+        })
     );
     Reply::send(app.client.get(format!("{}/api/v1/me", app.address)))
         .await
@@ -650,6 +653,12 @@ async fn a_user_changes_their_name_and_removes_their_phone_with_only_the_field_n
         .assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
     let unchanged = app.stores_nothing(patch(json!({}))).await;
     assert_eq!(unchanged.body["name"], "Anna Petrova", "{}", unchanged.body);
+    for field in ["specialty", "bio"] {
+        app.stores_nothing(patch(json!({ field: "Cardiology" })))
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY)
+            .assert_names(field);
+    }
 
     let changed = patch(json!({ "name": "Oleg Sidorov", "phone": null })).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
@@ -677,4 +686,42 @@ async fn a_user_changes_their_name_and_removes_their_phone_with_only_the_field_n
     )
     .await;
     service.assert_problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_doctor_shows_patients_a_specialty_and_a_short_bio() {
+    let app = TestApp::spawn().await;
+    let doctor = app.enroll(common::doctor()).await;
+    let patch = |body: Value| app.send(reqwest::Method::PATCH, "/api/v1/me", doctor, Some(body));
+
+    for (body, field) in [
+        (json!({ "specialty": " " }), "specialty"),
+        (json!({ "specialty": "c".repeat(101) }), "specialty"),
+        (json!({ "bio": "b".repeat(1001) }), "bio"),
+    ] {
+        app.stores_nothing(patch(body))
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY)
+            .assert_names(field);
+    }
+    let bio = "Twenty years of home visits across Moscow.";
+    let changed = patch(json!({ "specialty": " Cardiology ", "bio": bio })).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(
+        (&changed.body["specialty"], &changed.body["bio"]),
+        (&json!("Cardiology"), &json!(bio))
+    );
+    let removed = patch(json!({ "bio": null })).await;
+    assert_eq!(
+        (&removed.body["specialty"], &removed.body["bio"]),
+        (&json!("Cardiology"), &Value::Null)
+    );
+    let fields: Vec<Value> = app
+        .events_after(0)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "ProfileChanged")
+        .map(|e| e.payload["ProfileChanged"]["fields"].clone())
+        .collect();
+    assert_eq!(fields, [json!(["specialty", "bio"]), json!(["bio"])]);
 }

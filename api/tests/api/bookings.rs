@@ -277,7 +277,10 @@ async fn a_visit_is_assigned_only_to_an_active_doctor() {
     v.app
         .accepts(
             v.admin,
-            post(format!("/api/v1/users/{}/deactivate", deactivated.user_id), json!({})),
+            post(
+                format!("/api/v1/users/{}/deactivate", deactivated.user_id),
+                json!({}),
+            ),
             StatusCode::OK,
         )
         .await;
@@ -291,12 +294,20 @@ async fn a_visit_is_assigned_only_to_an_active_doctor() {
 
     for someone in not_doctors {
         v.app
-            .refuses(v.admin, assign(v.booking, someone), StatusCode::UNPROCESSABLE_ENTITY)
+            .refuses(
+                v.admin,
+                assign(v.booking, someone),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
             .await
             .assert_names("doctor_id");
     }
     v.app
-        .refuses(deactivated, assign(v.booking, deactivated), StatusCode::UNAUTHORIZED)
+        .refuses(
+            deactivated,
+            assign(v.booking, deactivated),
+            StatusCode::UNAUTHORIZED,
+        )
         .await;
 }
 

@@ -219,7 +219,11 @@ async fn an_admin_outside_a_group_chat_adds_someone_to_it() {
     let g = group().await;
 
     g.app
-        .accepts(admin(), add(g.chat, g.app.enroll(patient()).await), StatusCode::OK)
+        .accepts(
+            admin(),
+            add(g.chat, g.app.enroll(patient()).await),
+            StatusCode::OK,
+        )
         .await;
 }
 
@@ -250,14 +254,21 @@ async fn only_active_users_join_a_chat() {
     g.app
         .accepts(
             admin(),
-            post(format!("/api/v1/users/{}/deactivate", deactivated.user_id), json!({})),
+            post(
+                format!("/api/v1/users/{}/deactivate", deactivated.user_id),
+                json!({}),
+            ),
             StatusCode::OK,
         )
         .await;
 
     for stranger in [patient(), deactivated] {
         g.app
-            .refuses(g.alice, add(g.chat, stranger), StatusCode::UNPROCESSABLE_ENTITY)
+            .refuses(
+                g.alice,
+                add(g.chat, stranger),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
             .await
             .assert_names("user_id");
         for kind in ["direct", "group"] {

@@ -24,12 +24,12 @@ use api::provider::PaymentProvider;
 use api::server::ConnectionArgs;
 use api::startup::{Application, Parts, Settings};
 use chrono::{DateTime, Utc};
-use commands::gateway::{PaymentGateway, ShopCredentials};
 use commands::accounts::AccountWrite;
+use commands::gateway::{PaymentGateway, ShopCredentials};
 use commands::{CommandError, Metadata, WriteSide};
 use domain::user::UserCommand;
-use domain::DomainError;
 use domain::values::{Actor, Role};
+use domain::DomainError;
 use herald_nats::Topology;
 use projections::Projection;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -549,7 +549,11 @@ impl TestApp {
             at: Utc::now(),
         };
         let metadata = Metadata::for_request(Actor::system(), Uuid::now_v7().to_string());
-        match self.write.execute_on_account(command, &metadata, account).await {
+        match self
+            .write
+            .execute_on_account(command, &metadata, account)
+            .await
+        {
             Ok(_) | Err(CommandError::Rejected(DomainError::UserAlreadyExists)) => actor,
             Err(err) => panic!("{actor:?} could not be enrolled: {err}"),
         }
