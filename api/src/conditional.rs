@@ -1,7 +1,9 @@
 //! Conditional reads. Every read answers with an `ETag` made of what the
 //! answer depends on, known before the answer is built: the version of the
 //! row it shows (the log position of the latest event that changed it), or,
-//! for a list, its read model's checkpoint, with the caller and the query.
+//! for a list, its read model's checkpoint, with the caller and the query,
+//! and, where it shows people's names, the version of their names
+//! (`projections::NAMES_VERSION`).
 //! A request whose `If-None-Match` names the current tag is answered
 //! `304 Not Modified`, with no body, after the same access checks as a full
 //! read.

@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{ApplyError, Projection};
+use crate::{name_of, push_list_head, ApplyError, ListHead, Projection, NAMES_VERSION};
 
 use crate::{BOOKING, PAYMENT};
 
@@ -26,8 +26,12 @@ pub struct BookingRow {
     pub id: Uuid,
     /// Who receives the visit.
     pub patient_id: Uuid,
+    /// The patient's name; `null` for a user without an account.
+    pub patient_name: Option<String>,
     /// The doctor who took it, once assigned.
     pub doctor_id: Option<Uuid>,
+    /// The doctor's name, once assigned.
+    pub doctor_name: Option<String>,
     /// The visit's type.
     #[schema(value_type = CallType)]
     pub call_type: String,
@@ -60,9 +64,15 @@ pub struct BookingRow {
     /// wrapped in an opaque cursor.
     #[serde(skip)]
     pub created_position: i64,
-    /// The log position of the latest event that changed it: its ETag.
+    /// The log position of the latest event that changed it: its ETag,
+    /// with the version of the names shown.
     #[serde(skip)]
     pub version: i64,
+    /// See [`crate::NAMES_VERSION`]; read with one booking, and with a list
+    /// in its head.
+    #[serde(skip)]
+    #[sqlx(default)]
+    pub names_version: i64,
 }
 
 /// Which bookings to list; every field given narrows the list.
@@ -338,11 +348,19 @@ async fn apply_payment(
     Ok(())
 }
 
-const SELECT_BOOKINGS: &str = "
-    SELECT booking_id AS id, patient_id, doctor_id, call_type, address, amount_minor, currency,
-           scheduled_at, status, paid, payment_id, payment_status, cancel_reason, requested_at,
-           updated_at, created_position, version
-      FROM rm_bookings";
+/// The columns of [`BookingRow`] and `more`, from `rm_bookings b`.
+fn select_bookings(more: &str) -> String {
+    format!(
+        "SELECT b.booking_id AS id, b.patient_id, {} AS patient_name, b.doctor_id,
+                {} AS doctor_name, b.call_type, b.address, b.amount_minor, b.currency,
+                b.scheduled_at, b.status, b.paid, b.payment_id, b.payment_status,
+                b.cancel_reason, b.requested_at, b.updated_at, b.created_position, b.version
+                {more}
+           FROM rm_bookings b",
+        name_of("b.patient_id"),
+        name_of("b.doctor_id"),
+    )
+}
 
 /// Up to `limit` bookings matching `filter`, newest first, with the position
 /// the bookings projection had reached when they were read: the page's
@@ -354,15 +372,12 @@ pub async fn list(
     filter: BookingFilter,
     after_cursor: Option<i64>,
     limit: i64,
-) -> Result<(i64, Vec<BookingRow>), sqlx::Error> {
-    let mut query = QueryBuilder::<Postgres>::new(
-        "SELECT head.position, page.*
-           FROM (SELECT coalesce(max(position), 0) AS position
-                   FROM projection_checkpoints WHERE projection = ",
-    );
-    query.push_bind(Projection::Bookings.name());
+) -> Result<(ListHead, Vec<BookingRow>), sqlx::Error> {
+    let mut query = QueryBuilder::<Postgres>::new("SELECT head.*, page.* FROM (");
+    push_list_head(&mut query, Projection::Bookings);
     query.push(") head LEFT JOIN LATERAL (");
-    query.push(SELECT_BOOKINGS);
+    // The names' version is the head's.
+    query.push(select_bookings(""));
     // Only the conditions in use are written, so each query matches one of
     // the (column, created_position) indexes.
     query.push(" WHERE true");
@@ -383,14 +398,15 @@ pub async fn list(
         .push_bind(limit)
         .push(") page ON true");
     let rows = query.build().fetch_all(pool).await?;
-    let (position, page) = crate::head_and_page::<(i64,), BookingRow>(&rows)?.unwrap_or_default();
-    Ok((position.0, page))
+    let (head, page) = crate::head_and_page::<ListHead, BookingRow>(&rows)?.unwrap_or_default();
+    Ok((head, page))
 }
 
 /// One booking, whoever asks; callers check visibility with its
 /// `patient_id` and `doctor_id`.
 pub async fn get(pool: &PgPool, booking_id: Uuid) -> Result<Option<BookingRow>, sqlx::Error> {
-    sqlx::query_as::<_, BookingRow>(&format!("{SELECT_BOOKINGS} WHERE booking_id = $1"))
+    let select = select_bookings(&format!(", {NAMES_VERSION}"));
+    sqlx::query_as::<_, BookingRow>(&format!("{select} WHERE b.booking_id = $1"))
         .bind(booking_id)
         .fetch_optional(pool)
         .await

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::bookings::aggregate_uuid;
-use crate::ApplyError;
+use crate::{ApplyError, NAMES_VERSION};
 
 use crate::CHAT;
 
@@ -36,6 +36,9 @@ pub struct ChatSummary {
     pub title: Option<String>,
     /// Current members in the order they joined.
     pub members: Vec<Uuid>,
+    /// The members' names by id; one without an account is left out.
+    #[schema(value_type = HashMap<Uuid, String>)]
+    pub member_names: Value,
     /// `{id, seq, author, body, sent_at}` of the newest message not deleted,
     /// so a list can show a preview without loading messages.
     #[schema(value_type = Option<Object>)]
@@ -61,12 +64,19 @@ pub struct ChatDetails {
     pub created_at: DateTime<Utc>,
     /// Current members in the order they joined.
     pub members: Vec<Uuid>,
+    /// The members' names by id; one without an account is left out.
+    #[schema(value_type = HashMap<Uuid, String>)]
+    pub member_names: Value,
     /// `{id, seq, author, body, sent_at}` of the newest message not deleted.
     #[schema(value_type = Option<Object>)]
     pub last_message: Option<Value>,
-    /// The log position of the chat's latest event: its ETag.
+    /// The log position of the chat's latest event: its ETag, with the
+    /// version of the names shown.
     #[serde(skip)]
     pub version: i64,
+    /// See [`crate::NAMES_VERSION`].
+    #[serde(skip)]
+    pub names_version: i64,
 }
 
 /// What a reader of a chat's messages is checked against before they are read.
@@ -418,9 +428,13 @@ async fn refresh_last_message(conn: &mut PgConnection, chat_id: Uuid) -> Result<
     Ok(())
 }
 
-/// The chat's members in joining order, as a column of the surrounding query.
+/// The chat's members in joining order, and their names by id, as columns of
+/// the surrounding query.
 const MEMBERS: &str = "ARRAY(SELECT o.user_id FROM rm_chat_members o WHERE o.chat_id = c.chat_id
-                              ORDER BY o.joined_position, o.join_index) AS members";
+                              ORDER BY o.joined_position, o.join_index) AS members,
+                       (SELECT coalesce(jsonb_object_agg(a.user_id, a.name), '{}')
+                          FROM rm_chat_members o JOIN accounts a ON a.user_id = o.user_id
+                         WHERE o.chat_id = c.chat_id) AS member_names";
 
 /// The chats `user_id` belongs to, most recently active first.
 pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<ChatSummary>, sqlx::Error> {
@@ -439,7 +453,7 @@ pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<ChatSumma
 pub async fn get(pool: &PgPool, chat_id: Uuid) -> Result<Option<ChatDetails>, sqlx::Error> {
     sqlx::query_as::<_, ChatDetails>(&format!(
         "SELECT c.chat_id AS id, c.kind, c.title, c.created_by, c.created_at, {MEMBERS},
-                c.last_message, c.version
+                c.last_message, c.version, {NAMES_VERSION}
            FROM rm_chats c
           WHERE c.chat_id = $1"
     ))

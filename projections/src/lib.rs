@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use herald_nats::LogEntry;
 use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgConnection, Row};
+use sqlx::{FromRow, PgConnection, PgPool, Postgres, QueryBuilder, Row};
 
 /// The aggregate types in the log, as the read models match them.
 pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
@@ -35,6 +35,44 @@ pub use herald_nats::follower::ApplyError;
 pub use rebuild::rebuild_into;
 pub use replay::{replay, ReplayError, ReplayReport};
 pub use worker::Worker;
+
+/// The people's names reads show beside their ids are not in the log but in
+/// their accounts; this column is the version of all of them (migration
+/// `profiles`), which grows with every change, so an answer that shows names
+/// is tagged with it too.
+pub(crate) const NAMES_VERSION: &str = "(SELECT version FROM account_names) AS names_version";
+
+/// The name of the user in `column`, `null` for one without an account.
+pub(crate) fn name_of(column: &str) -> String {
+    format!("(SELECT a.name FROM accounts a WHERE a.user_id = {column})")
+}
+
+/// How far a list reaches: its read model's checkpoint, and the version of
+/// the names it shows. A list's tag is made of both, read before its rows
+/// (or with them), so that it is never newer than they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
+pub struct ListHead {
+    /// The projection's checkpoint.
+    pub position: i64,
+    /// The version of people's names.
+    pub names_version: i64,
+}
+
+/// `SELECT` of the one-row [`ListHead`] of `projection`.
+pub(crate) fn push_list_head(query: &mut QueryBuilder<'_, Postgres>, projection: Projection) {
+    query.push(format_args!(
+        "SELECT coalesce(max(position), 0) AS position, {NAMES_VERSION}
+           FROM projection_checkpoints WHERE projection = "
+    ));
+    query.push_bind(projection.name());
+}
+
+/// The [`ListHead`] of `projection` now.
+pub async fn list_head(pool: &PgPool, projection: Projection) -> Result<ListHead, sqlx::Error> {
+    let mut query = QueryBuilder::new("");
+    push_list_head(&mut query, projection);
+    query.build_query_as().fetch_one(pool).await
+}
 
 /// A page read together with its head (what the reader is checked against,
 /// or the page's version) in one statement, so both come from one snapshot:

@@ -15,7 +15,7 @@ use projections::bookings::{BookingFilter, BookingRow};
 use projections::chats::{ChatAccess, ChatDetails, ChatSummary, MessageRow};
 use projections::payments::PaymentRow;
 use projections::summary::Summary;
-use projections::{bookings, chats, payments, summary, Projection};
+use projections::{bookings, chats, payments, summary, ListHead, Projection};
 use serde::de::IntoDeserializer;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -154,11 +154,10 @@ fn chat_visible(actor: Actor, chat: Option<ChatAccess>) -> Result<ChatAccess, Ap
         .ok_or(ApiError::NotFound("no chat with that id"))
 }
 
-/// The position `projection` has reached, read before a list so that the
-/// list's tag is never newer than its rows.
-async fn list_version(app: &AppState, projection: Projection) -> Result<i64, ApiError> {
-    let positions = projections::checkpoints(app.write.pool(), &[projection]).await?;
-    Ok(positions.first().copied().unwrap_or(0))
+/// How far `projection` has reached, read before a list so that the list's
+/// tag is never newer than its rows.
+async fn list_head(app: &AppState, projection: Projection) -> Result<ListHead, ApiError> {
+    Ok(projections::list_head(app.write.pool(), projection).await?)
 }
 
 /// The caller's chats.
@@ -182,8 +181,8 @@ async fn list_chats(
     held: IfNoneMatch,
 ) -> Result<Read<ChatList>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
-    let version = list_version(&app, Projection::Chats).await?;
-    let tag = ETag::new(version, actor);
+    let head = list_head(&app, Projection::Chats).await?;
+    let tag = ETag::new(head.position, (head.names_version, actor));
     if held.matches(&tag) {
         return Ok(Read::NotModified(tag));
     }
@@ -218,7 +217,8 @@ async fn get_chat(
         .await?
         .filter(|chat| access::may_see_chat(actor, chat.members.contains(&actor.user_id)))
         .ok_or(ApiError::NotFound("no chat with that id"))?;
-    Ok(held.answer(ETag::new(chat.version, ()), chat))
+    let tag = ETag::new(chat.version, chat.names_version);
+    Ok(held.answer(tag, chat))
 }
 
 /// Keyset paging of a chat's messages. Read as text so that a bad value is
@@ -364,19 +364,17 @@ async fn list_bookings(
     let scope_of_tag = (actor, status.map(BookingStatus::as_str), limit, cursor);
     // A poller's tag is checked on the checkpoint alone; a full read takes the
     // version and the page in one statement.
+    let tag_of = |head: ListHead| ETag::new(head.position, (head.names_version, scope_of_tag));
     if held.is_conditional() {
-        let tag = ETag::new(
-            list_version(&app, Projection::Bookings).await?,
-            scope_of_tag,
-        );
+        let tag = tag_of(list_head(&app, Projection::Bookings).await?);
         if held.matches(&tag) {
             return Ok(Read::NotModified(tag));
         }
     }
     let filter = BookingFilter { status, ..scope };
     // One row more than asked tells whether another page follows.
-    let (version, mut items) = bookings::list(app.write.pool(), filter, cursor, limit + 1).await?;
-    let tag = ETag::new(version, scope_of_tag);
+    let (head, mut items) = bookings::list(app.write.pool(), filter, cursor, limit + 1).await?;
+    let tag = tag_of(head);
     let next_cursor = next_page(&mut items, limit, |last| last.created_position.to_string());
     Ok(Read::Full(tag, BookingPage { items, next_cursor }))
 }
@@ -410,7 +408,8 @@ async fn get_booking(
         .await?
         .filter(|booking| scope.includes(booking.patient_id, booking.doctor_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
-    Ok(held.answer(ETag::new(booking.version, ()), booking))
+    let tag = ETag::new(booking.version, booking.names_version);
+    Ok(held.answer(tag, booking))
 }
 
 /// One payment, for the booking's patient and admins.
@@ -493,8 +492,8 @@ async fn list_payments(
         .await?
         .filter(|booking| access::may_see_payment(actor, booking.patient_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
-    let version = list_version(&app, Projection::Payments).await?;
-    let tag = ETag::new(version, (booking_id, booking.version));
+    let head = list_head(&app, Projection::Payments).await?;
+    let tag = ETag::new(head.position, (booking_id, booking.version));
     if held.matches(&tag) {
         return Ok(Read::NotModified(tag));
     }
@@ -527,8 +526,7 @@ async fn get_summary(
         return Err(ApiError::Forbidden("only admins see the dashboard"));
     }
     consistency::wait(&app, &consistency, &[Projection::Summary]).await?;
-    let version = list_version(&app, Projection::Summary).await?;
-    let tag = ETag::new(version, ());
+    let tag = ETag::new(list_head(&app, Projection::Summary).await?.position, ());
     if held.matches(&tag) {
         return Ok(Read::NotModified(tag));
     }

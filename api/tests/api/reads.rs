@@ -848,6 +848,61 @@ async fn a_change_gives_a_read_a_new_tag_and_the_old_one_gets_the_full_answer() 
 }
 
 #[tokio::test]
+async fn reads_show_peoples_names_and_a_new_name_gives_them_new_tags() {
+    let h = Herald::start().await;
+    let (alice, doc) = (h.app.enroll(patient()).await, doctor());
+    let booking = h.booking(alice).await;
+    h.assign(doc, booking, doc).await;
+    let chat = h.chat(alice, &[doc]).await.id;
+    let nameless = h.booking(patient()).await;
+    let one = format!("/api/v1/bookings/{booking}");
+    let list = "/api/v1/bookings?limit=50";
+    let shown_chat = format!("/api/v1/chats/{chat}");
+    let chats = "/api/v1/chats";
+
+    let shown = h.ok(alice, &one).await;
+    assert_eq!(
+        (&shown["patient_name"], &shown["doctor_name"]),
+        (&json!("Test patient"), &json!("Test doctor"))
+    );
+    let names = json!({ alice.user_id.to_string(): "Test patient", doc.user_id.to_string(): "Test doctor" });
+    assert_eq!(h.ok(alice, &shown_chat).await["member_names"], names);
+    assert_eq!(h.items(alice, chats).await[0]["member_names"], names);
+    let unnamed = h.ok(admin(), &format!("/api/v1/bookings/{nameless}")).await;
+    assert_eq!(
+        (&unnamed["patient_name"], &unnamed["doctor_name"]),
+        (&Value::Null, &Value::Null)
+    );
+    let before = [
+        h.etag(alice, &one).await,
+        h.etag(alice, list).await,
+        h.etag(alice, &shown_chat).await,
+        h.etag(alice, chats).await,
+    ];
+
+    let renamed = h
+        .app
+        .send(
+            Method::PATCH,
+            "/api/v1/me",
+            doc,
+            Some(json!({ "name": "Maria Ivanova" })),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.body);
+
+    for (path, old) in [&one, list, &shown_chat, chats].into_iter().zip(&before) {
+        let reply = h.get_holding(alice, path, old).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);
+        assert!(
+            reply.body.to_string().contains("Maria Ivanova"),
+            "{path}: {}",
+            reply.body
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_tag_held_by_someone_else_earns_no_304_and_tells_nothing() {
     let h = Herald::start().await;
     let (alice, bob, doc) = (patient(), patient(), doctor());
