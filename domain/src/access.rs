@@ -4,7 +4,8 @@
 //! - a chat: its members, and admins, who moderate chats;
 //! - a booking: its patient, the doctor assigned to it, and admins; auditors
 //!   read the event log, not bookings;
-//! - a payment: the patient who pays, and admins.
+//! - a payment: the patient who pays, and admins;
+//! - a user's account changes: the user themself, and admins.
 //!
 //! Herald's own actor counts as an admin. What an aggregate's parties are is
 //! read from its own events ([`Parties::observe`]) or from a read model's row.
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use crate::booking::BookingEvent;
 use crate::chat::ChatEvent;
 use crate::payment::PaymentEvent;
+use crate::user::UserEvent;
 use crate::values::{Actor, Role};
 use crate::Permission;
 
@@ -28,11 +30,13 @@ pub enum AggregateKind {
     Booking,
     /// [`crate::payment::Payment`].
     Payment,
+    /// [`crate::user::User`].
+    User,
 }
 
 impl AggregateKind {
     /// Every kind.
-    pub const ALL: [Self; 3] = [Self::Chat, Self::Booking, Self::Payment];
+    pub const ALL: [Self; 4] = [Self::Chat, Self::Booking, Self::Payment, Self::User];
 
     /// The name events of this kind are stored under: the aggregate's `TYPE`.
     pub const fn as_str(self) -> &'static str {
@@ -40,6 +44,7 @@ impl AggregateKind {
             Self::Chat => <crate::chat::Chat as cqrs_es::Aggregate>::TYPE,
             Self::Booking => <crate::booking::Booking as cqrs_es::Aggregate>::TYPE,
             Self::Payment => <crate::payment::Payment as cqrs_es::Aggregate>::TYPE,
+            Self::User => <crate::user::User as cqrs_es::Aggregate>::TYPE,
         }
     }
 
@@ -115,6 +120,8 @@ pub struct Parties {
     pub patient: Option<Uuid>,
     /// The doctor assigned to a booking.
     pub doctor: Option<Uuid>,
+    /// The user an account is.
+    pub user: Option<Uuid>,
 }
 
 /// What [`Parties::observe`] could not read.
@@ -161,6 +168,14 @@ impl Parties {
                     self.patient = Some(patient_id);
                 }
             }
+            AggregateKind::User => match crate::upcast::decode(event_type, event_version, payload)?
+            {
+                UserEvent::UserRegistered { user_id, .. }
+                | UserEvent::UserCreated { user_id, .. } => {
+                    self.user = Some(user_id);
+                }
+                _ => {}
+            },
         }
         Ok(())
     }
@@ -175,6 +190,7 @@ impl Parties {
             AggregateKind::Payment => self
                 .patient
                 .is_some_and(|patient| may_see_payment(actor, patient)),
+            AggregateKind::User => actor.is_admin() || self.user == Some(actor.user_id),
         }
     }
 }
@@ -262,10 +278,25 @@ mod tests {
     }
 
     #[test]
+    fn an_accounts_changes_are_seen_by_the_user_and_admins_only() {
+        let user = Uuid::new_v4();
+        let mut parties = Parties::default();
+        let created = json!({ "UserCreated": {
+            "user_id": user, "role": "doctor", "created_by": Uuid::nil(), "at": "2026-01-01T00:00:00Z"
+        }});
+        observe(&mut parties, "User", created);
+        assert!(parties.visible_to(AggregateKind::User, Actor::new(user, Role::Doctor)));
+        assert!(parties.visible_to(AggregateKind::User, Actor::new(Uuid::new_v4(), Role::Admin)));
+        for role in [Role::Doctor, Role::Patient, Role::Auditor] {
+            assert!(!parties.visible_to(AggregateKind::User, Actor::new(Uuid::new_v4(), role)));
+        }
+    }
+
+    #[test]
     fn every_kind_is_named_as_its_aggregate_is_stored() {
         for kind in AggregateKind::ALL {
             assert_eq!(AggregateKind::parse(kind.as_str()), Some(kind));
         }
-        assert_eq!(AggregateKind::parse("User"), None);
+        assert_eq!(AggregateKind::parse("Ward"), None);
     }
 }

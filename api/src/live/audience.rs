@@ -19,13 +19,15 @@ const REMEMBERED: usize = 4096;
 
 /// The event types that change who may see an aggregate; the others need not
 /// be read to know its parties.
-const PARTY_EVENTS: [&str; 6] = [
+const PARTY_EVENTS: [&str; 8] = [
     "ChatCreated",
     "MemberAdded",
     "MemberRemoved",
     "BookingRequested",
     "DoctorAssigned",
     "PaymentInitiated",
+    "UserRegistered",
+    "UserCreated",
 ];
 
 /// Why the parties of an entry's aggregate could not be known.

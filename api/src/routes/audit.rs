@@ -14,6 +14,7 @@ use domain::access::AggregateKind;
 use domain::booking::Booking;
 use domain::chat::Chat;
 use domain::payment::Payment;
+use domain::user::User;
 use domain::values::{Actor, Role};
 use domain::ValidationError;
 use herald_nats::log::chain::{self, AsOf, AuditEntry, Checkpoint, Verification};
@@ -76,7 +77,7 @@ struct EventsQuery {
     /// Entries per page, 1 to 1000; 100 when absent.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
-    /// Only this aggregate type: `Chat`, `Booking` or `Payment`.
+    /// Only this aggregate type: `Chat`, `Booking`, `Payment` or `User`.
     #[param(value_type = Option<String>)]
     aggregate_type: Option<String>,
 }
@@ -122,7 +123,7 @@ async fn list_events(
     });
     let aggregate_type = fields.optional(query.aggregate_type, |raw| {
         AggregateKind::parse(&raw).ok_or_else(|| {
-            ValidationError::new("aggregate_type", "must be Chat, Booking or Payment")
+            ValidationError::new("aggregate_type", "must be Chat, Booking, Payment or User")
         })
     });
     let ((after, limit), aggregate_type) = fields.finish(after.zip(limit).zip(aggregate_type))?;
@@ -155,7 +156,7 @@ struct AggregateHistory {
     tag = "audit",
     operation_id = "aggregate_events",
     params(
-        ("type" = String, Path, description = "`Chat`, `Booking` or `Payment`"),
+        ("type" = String, Path, description = "`Chat`, `Booking`, `Payment` or `User`"),
         ("id" = String, Path, description = "The aggregate's id"),
     ),
     responses(
@@ -199,7 +200,7 @@ struct AsOfQuery {
 /// An aggregate as it was after its last event at or before `as_of`.
 #[derive(Debug, Serialize, ToSchema)]
 struct AggregateState {
-    /// `Chat`, `Booking` or `Payment`.
+    /// `Chat`, `Booking`, `Payment` or `User`.
     aggregate_type: &'static str,
     /// The aggregate's id.
     aggregate_id: String,
@@ -235,7 +236,7 @@ fn parse_as_of(raw: String) -> Result<AsOf, ValidationError> {
     tag = "audit",
     operation_id = "aggregate_as_of",
     params(
-        ("type" = String, Path, description = "`Chat`, `Booking` or `Payment`"),
+        ("type" = String, Path, description = "`Chat`, `Booking`, `Payment` or `User`"),
         ("id" = String, Path, description = "The aggregate's id"),
         AsOfQuery,
     ),
@@ -274,6 +275,7 @@ async fn aggregate_as_of(
         AggregateKind::Chat => fold::<Chat>(&entries),
         AggregateKind::Booking => fold::<Booking>(&entries),
         AggregateKind::Payment => fold::<Payment>(&entries),
+        AggregateKind::User => fold::<User>(&entries),
     }
     .map_err(|err| ApiError::Command(CommandError::Internal(err.into())))?;
     Ok(Json(AggregateState {

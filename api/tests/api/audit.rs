@@ -196,6 +196,54 @@ async fn patients_and_doctors_are_forbidden_the_audit_endpoints_and_anonymous_ca
 }
 
 #[tokio::test]
+async fn an_auditor_sees_who_granted_whom_which_role_and_when_without_their_personal_data() {
+    let app = TestApp::spawn_with_pipeline().await;
+    let boss = admin();
+    let body = json!({ "email": "dr.lee@example.com", "name": "Ada Lee", "role": "doctor" });
+    let created = app.post("/api/v1/users", boss, body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let user = created.id();
+    for (path, body) in [
+        ("role", json!({ "role": "admin" })),
+        ("deactivate", json!({})),
+    ] {
+        let reply = app
+            .post(&format!("/api/v1/users/{user}/{path}"), boss, body)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    app.wait_for_projections().await;
+
+    let history = get(
+        &app,
+        &format!("/api/v1/aggregates/User/{user}/events"),
+        auditor(),
+    )
+    .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.body);
+    let items = history.body["items"].as_array().unwrap();
+    let types: Vec<&str> = items
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["UserCreated", "RoleChanged", "UserDeactivated"]);
+    for item in items {
+        assert_eq!(item["metadata"]["actor"], boss.user_id.to_string());
+    }
+    assert_eq!(
+        items[1]["payload"]["RoleChanged"]["to"], "admin",
+        "{}",
+        items[1]
+    );
+    assert!(!history.body.to_string().contains("Ada Lee"));
+    assert!(!history.body.to_string().contains("dr.lee"));
+    let now = get(&app, &format!("/api/v1/aggregates/User/{user}"), auditor()).await;
+    assert_eq!(now.status, StatusCode::OK, "{}", now.body);
+    assert_eq!(now.body["state"]["role"], "admin", "{}", now.body);
+    assert_eq!(now.body["state"]["deactivated"], true, "{}", now.body);
+}
+
+#[tokio::test]
 async fn an_aggregate_as_of_a_position_or_a_time_is_its_events_folded_up_to_then() {
     let app = TestApp::spawn_with_pipeline().await;
     let (p, d) = (patient(), app.enroll(doctor()).await);

@@ -494,6 +494,7 @@ async fn the_sse_stream_shows_what_the_caller_may_see_and_resumes_after_last_eve
 
     let booking = app.booking(me).await;
     app.booking(other).await;
+    // Joining the chat opens an account for `me`, which they see too.
     let chat = app.group_chat(doctor, &[me]).await;
     post_message(&app, chat, doctor, "one").await;
 
@@ -520,7 +521,7 @@ async fn the_sse_stream_shows_what_the_caller_may_see_and_resumes_after_last_eve
     app.wait_for_projections().await;
 
     let mut stream = Sse::open(&app, me, Some(last)).await;
-    let expected = positions_of(&app, &[booking, chat]).await;
+    let expected = positions_of(&app, &[booking, chat, me.user_id]).await;
     while seen.len() < expected.len() {
         seen.push(stream.next().await);
     }
@@ -531,7 +532,7 @@ async fn the_sse_stream_shows_what_the_caller_may_see_and_resumes_after_last_eve
     seen.push(live);
 
     let ids: Vec<i64> = seen.iter().map(|e| e.id).collect();
-    let expected = positions_of(&app, &[booking, chat]).await;
+    let expected = positions_of(&app, &[booking, chat, me.user_id]).await;
     assert_eq!(ids, expected, "every visible entry once, in order");
     let distinct: HashSet<i64> = ids.iter().copied().collect();
     assert_eq!(distinct.len(), ids.len());
