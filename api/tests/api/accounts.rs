@@ -725,3 +725,138 @@ async fn a_doctor_shows_patients_a_specialty_and_a_short_bio() {
         .collect();
     assert_eq!(fields, [json!(["specialty", "bio"]), json!(["bio"])]);
 }
+
+#[tokio::test]
+async fn every_account_endpoint_refuses_bad_input_and_the_wrong_caller_with_a_problem_and_stores_nothing(
+) {
+    let app = TestApp::spawn().await;
+    let admin = common::admin();
+    let doctor = app.enroll(common::doctor()).await;
+    let unknown = uuid::Uuid::new_v4();
+    let signed_up = signed_in(&app, "vera@example.com", "correct horse battery").await;
+    let patient_token = signed_up["access_token"].as_str().unwrap().to_owned();
+    let unknown_field = json!({ "surprise": true });
+
+    // Unknown fields and bodies that are not JSON objects: 400.
+    for path in ["register", "login", "refresh", "logout", "set-password"] {
+        app.stores_nothing(open(&app, path, unknown_field.clone()))
+            .await
+            .assert_problem(StatusCode::BAD_REQUEST);
+    }
+    for (method, path) in [
+        (reqwest::Method::PATCH, "/api/v1/me"),
+        (reqwest::Method::POST, "/api/v1/me/password"),
+        (reqwest::Method::POST, "/api/v1/users"),
+    ] {
+        let request = app
+            .request(method, path)
+            .bearer_auth(app.token(admin))
+            .json(&unknown_field);
+        app.refuses_request(request, StatusCode::BAD_REQUEST).await;
+    }
+
+    // Only admins manage users: 403 for everyone else.
+    for caller in [doctor, common::patient(), common::auditor()] {
+        let body = json!({ "email": "x@example.com", "name": "X", "role": "doctor" });
+        app.refuses(
+            caller,
+            common::post("/api/v1/users", body),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        let list = app
+            .request(reqwest::Method::GET, "/api/v1/users")
+            .bearer_auth(app.token(caller));
+        app.refuses_request(list, StatusCode::FORBIDDEN).await;
+        for (path, body) in [
+            ("role", json!({ "role": "admin" })),
+            ("deactivate", json!({})),
+            ("reactivate", json!({})),
+        ] {
+            let call = common::post(format!("/api/v1/users/{}/{path}", doctor.user_id), body);
+            app.refuses(caller, call, StatusCode::FORBIDDEN).await;
+        }
+    }
+    // An admin does not demote or deactivate themself.
+    let boss = app.enroll(common::admin()).await;
+    for (path, body) in [
+        ("role", json!({ "role": "doctor" })),
+        ("deactivate", json!({})),
+    ] {
+        let call = common::post(format!("/api/v1/users/{}/{path}", boss.user_id), body);
+        app.refuses(boss, call, StatusCode::FORBIDDEN).await;
+    }
+
+    // Someone who does not exist: 404.
+    for (path, body) in [
+        ("role", json!({ "role": "admin" })),
+        ("deactivate", json!({})),
+        ("reactivate", json!({})),
+    ] {
+        let call = common::post(format!("/api/v1/users/{unknown}/{path}"), body);
+        app.refuses(admin, call, StatusCode::NOT_FOUND).await;
+    }
+
+    // Values that are not what the field holds: 422 naming it.
+    for (body, field) in [
+        (
+            json!({ "email": "not an address", "name": "X", "role": "doctor" }),
+            "email",
+        ),
+        (
+            json!({ "email": "x@example.com", "name": " ", "role": "doctor" }),
+            "name",
+        ),
+        (
+            json!({ "email": "x@example.com", "name": "X", "role": "system" }),
+            "role",
+        ),
+        (
+            json!({ "email": "x@example.com", "name": "X", "role": "doctor", "phone": "1" }),
+            "phone",
+        ),
+    ] {
+        app.refuses(
+            admin,
+            common::post("/api/v1/users", body),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await
+        .assert_names(field);
+    }
+    let call = common::post(
+        format!("/api/v1/users/{}/role", doctor.user_id),
+        json!({ "role": "chief" }),
+    );
+    app.refuses(admin, call, StatusCode::UNPROCESSABLE_ENTITY)
+        .await
+        .assert_names("role");
+    let listed = app
+        .request(reqwest::Method::GET, "/api/v1/users?role=chief")
+        .bearer_auth(app.token(admin));
+    app.refuses_request(listed, StatusCode::UNPROCESSABLE_ENTITY)
+        .await
+        .assert_names("role");
+    let weak = app
+        .request(reqwest::Method::POST, "/api/v1/me/password")
+        .bearer_auth(&patient_token)
+        .json(&json!({ "current_password": "correct horse battery", "new_password": "password" }));
+    app.refuses_request(weak, StatusCode::UNPROCESSABLE_ENTITY)
+        .await
+        .assert_names("new_password");
+
+    // Without a token: 401.
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/v1/me"),
+        (reqwest::Method::PATCH, "/api/v1/me"),
+        (reqwest::Method::POST, "/api/v1/me/password"),
+        (reqwest::Method::GET, "/api/v1/users"),
+        (reqwest::Method::POST, "/api/v1/users"),
+    ] {
+        app.refuses_request(
+            app.request(method, path).json(&json!({})),
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+}
