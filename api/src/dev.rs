@@ -6,12 +6,9 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use commands::accounts::{self, AccountWrite};
-use commands::{CommandError, Metadata, WriteSide};
-use domain::user::UserCommand;
+use commands::accounts;
+use commands::WriteSide;
 use domain::values::{Actor, Password, Role};
-use domain::DomainError;
 use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -90,28 +87,11 @@ impl DevIdentity {
             {
                 continue;
             }
-            let account = AccountWrite::Open {
-                user_id: actor.user_id,
-                email: demo_email(actor.role),
-                password_hash: passwords::hash(password.clone()).await?,
-                name: format!("Demo {}", actor.role),
-                phone: None,
-                password_setup: None,
-            };
-            let command = UserCommand::Create {
-                user_id: actor.user_id,
-                role: actor.role,
-                actor: Actor::system(),
-                at: Utc::now(),
-            };
-            let metadata = Metadata::for_request(Actor::system(), Uuid::now_v7().to_string());
-            match write.execute_on_account(command, &metadata, account).await {
-                Ok(_)
-                | Err(CommandError::Rejected(
-                    DomainError::UserAlreadyExists | DomainError::EmailTaken,
-                )) => {}
-                Err(err) => return Err(err.into()),
-            }
+            let hash = passwords::hash(password.clone()).await?;
+            let name = format!("Demo {}", actor.role);
+            write
+                .enroll(actor, demo_email(actor.role), name, hash)
+                .await?;
         }
         Ok(())
     }

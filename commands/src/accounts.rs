@@ -5,8 +5,14 @@
 
 use std::time::Duration;
 
+use chrono::Utc;
+use domain::user::UserCommand;
+use domain::values::Actor;
+use domain::DomainError;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
+
+use crate::{CommandError, Metadata, WriteSide};
 
 /// How long the token that sets an account's first password is valid.
 pub const PASSWORD_SETUP_TTL: Duration = Duration::from_secs(48 * 3600);
@@ -232,4 +238,40 @@ pub async fn list<'c>(
     .bind(limit)
     .fetch_all(executor)
     .await
+}
+
+impl WriteSide {
+    /// Herald itself opens an account for `actor` in their role, signing in
+    /// with `password_hash`, unless the user or the address already has one:
+    /// development mode's demo users, and the people tests need.
+    pub async fn enroll(
+        &self,
+        actor: Actor,
+        email: String,
+        name: String,
+        password_hash: String,
+    ) -> Result<(), CommandError> {
+        let account = AccountWrite::Open {
+            user_id: actor.user_id,
+            email,
+            password_hash,
+            name,
+            phone: None,
+            password_setup: None,
+        };
+        let command = UserCommand::Create {
+            user_id: actor.user_id,
+            role: actor.role,
+            actor: Actor::system(),
+            at: Utc::now(),
+        };
+        let metadata = Metadata::for_request(Actor::system(), Uuid::now_v7().to_string());
+        match self.execute_on_account(command, &metadata, account).await {
+            Ok(_)
+            | Err(CommandError::Rejected(
+                DomainError::UserAlreadyExists | DomainError::EmailTaken,
+            )) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
 }

@@ -24,12 +24,9 @@ use api::provider::PaymentProvider;
 use api::server::ConnectionArgs;
 use api::startup::{Application, Parts, Settings};
 use chrono::{DateTime, Utc};
-use commands::accounts::AccountWrite;
 use commands::gateway::{PaymentGateway, ShopCredentials};
-use commands::{CommandError, Metadata, WriteSide};
-use domain::user::UserCommand;
+use commands::WriteSide;
 use domain::values::{Actor, Role};
-use domain::DomainError;
 use herald_nats::Topology;
 use projections::Projection;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -534,29 +531,11 @@ impl TestApp {
     /// itself unless they have one, so that they may be assigned a visit or
     /// join a chat.
     pub async fn enroll(&self, actor: Actor) -> Actor {
-        let account = AccountWrite::Open {
-            user_id: actor.user_id,
-            email: format!("{}@herald.test", actor.user_id),
-            password_hash: api::passwords::NOT_SET.to_owned(),
-            name: format!("Test {}", actor.role),
-            phone: None,
-            password_setup: None,
-        };
-        let command = UserCommand::Create {
-            user_id: actor.user_id,
-            role: actor.role,
-            actor: Actor::system(),
-            at: Utc::now(),
-        };
-        let metadata = Metadata::for_request(Actor::system(), Uuid::now_v7().to_string());
-        match self
-            .write
-            .execute_on_account(command, &metadata, account)
-            .await
-        {
-            Ok(_) | Err(CommandError::Rejected(DomainError::UserAlreadyExists)) => actor,
-            Err(err) => panic!("{actor:?} could not be enrolled: {err}"),
-        }
+        let email = format!("{}@herald.test", actor.user_id);
+        let name = format!("Test {}", actor.role);
+        let hash = api::passwords::NOT_SET.to_owned();
+        self.write.enroll(actor, email, name, hash).await.unwrap();
+        actor
     }
 
     /// A chat created by `creator` with `others`, each enrolled first, and
