@@ -1,5 +1,6 @@
 //! The Postgres pool: a checked URL, short timeouts, a migrated schema; only
-//! `herald up` and `herald migrate` create the database.
+//! `herald up` and `herald migrate` create the database. Reads run on
+//! connections of their own ([`Readers`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -176,4 +177,69 @@ pub async fn existing_pool(args: &DatabaseArgs) -> Result<PgPool, DatabaseError>
     }
     MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+/// Connections the read routes keep for themselves. sqlx's pool pings every
+/// connection as it comes back, one more round trip per read than the read
+/// itself; these go back without one. That is safe because every query sqlx
+/// sends first reads to the end of whatever an interrupted one left; a
+/// connection whose query failed is closed rather than kept, and one idle for
+/// longer than [`RECHECK_AFTER_IDLE`] is pinged before it is used, as the
+/// pool's are.
+pub struct Readers {
+    options: PgConnectOptions,
+    idle: std::sync::Mutex<Vec<(sqlx::PgConnection, std::time::Instant)>>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Readers {
+    /// Up to `size` connections to where `pool` connects, opened as reads
+    /// need them.
+    pub fn new(pool: &PgPool, size: usize) -> Self {
+        Self {
+            options: (*pool.connect_options()).clone(),
+            idle: std::sync::Mutex::default(),
+            slots: tokio::sync::Semaphore::new(size.max(1)),
+        }
+    }
+
+    /// Runs `read` on a connection of its own, waiting for one as long as a
+    /// request waits for the pool's.
+    pub async fn run<T>(
+        &self,
+        read: impl for<'c> FnOnce(
+            &'c mut sqlx::PgConnection,
+        ) -> futures::future::BoxFuture<'c, Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let _slot = tokio::time::timeout(ACQUIRE_TIMEOUT, self.slots.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let mut conn = self.connection().await?;
+        let result = read(&mut conn).await;
+        if result.is_ok() {
+            self.give_back(conn);
+        }
+        result
+    }
+
+    async fn connection(&self) -> Result<sqlx::PgConnection, sqlx::Error> {
+        loop {
+            let kept = self.idle.lock().map_or(None, |mut idle| idle.pop());
+            let Some((mut conn, since)) = kept else {
+                return sqlx::ConnectOptions::connect(&self.options).await;
+            };
+            if since.elapsed() <= RECHECK_AFTER_IDLE
+                || sqlx::Connection::ping(&mut conn).await.is_ok()
+            {
+                return Ok(conn);
+            }
+        }
+    }
+
+    fn give_back(&self, conn: sqlx::PgConnection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push((conn, std::time::Instant::now()));
+        }
+    }
 }

@@ -49,6 +49,8 @@ use crate::provider::webhook::WebhookSecret;
 pub struct AppState {
     /// Executes commands against the event store.
     pub write: Arc<WriteSide>,
+    /// The connections reads run on.
+    pub readers: Arc<db::Readers>,
     /// Checks callers' tokens.
     pub keys: JwtKeys,
     /// The payment provider, behind timeouts, retries and a circuit breaker.

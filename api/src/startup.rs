@@ -20,7 +20,7 @@ use crate::live::{LiveConfig, LiveHub};
 use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
 use crate::server::{serve, ConnectionArgs};
-use crate::{AppState, Surface};
+use crate::{db, AppState, Surface};
 
 /// A boxed startup failure; each names what to fix.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -125,6 +125,10 @@ impl Application {
             None => None,
         };
         let state = AppState {
+            readers: Arc::new(db::Readers::new(
+                &pool,
+                pool.options().get_max_connections() as usize / 2,
+            )),
             write,
             keys: settings.keys,
             gateway,

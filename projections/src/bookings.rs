@@ -11,7 +11,7 @@ use domain::payment::{PaymentEvent, PaymentStatus};
 use domain::values::CallType;
 use herald_nats::LogEntry;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -367,8 +367,8 @@ fn select_bookings(more: &str) -> String {
 /// version, from the same snapshot as its rows. Pass the `created_position`
 /// of the last row of a page as `after_cursor` to get the next one; new
 /// bookings never shift a page, since positions only grow.
-pub async fn list(
-    pool: &PgPool,
+pub async fn list<'c>(
+    executor: impl PgExecutor<'c>,
     filter: BookingFilter,
     after_cursor: Option<i64>,
     limit: i64,
@@ -397,17 +397,20 @@ pub async fn list(
         .push(" ORDER BY created_position DESC LIMIT ")
         .push_bind(limit)
         .push(") page ON true");
-    let rows = query.build().fetch_all(pool).await?;
+    let rows = query.build().fetch_all(executor).await?;
     let (head, page) = crate::head_and_page::<ListHead, BookingRow>(&rows)?.unwrap_or_default();
     Ok((head, page))
 }
 
 /// One booking, whoever asks; callers check visibility with its
 /// `patient_id` and `doctor_id`.
-pub async fn get(pool: &PgPool, booking_id: Uuid) -> Result<Option<BookingRow>, sqlx::Error> {
+pub async fn get<'c>(
+    executor: impl PgExecutor<'c>,
+    booking_id: Uuid,
+) -> Result<Option<BookingRow>, sqlx::Error> {
     let select = select_bookings(&format!(", {NAMES_VERSION}"));
     sqlx::query_as::<_, BookingRow>(&format!("{select} WHERE b.booking_id = $1"))
         .bind(booking_id)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await
 }

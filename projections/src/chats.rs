@@ -15,7 +15,7 @@ use domain::values::ChatKind;
 use herald_nats::LogEntry;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -437,7 +437,10 @@ const MEMBERS: &str = "ARRAY(SELECT o.user_id FROM rm_chat_members o WHERE o.cha
                          WHERE o.chat_id = c.chat_id) AS member_names";
 
 /// The chats `user_id` belongs to, most recently active first.
-pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<ChatSummary>, sqlx::Error> {
+pub async fn list_for_user<'c>(
+    executor: impl PgExecutor<'c>,
+    user_id: Uuid,
+) -> Result<Vec<ChatSummary>, sqlx::Error> {
     sqlx::query_as::<_, ChatSummary>(&format!(
         "SELECT c.chat_id AS id, c.kind, c.title, {MEMBERS}, c.last_message, m.unread_count
            FROM rm_chat_members m JOIN rm_chats c ON c.chat_id = m.chat_id
@@ -445,12 +448,15 @@ pub async fn list_for_user(pool: &PgPool, user_id: Uuid) -> Result<Vec<ChatSumma
           ORDER BY c.last_activity_position DESC, c.chat_id"
     ))
     .bind(user_id)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }
 
 /// One chat, whoever asks; callers check visibility with its `members`.
-pub async fn get(pool: &PgPool, chat_id: Uuid) -> Result<Option<ChatDetails>, sqlx::Error> {
+pub async fn get<'c>(
+    executor: impl PgExecutor<'c>,
+    chat_id: Uuid,
+) -> Result<Option<ChatDetails>, sqlx::Error> {
     sqlx::query_as::<_, ChatDetails>(&format!(
         "SELECT c.chat_id AS id, c.kind, c.title, c.created_by, c.created_at, {MEMBERS},
                 c.last_message, c.version, {NAMES_VERSION}
@@ -458,7 +464,7 @@ pub async fn get(pool: &PgPool, chat_id: Uuid) -> Result<Option<ChatDetails>, sq
           WHERE c.chat_id = $1"
     ))
     .bind(chat_id)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
@@ -470,15 +476,15 @@ const ACCESS: &str = "SELECT m.user_id IS NOT NULL AS member, c.version
 
 /// Whether `user_id` currently belongs to the chat, and the chat's version;
 /// `None` for an unknown chat.
-pub async fn access(
-    pool: &PgPool,
+pub async fn access<'c>(
+    executor: impl PgExecutor<'c>,
     chat_id: Uuid,
     user_id: Uuid,
 ) -> Result<Option<ChatAccess>, sqlx::Error> {
     sqlx::query_as(ACCESS)
         .bind(chat_id)
         .bind(user_id)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await
 }
 
@@ -494,8 +500,8 @@ const MESSAGES: &str = "SELECT message_id AS id, seq, author, body, sent_at, edi
 /// an unknown chat. The next page starts before the last row's `seq`, which
 /// stays stable however many messages arrive meanwhile. One statement: the
 /// access and the page come from one snapshot.
-pub async fn messages(
-    pool: &PgPool,
+pub async fn messages<'c>(
+    executor: impl PgExecutor<'c>,
     chat_id: Uuid,
     user_id: Uuid,
     before_seq: Option<i64>,
@@ -508,7 +514,7 @@ pub async fn messages(
     .bind(user_id)
     .bind(before_seq.unwrap_or(i64::MAX))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     crate::head_and_page(&rows)
 }

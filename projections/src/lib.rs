@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use herald_nats::LogEntry;
 use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgConnection, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{FromRow, PgConnection, PgExecutor, Postgres, QueryBuilder, Row};
 
 /// The aggregate types in the log, as the read models match them.
 pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
@@ -68,10 +68,13 @@ pub(crate) fn push_list_head(query: &mut QueryBuilder<'_, Postgres>, projection:
 }
 
 /// The [`ListHead`] of `projection` now.
-pub async fn list_head(pool: &PgPool, projection: Projection) -> Result<ListHead, sqlx::Error> {
+pub async fn list_head<'c>(
+    executor: impl PgExecutor<'c>,
+    projection: Projection,
+) -> Result<ListHead, sqlx::Error> {
     let mut query = QueryBuilder::new("");
     push_list_head(&mut query, projection);
-    query.build_query_as().fetch_one(pool).await
+    query.build_query_as().fetch_one(executor).await
 }
 
 /// A page read together with its head (what the reader is checked against,

@@ -5,7 +5,7 @@ use domain::payment::{PaymentEvent, PaymentStatus};
 use domain::values::PaymentMethod;
 use herald_nats::LogEntry;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -127,20 +127,26 @@ const SELECT_PAYMENTS: &str = "
       FROM rm_payments";
 
 /// One payment, whoever asks; callers check visibility with its `patient_id`.
-pub async fn get(pool: &PgPool, payment_id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
+pub async fn get<'c>(
+    executor: impl PgExecutor<'c>,
+    payment_id: Uuid,
+) -> Result<Option<PaymentRow>, sqlx::Error> {
     sqlx::query_as::<_, PaymentRow>(&format!("{SELECT_PAYMENTS} WHERE payment_id = $1"))
         .bind(payment_id)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await
 }
 
 /// Every payment started for a booking, newest first. A booking gathers only
 /// its patient's attempts, and none once one succeeds, so there is no paging.
-pub async fn for_booking(pool: &PgPool, booking_id: Uuid) -> Result<Vec<PaymentRow>, sqlx::Error> {
+pub async fn for_booking<'c>(
+    executor: impl PgExecutor<'c>,
+    booking_id: Uuid,
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
     sqlx::query_as::<_, PaymentRow>(&format!(
         "{SELECT_PAYMENTS} WHERE booking_id = $1 ORDER BY created_position DESC"
     ))
     .bind(booking_id)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }

@@ -12,7 +12,7 @@ use domain::booking::{BookingEvent, BookingStatus};
 use domain::payment::{PaymentEvent, PaymentStatus};
 use herald_nats::LogEntry;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -276,7 +276,7 @@ fn payment_statuses() -> [PaymentStatus; 5] {
 }
 
 /// The dashboard's figures as of the summary projection's checkpoint.
-pub async fn get(pool: &PgPool) -> Result<Summary, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection) -> Result<Summary, sqlx::Error> {
     let mut bookings_by_status: BTreeMap<String, i64> = booking_statuses()
         .into_iter()
         .map(|status| (status.as_str().to_owned(), 0))
@@ -287,7 +287,7 @@ pub async fn get(pool: &PgPool) -> Result<Summary, sqlx::Error> {
         .collect();
     let counts: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT kind, status, count FROM rm_summary_counts")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
     for (kind, status, count) in counts {
         let by_status = match kind.as_str() {
@@ -302,7 +302,7 @@ pub async fn get(pool: &PgPool) -> Result<Summary, sqlx::Error> {
            FROM rm_summary_revenue
           ORDER BY currency",
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(Summary {
         bookings_by_status,

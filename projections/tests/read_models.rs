@@ -791,7 +791,9 @@ async fn payments_of_a_booking_are_listed_newest_first_with_their_provider_refer
 #[tokio::test]
 async fn the_summary_counts_every_status_and_nets_refunds_out_of_revenue_per_currency() {
     let mut log = Log::new().await;
-    let empty = summary::get(&log.pool).await.unwrap();
+    let empty = summary::get(&mut log.pool.acquire().await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(empty.bookings_by_status.values().sum::<i64>(), 0);
     assert_eq!(
         empty.bookings_by_status.keys().collect::<Vec<_>>(),
@@ -848,7 +850,9 @@ async fn the_summary_counts_every_status_and_nets_refunds_out_of_revenue_per_cur
     // A repeated notification changes nothing.
     log.payment(p[0], succeeded("a")).await;
 
-    let figures = summary::get(&log.pool).await.unwrap();
+    let figures = summary::get(&mut log.pool.acquire().await.unwrap())
+        .await
+        .unwrap();
     let counts = |map: &std::collections::BTreeMap<String, i64>| {
         map.iter()
             .map(|(status, count)| (status.clone(), *count))

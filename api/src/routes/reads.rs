@@ -11,6 +11,7 @@ use domain::access::{self, BookingScope};
 use domain::booking::BookingStatus;
 use domain::values::Actor;
 use domain::ValidationError;
+use futures::FutureExt;
 use projections::bookings::{BookingFilter, BookingRow};
 use projections::chats::{ChatAccess, ChatDetails, ChatSummary, MessageRow};
 use projections::payments::PaymentRow;
@@ -143,7 +144,10 @@ fn booking_status(raw: String) -> Result<BookingStatus, ValidationError> {
 
 /// The version of a chat shown to `actor` as [`chat_visible`] says.
 async fn visible_chat(app: &AppState, actor: Actor, chat_id: Uuid) -> Result<i64, ApiError> {
-    let chat = chats::access(app.write.pool(), chat_id, actor.user_id).await?;
+    let chat = app
+        .readers
+        .run(|conn| chats::access(conn, chat_id, actor.user_id).boxed())
+        .await?;
     chat_visible(actor, chat).map(|chat| chat.version)
 }
 
@@ -157,7 +161,10 @@ fn chat_visible(actor: Actor, chat: Option<ChatAccess>) -> Result<ChatAccess, Ap
 /// How far `projection` has reached, read before a list so that the list's
 /// tag is never newer than its rows.
 async fn list_head(app: &AppState, projection: Projection) -> Result<ListHead, ApiError> {
-    Ok(projections::list_head(app.write.pool(), projection).await?)
+    Ok(app
+        .readers
+        .run(|conn| projections::list_head(conn, projection).boxed())
+        .await?)
 }
 
 /// The caller's chats.
@@ -186,7 +193,10 @@ async fn list_chats(
     if held.matches(&tag) {
         return Ok(Read::NotModified(tag));
     }
-    let items = chats::list_for_user(app.write.pool(), actor.user_id).await?;
+    let items = app
+        .readers
+        .run(|conn| chats::list_for_user(conn, actor.user_id).boxed())
+        .await?;
     Ok(Read::Full(tag, ChatList { items }))
 }
 
@@ -213,7 +223,9 @@ async fn get_chat(
     held: IfNoneMatch,
 ) -> Result<Read<ChatDetails>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
-    let chat = chats::get(app.write.pool(), chat_id)
+    let chat = app
+        .readers
+        .run(|conn| chats::get(conn, chat_id).boxed())
         .await?
         .filter(|chat| access::may_see_chat(actor, chat.members.contains(&actor.user_id)))
         .ok_or(ApiError::NotFound("no chat with that id"))?;
@@ -277,10 +289,11 @@ async fn list_messages(
             return Ok(Read::NotModified(tag));
         }
     }
-    let (chat, items) =
-        chats::messages(app.write.pool(), chat_id, actor.user_id, before_seq, limit)
-            .await?
-            .unzip();
+    let (chat, items) = app
+        .readers
+        .run(|conn| chats::messages(conn, chat_id, actor.user_id, before_seq, limit).boxed())
+        .await?
+        .unzip();
     let tag = ETag::new(chat_visible(actor, chat)?.version, (before_seq, limit));
     let items = items.unwrap_or_default();
     // The first message has seq 1, so a page ending there is the last.
@@ -373,7 +386,10 @@ async fn list_bookings(
     }
     let filter = BookingFilter { status, ..scope };
     // One row more than asked tells whether another page follows.
-    let (head, mut items) = bookings::list(app.write.pool(), filter, cursor, limit + 1).await?;
+    let (head, mut items) = app
+        .readers
+        .run(|conn| bookings::list(conn, filter, cursor, limit + 1).boxed())
+        .await?;
     let tag = tag_of(head);
     let next_cursor = next_page(&mut items, limit, |last| last.created_position.to_string());
     Ok(Read::Full(tag, BookingPage { items, next_cursor }))
@@ -404,7 +420,9 @@ async fn get_booking(
 ) -> Result<Read<BookingRow>, ApiError> {
     let scope = BookingScope::of(actor)?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
-    let booking = bookings::get(app.write.pool(), booking_id)
+    let booking = app
+        .readers
+        .run(|conn| bookings::get(conn, booking_id).boxed())
         .await?
         .filter(|booking| scope.includes(booking.patient_id, booking.doctor_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
@@ -435,7 +453,9 @@ async fn get_payment(
     held: IfNoneMatch,
 ) -> Result<Read<PaymentRow>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Payments]).await?;
-    let payment = payments::get(app.write.pool(), payment_id)
+    let payment = app
+        .readers
+        .run(|conn| payments::get(conn, payment_id).boxed())
         .await?
         .filter(|payment| access::may_see_payment(actor, payment.patient_id))
         .ok_or(ApiError::NotFound("no payment with that id"))?;
@@ -487,8 +507,9 @@ async fn list_payments(
         &[Projection::Payments, Projection::Bookings],
     )
     .await?;
-    let pool = app.write.pool();
-    let booking = bookings::get(pool, booking_id)
+    let booking = app
+        .readers
+        .run(|conn| bookings::get(conn, booking_id).boxed())
         .await?
         .filter(|booking| access::may_see_payment(actor, booking.patient_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
@@ -497,7 +518,10 @@ async fn list_payments(
     if held.matches(&tag) {
         return Ok(Read::NotModified(tag));
     }
-    let items = payments::for_booking(pool, booking_id).await?;
+    let items = app
+        .readers
+        .run(|conn| payments::for_booking(conn, booking_id).boxed())
+        .await?;
     Ok(Read::Full(tag, PaymentList { items }))
 }
 
@@ -530,6 +554,6 @@ async fn get_summary(
     if held.matches(&tag) {
         return Ok(Read::NotModified(tag));
     }
-    let figures = summary::get(app.write.pool()).await?;
+    let figures = app.readers.run(|conn| summary::get(conn).boxed()).await?;
     Ok(Read::Full(tag, figures))
 }
