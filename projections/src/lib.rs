@@ -60,11 +60,9 @@ pub struct ListHead {
 
 /// `SELECT` of the one-row [`ListHead`] of `projection`.
 pub(crate) fn push_list_head(query: &mut QueryBuilder<'_, Postgres>, projection: Projection) {
-    query.push(format_args!(
-        "SELECT coalesce(max(position), 0) AS position, {NAMES_VERSION}
-           FROM projection_checkpoints WHERE projection = "
-    ));
-    query.push_bind(projection.name());
+    query.push("SELECT ");
+    herald_nats::follower::checkpoint::push_position(query, projection.name());
+    query.push(format_args!(" AS position, {NAMES_VERSION}"));
 }
 
 /// The [`ListHead`] of `projection` now.

@@ -4,7 +4,7 @@
 //! name.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
+use sqlx::{Acquire, PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
 
 use super::TransactionalFollower;
 use crate::log::{self, LogEntry};
@@ -12,12 +12,18 @@ use crate::log::{self, LogEntry};
 /// The position the follower `name` has followed up to (0 before its first
 /// entry).
 pub async fn read<'c>(executor: impl PgExecutor<'c>, name: &str) -> Result<i64, sqlx::Error> {
-    let position: Option<i64> =
-        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
-            .bind(name)
-            .fetch_optional(executor)
-            .await?;
-    Ok(position.unwrap_or(0))
+    let mut query = QueryBuilder::new("SELECT ");
+    push_position(&mut query, name);
+    query.build_query_scalar().fetch_one(executor).await
+}
+
+/// Pushes onto `query` the expression [`read`] selects: the position of the
+/// follower `name`, 0 before its first entry; for a read that needs it beside
+/// other columns.
+pub fn push_position<'a>(query: &mut QueryBuilder<'a, Postgres>, name: &'a str) {
+    query.push("coalesce((SELECT position FROM projection_checkpoints WHERE projection = ");
+    query.push_bind(name);
+    query.push("), 0)");
 }
 
 /// The checkpoints of several followers, in the order asked.
