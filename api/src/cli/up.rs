@@ -17,47 +17,68 @@ const MISSING_SECRET: &str = "HERALD_JWT_SECRET is required (at least 32 bytes; 
      `openssl rand -hex 32`); use `herald up --dev` to run with one Herald makes up and keeps \
      in its database";
 
+/// Where `herald up` takes its secrets from, decided before anything is
+/// touched.
+enum Secrets {
+    /// Both from the environment, as outside development mode they must be.
+    Configured {
+        keys: JwtKeys,
+        webhook: WebhookSecret,
+    },
+    /// Development mode: those configured, and for the others the ones kept
+    /// in the database.
+    Development {
+        keys: Option<JwtKeys>,
+        webhook: Option<WebhookSecret>,
+    },
+}
+
+impl Secrets {
+    /// The configured secrets, checked; outside `--dev` both are required.
+    fn configured(args: &UpArgs) -> Result<Self, BoxError> {
+        let keys = args
+            .jwt_secret
+            .as_ref()
+            .map(|secret| JwtKeys::new(secret)?.accepting(&args.jwt_previous_secrets))
+            .transpose()?;
+        let webhook = args
+            .webhook_secret
+            .clone()
+            .map(WebhookSecret::new)
+            .transpose()?;
+        if args.dev {
+            return Ok(Self::Development { keys, webhook });
+        }
+        Ok(Self::Configured {
+            keys: keys.ok_or(MISSING_SECRET)?,
+            webhook: webhook.ok_or(WebhookSecretError::Missing)?,
+        })
+    }
+}
+
 /// Everything in one process: API, relay, every projection worker, the
 /// payment process manager and the live gateway.
 pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
-    // Configured secrets are checked before anything is touched.
-    let configured_keys = args
-        .jwt_secret
-        .as_ref()
-        .map(|secret| JwtKeys::new(secret)?.accepting(&args.jwt_previous_secrets))
-        .transpose()?;
-    let configured_webhook = args
-        .webhook_secret
-        .clone()
-        .map(WebhookSecret::new)
-        .transpose()?;
-    if !args.dev {
-        configured_keys.as_ref().ok_or(MISSING_SECRET)?;
-        configured_webhook
-            .as_ref()
-            .ok_or(WebhookSecretError::Missing)?;
-    }
+    let secrets = Secrets::configured(&args)?;
     // The schema is ready before the port opens; the port is bound before
     // the provider is set up, so that the default public URL names it.
     let pool = migrated_pool(&args.database).await?;
-    let dev = match args.dev {
-        true => Some(DevIdentity::load_or_create(&pool).await?),
-        false => None,
-    };
-    // Without configured secrets, development mode's kept ones.
-    let signed_with = match configured_keys {
-        Some(_) => "HERALD_JWT_SECRET",
-        None => "the development secret kept in the database",
-    };
-    let keys = match configured_keys {
-        Some(keys) => keys,
-        None => JwtKeys::new(&dev.as_ref().ok_or(MISSING_SECRET)?.jwt_secret)?,
-    };
-    let webhook_secret = match configured_webhook {
-        Some(secret) => secret,
-        None => {
-            let dev = dev.as_ref().ok_or(WebhookSecretError::Missing)?;
-            WebhookSecret::new(dev.webhook_secret.clone())?
+    let (keys, webhook_secret, signed_with, dev) = match secrets {
+        Secrets::Configured { keys, webhook } => (keys, webhook, "HERALD_JWT_SECRET", None),
+        Secrets::Development { keys, webhook } => {
+            let dev = DevIdentity::load_or_create(&pool).await?;
+            let (keys, signed_with) = match keys {
+                Some(keys) => (keys, "HERALD_JWT_SECRET"),
+                None => (
+                    JwtKeys::new(&dev.jwt_secret)?,
+                    "the development secret kept in the database",
+                ),
+            };
+            let webhook = match webhook {
+                Some(webhook) => webhook,
+                None => WebhookSecret::new(dev.webhook_secret.clone())?,
+            };
+            (keys, webhook, signed_with, Some(dev))
         }
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
