@@ -58,6 +58,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
             Unauthorized,
             Forbidden,
             NotFound,
+            NoAccount,
             Conflict,
             PayloadTooLarge,
             Invalid,
@@ -457,6 +458,12 @@ problem_response!(
     /// 404: nothing the caller may see has that id.
     NotFound,
     "No such resource, or none the caller may see",
+    false
+);
+problem_response!(
+    /// 404: the caller's token names nobody with an account.
+    NoAccount,
+    "The caller has no account (a service account's token)",
     false
 );
 problem_response!(

@@ -439,7 +439,7 @@ where
     responses(
         (status = 200, description = "Changed, or nothing to change", body = Me),
         (status = 400, response = openapi::BadRequest),
-        (status = 404, description = "The caller has no account (a service account)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, response = openapi::NoAccount),
         (status = 413, response = openapi::PayloadTooLarge),
         (status = 422, response = openapi::Invalid),
         (status = 503, response = openapi::Unavailable),
@@ -461,12 +461,7 @@ async fn change_profile(
     let bio = fields.optional(body.bio, |bio| bio.map(Bio::parse).transpose());
     let (((name, phone), specialty), bio) =
         fields.finish(name.zip(phone).zip(specialty).zip(bio))?;
-    if accounts::of_user(app.write.pool(), actor.user_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound("the caller has no account"));
-    }
+    // A caller without an account has no User either: the aggregate answers 404.
     let changed = [
         ("name", name.is_some()),
         ("phone", phone.is_some()),
@@ -518,7 +513,7 @@ struct ChangePassword {
     responses(
         (status = 200, description = "Changed (PasswordChanged); a new pair for this session", body = SignedIn),
         (status = 400, response = openapi::BadRequest),
-        (status = 404, description = "The caller has no account (a service account)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, response = openapi::NoAccount),
         (status = 413, response = openapi::PayloadTooLarge),
         (status = 422, response = openapi::Invalid),
         (status = 503, response = openapi::Unavailable),
