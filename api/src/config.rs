@@ -58,7 +58,8 @@ pub struct DatabaseArgs {
     )]
     pub database_url: String,
 
-    /// Most connections the pool opens.
+    /// Most connections the pool opens; reads keep up to half as many again
+    /// of their own (`db::Readers`).
     #[arg(long, env = "HERALD_DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
 }
