@@ -3,12 +3,13 @@
 //! crate's tests use it through the `testing` feature.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{LogEntry, Topology};
+use crate::{LogEntry, Relay, Topology};
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// The Postgres server tests use; override with HERALD_TEST_DATABASE_URL.
@@ -222,4 +223,29 @@ pub fn assert_complete_and_ordered(entries: &[LogEntry], event_ids: &[i64]) {
         assert_eq!(entry.sequence, *last + 1, "aggregate events out of order");
         *last = entry.sequence;
     }
+}
+
+/// Starts a relay; dropping the returned sender stops it.
+pub async fn start_relay(pool: &PgPool, topology: &Topology) -> (Relay, oneshot::Sender<()>) {
+    let client = crate::connect(&nats_url()).await.unwrap();
+    let relay = Relay::new(pool.clone(), client, topology.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(relay.clone().run(async {
+        let _ = stopped.await;
+    }));
+    (relay, stop)
+}
+
+/// Waits until `relay` has published `count` events, for at most ten seconds.
+pub async fn wait_until_published(relay: &Relay, count: i64) {
+    for _ in 0..200 {
+        if relay.status().published() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "relay published {} of {count} events",
+        relay.status().published()
+    );
 }

@@ -8,9 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use herald_nats::{Relay, Topology};
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// Appends one event to an aggregate directly, as the event store would.
@@ -35,37 +33,13 @@ async fn all_event_ids(pool: &PgPool) -> Vec<i64> {
         .unwrap()
 }
 
-/// Starts a relay; dropping the returned sender stops it.
-async fn start_relay(pool: &PgPool, topology: &Topology) -> (Relay, oneshot::Sender<()>) {
-    let client = herald_nats::connect(&support::nats_url()).await.unwrap();
-    let relay = Relay::new(pool.clone(), client, topology.clone());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(relay.clone().run(async {
-        let _ = stopped.await;
-    }));
-    (relay, stop)
-}
-
-async fn wait_until_published(relay: &Relay, count: i64) {
-    for _ in 0..200 {
-        if relay.status().published() >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "relay published {} of {count} events",
-        relay.status().published()
-    );
-}
-
 #[tokio::test]
 async fn an_event_committed_late_with_an_earlier_id_is_relayed_where_a_naive_reader_skips_it() {
     let url = support::fresh_database().await;
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
     let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
-    let (relay, _stop) = start_relay(&pool, &topology).await;
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
 
     // Transaction A takes the earlier event_id but commits last.
     let mut slow = PgConnection::connect(&url).await.unwrap();
@@ -92,7 +66,7 @@ async fn an_event_committed_late_with_an_earlier_id_is_relayed_where_a_naive_rea
         "the naive reader never sees event {early_id}"
     );
 
-    wait_until_published(&relay, 2).await;
+    support::wait_until_published(&relay, 2).await;
     let entries = support::stream_entries(&topology).await;
     support::assert_complete_and_ordered(&entries, &all_event_ids(&pool).await);
     support::delete_stream(&topology).await;
@@ -120,9 +94,9 @@ async fn events_are_sequenced_in_numeric_transaction_order_where_the_ids_gain_a_
     }
     let topology = support::fresh_topology().await;
     let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
-    let (relay, _stop) = start_relay(&pool, &topology).await;
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
 
-    wait_until_published(&relay, 2).await;
+    support::wait_until_published(&relay, 2).await;
     let entries = support::stream_entries(&topology).await;
     support::assert_complete_and_ordered(&entries, &ids);
     support::delete_stream(&topology).await;
@@ -160,7 +134,7 @@ async fn an_open_transaction_that_may_write_events_holds_the_relay_back_until_it
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
     let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
-    let (relay, _stop) = start_relay(&pool, &topology).await;
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
 
     let open = open_transaction_with_an_id(&url, false).await;
     let mut writer = PgConnection::connect(&url).await.unwrap();
@@ -173,7 +147,7 @@ async fn an_open_transaction_that_may_write_events_holds_the_relay_back_until_it
     );
 
     commit(open).await;
-    wait_until_published(&relay, 1).await;
+    support::wait_until_published(&relay, 1).await;
     support::delete_stream(&topology).await;
 }
 
@@ -183,13 +157,13 @@ async fn a_long_transaction_that_declared_it_writes_no_events_does_not_hold_the_
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
     let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
-    let (relay, _stop) = start_relay(&pool, &topology).await;
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
 
     let open = open_transaction_with_an_id(&url, true).await;
     let mut writer = PgConnection::connect(&url).await.unwrap();
     append(&mut writer, "chat", 1).await;
     append(&mut writer, "chat", 2).await;
-    wait_until_published(&relay, 2).await;
+    support::wait_until_published(&relay, 2).await;
 
     commit(open).await;
     let entries = support::stream_entries(&topology).await;
@@ -204,7 +178,7 @@ async fn many_writers_committing_out_of_order_are_all_relayed_once_while_a_naive
     let pool = support::migrated_pool(&url).await;
     let topology = support::fresh_topology().await;
     let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
-    let (relay, _stop) = start_relay(&pool, &topology).await;
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
 
     let naive_seen = {
         let pool = pool.clone();
@@ -255,7 +229,7 @@ async fn many_writers_committing_out_of_order_are_all_relayed_once_while_a_naive
     join_all(writers).await;
 
     let event_ids = all_event_ids(&pool).await;
-    wait_until_published(&relay, event_ids.len() as i64).await;
+    support::wait_until_published(&relay, event_ids.len() as i64).await;
     support::assert_complete_and_ordered(&support::stream_entries(&topology).await, &event_ids);
 
     let naive_seen = naive_seen.await.unwrap();
@@ -279,10 +253,10 @@ async fn two_relays_keep_one_active_and_the_standby_takes_over_when_it_stops() {
     let mut connection = PgConnection::connect(&url).await.unwrap();
     append(&mut connection, "chat", 1).await;
 
-    let (first, stop_first) = start_relay(&pool, &topology).await;
-    wait_until_published(&first, 1).await;
+    let (first, stop_first) = support::start_relay(&pool, &topology).await;
+    support::wait_until_published(&first, 1).await;
     let second_pool = PgPool::connect(&url).await.unwrap();
-    let (second, _stop_second) = start_relay(&second_pool, &topology).await;
+    let (second, _stop_second) = support::start_relay(&second_pool, &topology).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(first.status().is_active());
     assert!(!second.status().is_active());
@@ -296,7 +270,7 @@ async fn two_relays_keep_one_active_and_the_standby_takes_over_when_it_stops() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(second.status().is_active(), "the standby did not take over");
-    wait_until_published(&second, 2).await;
+    support::wait_until_published(&second, 2).await;
     support::assert_complete_and_ordered(
         &support::stream_entries(&topology).await,
         &all_event_ids(&pool).await,
@@ -314,8 +288,8 @@ async fn a_stream_that_lost_its_messages_is_refilled_from_the_log() {
     for sequence in 1..=3 {
         append(&mut connection, "chat", sequence).await;
     }
-    let (relay, _stop) = start_relay(&pool, &topology).await;
-    wait_until_published(&relay, 3).await;
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
+    support::wait_until_published(&relay, 3).await;
 
     // NATS comes back without what it had not synced to disk: here, everything.
     support::delete_stream(&topology).await;

@@ -30,6 +30,11 @@ use tokio::sync::mpsc;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
+use futures::{StreamExt, TryStreamExt};
+
+pub use super::canonical::canonical_bytes;
+use super::canonical::{Fields, JsonbText};
+use super::copy;
 use crate::{log, LogEntry};
 
 /// A SHA-256 digest.
@@ -41,45 +46,8 @@ pub const GENESIS: Hash = [0; 32];
 /// Entries read per query while verifying: large enough that round trips do not
 /// dominate, small enough that memory stays flat whatever the log's length.
 const VERIFY_BATCH: i64 = 5000;
-
-/// The bytes an entry is hashed as: the JSON object
-/// `{aggregate_id, aggregate_type, event_id, event_type, event_version, metadata,
-/// payload, position, recorded_at, sequence}` with the keys of every object, at
-/// every depth, in ascending byte order, no whitespace, strings escaped as
-/// RFC 8259 requires (only `"`, `\` and control characters; other characters
-/// as UTF-8), and `recorded_at` as RFC 3339 UTC with six fractional digits and
-/// `Z`, the precision Postgres stores.
-pub fn canonical_bytes(entry: &LogEntry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.push(b'{');
-    field(&mut out, "aggregate_id", true);
-    write_string(&mut out, &entry.aggregate_id);
-    field(&mut out, "aggregate_type", false);
-    write_string(&mut out, &entry.aggregate_type);
-    field(&mut out, "event_id", false);
-    out.extend_from_slice(entry.event_id.to_string().as_bytes());
-    field(&mut out, "event_type", false);
-    write_string(&mut out, &entry.event_type);
-    field(&mut out, "event_version", false);
-    write_string(&mut out, &entry.event_version);
-    field(&mut out, "metadata", false);
-    write_canonical(&mut out, &entry.metadata);
-    field(&mut out, "payload", false);
-    write_canonical(&mut out, &entry.payload);
-    field(&mut out, "position", false);
-    out.extend_from_slice(entry.position.to_string().as_bytes());
-    field(&mut out, "recorded_at", false);
-    write_string(
-        &mut out,
-        &entry
-            .recorded_at
-            .to_rfc3339_opts(SecondsFormat::Micros, true),
-    );
-    field(&mut out, "sequence", false);
-    out.extend_from_slice(entry.sequence.to_string().as_bytes());
-    out.push(b'}');
-    out
-}
+/// Batches read side by side while verifying.
+const VERIFY_READERS: usize = 2;
 
 /// The link after `previous` for `entry`: `SHA-256(previous ‖ canonical(entry))`.
 pub fn link(previous: &Hash, entry: &LogEntry) -> Hash {
@@ -93,55 +61,6 @@ fn link_canonical(previous: &Hash, canonical: &[u8]) -> Hash {
     hasher.update(previous);
     hasher.update(canonical);
     hasher.finalize().into()
-}
-
-/// Starts a member of the canonical object.
-fn field(out: &mut Vec<u8>, name: &str, first: bool) {
-    if !first {
-        out.push(b',');
-    }
-    write_string(out, name);
-    out.push(b':');
-}
-
-fn write_string(out: &mut Vec<u8>, text: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
-}
-
-/// Writes `value` with every object's keys sorted, whatever order the JSON
-/// library keeps them in.
-fn write_canonical(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(out, item);
-            }
-            out.push(b']');
-        }
-        Value::Object(members) => {
-            let mut keys: Vec<&String> = members.keys().collect();
-            keys.sort_unstable();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(out, key);
-                out.push(b':');
-                write_canonical(out, &members[key]);
-            }
-            out.push(b'}');
-        }
-        scalar => {
-            // Null, booleans, numbers and strings: serde_json's own compact form.
-            let _ = serde_json::to_writer(&mut *out, scalar);
-        }
-    }
 }
 
 /// A point of the log chain an auditor keeps outside the database: the chain
@@ -210,7 +129,9 @@ impl Serialize for Checkpoint {
 /// retry computes again.
 #[derive(Debug)]
 pub(crate) struct Heads {
-    heads: HashMap<(String, String), (i64, Hash)>,
+    /// By aggregate type, then id: the head's sequence and hash.
+    heads: HashMap<String, HashMap<String, (i64, Hash)>>,
+    kept: usize,
     limit: usize,
 }
 
@@ -233,34 +154,65 @@ impl Heads {
     fn keeping(limit: usize) -> Self {
         Self {
             heads: HashMap::new(),
+            kept: 0,
             limit,
         }
     }
 
     /// The aggregate-chain hash before `entry`, when it is kept.
-    fn before(&self, entry: &LogEntry) -> Option<Hash> {
-        if entry.sequence == 1 {
+    fn before(&self, entry: &impl Chained) -> Option<Hash> {
+        let (aggregate_type, aggregate_id, sequence) = entry.in_aggregate();
+        if sequence == 1 {
             return Some(GENESIS);
         }
         self.heads
-            .get(&(entry.aggregate_type.clone(), entry.aggregate_id.clone()))
-            .filter(|(sequence, _)| *sequence == entry.sequence - 1)
+            .get(aggregate_type)?
+            .get(aggregate_id)
+            .filter(|(kept, _)| *kept == sequence - 1)
             .map(|(_, hash)| *hash)
     }
 
     /// Forgets every head once more than its limit are kept; called between
     /// batches, never while one is being linked.
     fn forget_if_full(&mut self) {
-        if self.heads.len() > self.limit {
+        if self.kept > self.limit {
             self.heads.clear();
+            self.kept = 0;
         }
     }
 
     fn keep(&mut self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: Hash) {
-        self.heads.insert(
-            (aggregate_type.to_owned(), aggregate_id.to_owned()),
-            (sequence, hash),
-        );
+        if !self.heads.contains_key(aggregate_type) {
+            self.heads.insert(aggregate_type.to_owned(), HashMap::new());
+        }
+        let Some(of_type) = self.heads.get_mut(aggregate_type) else {
+            return;
+        };
+        match of_type.get_mut(aggregate_id) {
+            Some(head) => *head = (sequence, hash),
+            None => {
+                of_type.insert(aggregate_id.to_owned(), (sequence, hash));
+                self.kept += 1;
+            }
+        }
+    }
+}
+
+/// What the chains need to know of an entry besides its canonical form.
+pub(crate) trait Chained {
+    /// Its position in the log.
+    fn position(&self) -> i64;
+    /// Its aggregate's type and id, and its sequence there.
+    fn in_aggregate(&self) -> (&str, &str, i64);
+}
+
+impl Chained for LogEntry {
+    fn position(&self) -> i64 {
+        self.position
+    }
+
+    fn in_aggregate(&self) -> (&str, &str, i64) {
+        (&self.aggregate_type, &self.aggregate_id, self.sequence)
     }
 }
 
@@ -281,7 +233,7 @@ pub(crate) async fn link_entries(
     entries: &[LogEntry],
 ) -> Result<Links, sqlx::Error> {
     heads.forget_if_full();
-    look_up_heads(tx, heads, entries.iter()).await?;
+    look_up_heads(tx, heads, entries).await?;
     let mut links = Links {
         hashes: Vec::with_capacity(entries.len()),
         aggregate_hashes: Vec::with_capacity(entries.len()),
@@ -319,7 +271,7 @@ pub(crate) fn stored_head(position: i64, stored: Option<Vec<u8>>) -> Hash {
     if position == 0 {
         return GENESIS;
     }
-    as_hash(&stored).unwrap_or(GENESIS)
+    stored.as_deref().and_then(as_hash).unwrap_or(GENESIS)
 }
 
 /// Links entries numbered before the hash chains existed: positions after
@@ -359,40 +311,30 @@ pub(crate) async fn hash_through(
 /// `entries` (consecutive, in position order), of the events just before
 /// those of `entries` (sequence − 1) that are neither kept nor among `entries`
 /// themselves.
-async fn look_up_heads<'a>(
+async fn look_up_heads(
     tx: &mut PgConnection,
     heads: &mut Heads,
-    entries: impl Iterator<Item = &'a LogEntry> + Clone,
+    entries: &[impl Chained],
 ) -> Result<(), sqlx::Error> {
-    let Some(first) = entries.clone().next().map(|e| e.position) else {
+    let Some(first) = entries.first().map(Chained::position) else {
         return Ok(());
     };
-    let linked_here: HashSet<(&str, &str, i64)> = entries
-        .clone()
-        .map(|e| {
-            (
-                e.aggregate_type.as_str(),
-                e.aggregate_id.as_str(),
-                e.sequence,
-            )
-        })
-        .collect();
-    let wanted: Vec<&LogEntry> = entries
-        .filter(|e| {
-            heads.before(e).is_none()
-                && !linked_here.contains(&(
-                    e.aggregate_type.as_str(),
-                    e.aggregate_id.as_str(),
-                    e.sequence - 1,
-                ))
+    let linked_here: HashSet<(&str, &str, i64)> =
+        entries.iter().map(Chained::in_aggregate).collect();
+    let wanted: Vec<(&str, &str, i64)> = entries
+        .iter()
+        .filter(|e| heads.before(*e).is_none())
+        .map(Chained::in_aggregate)
+        .filter(|(aggregate_type, aggregate_id, sequence)| {
+            !linked_here.contains(&(aggregate_type, aggregate_id, sequence - 1))
         })
         .collect();
     if wanted.is_empty() {
         return Ok(());
     }
-    let types: Vec<&str> = wanted.iter().map(|e| e.aggregate_type.as_str()).collect();
-    let ids: Vec<&str> = wanted.iter().map(|e| e.aggregate_id.as_str()).collect();
-    let sequences: Vec<i64> = wanted.iter().map(|e| e.sequence - 1).collect();
+    let types: Vec<&str> = wanted.iter().map(|(t, _, _)| *t).collect();
+    let ids: Vec<&str> = wanted.iter().map(|(_, id, _)| *id).collect();
+    let sequences: Vec<i64> = wanted.iter().map(|(_, _, sequence)| sequence - 1).collect();
     let rows: Vec<(String, String, i64, Option<Vec<u8>>)> = sqlx::query_as(
         "SELECT e.aggregate_type, e.aggregate_id, e.sequence, l.aggregate_hash
            FROM unnest($1::text[], $2::text[], $3::bigint[]) AS p(aggregate_type, aggregate_id, sequence)
@@ -407,7 +349,7 @@ async fn look_up_heads<'a>(
     .fetch_all(&mut *tx)
     .await?;
     for (aggregate_type, aggregate_id, sequence, hash) in rows {
-        if let Some(hash) = as_hash(&hash) {
+        if let Some(hash) = hash.as_deref().and_then(as_hash) {
             heads.keep(&aggregate_type, &aggregate_id, sequence, hash);
         }
     }
@@ -415,10 +357,8 @@ async fn look_up_heads<'a>(
 }
 
 /// A stored link, when it is one.
-fn as_hash(bytes: &Option<Vec<u8>>) -> Option<Hash> {
-    bytes
-        .as_deref()
-        .and_then(|bytes| Hash::try_from(bytes).ok())
+fn as_hash(bytes: &[u8]) -> Option<Hash> {
+    Hash::try_from(bytes).ok()
 }
 
 /// What a verification of the log found.
@@ -441,11 +381,16 @@ pub struct Verification {
     pub head: Option<Checkpoint>,
 }
 
-/// Recomputes both chains over the whole log, streaming it in batches by
-/// position so memory stays flat, and stops at the first entry that does not
-/// link. `expect` is a checkpoint kept outside the database that the chain
-/// must pass through. `progress` is told the entries checked so far and the
-/// log's length when the check began.
+/// Recomputes both chains over the log as long as it was when the check
+/// began, and stops at the first entry that does not link. `expect` is a
+/// checkpoint kept outside the database that the chain must pass through.
+/// `progress` is told the entries checked so far and the log's length.
+///
+/// The log is read in batches by position with binary `COPY`, two at once on
+/// connections of their own, and each batch is put in its canonical form and
+/// linked within itself on a blocking thread, so memory stays flat and
+/// Postgres and the hashing use every core; the links are then checked in
+/// position order.
 pub async fn verify(
     pool: &PgPool,
     expect: Option<Checkpoint>,
@@ -454,49 +399,188 @@ pub async fn verify(
     let total: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM event_log")
         .fetch_one(pool)
         .await?;
-    // The next batch is read on its own connection while this one is checked;
-    // when the check ends early it drops `received`, which stops the read.
-    let (batches, mut received) = mpsc::channel::<Vec<AuditEntry>>(1);
+    // When the check ends early it drops `received`, which stops the reads.
+    let (batches, mut received) = mpsc::channel::<Vec<Sealed>>(VERIFY_READERS);
     let check = async move {
         // For the aggregate heads the verifier no longer keeps.
         let mut conn = pool.acquire().await?;
         let mut chain = Verifier::new(expect);
         while let Some(rows) = received.recv().await {
-            let last = rows.last().map_or(0, |row| row.entry.position);
             if let Err(failed) = chain.check_batch(&mut conn, &rows).await? {
                 return Ok(failed);
             }
-            progress(chain.verification.events_checked, total.max(last));
+            progress(chain.verification.events_checked, total);
         }
         Ok::<_, sqlx::Error>(chain.finish())
     };
-    let (verification, ()) = tokio::try_join!(check, read_for_verify(pool, batches))?;
+    let reads = futures::stream::iter((0..total).step_by(VERIFY_BATCH as usize))
+        .map(|after| {
+            let up_to = (after + VERIFY_BATCH).min(total);
+            tokio::spawn(read_sealed(pool.clone(), after, up_to))
+        })
+        .buffered(VERIFY_READERS)
+        .map(|read| read.unwrap_or_else(|err| Err(joined(err))));
+    let read = async move {
+        futures::pin_mut!(reads);
+        while let Some(rows) = reads.try_next().await? {
+            if batches.send(rows).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    let (verification, ()) = tokio::try_join!(check, read)?;
     Ok(verification)
 }
 
-/// Reads the log for [`verify`] in batches by position, until the end or
-/// until nobody listens.
-async fn read_for_verify(
-    pool: &PgPool,
-    batches: mpsc::Sender<Vec<AuditEntry>>,
-) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let mut position = 0;
-    loop {
-        let rows: Vec<AuditEntry> = sqlx::query_as(&format!(
-            "{SELECT_AUDIT_ENTRIES} WHERE l.position > $1 ORDER BY l.position LIMIT $2"
-        ))
-        .bind(position)
-        .bind(VERIFY_BATCH)
-        .fetch_all(&mut *conn)
+/// Reads the log entries after `after` up to and including `up_to` with a
+/// binary `COPY`, and seals them on a blocking thread.
+async fn read_sealed(pool: PgPool, after: i64, up_to: i64) -> Result<Vec<Sealed>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Parallel workers started for every batch cost Postgres more than the
+    // join they would share; the batches are already read side by side.
+    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+        .execute(&mut *tx)
         .await?;
-        let Some(last) = rows.last().map(|row| row.entry.position) else {
-            return Ok(());
+    let data = copy::copy_out(
+        &mut tx,
+        &format!(
+            "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
+                    e.event_type, e.event_version, e.payload::text, e.metadata::text,
+                    e.recorded_at, l.hash, l.aggregate_hash
+               FROM event_log l JOIN events e ON e.event_id = l.event_id
+              WHERE l.position > {after} AND l.position <= {up_to}
+              ORDER BY l.position"
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    tokio::task::spawn_blocking(move || seal(&data))
+        .await
+        .map_err(joined)?
+}
+
+/// A task that did not finish: its panic goes on, or it was cancelled with
+/// the runtime.
+fn joined(err: tokio::task::JoinError) -> sqlx::Error {
+    match err.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(_) => sqlx::Error::WorkerCrashed,
+    }
+}
+
+/// Puts the entries of a binary `COPY` of [`read_sealed`]'s columns in their
+/// canonical form, and links each to the entries before it in the same
+/// batch, as the verifier would once it has checked those: in the log chain
+/// to the entry just before, in its aggregate's chain to its predecessor
+/// there (or the genesis). The verifier then links only the entries whose
+/// predecessor is in an earlier batch.
+fn seal(data: &[u8]) -> Result<Vec<Sealed>, sqlx::Error> {
+    let mut tuples = copy::Tuples::new(data, 12)?;
+    let mut sealed = Vec::new();
+    while let Some(mut field) = tuples.next_tuple()? {
+        let (position, event_id) = (field.int8()?, field.int8()?);
+        let (aggregate_type, aggregate_id) = (field.text()?, field.text()?);
+        let sequence = field.int8()?;
+        let (event_type, event_version) = (field.text()?, field.text()?);
+        let (payload, metadata) = (field.text()?, field.text()?);
+        let fields = Fields {
+            position,
+            event_id,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            recorded_at: field.timestamptz()?,
         };
-        position = last;
-        if batches.send(rows).await.is_err() {
-            return Ok(());
+        sealed.push(Sealed {
+            position,
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            sequence,
+            canonical: fields.canonical(&JsonbText(payload), &JsonbText(metadata)),
+            hash: field.bytea()?.and_then(as_hash),
+            aggregate_hash: field.bytea()?.and_then(as_hash),
+            link: None,
+            aggregate_link: None,
+        });
+    }
+    let mut previous: Option<Hash> = None;
+    let mut heads: HashMap<(&str, &str), (i64, Option<Hash>)> = HashMap::new();
+    let mut links = Vec::with_capacity(sealed.len());
+    for entry in &sealed {
+        let link = previous.map(|previous| link_canonical(&previous, &entry.canonical));
+        let (aggregate_type, aggregate_id, sequence) = entry.in_aggregate();
+        let before = if sequence == 1 {
+            Some(GENESIS)
+        } else {
+            heads
+                .get(&(aggregate_type, aggregate_id))
+                .filter(|(kept, _)| *kept == sequence - 1)
+                .and_then(|(_, hash)| *hash)
+        };
+        links.push((
+            link,
+            before.map(|before| link_canonical(&before, &entry.canonical)),
+        ));
+        previous = entry.hash;
+        heads.insert(
+            (aggregate_type, aggregate_id),
+            (sequence, entry.aggregate_hash),
+        );
+    }
+    for (entry, (link, aggregate_link)) in sealed.iter_mut().zip(links) {
+        entry.link = link;
+        entry.aggregate_link = aggregate_link;
+    }
+    Ok(sealed)
+}
+
+/// An entry as the verifier checks it: where it is, its canonical form, and
+/// the links stored beside it.
+pub(crate) struct Sealed {
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    canonical: Vec<u8>,
+    /// The links stored beside it, when they are links at all.
+    hash: Option<Hash>,
+    aggregate_hash: Option<Hash>,
+    /// Its log-chain link from the stored hash of the entry just before it,
+    /// when that was read with it.
+    link: Option<Hash>,
+    /// Its aggregate-chain link from the stored hash of its predecessor in
+    /// the aggregate, when that was read with it.
+    aggregate_link: Option<Hash>,
+}
+
+impl Sealed {
+    /// An exported entry, to check before it is restored.
+    pub(crate) fn of(row: &AuditEntry) -> Self {
+        let entry = &row.entry;
+        Self {
+            position: entry.position,
+            aggregate_type: entry.aggregate_type.clone(),
+            aggregate_id: entry.aggregate_id.clone(),
+            sequence: entry.sequence,
+            canonical: canonical_bytes(entry),
+            hash: row.hash.as_deref().and_then(as_hash),
+            aggregate_hash: row.aggregate_hash.as_deref().and_then(as_hash),
+            link: None,
+            aggregate_link: None,
         }
+    }
+}
+
+impl Chained for Sealed {
+    fn position(&self) -> i64 {
+        self.position
+    }
+
+    fn in_aggregate(&self) -> (&str, &str, i64) {
+        (&self.aggregate_type, &self.aggregate_id, self.sequence)
     }
 }
 
@@ -534,39 +618,44 @@ impl Verifier {
     pub(crate) async fn check_batch(
         &mut self,
         conn: &mut PgConnection,
-        rows: &[AuditEntry],
+        rows: &[Sealed],
     ) -> Result<Result<(), Verification>, sqlx::Error> {
         self.heads.forget_if_full();
-        look_up_heads(conn, &mut self.heads, rows.iter().map(|row| &row.entry)).await?;
+        look_up_heads(conn, &mut self.heads, rows).await?;
         Ok(rows.iter().try_for_each(|row| self.check(row)))
     }
 
     /// Checks the next row; on a break, the verification that names it.
-    fn check(&mut self, row: &AuditEntry) -> Result<(), Verification> {
-        let entry = &row.entry;
+    fn check(&mut self, row: &Sealed) -> Result<(), Verification> {
         let at = self.position + 1;
-        if entry.position != at {
+        if row.position != at {
             return Err(self.fail(at, format!("position {at} is missing from the log")));
         }
-        let canonical = canonical_bytes(entry);
-        let computed = link_canonical(&self.previous, &canonical);
-        if as_hash(&row.hash) != Some(computed) {
+        // A link sealed with the batch started from the stored hash of the
+        // entry before, which is `previous` once that entry has passed.
+        let computed = row
+            .link
+            .unwrap_or_else(|| link_canonical(&self.previous, &row.canonical));
+        if row.hash != Some(computed) {
             return Err(self.fail(
                 at,
                 "the entry does not match its hash: it was changed, moved or inserted, or an entry before it was removed".to_owned(),
             ));
         }
-        let aggregate = self
-            .heads
-            .before(entry)
-            .map(|before| link_canonical(&before, &canonical))
-            .filter(|computed| as_hash(&row.aggregate_hash) == Some(*computed));
+        let aggregate = row
+            .aggregate_link
+            .or_else(|| {
+                self.heads
+                    .before(row)
+                    .map(|before| link_canonical(&before, &row.canonical))
+            })
+            .filter(|computed| row.aggregate_hash == Some(*computed));
         let Some(aggregate) = aggregate else {
             return Err(self.fail(
                 at,
                 format!(
                     "the chain of {} {} breaks at its event {}",
-                    entry.aggregate_type, entry.aggregate_id, entry.sequence
+                    row.aggregate_type, row.aggregate_id, row.sequence
                 ),
             ));
         };
@@ -579,9 +668,9 @@ impl Verifier {
             }
         }
         self.heads.keep(
-            &entry.aggregate_type,
-            &entry.aggregate_id,
-            entry.sequence,
+            &row.aggregate_type,
+            &row.aggregate_id,
+            row.sequence,
             aggregate,
         );
         self.previous = computed;

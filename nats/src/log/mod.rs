@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
+mod canonical;
 pub mod chain;
+mod copy;
 pub mod restore;
 pub(crate) mod sequencer;
 

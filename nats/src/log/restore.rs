@@ -10,7 +10,7 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::chain::{AuditEntry, Checkpoint, Verification, Verifier};
+use super::chain::{AuditEntry, Checkpoint, Sealed, Verification, Verifier};
 
 /// Entries written per statement.
 const RESTORE_BATCH: usize = 2000;
@@ -95,8 +95,9 @@ impl Restore {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        let sealed: Vec<Sealed> = batch.iter().map(Sealed::of).collect();
         self.chain
-            .check_batch(&mut self.tx, &batch)
+            .check_batch(&mut self.tx, &sealed)
             .await?
             .map_err(RestoreError::broken)?;
         let mut rows = Rows::default();
