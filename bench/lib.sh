@@ -73,3 +73,28 @@ open(path, "w", encoding="utf-8").write(text)
 PY
     log "wrote the $1 section of $file"
 }
+
+# seed_log DATABASE EVENTS: a fresh database holding a log of EVENTS events
+# (90 % chat traffic, 10 % bookings, written by `herald-load seed`), numbered,
+# hashed and published by `herald relay` on a stream of its own. No
+# projection ran, so the live read models' checkpoints are set to the head,
+# as if they had gone stale there: `herald replay` (which rebuilds up to the
+# live checkpoint) then rebuilds them from the whole log. Leaves
+# HERALD_DATABASE_URL pointing at it; the relay's rate goes to
+# $WORK/DATABASE-relay.json.
+seed_log() {
+    fresh_db "$1"
+    export HERALD_DATABASE_URL="$PG_SERVER/$1" HERALD_NATS_PREFIX="$1$(date +%s)"
+    "$BIN/herald" migrate >/dev/null
+    "$BIN/herald-load" seed --events "$2" >"$WORK/$1-seed.json"
+    start "relay-$1" "$BIN/herald" relay
+    local relay=$STARTED_PID
+    "$BIN/herald-load" catch-up --sequenced-only --timeout-s 3600 >"$WORK/$1-relay.json"
+    stop "$relay"
+    "${PSQL[@]}" -d "$1" -c "
+        INSERT INTO projection_checkpoints (projection, position)
+        SELECT p, (SELECT sequenced_position FROM relay_cursor)
+          FROM unnest(ARRAY['chats', 'bookings', 'payments', 'summary']) AS p
+        ON CONFLICT (projection) DO UPDATE SET position = EXCLUDED.position"
+    "${PSQL[@]}" -d "$1" -c "VACUUM ANALYZE"
+}

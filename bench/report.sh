@@ -26,10 +26,10 @@ HERALD=$(j herald.json .throughput); PLAIN=$(j plain.json .throughput)
 VS_PLAIN=$(ratio "$HERALD" "$PLAIN"); VS_PG=$(ratio "$HERALD" "$PGBENCH_TPS")
 VS_PG_PCT=$(awk -v r="$VS_PG" 'BEGIN { printf "%.0f", r * 100 }')
 RSS=$(j herald.json '.rss.hwm_mb'); PLAIN_RSS=$(j plain.json '.rss.hwm_mb')
-EVENTS=$(j seed.json .events)
+EVENTS=$(j herald_bench_replay-seed.json .events)
 REPLAY_RATE=$(awk -v n="$EVENTS" -v s="$REPLAY_S" 'BEGIN { printf "%.0f", n / s }')
 VERIFY_RATE=$(awk -v n="$EVENTS" -v s="$VERIFY_S" 'BEGIN { printf "%.0f", n / s }')
-RELAY_RATE=$(awk -v n="$EVENTS" -v s="$(j relay.json .seconds)" 'BEGIN { printf "%.0f", n / s }')
+RELAY_RATE=$(awk -v n="$EVENTS" -v s="$(j herald_bench_replay-relay.json .seconds)" 'BEGIN { printf "%.0f", n / s }')
 LAG_WORST_P99=$(j lag.json '[.lag[].p99_ms] | max')
 READ_WORST_P99=$(j reads.json '[.chat_messages.p99_ms, .bookings.p99_ms] | max')
 HOT_MESSAGES=$(j hot-chat-seed.json .messages)
@@ -229,7 +229,7 @@ bookings at $SIGN_IN_BOOKINGS_RATE/s for $READ_DURATION s, alone and while those
 ### Replay and audit over $EVENTS events
 
 The log (90 % chat traffic in chats of 100 events, 10 % bookings of 3) was written by
-\`herald-load seed\` with \`INSERT … SELECT generate_series\` in $(num "$(j seed.json .seconds)" 1) s, then numbered,
+\`herald-load seed\` with \`INSERT … SELECT generate_series\` in $(num "$(j herald_bench_replay-seed.json .seconds)" 1) s, then numbered,
 hashed and published by \`herald relay\` at $RELAY_RATE events/s. No projection worker ran, so
 before \`herald replay\` (which rebuilds up to each live checkpoint) the checkpoints were set to
 the head, as if the live read models had gone stale there; replay then rebuilt all four from

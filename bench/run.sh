@@ -190,25 +190,8 @@ herald_run herald-hot-chat hot-chat --chat "$WORK/hot-chat-seed.json"
 stop "$HERALD_PID"
 
 # 7. Replay and audit verification of a large log.
-log "replay: seeding $REPLAY_EVENTS events"
-fresh_db herald_bench_replay
-export HERALD_DATABASE_URL="$PG_SERVER/herald_bench_replay" HERALD_NATS_PREFIX="replay$RUN_STARTED"
-"$BIN/herald" migrate >/dev/null
-"$BIN/herald-load" seed --events "$REPLAY_EVENTS" >"$WORK/seed.json"
-log "replay: the relay numbers, hashes and publishes them"
-start relay "$BIN/herald" relay
-RELAY_PID=$STARTED_PID
-"$BIN/herald-load" catch-up --sequenced-only --timeout-s 1200 >"$WORK/relay.json"
-stop "$RELAY_PID"
-# No workers ran, so the live read models are empty at checkpoint 0 and
-# `herald replay` (which rebuilds up to the live checkpoint) would have
-# nothing to do: declare the live models stale at the head, as after a
-# projection bug, and let replay rebuild them from the whole log.
-"${PSQL[@]}" -d herald_bench_replay -c "
-    INSERT INTO projection_checkpoints (projection, position)
-    SELECT p, (SELECT sequenced_position FROM relay_cursor)
-      FROM unnest(ARRAY['chats', 'bookings', 'payments', 'summary']) AS p
-    ON CONFLICT (projection) DO UPDATE SET position = EXCLUDED.position"
+log "replay: seeding $REPLAY_EVENTS events; the relay numbers, hashes and publishes them"
+seed_log herald_bench_replay "$REPLAY_EVENTS"
 log "replay: herald replay (all read models)"
 REPLAY_T0=$(date +%s.%N)
 "$BIN/herald" replay >"$WORK/replay.txt" 2>>"$WORK/replay.log"
