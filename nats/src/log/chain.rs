@@ -475,7 +475,7 @@ fn joined(err: tokio::task::JoinError) -> sqlx::Error {
 /// to the entry just before, in its aggregate's chain to its predecessor
 /// there (or the genesis). The verifier then links only the entries whose
 /// predecessor is in an earlier batch.
-fn seal(data: &[u8]) -> Result<Vec<Sealed>, sqlx::Error> {
+fn seal(data: &[bytes::Bytes]) -> Result<Vec<Sealed>, sqlx::Error> {
     let mut tuples = copy::Tuples::new(data, 12)?;
     let mut sealed = Vec::new();
     while let Some(mut field) = tuples.next_tuple()? {

@@ -1,12 +1,15 @@
 //! Reading many log rows at once with `COPY (…) TO STDOUT (FORMAT binary)`.
 //!
 //! A query's rows each come as a driver row with its own buffer and typed,
-//! checked columns; a binary `COPY` comes as one stream of bytes, which the
-//! readers of whole batches of the log (the verifier) walk field by field
-//! without copying them. The format is Postgres's: a signature, flags and a
-//! header extension, then each tuple as a field count and each field as its
-//! length (−1 for null) and its binary value, then −1.
+//! checked columns; a binary `COPY` comes as one message of bytes per row,
+//! which the readers of whole batches of the log (the verifier) walk field by
+//! field without copying them. The format is Postgres's: a signature, flags
+//! and a header extension (before the first row, in its message), then each
+//! tuple as a field count and each field as its length (−1 for null) and its
+//! binary value, then −1. The protocol sends every row in a message of its
+//! own, so no tuple spans two.
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sqlx::PgConnection;
@@ -16,30 +19,34 @@ const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to Postgres's, 2000-01-01.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Runs `COPY (query) TO STDOUT (FORMAT binary)` and returns its bytes.
+/// Runs `COPY (query) TO STDOUT (FORMAT binary)` and returns its messages.
 /// `query` is spliced into the statement as it is (the copy protocol takes no
 /// parameters): it must hold no text from outside.
-pub(crate) async fn copy_out(conn: &mut PgConnection, query: &str) -> Result<Vec<u8>, sqlx::Error> {
-    let mut data = Vec::new();
-    let mut chunks = conn
-        .copy_out_raw(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
-        .await?;
-    while let Some(chunk) = chunks.try_next().await? {
-        data.extend_from_slice(&chunk);
-    }
-    Ok(data)
+pub(crate) async fn copy_out(
+    conn: &mut PgConnection,
+    query: &str,
+) -> Result<Vec<Bytes>, sqlx::Error> {
+    conn.copy_out_raw(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+        .await?
+        .try_collect()
+        .await
 }
 
-/// The tuples of a binary `COPY`'s bytes, each with `fields` fields.
+/// The tuples of a binary `COPY`'s messages, each with `fields` fields.
 pub(crate) struct Tuples<'a> {
+    messages: std::slice::Iter<'a, Bytes>,
+    /// What is left of the message being read.
     data: &'a [u8],
     fields: i16,
 }
 
 impl<'a> Tuples<'a> {
-    /// The tuples after the header of `data`.
-    pub(crate) fn new(data: &'a [u8], fields: i16) -> Result<Self, sqlx::Error> {
-        let mut reader = Fields { data };
+    /// The tuples after the header, which starts the first message.
+    pub(crate) fn new(messages: &'a [Bytes], fields: i16) -> Result<Self, sqlx::Error> {
+        let mut messages = messages.iter();
+        let mut reader = Fields {
+            data: messages.next().map_or(&[], |first| first.as_ref()),
+        };
         if reader.take(SIGNATURE.len())? != SIGNATURE {
             return Err(malformed("no binary COPY signature"));
         }
@@ -47,6 +54,7 @@ impl<'a> Tuples<'a> {
         let extension = u32::from_be_bytes(array(reader.take(4)?)?) as usize;
         reader.take(extension)?;
         Ok(Self {
+            messages,
             data: reader.data,
             fields,
         })
@@ -54,6 +62,12 @@ impl<'a> Tuples<'a> {
 
     /// The next tuple's fields, `None` after the last.
     pub(crate) fn next_tuple(&mut self) -> Result<Option<Fields<'a>>, sqlx::Error> {
+        while self.data.is_empty() {
+            match self.messages.next() {
+                Some(message) => self.data = message,
+                None => return Err(malformed("no end")),
+            }
+        }
         let mut reader = Fields { data: self.data };
         let count = i16::from_be_bytes(array(reader.take(2)?)?);
         if count == -1 {
