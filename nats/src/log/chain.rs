@@ -22,6 +22,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::SecondsFormat;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -29,8 +30,6 @@ use sqlx::{PgConnection, PgExecutor, PgPool};
 use tokio::sync::mpsc;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
-
-use futures::{StreamExt, TryStreamExt};
 
 pub use super::canonical::canonical_bytes;
 use super::canonical::{Fields, JsonbText};
@@ -482,6 +481,7 @@ fn joined(err: tokio::task::JoinError) -> sqlx::Error {
 /// there (or the genesis). The verifier then links only the entries whose
 /// predecessor is in an earlier batch.
 fn seal(data: &[bytes::Bytes]) -> Result<Vec<Sealed>, sqlx::Error> {
+    // The twelve columns, in order.
     let mut tuples = copy::Tuples::new(data, 12)?;
     let mut sealed = Vec::new();
     while let Some(mut field) = tuples.next_tuple()? {
