@@ -149,6 +149,7 @@ impl Canonical for JsonbText<'_> {
         let mut text = Text {
             bytes: self.0.as_bytes(),
             at: 0,
+            depth: 0,
         };
         let rewritten = text.value(out).is_some() && {
             text.skip_whitespace();
@@ -171,7 +172,14 @@ impl Canonical for JsonbText<'_> {
 struct Text<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Arrays and objects open around the value being read.
+    depth: usize,
 }
+
+/// The deepest a document is rewritten directly: as deep as serde_json's
+/// tree goes. Deeper, both refuse it, so a forged document nested thousands
+/// deep costs no stack.
+const MAX_DEPTH: usize = 127;
 
 impl<'a> Text<'a> {
     fn skip_whitespace(&mut self) {
@@ -192,8 +200,19 @@ impl<'a> Text<'a> {
 
     fn value(&mut self, out: &mut Vec<u8>) -> Option<()> {
         match self.peek()? {
-            b'{' => self.object(out),
-            b'[' => self.array(out),
+            b'{' | b'[' if self.depth == MAX_DEPTH => None,
+            b'{' => {
+                self.depth += 1;
+                let written = self.object(out);
+                self.depth -= 1;
+                written
+            }
+            b'[' => {
+                self.depth += 1;
+                let written = self.array(out);
+                self.depth -= 1;
+                written
+            }
             b'"' => {
                 let string = self.string()?;
                 out.extend_from_slice(&self.bytes[string]);
@@ -386,6 +405,16 @@ mod tests {
         ] {
             assert_eq!(rewritten(text), through_tree(text), "{text}");
         }
+    }
+
+    #[test]
+    fn a_document_nested_deeper_than_the_tree_allows_is_hashed_as_it_stands() {
+        for depth in [128, 100_000] {
+            let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            assert_eq!(rewritten(&text), text);
+        }
+        let allowed = format!("{}{}", "[".repeat(127), "]".repeat(127));
+        assert_eq!(rewritten(&allowed), through_tree(&allowed));
     }
 
     #[test]
