@@ -236,3 +236,72 @@ async fn a_read_holding_one_live_table_while_it_asks_for_another_does_not_deadlo
     assert!(report.position >= 6, "{report:?}");
     common::assert_matches_rebuild(&app.pool, Projection::Chats).await;
 }
+
+/// Every row of the chats read model, as text.
+async fn chat_rows(app: &TestApp) -> Vec<String> {
+    let mut rows = Vec::new();
+    for table in Projection::Chats.tables() {
+        let all: String = sqlx::query_scalar(&format!(
+            "SELECT coalesce(string_agg(t::text, '|' ORDER BY t::text), '') FROM {table} t"
+        ))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        rows.push(all);
+    }
+    rows
+}
+
+#[tokio::test]
+async fn replay_stopped_with_ctrl_c_leaves_the_live_tables_as_they_were_and_the_next_one_finishes()
+{
+    let mut app = TestApp::spawn_with_pipeline().await;
+    let (patient, doctor) = (patient(), doctor());
+    let chat = app.group_chat(patient, &[doctor]).await;
+    // More than the 2000 entries a replay applies while the workers pause.
+    workload(&app, &[(chat, patient, doctor)], 2500, 0).await;
+    app.wait_for_projections().await;
+    app.stop_pipeline().await;
+    let before = chat_rows(&app).await;
+    let shadows = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('replay_chats', 'retired_chats')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+
+    let mut replay = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["replay", "chats"])
+        .env("HERALD_DATABASE_URL", &app.database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupted once it has begun its rebuild, as an operator would.
+    while shadows().await == 0 {
+        assert!(
+            replay.try_wait().unwrap().is_none(),
+            "the replay ended before it was interrupted"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &replay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = replay.wait().unwrap();
+    assert!(!status.success(), "the replay finished: {status:?}");
+    assert_eq!(chat_rows(&app).await, before);
+
+    let report = projections::replay(&app.pool, Projection::Chats, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(report.entries >= 2500, "{report:?}");
+    assert_eq!(chat_rows(&app).await, before);
+    common::assert_matches_rebuild(&app.pool, Projection::Chats).await;
+    assert_eq!(shadows().await, 0, "shadow schemas were left behind");
+}
