@@ -200,16 +200,16 @@ impl<'a> Text<'a> {
 
     fn value(&mut self, out: &mut Vec<u8>) -> Option<()> {
         match self.peek()? {
-            b'{' | b'[' if self.depth == MAX_DEPTH => None,
-            b'{' => {
+            open @ (b'{' | b'[') => {
+                if self.depth == MAX_DEPTH {
+                    return None;
+                }
                 self.depth += 1;
-                let written = self.object(out);
-                self.depth -= 1;
-                written
-            }
-            b'[' => {
-                self.depth += 1;
-                let written = self.array(out);
+                let written = if open == b'{' {
+                    self.object(out)
+                } else {
+                    self.array(out)
+                };
                 self.depth -= 1;
                 written
             }

@@ -190,14 +190,14 @@ impl Heads {
             self.heads
                 .insert(aggregate_type.to_owned(), FastMap::default());
         }
-        let Some(of_type) = self.heads.get_mut(aggregate_type) else {
-            return;
-        };
-        match of_type.get_mut(aggregate_id) {
-            Some(head) => *head = (sequence, hash),
-            None => {
-                of_type.insert(aggregate_id.to_owned(), (sequence, hash));
-                self.kept += 1;
+        if let Some(of_type) = self.heads.get_mut(aggregate_type) {
+            // Only an aggregate not kept yet pays for its id's copy.
+            match of_type.get_mut(aggregate_id) {
+                Some(head) => *head = (sequence, hash),
+                None => {
+                    of_type.insert(aggregate_id.to_owned(), (sequence, hash));
+                    self.kept += 1;
+                }
             }
         }
     }
