@@ -15,7 +15,9 @@ use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{name_of, push_list_head, ApplyError, ListHead, Projection, NAMES_VERSION};
+use crate::{
+    aggregate_uuid, name_of, push_list_head, ApplyError, ListHead, Projection, NAMES_VERSION,
+};
 
 use crate::{BOOKING, PAYMENT};
 
@@ -84,19 +86,6 @@ pub struct BookingFilter {
     pub doctor_id: Option<Uuid>,
     /// Only bookings in this status.
     pub status: Option<BookingStatus>,
-}
-
-/// The entry's aggregate id as a UUID, shared by every read model. An id that
-/// is not a UUID is as undecodable as a malformed payload.
-pub(crate) fn aggregate_uuid(entry: &LogEntry) -> Result<Uuid, ApplyError> {
-    Uuid::parse_str(&entry.aggregate_id).map_err(|err| ApplyError::Decode {
-        event_type: entry.event_type.clone(),
-        position: entry.position,
-        source: <serde_json::Error as serde::de::Error>::custom(format!(
-            "aggregate id `{}` is not a UUID: {err}",
-            entry.aggregate_id
-        )),
-    })
 }
 
 /// Applies log entries in order to the booking tables; entries of chats

@@ -19,9 +19,11 @@ mod worker;
 use std::fmt;
 use std::str::FromStr;
 
+use herald_nats::log::Stored;
 use herald_nats::LogEntry;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
 
 /// The aggregate types in the log, as the read models match them.
 pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
@@ -207,9 +209,44 @@ pub struct UnknownProjection(String);
 /// Decodes an entry's payload into a domain event enum, brought up to the
 /// current shape first when it was stored in an older one.
 pub fn decode<E: serde::de::DeserializeOwned>(entry: &LogEntry) -> Result<E, ApplyError> {
-    entry.decode().map_err(|source| ApplyError::Decode {
-        event_type: entry.event_type.clone(),
-        position: entry.position,
-        source,
+    entry
+        .decode()
+        .map_err(|source| undecodable(&entry.event_type, entry.position, source))
+}
+
+/// [`decode`] of an entry read for a fold.
+pub(crate) fn decode_stored<E: serde::de::DeserializeOwned>(
+    entry: &Stored<'_>,
+) -> Result<E, ApplyError> {
+    entry
+        .decode()
+        .map_err(|source| undecodable(entry.event_type, entry.position, source))
+}
+
+/// The entry's aggregate id as a UUID, shared by every read model. An id that
+/// is not a UUID is as undecodable as a malformed payload.
+pub(crate) fn aggregate_uuid(entry: &LogEntry) -> Result<Uuid, ApplyError> {
+    parse_aggregate_id(&entry.aggregate_id, &entry.event_type, entry.position)
+}
+
+/// [`aggregate_uuid`] of an entry read for a fold.
+pub(crate) fn stored_aggregate_uuid(entry: &Stored<'_>) -> Result<Uuid, ApplyError> {
+    parse_aggregate_id(entry.aggregate_id, entry.event_type, entry.position)
+}
+
+fn parse_aggregate_id(id: &str, event_type: &str, position: i64) -> Result<Uuid, ApplyError> {
+    Uuid::parse_str(id).map_err(|err| {
+        let source = <serde_json::Error as serde::de::Error>::custom(format!(
+            "aggregate id `{id}` is not a UUID: {err}"
+        ));
+        undecodable(event_type, position, source)
     })
+}
+
+fn undecodable(event_type: &str, position: i64, source: serde_json::Error) -> ApplyError {
+    ApplyError::Decode {
+        event_type: event_type.to_owned(),
+        position,
+        source,
+    }
 }

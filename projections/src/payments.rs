@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::bookings::aggregate_uuid;
+use crate::aggregate_uuid;
 use crate::ApplyError;
 
 use crate::PAYMENT;

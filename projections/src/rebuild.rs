@@ -18,14 +18,18 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use futures::future::try_join_all;
+use herald_nats::log::copy::Rows;
+use herald_nats::log::StoredBatch;
 use herald_nats::{log, LogEntry};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
-use crate::{ApplyError, Projection};
+use crate::{chats, ApplyError, Projection};
 
 /// Entries read and applied per transaction while rebuilding.
 const REBUILD_BATCH: i64 = 5000;
+/// Log positions read at once by a rebuild that folds.
+const FOLD_STRETCH: i64 = 20_000;
 /// Most connections that apply a partitionable projection side by side.
 const PARTITIONS: usize = 8;
 
@@ -158,6 +162,10 @@ pub(crate) async fn apply_range(
     if up_to <= from {
         return Ok(0);
     }
+    if from == 0 && projection == Projection::Chats {
+        fold_chats(pool, schema, up_to, progress).await?;
+        return Ok(up_to - from);
+    }
     let (batches, received) = mpsc::channel::<Vec<LogEntry>>(2);
     let read = read_ahead(pool, projection, from, up_to, batches);
     let apply = async {
@@ -197,6 +205,77 @@ async fn read_ahead(
         position = last;
         if batches.send(entries).await.is_err() {
             // The applier stopped; its error is the one to report.
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the empty chat tables in `schema` from the log up to `up_to` with
+/// [`chats::Fold`]: the log is read ahead in stretches on its own connection,
+/// each stretch is folded on a blocking thread, and the messages it sent are
+/// streamed into one `COPY` in the writing transaction while the next
+/// stretch is read and folded.
+async fn fold_chats(
+    pool: &PgPool,
+    schema: &str,
+    up_to: i64,
+    progress: &(dyn Fn(i64) + Sync),
+) -> Result<(), ApplyError> {
+    let (batches, mut received) = mpsc::channel::<StoredBatch>(2);
+    let read = read_stored_ahead(pool, Projection::Chats, up_to, batches);
+    let fold = async {
+        let mut conn = pool.acquire().await?;
+        let mut tx = begin_shadow(&mut conn, schema).await?;
+        let mut copy = tx.copy_in_raw(chats::COPY_MESSAGES).await?;
+        let mut fold = chats::Fold::default();
+        let mut rows = Rows::new();
+        while let Some(batch) = received.recv().await {
+            let folded = tokio::task::spawn_blocking(move || {
+                let result = fold.batch(&batch, &mut rows);
+                (fold, rows, result, batch.up_to)
+            })
+            .await;
+            let (folded, written, result, reached) =
+                folded.map_err(|err| match err.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(_) => ApplyError::Sql(sqlx::Error::WorkerCrashed),
+                })?;
+            (fold, rows) = (folded, written);
+            result?;
+            copy.send(rows.take()).await?;
+            progress(reached);
+        }
+        copy.send(rows.finish()).await?;
+        copy.finish().await?;
+        fold.finish(&mut tx).await?;
+        tx.commit().await?;
+        Ok::<(), ApplyError>(())
+    };
+    tokio::try_join!(read, fold)?;
+    Ok(())
+}
+
+/// Reads the projection's entries of the log up to `up_to` in stretches of
+/// [`FOLD_STRETCH`] positions on its own connection, one stretch ahead of the
+/// fold.
+async fn read_stored_ahead(
+    pool: &PgPool,
+    projection: Projection,
+    up_to: i64,
+    batches: mpsc::Sender<StoredBatch>,
+) -> Result<(), ApplyError> {
+    let mut conn = pool.acquire().await?;
+    for after in (0..up_to).step_by(FOLD_STRETCH as usize) {
+        let batch = log::read_stored(
+            &mut conn,
+            projection.aggregate_types(),
+            after,
+            (after + FOLD_STRETCH).min(up_to),
+        )
+        .await?;
+        if batches.send(batch).await.is_err() {
+            // The fold stopped; its error is the one to report.
             break;
         }
     }

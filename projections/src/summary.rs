@@ -16,7 +16,7 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::bookings::aggregate_uuid;
+use crate::aggregate_uuid;
 use crate::ApplyError;
 
 use crate::{BOOKING, PAYMENT};

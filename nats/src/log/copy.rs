@@ -1,13 +1,17 @@
-//! Reading many log rows at once with `COPY (…) TO STDOUT (FORMAT binary)`.
+//! Many rows at once with binary `COPY`: reading the log with `COPY (…) TO
+//! STDOUT (FORMAT binary)`, and writing whole tables with `COPY … FROM STDIN
+//! (FORMAT binary)`.
 //!
 //! A query's rows each come as a driver row with its own buffer and typed,
 //! checked columns; a binary `COPY` comes as one message of bytes per row,
-//! which the readers of whole batches of the log (the verifier) walk field by
-//! field without copying them. The format is Postgres's: a signature, flags
-//! and a header extension (before the first row, in its message), then each
-//! tuple as a field count and each field as its length (−1 for null) and its
-//! binary value, then −1. The protocol sends every row in a message of its
-//! own, so no tuple spans two.
+//! which the readers of whole batches of the log (the verifier, the rebuilds)
+//! walk field by field without copying them. Rows written this way ([`Rows`])
+//! are parsed by Postgres without a statement or a text conversion per row.
+//! The format is Postgres's: a signature, flags and a header extension
+//! (before the first row, in its message), then each tuple as a field count
+//! and each field as its length (−1 for null) and its binary value, then −1.
+//! The protocol sends every row in a message of its own, so no tuple spans
+//! two.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -16,6 +20,8 @@ use sqlx::PgConnection;
 
 /// What every binary `COPY` starts with.
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+/// The version byte before a `jsonb`'s text.
+const JSONB_VERSION: u8 = 1;
 /// Microseconds from the Unix epoch to Postgres's, 2000-01-01.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
@@ -139,6 +145,116 @@ impl<'a> Fields<'a> {
             .checked_add(POSTGRES_EPOCH_MICROS)
             .and_then(DateTime::from_timestamp_micros)
             .ok_or_else(|| malformed("a time out of range"))
+    }
+}
+
+/// Rows for a `COPY … FROM STDIN (FORMAT binary)`, written field by field in
+/// the table's column order. [`Rows::take`] hands over what is written so far,
+/// so a long `COPY` is sent in pieces; [`Rows::finish`] ends it.
+#[derive(Debug)]
+pub struct Rows {
+    data: Vec<u8>,
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rows {
+    /// An empty `COPY`, its header written.
+    pub fn new() -> Self {
+        let mut data = Vec::with_capacity(1 << 16);
+        data.extend_from_slice(SIGNATURE);
+        // No flags, no header extension.
+        data.extend_from_slice(&[0; 8]);
+        Self { data }
+    }
+
+    /// Starts a row of `fields` fields.
+    pub fn row(&mut self, fields: i16) -> &mut Self {
+        self.data.extend_from_slice(&fields.to_be_bytes());
+        self
+    }
+
+    fn value(&mut self, bytes: &[u8]) -> &mut Self {
+        // Every value written here is far below 2 GiB, the most a field holds.
+        let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+        self.data.extend_from_slice(&len.to_be_bytes());
+        self.data.extend_from_slice(bytes);
+        self
+    }
+
+    /// A null.
+    pub fn null(&mut self) -> &mut Self {
+        self.data.extend_from_slice(&(-1i32).to_be_bytes());
+        self
+    }
+
+    /// A `bigint`.
+    pub fn int8(&mut self, value: i64) -> &mut Self {
+        self.value(&value.to_be_bytes())
+    }
+
+    /// An `integer`.
+    pub fn int4(&mut self, value: i32) -> &mut Self {
+        self.value(&value.to_be_bytes())
+    }
+
+    /// A `boolean`.
+    pub fn bool(&mut self, value: bool) -> &mut Self {
+        self.value(&[u8::from(value)])
+    }
+
+    /// A `uuid`, given as its sixteen bytes.
+    pub fn uuid(&mut self, bytes: &[u8; 16]) -> &mut Self {
+        self.value(bytes)
+    }
+
+    /// A `text`, or null.
+    pub fn text(&mut self, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(text) => self.value(text.as_bytes()),
+            None => self.null(),
+        }
+    }
+
+    /// A `jsonb` given as JSON text, or null.
+    pub fn jsonb(&mut self, value: Option<&str>) -> &mut Self {
+        let Some(json) = value else {
+            return self.null();
+        };
+        let len = i32::try_from(json.len() + 1).unwrap_or(i32::MAX);
+        self.data.extend_from_slice(&len.to_be_bytes());
+        self.data.push(JSONB_VERSION);
+        self.data.extend_from_slice(json.as_bytes());
+        self
+    }
+
+    /// A `timestamptz`, or null. Postgres keeps microseconds; finer parts are
+    /// dropped toward its epoch, as sqlx drops them when a time is bound to a
+    /// statement, so a row copied and a row inserted hold the same time.
+    pub fn timestamptz(&mut self, value: Option<DateTime<Utc>>) -> &mut Self {
+        let Some(at) = value else {
+            return self.null();
+        };
+        let epoch = DateTime::from_timestamp_micros(POSTGRES_EPOCH_MICROS).unwrap_or_default();
+        // Never out of range: chrono's times span ±262 000 years, an i64 of
+        // microseconds ±292 000.
+        let micros = (at - epoch).num_microseconds().unwrap_or(i64::MAX);
+        self.int8(micros)
+    }
+
+    /// The bytes written since the last call, to be sent; the `COPY` goes on.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.data)
+    }
+
+    /// The last bytes to send, the end of the `COPY` among them.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.data.extend_from_slice(&(-1i16).to_be_bytes());
+        self.data
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::PgExecutor;
 
 mod canonical;
 pub mod chain;
-mod copy;
+pub mod copy;
 pub mod restore;
 pub(crate) mod sequencer;
 
@@ -130,6 +130,96 @@ pub async fn read_of_types<'c>(
     .bind(limit)
     .fetch_all(executor)
     .await
+}
+
+/// An entry as a rebuild that folds the whole log reads it: its event as the
+/// text it is stored as, borrowed from the [`StoredBatch`] it came in.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    /// Its position in the log.
+    pub position: i64,
+    /// The aggregate's id.
+    pub aggregate_id: &'a str,
+    /// The event's type.
+    pub event_type: &'a str,
+    /// The version of the payload's shape.
+    pub event_version: &'a str,
+    /// The payload as JSON text.
+    pub payload: &'a str,
+    /// When the event was stored.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Stored<'_> {
+    /// The event as the domain type `E`, read straight from its text
+    /// ([`domain::upcast::decode_text`]).
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        domain::upcast::decode_text(self.event_type, self.event_version, self.payload)
+    }
+}
+
+/// A stretch of the log read with one binary `COPY` ([`read_stored`]).
+#[derive(Debug)]
+pub struct StoredBatch {
+    messages: Vec<bytes::Bytes>,
+    /// The last position the read covered, whether or not an entry of the
+    /// types read is there.
+    pub up_to: i64,
+}
+
+impl StoredBatch {
+    /// The entries, in log order.
+    pub fn entries(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<Stored<'_>, sqlx::Error>>, sqlx::Error> {
+        let mut tuples = copy::Tuples::new(&self.messages, 6)?;
+        Ok(std::iter::from_fn(move || {
+            tuples
+                .next_tuple()
+                .and_then(|tuple| tuple.map(stored).transpose())
+                .transpose()
+        }))
+    }
+}
+
+fn stored(mut field: copy::Fields<'_>) -> Result<Stored<'_>, sqlx::Error> {
+    Ok(Stored {
+        position: field.int8()?,
+        aggregate_id: field.text()?,
+        event_type: field.text()?,
+        event_version: field.text()?,
+        payload: field.text()?,
+        recorded_at: field.timestamptz()?,
+    })
+}
+
+/// The entries of `aggregate_types` after `after` up to and including
+/// `up_to`, read with one binary `COPY` (the types are Herald's own names,
+/// spliced into it).
+pub async fn read_stored(
+    conn: &mut sqlx::PgConnection,
+    aggregate_types: &[&str],
+    after: i64,
+    up_to: i64,
+) -> Result<StoredBatch, sqlx::Error> {
+    let types = aggregate_types
+        .iter()
+        .map(|name| format!("'{}'", name.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let messages = copy::copy_out(
+        conn,
+        &format!(
+            "SELECT l.position, e.aggregate_id, e.event_type, e.event_version, e.payload::text,
+                    e.recorded_at
+               FROM event_log l JOIN events e ON e.event_id = l.event_id
+              WHERE l.position > {after} AND l.position <= {up_to}
+                AND e.aggregate_type IN ({types})
+              ORDER BY l.position"
+        ),
+    )
+    .await?;
+    Ok(StoredBatch { messages, up_to })
 }
 
 /// The last position sequenced so far (0 for an empty log).

@@ -7,6 +7,8 @@
 //! author, a deletion takes one back from those who had not read it) and
 //! recounted when the marker moves, so the chat list never counts rows.
 
+mod fold;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
@@ -19,10 +21,9 @@ use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::bookings::aggregate_uuid;
-use crate::{ApplyError, NAMES_VERSION};
+use crate::{aggregate_uuid, ApplyError, CHAT, NAMES_VERSION};
 
-use crate::CHAT;
+pub(crate) use fold::{Fold, COPY_MESSAGES};
 
 /// A chat as it appears in one user's chat list.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]
