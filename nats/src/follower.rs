@@ -105,6 +105,15 @@ pub enum ApplyError {
     /// The read model's SQL failed.
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
+    /// The entry adds a row the read model already holds, which a rebuild
+    /// finds before any SQL would.
+    #[error("the entry at position {position} adds {row}, which the read model already holds")]
+    Duplicate {
+        /// The entry's position.
+        position: i64,
+        /// The row, by what it is and its key.
+        row: String,
+    },
 }
 
 /// Why an entry could not be acted on.

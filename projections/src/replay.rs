@@ -1,8 +1,10 @@
 //! Replaying a projection from the log with no downtime for reads.
 //!
 //! The read model is rebuilt into shadow tables while the live ones keep
-//! serving reads and the live worker keeps applying new entries. The rebuild
-//! chases the live checkpoint until it is close, then one transaction:
+//! serving reads and the live worker keeps applying new entries: the log up
+//! to the live checkpoint is folded in ([`crate::rebuild`]), then the entries
+//! that arrived meanwhile are applied as the worker applies them, chasing the
+//! checkpoint until it is close, and then one transaction:
 //!
 //! 1. locks the projection's checkpoint row, as every worker batch does, so the
 //!    live workers pause at a known position;
@@ -21,7 +23,9 @@ use herald_nats::follower::checkpoint;
 use herald_nats::locks;
 use sqlx::{Acquire, PgConnection, PgPool};
 
-use crate::rebuild::{apply_range, create_shadow, make_durable, quote_ident};
+use crate::rebuild::{
+    apply_range, create_shadow, fold_into, index_shadow, make_durable, quote_ident,
+};
 use crate::{ApplyError, Projection};
 
 /// The rebuild stops chasing the live checkpoint and swaps once it is at most
@@ -99,8 +103,16 @@ pub async fn replay(
     let shadow = format!("replay_{}", projection.name());
     let retired = format!("retired_{}", projection.name());
     create_shadow(pool, projection, &shadow).await?;
-    let mut position = 0;
-    let mut entries = 0;
+    // The bulk of the log is folded in; the rest, which arrived meanwhile, is
+    // applied entry by entry, as the live worker does.
+    let mut position = checkpoint::read(pool, projection.name()).await?;
+    let chased = position;
+    fold_into(pool, projection, &shadow, position, &|at| {
+        progress(at, chased)
+    })
+    .await?;
+    index_shadow(pool, projection, &shadow).await?;
+    let mut entries = position;
     loop {
         let live = checkpoint::read(pool, projection.name()).await?;
         if live - position <= SWAP_WITHIN {

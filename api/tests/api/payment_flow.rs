@@ -14,6 +14,7 @@ use commands::gateway::{PaymentGateway, Resilience, Resilient, SandboxGateway};
 use commands::ConsistencyToken;
 use common::{admin, patient, post, Reply, StoredEvent, TestApp};
 use domain::values::Actor;
+use projections::Projection;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -319,6 +320,64 @@ async fn a_booking_paid_on_the_sandbox_page_is_marked_paid_and_refunded_by_itsel
         .await
         .unwrap();
     assert_eq!(refunds, 1);
+}
+
+#[tokio::test]
+async fn every_kind_of_booking_and_payment_event_rebuilds_into_the_rows_the_live_workers_wrote() {
+    let app = TestApp::spawn_with_payments().await;
+    // A payment declined; another that pays the booking, which is then
+    // cancelled and so refunded.
+    let paying = start_paying(&app).await;
+    choose(&app, paying.page(), "fail").await;
+    wait_for(&app, "PaymentFailed", 1).await;
+    let again = app
+        .post(
+            "/api/v1/payments",
+            paying.patient,
+            json!({ "booking_id": paying.booking, "method": "sbp" }),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    let page = again.body["confirmation_url"].as_str().unwrap();
+    choose(&app, page, "succeed").await;
+    wait_for(&app, "BookingPaid", 1).await;
+    let cancelled = app
+        .post(
+            &format!("/api/v1/bookings/{}/cancel", paying.booking),
+            paying.patient,
+            json!({ "reason": "feeling better" }),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    wait_for(&app, "PaymentRefunded", 1).await;
+    // A payment still pending, and bookings assigned, completed, cancelled
+    // unpaid, or only requested.
+    start_paying(&app).await;
+    let doctor = app.enroll(common::doctor()).await;
+    let alice = patient();
+    for steps in [&["assign"][..], &["assign", "complete"], &["cancel"], &[]] {
+        let booking = app.booking(alice).await;
+        for step in steps {
+            let (actor, body) = match *step {
+                "assign" => (admin(), json!({ "doctor_id": doctor.user_id })),
+                "complete" => (doctor, json!({})),
+                _ => (alice, json!({ "reason": "not needed" })),
+            };
+            let reply = app
+                .post(&format!("/api/v1/bookings/{booking}/{step}"), actor, body)
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{step}: {}", reply.body);
+        }
+    }
+
+    app.wait_for_projections().await;
+    for projection in [
+        Projection::Bookings,
+        Projection::Payments,
+        Projection::Summary,
+    ] {
+        common::assert_matches_rebuild(&app.pool, projection).await;
+    }
 }
 
 #[tokio::test]

@@ -256,6 +256,18 @@ impl Rows {
         self.data.extend_from_slice(&(-1i16).to_be_bytes());
         self.data
     }
+
+    /// Copies the rows in with `statement`, a `COPY … FROM STDIN (FORMAT
+    /// binary)`, in one go.
+    pub async fn copy_into(
+        self,
+        conn: &mut PgConnection,
+        statement: &str,
+    ) -> Result<u64, sqlx::Error> {
+        let mut copy = conn.copy_in_raw(statement).await?;
+        copy.send(self.finish()).await?;
+        copy.finish().await
+    }
 }
 
 fn array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], sqlx::Error> {

@@ -138,6 +138,8 @@ pub async fn read_of_types<'c>(
 pub struct Stored<'a> {
     /// Its position in the log.
     pub position: i64,
+    /// `Chat`, `Booking` or `Payment`.
+    pub aggregate_type: &'a str,
     /// The aggregate's id.
     pub aggregate_id: &'a str,
     /// The event's type.
@@ -172,7 +174,7 @@ impl StoredBatch {
     pub fn entries(
         &self,
     ) -> Result<impl Iterator<Item = Result<Stored<'_>, sqlx::Error>>, sqlx::Error> {
-        let mut tuples = copy::Tuples::new(&self.messages, 6)?;
+        let mut tuples = copy::Tuples::new(&self.messages, 7)?;
         Ok(std::iter::from_fn(move || {
             tuples
                 .next_tuple()
@@ -185,6 +187,7 @@ impl StoredBatch {
 fn stored(mut field: copy::Fields<'_>) -> Result<Stored<'_>, sqlx::Error> {
     Ok(Stored {
         position: field.int8()?,
+        aggregate_type: field.text()?,
         aggregate_id: field.text()?,
         event_type: field.text()?,
         event_version: field.text()?,
@@ -210,8 +213,8 @@ pub async fn read_stored(
     let messages = copy::copy_out(
         conn,
         &format!(
-            "SELECT l.position, e.aggregate_id, e.event_type, e.event_version, e.payload::text,
-                    e.recorded_at
+            "SELECT l.position, e.aggregate_type, e.aggregate_id, e.event_type, e.event_version,
+                    e.payload::text, e.recorded_at
                FROM event_log l JOIN events e ON e.event_id = l.event_id
               WHERE l.position > {after} AND l.position <= {up_to}
                 AND e.aggregate_type IN ({types})

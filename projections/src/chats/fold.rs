@@ -26,12 +26,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{last_message, to_i64};
-use crate::{decode_stored, stored_aggregate_uuid, ApplyError};
-
-/// The columns a message is copied in with.
-pub(crate) const COPY_MESSAGES: &str = "COPY rm_chat_messages
-    (chat_id, seq, message_id, author, body, sent_at, edited_at, deleted)
-    FROM STDIN (FORMAT binary)";
+use crate::{decode_stored, rebuild, stored_aggregate_uuid, ApplyError};
 
 /// The chats of the log read so far.
 #[derive(Default)]
@@ -100,10 +95,14 @@ struct Change {
     deleted: bool,
 }
 
-impl Fold {
-    /// Folds a batch of chat entries in, writing the messages it sends to
-    /// `rows` (the columns of [`COPY_MESSAGES`]).
-    pub(crate) fn batch(&mut self, batch: &StoredBatch, rows: &mut Rows) -> Result<(), ApplyError> {
+impl rebuild::Fold for Fold {
+    const STREAMED: Option<&'static str> = Some(
+        "COPY rm_chat_messages (chat_id, seq, message_id, author, body, sent_at, edited_at, deleted)
+         FROM STDIN (FORMAT binary)",
+    );
+
+    /// Folds a batch of chat entries in, streaming the messages they send.
+    fn batch(&mut self, batch: &StoredBatch, rows: &mut Rows) -> Result<(), ApplyError> {
         for entry in batch.entries()? {
             let entry = entry?;
             let chat_id = stored_aggregate_uuid(&entry)?;
@@ -113,6 +112,83 @@ impl Fold {
         Ok(())
     }
 
+    /// Writes what the fold holds beside the messages already copied: the
+    /// edits and deletions, then the chats with their previews, then the
+    /// members.
+    async fn finish(self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        write_changes(conn, self.changed).await?;
+        // A chat whose newest message was deleted shows the newest one left,
+        // which only the messages table knows now.
+        let retracted: Vec<Uuid> = self
+            .chats
+            .iter()
+            .filter(|(_, chat)| chat.newest.as_ref().is_some_and(|newest| newest.deleted))
+            .map(|(chat_id, _)| *chat_id)
+            .collect();
+        let mut previews = newest_left(conn, &retracted).await?;
+        let mut chats = Rows::new();
+        let mut members = Rows::new();
+        for (chat_id, chat) in &self.chats {
+            for member in &chat.members {
+                members
+                    .row(6)
+                    .uuid(chat_id.as_bytes())
+                    .uuid(member.user_id.as_bytes())
+                    .int8(member.read_up_to)
+                    .int8(member.unread_count)
+                    .int8(member.joined_position)
+                    .int4(member.join_index);
+            }
+            let Some(created) = &chat.created else {
+                continue;
+            };
+            let preview = match &chat.newest {
+                Some(newest) if newest.deleted => previews.remove(chat_id),
+                Some(newest) => Some(
+                    last_message(
+                        newest.id,
+                        newest.seq,
+                        newest.author,
+                        &newest.body,
+                        newest.sent_at,
+                    )
+                    .to_string(),
+                ),
+                None => None,
+            };
+            chats
+                .row(9)
+                .uuid(chat_id.as_bytes())
+                .text(Some(created.kind.as_str()))
+                .text(created.title.as_deref())
+                .uuid(created.created_by.as_bytes())
+                .timestamptz(Some(created.created_at))
+                .int8(chat.last_seq())
+                .jsonb(preview.as_deref())
+                .int8(chat.last_activity_position)
+                .int8(chat.version);
+        }
+        chats
+            .copy_into(
+                conn,
+                "COPY rm_chats (chat_id, kind, title, created_by, created_at, last_seq,
+                                last_message, last_activity_position, version)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        members
+            .copy_into(
+                conn,
+                "COPY rm_chat_members (chat_id, user_id, read_up_to, unread_count,
+                                       joined_position, join_index)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Fold {
     fn apply(
         &mut self,
         chat_id: Uuid,
@@ -132,7 +208,10 @@ impl Fold {
                 ..
             } => {
                 if chat.created.is_some() {
-                    return Err(holds_already(format!("chat {chat_id}")));
+                    return Err(ApplyError::Duplicate {
+                        position,
+                        row: format!("chat {chat_id}"),
+                    });
                 }
                 chat.created = Some(Created {
                     kind,
@@ -232,79 +311,6 @@ impl Fold {
         }
         Ok(())
     }
-
-    /// Writes what the fold holds beside the messages already copied: the
-    /// edits and deletions, then the chats with their previews, then the
-    /// members.
-    pub(crate) async fn finish(self, conn: &mut PgConnection) -> Result<(), ApplyError> {
-        write_changes(conn, self.changed).await?;
-        // A chat whose newest message was deleted shows the newest one left,
-        // which only the messages table knows now.
-        let retracted: Vec<Uuid> = self
-            .chats
-            .iter()
-            .filter(|(_, chat)| chat.newest.as_ref().is_some_and(|newest| newest.deleted))
-            .map(|(chat_id, _)| *chat_id)
-            .collect();
-        let mut previews = newest_left(conn, &retracted).await?;
-        let mut chats = Rows::new();
-        let mut members = Rows::new();
-        for (chat_id, chat) in &self.chats {
-            for member in &chat.members {
-                members
-                    .row(6)
-                    .uuid(chat_id.as_bytes())
-                    .uuid(member.user_id.as_bytes())
-                    .int8(member.read_up_to)
-                    .int8(member.unread_count)
-                    .int8(member.joined_position)
-                    .int4(member.join_index);
-            }
-            let Some(created) = &chat.created else {
-                continue;
-            };
-            let preview = match &chat.newest {
-                Some(newest) if newest.deleted => previews.remove(chat_id),
-                Some(newest) => Some(
-                    last_message(
-                        newest.id,
-                        newest.seq,
-                        newest.author,
-                        &newest.body,
-                        newest.sent_at,
-                    )
-                    .to_string(),
-                ),
-                None => None,
-            };
-            chats
-                .row(9)
-                .uuid(chat_id.as_bytes())
-                .text(Some(created.kind.as_str()))
-                .text(created.title.as_deref())
-                .uuid(created.created_by.as_bytes())
-                .timestamptz(Some(created.created_at))
-                .int8(chat.last_seq())
-                .jsonb(preview.as_deref())
-                .int8(chat.last_activity_position)
-                .int8(chat.version);
-        }
-        copy_in(
-            conn,
-            "COPY rm_chats (chat_id, kind, title, created_by, created_at, last_seq, last_message,
-                            last_activity_position, version) FROM STDIN (FORMAT binary)",
-            chats,
-        )
-        .await?;
-        copy_in(
-            conn,
-            "COPY rm_chat_members (chat_id, user_id, read_up_to, unread_count, joined_position,
-                                   join_index) FROM STDIN (FORMAT binary)",
-            members,
-        )
-        .await?;
-        Ok(())
-    }
 }
 
 impl Chat {
@@ -324,7 +330,10 @@ impl Chat {
         join_index: i32,
     ) -> Result<(), ApplyError> {
         if self.member(user_id).is_some() {
-            return Err(holds_already(format!("member {user_id}")));
+            return Err(ApplyError::Duplicate {
+                position: joined_position,
+                row: format!("the chat member {user_id}"),
+            });
         }
         self.members.push(Member {
             user_id,
@@ -411,14 +420,6 @@ impl Chat {
     }
 }
 
-/// A row the read model already holds, which the live path's insert would
-/// have refused.
-fn holds_already(what: String) -> ApplyError {
-    ApplyError::Sql(sqlx::Error::Protocol(format!(
-        "the chats read model already holds {what}"
-    )))
-}
-
 /// Applies the edits and deletions to the copied messages in one statement.
 async fn write_changes(
     conn: &mut PgConnection,
@@ -482,12 +483,4 @@ async fn newest_left(
             )
         })
         .collect())
-}
-
-/// Copies `rows` into a table in one `COPY`.
-async fn copy_in(conn: &mut PgConnection, statement: &str, rows: Rows) -> Result<(), sqlx::Error> {
-    let mut copy = conn.copy_in_raw(statement).await?;
-    copy.send(rows.finish()).await?;
-    copy.finish().await?;
-    Ok(())
 }

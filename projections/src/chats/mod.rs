@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{aggregate_uuid, ApplyError, CHAT, NAMES_VERSION};
 
-pub(crate) use fold::{Fold, COPY_MESSAGES};
+pub(crate) use fold::Fold;
 
 /// A chat as it appears in one user's chat list.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]

@@ -6,6 +6,8 @@
 //! transition lowers, the projection remembers every aggregate's current
 //! status in tables of its own.
 
+mod fold;
+
 use std::collections::BTreeMap;
 
 use domain::booking::{BookingEvent, BookingStatus};
@@ -16,10 +18,9 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::aggregate_uuid;
-use crate::ApplyError;
+use crate::{aggregate_uuid, ApplyError, BOOKING, PAYMENT};
 
-use crate::{BOOKING, PAYMENT};
+pub(crate) use fold::Fold;
 
 /// `rm_summary_counts.kind` of booking totals.
 const BOOKINGS: &str = "booking";
@@ -174,11 +175,7 @@ async fn apply_payment(
     if let Some((from, amount_minor, currency)) = moved {
         totals.count_out(PAYMENTS, &from);
         totals.count_in(PAYMENTS, status.as_str());
-        match status {
-            PaymentStatus::Succeeded => totals.add_to_revenue(&currency, amount_minor, 0),
-            PaymentStatus::Refunded => totals.add_to_revenue(&currency, 0, amount_minor),
-            PaymentStatus::Pending | PaymentStatus::Failed | PaymentStatus::RefundPending => {}
-        }
+        totals.move_revenue(status, &currency, amount_minor);
     }
     Ok(())
 }
@@ -200,6 +197,17 @@ impl Totals {
     /// Counts one aggregate fewer in `status`, which it was counted in before.
     fn count_out(&mut self, kind: &'static str, status: &str) {
         *self.counts.entry((kind, status.to_owned())).or_default() -= 1;
+    }
+
+    /// Moves revenue for a payment of `amount_minor` in `currency` that
+    /// reached `status`: money is kept once it succeeds, returned once
+    /// refunded.
+    fn move_revenue(&mut self, status: PaymentStatus, currency: &str, amount_minor: i64) {
+        match status {
+            PaymentStatus::Succeeded => self.add_to_revenue(currency, amount_minor, 0),
+            PaymentStatus::Refunded => self.add_to_revenue(currency, 0, amount_minor),
+            PaymentStatus::Pending | PaymentStatus::Failed | PaymentStatus::RefundPending => {}
+        }
     }
 
     fn add_to_revenue(&mut self, currency: &str, succeeded_minor: i64, refunded_minor: i64) {

@@ -5,6 +5,8 @@
 //! also follows; it keeps its own small map from payment to booking rather
 //! than reading the payments projection, whose progress is independent.
 
+mod fold;
+
 use chrono::{DateTime, Utc};
 use domain::booking::{BookingEvent, BookingStatus};
 use domain::payment::{PaymentEvent, PaymentStatus};
@@ -14,6 +16,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+pub(crate) use fold::Fold;
 
 use crate::{
     aggregate_uuid, name_of, push_list_head, ApplyError, ListHead, Projection, NAMES_VERSION,

@@ -1,5 +1,7 @@
 //! The payments read model: each payment's state, and the payments of a booking.
 
+mod fold;
+
 use chrono::{DateTime, Utc};
 use domain::payment::{PaymentEvent, PaymentStatus};
 use domain::values::PaymentMethod;
@@ -8,6 +10,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+pub(crate) use fold::Fold;
 
 use crate::aggregate_uuid;
 use crate::ApplyError;
