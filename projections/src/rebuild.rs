@@ -11,12 +11,14 @@
 //! comes first on the connection's `search_path`, so the same unqualified SQL
 //! writes the shadow tables.
 //!
-//! The shadow tables are unlogged, and their transactions do not wait for
-//! their commits to reach the disk (a shadow lost in a crash is simply
-//! rebuilt); they are made durable in bulk before they go live.
+//! The shadow tables are unlogged while they are folded into, and their
+//! transactions do not wait for their commits to reach the disk (a shadow
+//! lost in a crash is simply rebuilt); a replay makes them durable in bulk
+//! before they go live.
 
 use std::future::Future;
 
+use futures::{StreamExt, TryStreamExt};
 use herald_nats::log::copy::Rows;
 use herald_nats::log::StoredBatch;
 use herald_nats::{log, LogEntry};
@@ -28,7 +30,9 @@ use crate::{bookings, chats, payments, summary, ApplyError, Projection};
 /// Entries read and applied per transaction after a fold.
 const APPLY_BATCH: i64 = 5000;
 /// Log positions read at once by a fold.
-const FOLD_STRETCH: i64 = 20_000;
+const FOLD_STRETCH: i64 = 5_000;
+/// Stretches of the log read at once for a fold.
+const FOLD_READERS: usize = 2;
 
 /// A read model worked out from the whole log in memory and written in bulk:
 /// the same rows the projection's live code writes entry by entry, which the
@@ -229,23 +233,35 @@ async fn fold<F: Fold>(
 }
 
 /// Reads the projection's entries of the log up to `up_to` in stretches of
-/// [`FOLD_STRETCH`] positions on its own connection, one stretch ahead of the
-/// fold.
+/// [`FOLD_STRETCH`] positions, [`FOLD_READERS`] at once on connections of
+/// their own, ahead of the fold, which gets them in order.
 async fn read_stored_ahead(
     pool: &PgPool,
     projection: Projection,
     up_to: i64,
     batches: mpsc::Sender<StoredBatch>,
 ) -> Result<(), ApplyError> {
-    let mut conn = pool.acquire().await?;
-    for after in (0..up_to).step_by(FOLD_STRETCH as usize) {
-        let batch = log::read_stored(
-            &mut conn,
-            projection.aggregate_types(),
-            after,
-            (after + FOLD_STRETCH).min(up_to),
-        )
-        .await?;
+    let reads = futures::stream::iter((0..up_to).step_by(FOLD_STRETCH as usize))
+        .map(|after| async move {
+            let mut tx = pool.begin().await?;
+            // The stretches are already read side by side; parallel workers
+            // started for each would cost Postgres more than they share.
+            sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+                .execute(&mut *tx)
+                .await?;
+            let batch = log::read_stored(
+                &mut tx,
+                projection.aggregate_types(),
+                after,
+                (after + FOLD_STRETCH).min(up_to),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(batch)
+        })
+        .buffered(FOLD_READERS);
+    futures::pin_mut!(reads);
+    while let Some(batch) = reads.try_next().await? {
         if batches.send(batch).await.is_err() {
             // The fold stopped; its error is the one to report.
             break;

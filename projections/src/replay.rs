@@ -111,6 +111,10 @@ pub async fn replay(
         progress(at, chased)
     })
     .await?;
+    // Made durable before its indexes are built: switching a table to logged
+    // rewrites its indexes too, while an index built on a logged table is
+    // written to the log once.
+    make_durable(pool, projection, &shadow).await?;
     index_shadow(pool, projection, &shadow).await?;
     let mut entries = position;
     loop {
@@ -124,7 +128,6 @@ pub async fn replay(
         .await?;
         position = live;
     }
-    make_durable(pool, projection, &shadow).await?;
     for table in projection.tables() {
         sqlx::query(&format!("ANALYZE {}.{table}", quote_ident(&shadow)))
             .execute(pool)
