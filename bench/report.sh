@@ -237,7 +237,7 @@ position 1 and swapped them in.
 
 | what | seconds | events/s |
 | --- | ---: | ---: |
-| \`herald replay\` of all four read models, one after another | $(num "$REPLAY_S" 1) | $REPLAY_RATE |
+| \`herald replay\` of all four read models, side by side | $(num "$REPLAY_S" 1) | $REPLAY_RATE |
 $(sed -n 's/^\([a-z]*\): \([0-9]*\) entries in \([0-9.]*\)s (\([0-9]*\) events\/s).*/| \&nbsp; \1 alone | \3 | \4 |/p' "$WORK/replay.txt")
 | \`herald audit verify\` (both hash chains) | $(num "$VERIFY_S" 1) | $VERIFY_RATE |
 

@@ -289,6 +289,11 @@ pub struct ReplayArgs {
 
     /// Projections to rebuild (chats, bookings, payments, summary); all when none.
     pub projections: Vec<projections::Projection>,
+
+    /// Rebuilds what the last `herald replay` had not swapped in when it was
+    /// interrupted, instead of named projections.
+    #[arg(long, conflicts_with = "projections")]
+    pub resume: bool,
 }
 
 /// Settings of `herald token`.

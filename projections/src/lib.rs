@@ -35,7 +35,7 @@ pub(crate) const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str()
 pub use checkpoint::{checkpoint, checkpoints, dead_letters, retry_dead_letters, DeadLetter};
 pub use herald_nats::follower::ApplyError;
 pub use rebuild::rebuild_into;
-pub use replay::{replay, ReplayError, ReplayReport};
+pub use replay::{pending, plan, replay, ReplayError, ReplayReport};
 pub use worker::Worker;
 
 /// The people's names reads show beside their ids are not in the log but in

@@ -176,6 +176,33 @@ pub async fn replay(
     Ok(report)
 }
 
+/// Records that `chosen` are to be replayed, in place of whatever an earlier
+/// run left pending; each [`replay`] that swaps its tables in takes its own
+/// off, so after an interruption [`pending`] names the ones left.
+pub async fn plan(pool: &PgPool, chosen: &[Projection]) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = chosen.iter().map(|projection| projection.name()).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM pending_replays")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO pending_replays (projection) SELECT unnest($1::text[])")
+        .bind(names)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The read models the last planned run has not swapped in yet.
+pub async fn pending(pool: &PgPool) -> Result<Vec<Projection>, sqlx::Error> {
+    let names: Vec<String> = sqlx::query_scalar("SELECT projection FROM pending_replays")
+        .fetch_all(pool)
+        .await?;
+    Ok(Projection::ALL
+        .into_iter()
+        .filter(|projection| names.iter().any(|name| name == projection.name()))
+        .collect())
+}
+
 /// The swap transaction. Returns the checkpoint it swapped at and how many
 /// entries it applied to the shadow on the way.
 async fn swap(
@@ -212,6 +239,10 @@ async fn swap(
             .execute(&mut *tx)
             .await?;
     }
+    sqlx::query("DELETE FROM pending_replays WHERE projection = $1")
+        .bind(projection.name())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok((live, applied))
 }

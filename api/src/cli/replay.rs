@@ -7,12 +7,24 @@ use super::{chosen, progress_bar, BoxError};
 use crate::config::{DeadLetterArgs, ReplayArgs};
 use crate::db::existing_pool;
 
-/// Replays the chosen projections side by side, with a progress bar each:
+/// Replays the chosen projections (or, with `--resume`, those the last run
+/// left) side by side, with a progress bar each:
 /// each one is mostly Postgres reading the log or writing tables while
 /// Herald folds another, so together they finish sooner than one by one.
 pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
     let pool = existing_pool(&args.database).await?;
-    let replays = chosen(args.projections).into_iter().map(|projection| {
+    let chosen = if args.resume {
+        projections::pending(&pool).await?
+    } else {
+        let chosen = chosen(args.projections);
+        projections::plan(&pool, &chosen).await?;
+        chosen
+    };
+    if chosen.is_empty() {
+        println!("nothing to resume: the last replay finished");
+        return Ok(());
+    }
+    let replays = chosen.into_iter().map(|projection| {
         let pool = &pool;
         async move {
             let bar = progress_bar(

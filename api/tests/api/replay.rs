@@ -272,6 +272,14 @@ async fn replay_stopped_with_ctrl_c_leaves_the_live_tables_as_they_were_and_the_
         .unwrap()
     };
 
+    // A read holding the chat tables keeps the replay from swapping in before
+    // it is interrupted, however quickly it rebuilds.
+    let mut reader = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM rm_chat_members")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+
     let mut replay = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["replay", "chats"])
         .env("HERALD_DATABASE_URL", &app.database_url)
@@ -295,6 +303,7 @@ async fn replay_stopped_with_ctrl_c_leaves_the_live_tables_as_they_were_and_the_
     assert!(interrupted.success());
     let status = replay.wait().unwrap();
     assert!(!status.success(), "the replay finished: {status:?}");
+    reader.commit().await.unwrap();
     assert_eq!(chat_rows(&app).await, before);
 
     let report = projections::replay(&app.pool, Projection::Chats, &|_, _| {})
@@ -304,4 +313,70 @@ async fn replay_stopped_with_ctrl_c_leaves_the_live_tables_as_they_were_and_the_
     assert_eq!(chat_rows(&app).await, before);
     common::assert_matches_rebuild(&app.pool, Projection::Chats).await;
     assert_eq!(shadows().await, 0, "shadow schemas were left behind");
+}
+
+/// The read models `pending_replays` names.
+async fn pending(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar("SELECT projection FROM pending_replays ORDER BY projection")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_interrupted_after_some_read_models_swapped_in_resumes_with_the_others_only() {
+    let mut app = TestApp::spawn_with_pipeline().await;
+    let (patient, doctor) = (patient(), doctor());
+    let chat = app.group_chat(patient, &[doctor]).await;
+    workload(&app, &[(chat, patient, doctor)], 200, 0).await;
+    app.wait_for_projections().await;
+    app.stop_pipeline().await;
+    let before = chat_rows(&app).await;
+    // A read that holds the chat tables keeps the chats replay from
+    // swapping in, while the payments replay beside it finishes.
+    let mut reader = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM rm_chat_members")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+
+    let mut replay = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["replay", "payments", "chats"])
+        .env("HERALD_DATABASE_URL", &app.database_url)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending(&app).await != ["chats"] {
+        assert!(Instant::now() < deadline, "{:?}", pending(&app).await);
+        assert!(replay.try_wait().unwrap().is_none(), "the replay ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &replay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    assert!(!replay.wait().unwrap().success());
+    reader.commit().await.unwrap();
+    assert_eq!(chat_rows(&app).await, before);
+    assert_eq!(pending(&app).await, ["chats"]);
+
+    let resumed = common::herald_on(&app.database_url, &["replay", "--resume"]);
+    assert!(resumed.status.success(), "{resumed:?}");
+    let said = String::from_utf8(resumed.stdout).unwrap();
+    assert!(said.starts_with("chats: "), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(pending(&app).await.is_empty());
+    assert_eq!(chat_rows(&app).await, before);
+    common::assert_matches_rebuild(&app.pool, Projection::Chats).await;
+
+    let again = common::herald_on(&app.database_url, &["replay", "--resume"]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        String::from_utf8(again.stdout).unwrap(),
+        "nothing to resume: the last replay finished\n"
+    );
 }
