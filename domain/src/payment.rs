@@ -190,6 +190,20 @@ pub enum PaymentEvent {
     },
 }
 
+impl PaymentEvent {
+    /// The status a payment is in once this event has happened to it: every
+    /// payment event moves it to one.
+    pub fn status_after(&self) -> PaymentStatus {
+        match self {
+            Self::PaymentInitiated { .. } => PaymentStatus::Pending,
+            Self::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
+            Self::PaymentFailed { .. } => PaymentStatus::Failed,
+            Self::RefundRequested { .. } => PaymentStatus::RefundPending,
+            Self::PaymentRefunded { .. } => PaymentStatus::Refunded,
+        }
+    }
+}
+
 impl DomainEvent for PaymentEvent {
     fn event_type(&self) -> String {
         match self {

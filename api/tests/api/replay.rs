@@ -252,6 +252,41 @@ async fn chat_rows(app: &TestApp) -> Vec<String> {
     rows
 }
 
+/// A read holding the chat tables, which keeps a chats replay from swapping
+/// in until it ends, however quickly the replay rebuilds.
+async fn hold_chat_tables(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut reader = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM rm_chat_members")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    reader
+}
+
+/// `herald replay args…` on the app's database, running on its own.
+fn start_replay(app: &TestApp, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("replay")
+        .args(args)
+        .env("HERALD_DATABASE_URL", &app.database_url)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C to a running replay, which must then end without finishing.
+fn interrupt(mut replay: std::process::Child) {
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &replay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = replay.wait().unwrap();
+    assert!(!status.success(), "the replay finished: {status:?}");
+}
+
 #[tokio::test]
 async fn replay_stopped_with_ctrl_c_leaves_the_live_tables_as_they_were_and_the_next_one_finishes()
 {
@@ -272,22 +307,8 @@ async fn replay_stopped_with_ctrl_c_leaves_the_live_tables_as_they_were_and_the_
         .unwrap()
     };
 
-    // A read holding the chat tables keeps the replay from swapping in before
-    // it is interrupted, however quickly it rebuilds.
-    let mut reader = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT count(*) FROM rm_chat_members")
-        .execute(&mut *reader)
-        .await
-        .unwrap();
-
-    let mut replay = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["replay", "chats"])
-        .env("HERALD_DATABASE_URL", &app.database_url)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let reader = hold_chat_tables(&app).await;
+    let mut replay = start_replay(&app, &["chats"]);
     // Interrupted once it has begun its rebuild, as an operator would.
     while shadows().await == 0 {
         assert!(
@@ -296,13 +317,7 @@ async fn replay_stopped_with_ctrl_c_leaves_the_live_tables_as_they_were_and_the_
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &replay.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
-    let status = replay.wait().unwrap();
-    assert!(!status.success(), "the replay finished: {status:?}");
+    interrupt(replay);
     reader.commit().await.unwrap();
     assert_eq!(chat_rows(&app).await, before);
 
@@ -332,34 +347,16 @@ async fn a_replay_interrupted_after_some_read_models_swapped_in_resumes_with_the
     app.wait_for_projections().await;
     app.stop_pipeline().await;
     let before = chat_rows(&app).await;
-    // A read that holds the chat tables keeps the chats replay from
-    // swapping in, while the payments replay beside it finishes.
-    let mut reader = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT count(*) FROM rm_chat_members")
-        .execute(&mut *reader)
-        .await
-        .unwrap();
-
-    let mut replay = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["replay", "payments", "chats"])
-        .env("HERALD_DATABASE_URL", &app.database_url)
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // The chats replay cannot swap in while the payments one beside it does.
+    let reader = hold_chat_tables(&app).await;
+    let mut replay = start_replay(&app, &["payments", "chats"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while pending(&app).await != ["chats"] {
         assert!(Instant::now() < deadline, "{:?}", pending(&app).await);
         assert!(replay.try_wait().unwrap().is_none(), "the replay ended");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &replay.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
-    assert!(!replay.wait().unwrap().success());
+    interrupt(replay);
     reader.commit().await.unwrap();
     assert_eq!(chat_rows(&app).await, before);
     assert_eq!(pending(&app).await, ["chats"]);

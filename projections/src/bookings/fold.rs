@@ -235,10 +235,7 @@ impl Fold {
                 }
                 return Ok(());
             }
-            PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
-            PaymentEvent::PaymentFailed { .. } => PaymentStatus::Failed,
-            PaymentEvent::RefundRequested { .. } => PaymentStatus::RefundPending,
-            PaymentEvent::PaymentRefunded { .. } => PaymentStatus::Refunded,
+            other => other.status_after(),
         };
         let Some((booking_id, current)) = self.payments.get_mut(&payment_id) else {
             return Ok(());

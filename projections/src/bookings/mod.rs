@@ -319,10 +319,7 @@ async fn apply_payment(
             .await?;
             return Ok(());
         }
-        PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
-        PaymentEvent::PaymentFailed { .. } => PaymentStatus::Failed,
-        PaymentEvent::RefundRequested { .. } => PaymentStatus::RefundPending,
-        PaymentEvent::PaymentRefunded { .. } => PaymentStatus::Refunded,
+        other => other.status_after(),
     };
     sqlx::query(
         "WITH link AS (

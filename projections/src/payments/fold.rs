@@ -11,6 +11,7 @@ use herald_nats::log::StoredBatch;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::provider_ids;
 use crate::{decode_stored, rebuild, stored_aggregate_uuid, ApplyError, PAYMENT};
 
 /// The payments of the log read so far.
@@ -44,7 +45,7 @@ impl rebuild::Fold for Fold {
                 continue;
             }
             let payment_id = stored_aggregate_uuid(&entry)?;
-            let (status, provider_payment_id, provider_refund_id) = match decode_stored(&entry)? {
+            let (status, (provider_payment_id, provider_refund_id)) = match decode_stored(&entry)? {
                 PaymentEvent::PaymentInitiated {
                     payment_id,
                     booking_id,
@@ -81,18 +82,7 @@ impl rebuild::Fold for Fold {
                     );
                     continue;
                 }
-                PaymentEvent::PaymentSucceeded {
-                    provider_payment_id,
-                    ..
-                } => (PaymentStatus::Succeeded, Some(provider_payment_id), None),
-                PaymentEvent::PaymentFailed {
-                    provider_payment_id,
-                    ..
-                } => (PaymentStatus::Failed, Some(provider_payment_id), None),
-                PaymentEvent::RefundRequested { .. } => (PaymentStatus::RefundPending, None, None),
-                PaymentEvent::PaymentRefunded {
-                    provider_refund_id, ..
-                } => (PaymentStatus::Refunded, None, Some(provider_refund_id)),
+                other => (other.status_after(), provider_ids(other)),
             };
             if let Some(payment) = self.payments.get_mut(&payment_id) {
                 payment.status = status;

@@ -57,7 +57,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
         return Ok(());
     }
     let payment_id = aggregate_uuid(entry)?;
-    let (status, provider_payment_id, provider_refund_id) =
+    let (status, (provider_payment_id, provider_refund_id)) =
         match crate::decode::<PaymentEvent>(entry)? {
             PaymentEvent::PaymentInitiated {
                 payment_id,
@@ -93,18 +93,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
                 .await?;
                 return Ok(());
             }
-            PaymentEvent::PaymentSucceeded {
-                provider_payment_id,
-                ..
-            } => (PaymentStatus::Succeeded, Some(provider_payment_id), None),
-            PaymentEvent::PaymentFailed {
-                provider_payment_id,
-                ..
-            } => (PaymentStatus::Failed, Some(provider_payment_id), None),
-            PaymentEvent::RefundRequested { .. } => (PaymentStatus::RefundPending, None, None),
-            PaymentEvent::PaymentRefunded {
-                provider_refund_id, ..
-            } => (PaymentStatus::Refunded, None, Some(provider_refund_id)),
+            other => (other.status_after(), provider_ids(other)),
         };
     sqlx::query(
         "UPDATE rm_payments
@@ -123,6 +112,27 @@ pub(crate) async fn apply(conn: &mut PgConnection, entry: &LogEntry) -> Result<(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The provider's payment and refund ids an event after the first brings;
+/// the ones it does not bring stay as they were.
+fn provider_ids(event: PaymentEvent) -> (Option<String>, Option<String>) {
+    match event {
+        PaymentEvent::PaymentSucceeded {
+            provider_payment_id,
+            ..
+        }
+        | PaymentEvent::PaymentFailed {
+            provider_payment_id,
+            ..
+        } => (Some(provider_payment_id), None),
+        PaymentEvent::PaymentRefunded {
+            provider_refund_id, ..
+        } => (None, Some(provider_refund_id)),
+        PaymentEvent::PaymentInitiated { .. } | PaymentEvent::RefundRequested { .. } => {
+            (None, None)
+        }
+    }
 }
 
 const SELECT_PAYMENTS: &str = "

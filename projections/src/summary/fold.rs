@@ -167,10 +167,7 @@ impl Fold {
                 self.totals.count_in(PAYMENTS, pending.as_str());
                 return Ok(());
             }
-            PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
-            PaymentEvent::PaymentFailed { .. } => PaymentStatus::Failed,
-            PaymentEvent::RefundRequested { .. } => PaymentStatus::RefundPending,
-            PaymentEvent::PaymentRefunded { .. } => PaymentStatus::Refunded,
+            other => other.status_after(),
         };
         let Some((current, amount_minor, currency)) = self
             .payments

@@ -157,10 +157,7 @@ async fn apply_payment(
             totals.count_in(PAYMENTS, pending);
             return Ok(());
         }
-        PaymentEvent::PaymentSucceeded { .. } => PaymentStatus::Succeeded,
-        PaymentEvent::PaymentFailed { .. } => PaymentStatus::Failed,
-        PaymentEvent::RefundRequested { .. } => PaymentStatus::RefundPending,
-        PaymentEvent::PaymentRefunded { .. } => PaymentStatus::Refunded,
+        other => other.status_after(),
     };
     let moved: Option<(String, i64, String)> = sqlx::query_as(
         "UPDATE rm_summary_payments p SET status = $2
