@@ -8,9 +8,9 @@ use crate::config::{DeadLetterArgs, ReplayArgs};
 use crate::db::existing_pool;
 
 /// Replays the chosen projections (or, with `--resume`, those the last run
-/// left) side by side, with a progress bar each:
-/// each one is mostly Postgres reading the log or writing tables while
-/// Herald folds another, so together they finish sooner than one by one.
+/// left) side by side, with a progress bar each: each one is mostly Postgres
+/// reading the log or writing tables while Herald folds another, so together
+/// they finish sooner than one by one.
 pub(super) async fn replay(args: ReplayArgs) -> Result<(), BoxError> {
     let pool = existing_pool(&args.database).await?;
     let chosen = if args.resume {
