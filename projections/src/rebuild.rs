@@ -20,12 +20,13 @@ use std::future::Future;
 
 use futures::{StreamExt, TryStreamExt};
 use herald_nats::log::copy::Rows;
-use herald_nats::log::StoredBatch;
+use herald_nats::log::{Stored, StoredBatch};
 use herald_nats::{log, LogEntry};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
-use crate::{bookings, chats, payments, summary, ApplyError, Projection};
+use crate::{bookings, chats, payments, stored_aggregate_uuid, summary, ApplyError, Projection};
 
 /// Entries read and applied per transaction after a fold.
 const APPLY_BATCH: i64 = 5000;
@@ -42,9 +43,14 @@ pub(crate) trait Fold: Default + Send + 'static {
     /// folding go to, for a read model too large to hold until the end.
     const STREAMED: Option<&'static str> = None;
 
-    /// Folds in the projection's entries of a stretch of the log, in order,
-    /// writing rows for [`Fold::STREAMED`] to `streamed`.
-    fn batch(&mut self, batch: &StoredBatch, streamed: &mut Rows) -> Result<(), ApplyError>;
+    /// Folds in one of the projection's entries, in log order, given with its
+    /// aggregate's id, writing rows for [`Fold::STREAMED`] to `streamed`.
+    fn entry(
+        &mut self,
+        entry: &Stored<'_>,
+        aggregate_id: Uuid,
+        streamed: &mut Rows,
+    ) -> Result<(), ApplyError>;
 
     /// Writes the rest of the read model, after the streamed rows.
     fn finish(self, conn: &mut PgConnection)
@@ -202,16 +208,12 @@ async fn fold<F: Fold>(
             let mut rows = Rows::new();
             while let Some(batch) = received.recv().await {
                 let folded = tokio::task::spawn_blocking(move || {
-                    let result = fold.batch(&batch, &mut rows);
+                    let result = fold_batch(&mut fold, &batch, &mut rows);
                     (fold, rows, result, batch.up_to)
                 })
                 .await;
                 let (result, reached);
-                (fold, rows, result, reached) =
-                    folded.map_err(|err| match err.try_into_panic() {
-                        Ok(panic) => std::panic::resume_unwind(panic),
-                        Err(_) => ApplyError::Sql(sqlx::Error::WorkerCrashed),
-                    })?;
+                (fold, rows, result, reached) = folded.map_err(log::joined)?;
                 result?;
                 if let Some(copy) = &mut copy {
                     copy.send(rows.take()).await?;
@@ -229,6 +231,19 @@ async fn fold<F: Fold>(
         Ok::<(), ApplyError>(())
     };
     tokio::try_join!(read, write)?;
+    Ok(())
+}
+
+/// Folds in every entry of a stretch, in order.
+fn fold_batch<F: Fold>(
+    fold: &mut F,
+    batch: &StoredBatch,
+    rows: &mut Rows,
+) -> Result<(), ApplyError> {
+    for entry in batch.entries()? {
+        let entry = entry?;
+        fold.entry(&entry, stored_aggregate_uuid(&entry)?, rows)?;
+    }
     Ok(())
 }
 

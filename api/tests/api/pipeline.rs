@@ -140,113 +140,82 @@ async fn after_thousands_of_mixed_commands_every_read_model_equals_a_rebuild_fro
     );
 }
 
-/// `actor`'s request, which must succeed.
-async fn succeeds(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    actor: Actor,
-    body: Option<Value>,
-) -> common::Reply {
-    let reply = app.send(method, path, actor, body).await;
-    assert!(reply.status.is_success(), "{path}: {reply:?}");
-    reply
-}
-
 #[tokio::test]
 async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote() {
-    use reqwest::Method;
+    use common::{delete, patch, post};
     let app = TestApp::spawn_with_pipeline().await;
     let (alice, bob, carol, dan) = (patient(), doctor(), patient(), patient());
     for someone in [carol, dan] {
         app.enroll(someone).await;
     }
     let ward = app.group_chat(alice, &[bob, carol]).await;
-    let chat = |rest: String| format!("/api/v1/chats/{ward}{rest}");
+    let messages = format!("/api/v1/chats/{ward}/messages");
     let send = |author: Actor, body: &str| {
-        let path = chat("/messages".into());
-        let body = json!({ "body": body });
+        let call = post(&messages, json!({ "body": body }));
         let app = &app;
         async move {
-            succeeds(app, Method::POST, &path, author, Some(body))
+            app.accepts(author, call, StatusCode::CREATED)
                 .await
+                .reply
                 .id()
         }
     };
-    let read = |reader: Actor, up_to_seq: u64| {
-        let path = chat("/read".into());
+    let ok = |actor: Actor, call: common::Call| {
         let app = &app;
-        async move {
-            succeeds(
-                app,
-                Method::POST,
-                &path,
-                reader,
-                Some(json!({ "up_to_seq": up_to_seq })),
-            )
-            .await
-        }
+        async move { app.accepts(actor, call, StatusCode::OK).await }
     };
-    let edit = |author: Actor, id: Uuid, body: &str| {
-        let path = chat(format!("/messages/{id}"));
-        let body = json!({ "body": body });
-        let app = &app;
-        async move { succeeds(app, Method::PATCH, &path, author, Some(body)).await }
+    let read = |up_to_seq: u64| {
+        post(
+            format!("/api/v1/chats/{ward}/read"),
+            json!({ "up_to_seq": up_to_seq }),
+        )
     };
-    let delete = |author: Actor, id: Uuid| {
-        let path = chat(format!("/messages/{id}"));
-        let app = &app;
-        async move { succeeds(app, Method::DELETE, &path, author, None).await }
-    };
+    let edit = |id: Uuid, body: &str| patch(format!("{messages}/{id}"), json!({ "body": body }));
+    let retract = |id: Uuid| delete(format!("{messages}/{id}"));
     let add = |who: Actor| {
-        let (path, body) = (chat("/members".into()), json!({ "user_id": who.user_id }));
-        let app = &app;
-        async move { succeeds(app, Method::POST, &path, alice, Some(body)).await }
+        post(
+            format!("/api/v1/chats/{ward}/members"),
+            json!({ "user_id": who.user_id }),
+        )
     };
-    let leave = |who: Actor| {
-        let path = chat(format!("/members/{}", who.user_id));
-        let app = &app;
-        async move { succeeds(app, Method::DELETE, &path, who, None).await }
-    };
+    let leave = |who: Actor| delete(format!("/api/v1/chats/{ward}/members/{}", who.user_id));
 
     let first = send(alice, "one").await;
     let second = send(bob, "two").await;
-    read(carol, 1).await;
+    ok(carol, read(1)).await;
     let third = send(alice, "three").await;
     // An edit of an older message, then of the newest, which the preview shows.
-    edit(bob, second, "two, edited").await;
-    edit(alice, third, "three, edited").await;
+    ok(bob, edit(second, "two, edited")).await;
+    ok(alice, edit(third, "three, edited")).await;
     // Someone joins after messages were sent, and reads some of them.
-    add(dan).await;
-    read(dan, 2).await;
+    ok(alice, add(dan)).await;
+    ok(dan, read(2)).await;
     // The newest message retracted: the preview goes back to the one before.
-    delete(alice, third).await;
+    ok(alice, retract(third)).await;
     // Someone leaves and comes back, with nothing read.
-    leave(carol).await;
-    add(carol).await;
+    ok(carol, leave(carol)).await;
+    ok(alice, add(carol)).await;
     let fourth = send(carol, "four").await;
-    read(bob, 4).await;
-    delete(carol, fourth).await;
-    delete(alice, first).await;
+    ok(bob, read(4)).await;
+    ok(carol, retract(fourth)).await;
+    ok(alice, retract(first)).await;
     send(dan, "five").await;
-    read(alice, 5).await;
+    ok(alice, read(5)).await;
     // A chat whose newest message was retracted last, one whose only message
     // was, and one with none at all.
     for kept in [Some("kept"), None] {
         let other = app.group_chat(bob, &[alice]).await;
         let path = format!("/api/v1/chats/{other}/messages");
         for body in kept.into_iter().chain(["gone"]) {
-            let id = succeeds(
-                &app,
-                Method::POST,
-                &path,
-                bob,
-                Some(json!({ "body": body })),
-            )
-            .await
-            .id();
+            let sent = app
+                .accepts(
+                    bob,
+                    post(&path, json!({ "body": body })),
+                    StatusCode::CREATED,
+                )
+                .await;
             if body == "gone" {
-                succeeds(&app, Method::DELETE, &format!("{path}/{id}"), bob, None).await;
+                ok(bob, delete(format!("{path}/{}", sent.reply.id()))).await;
             }
         }
     }

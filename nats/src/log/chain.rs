@@ -424,7 +424,7 @@ pub async fn verify(
             tokio::spawn(read_sealed(pool.clone(), after, up_to))
         })
         .buffered(VERIFY_READERS)
-        .map(|read| read.unwrap_or_else(|err| Err(joined(err))));
+        .map(|read| read.unwrap_or_else(|err| Err(super::joined(err))));
     let read = async move {
         futures::pin_mut!(reads);
         while let Some(rows) = reads.try_next().await? {
@@ -462,16 +462,7 @@ async fn read_sealed(pool: PgPool, after: i64, up_to: i64) -> Result<Vec<Sealed>
     tx.commit().await?;
     tokio::task::spawn_blocking(move || seal(&data))
         .await
-        .map_err(joined)?
-}
-
-/// A task that did not finish: its panic goes on, or it was cancelled with
-/// the runtime.
-fn joined(err: tokio::task::JoinError) -> sqlx::Error {
-    match err.try_into_panic() {
-        Ok(panic) => std::panic::resume_unwind(panic),
-        Err(_) => sqlx::Error::WorkerCrashed,
-    }
+        .map_err(super::joined)?
 }
 
 /// Puts the entries of a binary `COPY` of [`read_sealed`]'s columns in their

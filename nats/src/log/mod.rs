@@ -225,6 +225,15 @@ pub async fn read_stored(
     Ok(StoredBatch { messages, up_to })
 }
 
+/// Why a task that worked on the log's rows (on a blocking thread, say) did
+/// not finish: its panic goes on, or it was cancelled with the runtime.
+pub fn joined(err: tokio::task::JoinError) -> sqlx::Error {
+    match err.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(_) => sqlx::Error::WorkerCrashed,
+    }
+}
+
 /// The last position sequenced so far (0 for an empty log).
 pub async fn head<'c>(executor: impl PgExecutor<'c>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT sequenced_position FROM relay_cursor")

@@ -21,12 +21,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 use domain::chat::ChatEvent;
 use domain::values::ChatKind;
 use herald_nats::log::copy::Rows;
-use herald_nats::log::StoredBatch;
+use herald_nats::log::Stored;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{last_message, to_i64};
-use crate::{decode_stored, rebuild, stored_aggregate_uuid, ApplyError};
+use crate::{decode_stored, rebuild, ApplyError};
 
 /// The chats of the log read so far.
 #[derive(Default)]
@@ -101,15 +101,14 @@ impl rebuild::Fold for Fold {
          FROM STDIN (FORMAT binary)",
     );
 
-    /// Folds a batch of chat entries in, streaming the messages they send.
-    fn batch(&mut self, batch: &StoredBatch, rows: &mut Rows) -> Result<(), ApplyError> {
-        for entry in batch.entries()? {
-            let entry = entry?;
-            let chat_id = stored_aggregate_uuid(&entry)?;
-            let event = decode_stored::<ChatEvent>(&entry)?;
-            self.apply(chat_id, entry.position, event, rows)?;
-        }
-        Ok(())
+    /// Folds a chat entry in, streaming the message it sends, if it does.
+    fn entry(
+        &mut self,
+        entry: &Stored<'_>,
+        chat_id: Uuid,
+        rows: &mut Rows,
+    ) -> Result<(), ApplyError> {
+        self.apply(chat_id, entry.position, decode_stored(entry)?, rows)
     }
 
     /// Writes what the fold holds beside the messages already copied: the

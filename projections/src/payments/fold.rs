@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use domain::payment::{PaymentEvent, PaymentStatus};
 use herald_nats::log::copy::Rows;
-use herald_nats::log::StoredBatch;
+use herald_nats::log::Stored;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::provider_ids;
-use crate::{decode_stored, rebuild, stored_aggregate_uuid, ApplyError, PAYMENT};
+use crate::{decode_stored, rebuild, ApplyError, PAYMENT};
 
 /// The payments of the log read so far.
 #[derive(Default)]
@@ -38,63 +38,64 @@ struct Payment {
 }
 
 impl rebuild::Fold for Fold {
-    fn batch(&mut self, batch: &StoredBatch, _: &mut Rows) -> Result<(), ApplyError> {
-        for entry in batch.entries()? {
-            let entry = entry?;
-            if entry.aggregate_type != PAYMENT {
-                continue;
-            }
-            let payment_id = stored_aggregate_uuid(&entry)?;
-            let (status, (provider_payment_id, provider_refund_id)) = match decode_stored(&entry)? {
-                PaymentEvent::PaymentInitiated {
+    fn entry(
+        &mut self,
+        entry: &Stored<'_>,
+        payment_id: Uuid,
+        _: &mut Rows,
+    ) -> Result<(), ApplyError> {
+        if entry.aggregate_type != PAYMENT {
+            return Ok(());
+        }
+        let (status, (provider_payment_id, provider_refund_id)) = match decode_stored(entry)? {
+            PaymentEvent::PaymentInitiated {
+                payment_id,
+                booking_id,
+                patient_id,
+                method,
+                amount,
+                initiated_at,
+                provider_payment_id,
+                confirmation_url,
+            } => {
+                if self.payments.contains_key(&payment_id) {
+                    return Err(ApplyError::Duplicate {
+                        position: entry.position,
+                        row: format!("payment {payment_id}"),
+                    });
+                }
+                self.payments.insert(
                     payment_id,
-                    booking_id,
-                    patient_id,
-                    method,
-                    amount,
-                    initiated_at,
-                    provider_payment_id,
-                    confirmation_url,
-                } => {
-                    if self.payments.contains_key(&payment_id) {
-                        return Err(ApplyError::Duplicate {
-                            position: entry.position,
-                            row: format!("payment {payment_id}"),
-                        });
-                    }
-                    self.payments.insert(
-                        payment_id,
-                        Payment {
-                            booking_id,
-                            patient_id,
-                            method: method.as_str(),
-                            amount_minor: amount.amount_minor(),
-                            currency: amount.currency().as_str().to_owned(),
-                            status: PaymentStatus::Pending,
-                            provider_payment_id,
-                            provider_refund_id: None,
-                            confirmation_url,
-                            initiated_at,
-                            created_position: entry.position,
-                            updated_at: entry.recorded_at,
-                            version: entry.position,
-                        },
-                    );
-                    continue;
-                }
-                other => (other.status_after(), provider_ids(other)),
-            };
-            if let Some(payment) = self.payments.get_mut(&payment_id) {
-                payment.status = status;
-                if provider_payment_id.is_some() {
-                    payment.provider_payment_id = provider_payment_id;
-                }
-                if provider_refund_id.is_some() {
-                    payment.provider_refund_id = provider_refund_id;
-                }
-                payment.updated_at = entry.recorded_at;
-                payment.version = entry.position;
+                    Payment {
+                        booking_id,
+                        patient_id,
+                        method: method.as_str(),
+                        amount_minor: amount.amount_minor(),
+                        currency: amount.currency().as_str().to_owned(),
+                        status: PaymentStatus::Pending,
+                        provider_payment_id,
+                        provider_refund_id: None,
+                        confirmation_url,
+                        initiated_at,
+                        created_position: entry.position,
+                        updated_at: entry.recorded_at,
+                        version: entry.position,
+                    },
+                );
+                return Ok(());
             }
+            other => (other.status_after(), provider_ids(other)),
+        };
+        if let Some(payment) = self.payments.get_mut(&payment_id) {
+            payment.status = status;
+            if provider_payment_id.is_some() {
+                payment.provider_payment_id = provider_payment_id;
+            }
+            if provider_refund_id.is_some() {
+                payment.provider_refund_id = provider_refund_id;
+            }
+            payment.updated_at = entry.recorded_at;
+            payment.version = entry.position;
         }
         Ok(())
     }

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use domain::booking::{BookingEvent, BookingStatus};
 use domain::payment::{PaymentEvent, PaymentStatus};
 use herald_nats::log::copy::Rows;
-use herald_nats::log::{Stored, StoredBatch};
+use herald_nats::log::Stored;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Totals, BOOKINGS, PAYMENTS};
-use crate::{decode_stored, rebuild, stored_aggregate_uuid, ApplyError, BOOKING, PAYMENT};
+use crate::{decode_stored, rebuild, ApplyError, BOOKING, PAYMENT};
 
 /// The statuses and totals of the log read so far.
 #[derive(Default)]
@@ -25,17 +25,12 @@ pub(crate) struct Fold {
 }
 
 impl rebuild::Fold for Fold {
-    fn batch(&mut self, batch: &StoredBatch, _: &mut Rows) -> Result<(), ApplyError> {
-        for entry in batch.entries()? {
-            let entry = entry?;
-            let id = stored_aggregate_uuid(&entry)?;
-            match entry.aggregate_type {
-                BOOKING => self.booking(&entry, id, decode_stored(&entry)?)?,
-                PAYMENT => self.payment(&entry, id, decode_stored(&entry)?)?,
-                _ => {}
-            }
+    fn entry(&mut self, entry: &Stored<'_>, id: Uuid, _: &mut Rows) -> Result<(), ApplyError> {
+        match entry.aggregate_type {
+            BOOKING => self.booking(entry, id, decode_stored(entry)?),
+            PAYMENT => self.payment(entry, id, decode_stored(entry)?),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn finish(self, conn: &mut PgConnection) -> Result<(), ApplyError> {
