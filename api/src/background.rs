@@ -1,5 +1,5 @@
 //! Herald's background work (the commit announcer, the relay, projection
-//! workers, the payment process manager) under one stop signal, so that shutdown reaches every task and the
+//! workers, the payment process manager, reminders) under one stop signal, so that shutdown reaches every task and the
 //! process exits only when they have drained.
 
 use std::future::Future;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commands::gateway::PaymentGateway;
-use commands::{PaymentProcess, WriteSide};
+use commands::{PaymentProcess, Reminders, WriteSide};
 use herald_nats::{Relay, RelayStatus, Topology};
 use projections::{Projection, Worker};
 use sqlx::PgPool;
@@ -15,12 +15,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// The names of everything that follows the log with a checkpoint and dead
-/// letters of its own: every projection and the payment process manager.
+/// letters of its own: every projection, the payment process manager and the
+/// reminders of unread messages.
 pub fn follower_names() -> Vec<&'static str> {
     Projection::ALL
         .iter()
         .map(|projection| projection.name())
-        .chain([commands::process_manager::CHECKPOINT])
+        .chain([
+            commands::process_manager::CHECKPOINT,
+            commands::reminders::CHECKPOINT,
+        ])
         .collect()
 }
 
@@ -101,6 +105,18 @@ impl Background {
             topology.clone(),
         );
         self.spawn(|stop| process.run(stop));
+    }
+
+    /// Runs the reminders of messages unread for `after` until stopped.
+    pub fn reminders(
+        &mut self,
+        write: &Arc<WriteSide>,
+        client: &async_nats::Client,
+        topology: &Topology,
+        after: Duration,
+    ) {
+        let reminders = Reminders::new(write.clone(), client.clone(), topology.clone(), after);
+        self.spawn(|stop| reminders.run(stop));
     }
 
     /// Signals every task to stop and waits for them, at most [`DRAIN_TIMEOUT`].

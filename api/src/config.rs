@@ -131,6 +131,10 @@ pub struct UpArgs {
     /// Browser origins allowed to call the API (comma-separated); none by default.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<axum::http::HeaderValue>,
+
+    /// Notifications.
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
 }
 
 /// Which payment provider Herald pays through.

@@ -17,6 +17,7 @@ pub mod dev;
 pub mod error;
 pub mod limits;
 pub mod live;
+pub mod notify;
 pub mod openapi;
 pub mod ops;
 pub mod passwords;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub limits: Option<Arc<RateLimits>>,
     /// Failed sign-ins per account and address.
     pub sign_ins: Arc<throttle::SignInThrottle>,
+    /// How people are notified.
+    pub notify: Arc<notify::NotifyConfig>,
 }
 
 /// What a running Herald adds around its routes.
@@ -122,7 +125,8 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         .merge(routes::reads::routes())
         .merge(routes::audit::routes())
         .merge(routes::auth::routes())
-        .merge(routes::users::routes());
+        .merge(routes::users::routes())
+        .merge(routes::notifications::routes());
     let mut outside =
         OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
     if sandbox {

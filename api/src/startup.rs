@@ -17,6 +17,7 @@ use crate::auth::JwtKeys;
 use crate::background::Background;
 use crate::limits::{LimitArgs, RateLimits};
 use crate::live::{LiveConfig, LiveHub};
+use crate::notify::NotifyConfig;
 use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
 use crate::server::{serve, ConnectionArgs};
@@ -32,7 +33,8 @@ pub struct Parts {
     pub relay: bool,
     /// A worker for every projection.
     pub workers: bool,
-    /// The booking ⇄ payment process manager (active or standby).
+    /// The booking ⇄ payment process manager (active or standby), and the
+    /// reminders of unread messages.
     pub process_manager: bool,
 }
 
@@ -77,6 +79,8 @@ pub struct Settings {
     pub live: Option<LiveConfig>,
     /// How long a client may take to send a request, and how large its headers may be.
     pub connections: ConnectionArgs,
+    /// How people are notified.
+    pub notify: NotifyConfig,
     /// The background parts to run.
     pub parts: Parts,
 }
@@ -109,6 +113,8 @@ impl Application {
         let gateway = settings.provider.gateway;
         if parts.process_manager {
             background.process_manager(&write, &gateway, &client, &topology);
+            let after = settings.notify.unread_after;
+            background.reminders(&write, &client, &topology, after);
         }
         let live = settings.live.map(|config| {
             let (hub, runner) =
@@ -137,6 +143,7 @@ impl Application {
             live,
             limits,
             sign_ins: Arc::default(),
+            notify: Arc::new(settings.notify),
         };
         let surface = Surface {
             nats: Some(client),

@@ -21,6 +21,7 @@ mod load;
 mod metadata;
 pub mod payments;
 pub mod process_manager;
+pub mod reminders;
 mod token;
 
 pub use error::{database_error, CommandError};
@@ -28,4 +29,5 @@ pub use executor::{Committed, NewId, WriteSide};
 pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY_LEN};
 pub use metadata::Metadata;
 pub use process_manager::PaymentProcess;
+pub use reminders::Reminders;
 pub use token::ConsistencyToken;

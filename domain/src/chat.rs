@@ -95,6 +95,16 @@ pub enum ChatCommand {
         /// When the request was made.
         at: DateTime<Utc>,
     },
+    /// Remind every member of the messages others sent up to a sequence
+    /// number that they have neither read nor been reminded of.
+    RemindUnread {
+        /// Who asks: Herald itself, once the messages have waited long enough.
+        actor: Actor,
+        /// The newest message to remind of.
+        through_seq: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 /// What happened in a chat, as stored and published.
@@ -179,6 +189,24 @@ pub enum ChatEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Members were reminded of messages they had not read.
+    UnreadReminded {
+        /// One reminder per member who had unread messages from others.
+        reminders: Vec<UnreadReminder>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// One member's reminder of the messages they had not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadReminder {
+    /// Who is reminded.
+    pub user_id: Uuid,
+    /// The newest message it covers.
+    pub up_to_seq: u64,
+    /// How many messages from others, not deleted, it covers.
+    pub messages: u64,
 }
 
 impl ChatEvent {
@@ -218,6 +246,7 @@ impl DomainEvent for ChatEvent {
             Self::MessageEdited { .. } => "MessageEdited",
             Self::MessageDeleted { .. } => "MessageDeleted",
             Self::ReadUpTo { .. } => "ReadUpTo",
+            Self::UnreadReminded { .. } => "UnreadReminded",
         }
         .to_owned()
     }
@@ -249,6 +278,9 @@ pub struct Chat {
     last_seq: u64,
     messages: HashMap<Uuid, MessageInfo>,
     read: HashMap<Uuid, u64>,
+    /// The newest message each member was reminded of.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    reminded: HashMap<Uuid, u64>,
 }
 
 impl Chat {
@@ -436,7 +468,56 @@ impl Chat {
                     at,
                 }])
             }
+            ChatCommand::RemindUnread {
+                actor,
+                through_seq,
+                at,
+            } => {
+                if actor.role != Role::System {
+                    return Err(Permission::OnlyHeraldReminds.into());
+                }
+                let reminders = self.unread_reminders(through_seq.min(self.last_seq));
+                if reminders.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![ChatEvent::UnreadReminded { reminders, at }])
+            }
         }
+    }
+
+    /// Each member's reminder of the messages from others up to
+    /// `through_seq` that they have neither read nor been reminded of.
+    fn unread_reminders(&self, through_seq: u64) -> Vec<UnreadReminder> {
+        let mut pending: Vec<(Uuid, u64, u64)> = self
+            .members
+            .iter()
+            .map(|&user| {
+                let reminded = self.reminded.get(&user).copied().unwrap_or(0);
+                (user, self.read_up_to(user).max(reminded), 0)
+            })
+            .filter(|(_, after, _)| *after < through_seq)
+            .collect();
+        if !pending.is_empty() {
+            for message in self.messages.values() {
+                if message.deleted || message.seq > through_seq {
+                    continue;
+                }
+                for (user, after, count) in &mut pending {
+                    if message.author != *user && message.seq > *after {
+                        *count += 1;
+                    }
+                }
+            }
+        }
+        pending
+            .into_iter()
+            .filter(|(_, _, count)| *count > 0)
+            .map(|(user_id, _, messages)| UnreadReminder {
+                user_id,
+                up_to_seq: through_seq,
+                messages,
+            })
+            .collect()
     }
 
     fn create(
@@ -547,6 +628,7 @@ impl Aggregate for Chat {
             ChatEvent::MemberRemoved { user_id, .. } => {
                 self.members.retain(|member| *member != user_id);
                 self.read.remove(&user_id);
+                self.reminded.remove(&user_id);
             }
             ChatEvent::MessageSent {
                 message_id,
@@ -575,6 +657,12 @@ impl Aggregate for Chat {
             } => {
                 let marker = self.read.entry(user_id).or_insert(0);
                 *marker = (*marker).max(up_to_seq);
+            }
+            ChatEvent::UnreadReminded { reminders, .. } => {
+                for reminder in reminders {
+                    let marker = self.reminded.entry(reminder.user_id).or_insert(0);
+                    *marker = (*marker).max(reminder.up_to_seq);
+                }
             }
         }
     }
@@ -1215,5 +1303,65 @@ mod tests {
         assert_eq!(sent(1, ALICE).event_type(), "MessageSent");
         assert_eq!(deleted(1, ALICE).event_type(), "MessageDeleted");
         assert_eq!(sent(1, ALICE).event_version(), "1");
+    }
+
+    fn remind(actor: Actor, through_seq: u64) -> ChatCommand {
+        ChatCommand::RemindUnread {
+            actor,
+            through_seq,
+            at: at(),
+        }
+    }
+
+    #[test]
+    fn unread_messages_from_others_are_reminded_of_once_and_never_to_their_author() {
+        const CAROL: u128 = 3;
+        let mut chat = Chat::default();
+        let carol_joins = ChatEvent::MemberAdded {
+            user_id: user(CAROL),
+            added_by: user(ALICE),
+            at: at(),
+        };
+        let carol_reads = ChatEvent::ReadUpTo {
+            user_id: user(CAROL),
+            up_to_seq: 2,
+            at: at(),
+        };
+        let given = [
+            carol_joins,
+            sent(1, ALICE),
+            sent(2, BOB),
+            deleted(2, BOB),
+            sent(3, BOB),
+        ];
+        for event in with(group(), given.into_iter().chain([carol_reads])) {
+            chat.apply(event);
+        }
+        let bob = Actor::new(user(BOB), Role::Patient);
+        assert_eq!(
+            chat.decide(remind(bob, 3)),
+            Err(Permission::OnlyHeraldReminds.into())
+        );
+        // Alice misses Bob's third (his second was deleted), Bob Alice's
+        // first, Carol read up to two and misses the third.
+        let reminded = |user_id, messages| UnreadReminder {
+            user_id: user(user_id),
+            up_to_seq: 3,
+            messages,
+        };
+        let events = chat.decide(remind(Actor::system(), 3)).unwrap();
+        let ChatEvent::UnreadReminded { reminders, .. } = &events[0] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(
+            reminders,
+            &[reminded(ALICE, 1), reminded(BOB, 1), reminded(CAROL, 1)]
+        );
+        for event in events {
+            chat.apply(event);
+        }
+        assert_eq!(chat.decide(remind(Actor::system(), 3)).unwrap(), []);
+        // Beyond the newest message there is nothing more.
+        assert_eq!(chat.decide(remind(Actor::system(), 9)).unwrap(), []);
     }
 }

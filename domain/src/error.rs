@@ -73,6 +73,9 @@ pub enum Permission {
     /// Authors retract their own words; admins moderate.
     #[error("only the author of a message or an admin may delete it")]
     OnlyTheAuthorOrAnAdminMayDelete,
+    /// Reminders of unread messages are Herald's to send.
+    #[error("only Herald itself reminds members of unread messages")]
+    OnlyHeraldReminds,
     /// Read markers only make sense for participants.
     #[error("only members of the chat may mark messages as read")]
     OnlyMembersMayMarkRead,

@@ -6,6 +6,8 @@
 //! that records the account, in the same transaction, to a table of their own,
 //! so that they can be erased later without touching the log.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -13,7 +15,7 @@ use uuid::Uuid;
 
 use crate::access::may_manage_users;
 use crate::error::{DomainError, Permission, ValidationError};
-use crate::values::{Actor, Role};
+use crate::values::{Actor, NotificationKind, Role};
 
 /// What can be asked of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +79,97 @@ pub enum UserCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The user chooses which notifications they get and how.
+    ChangeNotificationSettings {
+        /// Who asks: only the user themself.
+        actor: Actor,
+        /// What to switch on or off.
+        changes: NotificationSettings,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The user has seen their notifications up to one.
+    ReadNotifications {
+        /// Who asks: only the user themself.
+        actor: Actor,
+        /// The log position of the newest notification read.
+        up_to: i64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Switches of a user's notifications: `true` turns one on (or mutes a
+/// chat), `false` off; what is not named stays as it was. As a user's
+/// settings, the switches they made: everything else is as
+/// [`NotificationSettings::feed_on`] and [`NotificationSettings::email_on`]
+/// say by default, and no chat is muted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationSettings {
+    /// Notifications shown in the app, by kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feed: BTreeMap<NotificationKind, bool>,
+    /// Notifications sent by e-mail, by kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub email: BTreeMap<NotificationKind, bool>,
+    /// Chats that notify of nothing, by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub muted_chats: BTreeMap<Uuid, bool>,
+}
+
+impl NotificationSettings {
+    /// Whether it switches nothing.
+    pub fn is_empty(&self) -> bool {
+        self.feed.is_empty() && self.email.is_empty() && self.muted_chats.is_empty()
+    }
+}
+
+impl NotificationSettings {
+    /// Whether notifications of `kind` are shown in the app.
+    pub fn feed_on(&self, kind: NotificationKind) -> bool {
+        self.feed.get(&kind).copied().unwrap_or(true)
+    }
+
+    /// Whether notifications of `kind` are sent by e-mail: all but new
+    /// bookings, which every doctor would get, until switched.
+    pub fn email_on(&self, kind: NotificationKind) -> bool {
+        let default = kind != NotificationKind::BookingRequested;
+        self.email.get(&kind).copied().unwrap_or(default)
+    }
+
+    /// Whether the chat is muted.
+    pub fn muted(&self, chat_id: Uuid) -> bool {
+        self.muted_chats.get(&chat_id).copied().unwrap_or(false)
+    }
+
+    /// The switches of `changes` that change something in these settings.
+    pub fn changed_by(&self, changes: NotificationSettings) -> NotificationSettings {
+        NotificationSettings {
+            feed: (changes.feed.into_iter())
+                .filter(|(kind, on)| self.feed_on(*kind) != *on)
+                .collect(),
+            email: (changes.email.into_iter())
+                .filter(|(kind, on)| self.email_on(*kind) != *on)
+                .collect(),
+            muted_chats: (changes.muted_chats.into_iter())
+                .filter(|(chat, muted)| self.muted(*chat) != *muted)
+                .collect(),
+        }
+    }
+
+    /// Applies switches that were decided; a chat no longer muted is
+    /// forgotten.
+    pub fn apply(&mut self, changes: &NotificationSettings) {
+        self.feed.extend(&changes.feed);
+        self.email.extend(&changes.email);
+        for (chat, muted) in &changes.muted_chats {
+            if *muted {
+                self.muted_chats.insert(*chat, true);
+            } else {
+                self.muted_chats.remove(chat);
+            }
+        }
+    }
 }
 
 /// What happened to a user.
@@ -139,6 +232,20 @@ pub enum UserEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The user switched notifications on or off.
+    NotificationSettingsChanged {
+        /// The switches that changed something.
+        changes: NotificationSettings,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The user has seen their notifications up to one.
+    NotificationsRead {
+        /// The log position of the newest notification read.
+        up_to: i64,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -151,6 +258,8 @@ impl DomainEvent for UserEvent {
             Self::RoleChanged { .. } => "RoleChanged",
             Self::UserDeactivated { .. } => "UserDeactivated",
             Self::UserReactivated { .. } => "UserReactivated",
+            Self::NotificationSettingsChanged { .. } => "NotificationSettingsChanged",
+            Self::NotificationsRead { .. } => "NotificationsRead",
         }
         .to_owned()
     }
@@ -170,6 +279,10 @@ pub struct User {
     id: Uuid,
     role: Option<Role>,
     deactivated: bool,
+    #[serde(default)]
+    notifications: NotificationSettings,
+    #[serde(default)]
+    notifications_read: i64,
 }
 
 impl User {
@@ -181,6 +294,11 @@ impl User {
     /// Whether the user exists and may sign in.
     pub fn is_active(&self) -> bool {
         self.role.is_some() && !self.deactivated
+    }
+
+    /// How the user wants to be notified.
+    pub fn notifications(&self) -> &NotificationSettings {
+        &self.notifications
     }
 
     /// The events `command` leads to, or why it is refused.
@@ -222,11 +340,7 @@ impl User {
                 Ok(vec![UserEvent::PasswordChanged { at }])
             }
             UserCommand::ChangeProfile { actor, fields, at } => {
-                self.existing()?;
-                if actor.user_id != self.id {
-                    return Err(Permission::OnlyTheUserMayChangeTheirProfile.into());
-                }
-                if self.role != Some(Role::Doctor) {
+                if self.themself(actor)? != Role::Doctor {
                     if let Some(field) = fields.iter().find(|f| DOCTORS_ONLY.contains(&f.as_str()))
                     {
                         return Err(ValidationError::new(
@@ -275,7 +389,32 @@ impl User {
                     at,
                 }])
             }
+            UserCommand::ChangeNotificationSettings { actor, changes, at } => {
+                self.themself(actor)?;
+                let changes = self.notifications.changed_by(changes);
+                if changes.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::NotificationSettingsChanged { changes, at }])
+            }
+            UserCommand::ReadNotifications { actor, up_to, at } => {
+                self.themself(actor)?;
+                if up_to <= self.notifications_read {
+                    return Ok(vec![]);
+                }
+                Ok(vec![UserEvent::NotificationsRead { up_to, at }])
+            }
         }
+    }
+
+    /// The user's role, when `actor` is the user themself: what is theirs
+    /// alone to say.
+    fn themself(&self, actor: Actor) -> Result<Role, DomainError> {
+        let role = self.existing()?;
+        if actor.user_id != self.id {
+            return Err(Permission::OnlyTheUserMayChangeTheirProfile.into());
+        }
+        Ok(role)
     }
 
     /// The user's role, once they exist.
@@ -336,6 +475,10 @@ impl Aggregate for User {
             UserEvent::RoleChanged { to, .. } => self.role = Some(to),
             UserEvent::UserDeactivated { .. } => self.deactivated = true,
             UserEvent::UserReactivated { .. } => self.deactivated = false,
+            UserEvent::NotificationSettingsChanged { changes, .. } => {
+                self.notifications.apply(&changes);
+            }
+            UserEvent::NotificationsRead { up_to, .. } => self.notifications_read = up_to,
         }
     }
 }
@@ -555,5 +698,70 @@ mod tests {
                 Permission::OnlyTheUserMayChangeTheirPassword
             ))
         );
+    }
+
+    #[test]
+    fn notification_settings_record_only_what_changes_and_the_read_marker_only_moves_on() {
+        use crate::values::NotificationKind::{BookingAssigned, BookingRequested};
+        let id = Uuid::new_v4();
+        let me = Actor::new(id, Role::Doctor);
+        let mut user = User::default();
+        let create = UserCommand::Create {
+            user_id: id,
+            role: Role::Doctor,
+            actor: Actor::system(),
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        for event in user.decide(create).unwrap() {
+            user.apply(event);
+        }
+        assert!(!user.notifications().email_on(BookingRequested));
+        assert!(user.notifications().email_on(BookingAssigned));
+        let chat = Uuid::new_v4();
+        let change = |changes| UserCommand::ChangeNotificationSettings {
+            actor: me,
+            changes,
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let asked = NotificationSettings {
+            feed: BTreeMap::from([(BookingRequested, true)]),
+            email: BTreeMap::from([(BookingAssigned, false)]),
+            muted_chats: BTreeMap::from([(chat, true)]),
+        };
+        let events = user.decide(change(asked.clone())).unwrap();
+        let expected = NotificationSettings {
+            feed: BTreeMap::new(),
+            ..asked.clone()
+        };
+        assert_eq!(
+            events,
+            [UserEvent::NotificationSettingsChanged {
+                changes: expected,
+                at: DateTime::<Utc>::UNIX_EPOCH,
+            }]
+        );
+        for event in events {
+            user.apply(event);
+        }
+        assert!(user.notifications().muted(chat));
+        assert_eq!(user.decide(change(asked)).unwrap(), []);
+        let someone_else = UserCommand::ChangeNotificationSettings {
+            actor: Actor::new(Uuid::new_v4(), Role::Admin),
+            changes: NotificationSettings::default(),
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        assert!(user.decide(someone_else).is_err());
+
+        let read = |up_to| UserCommand::ReadNotifications {
+            actor: me,
+            up_to,
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        for event in user.decide(read(7)).unwrap() {
+            user.apply(event);
+        }
+        assert_eq!(user.decide(read(5)).unwrap(), []);
+        assert_eq!(user.decide(read(7)).unwrap(), []);
+        assert_eq!(user.decide(read(8)).unwrap().len(), 1);
     }
 }

@@ -570,20 +570,27 @@ impl fmt::Debug for Password {
     }
 }
 
-/// Declares a closed set of lowercase names with `as_str` and `FromStr`.
+/// Declares a closed set of names with `as_str` and `FromStr`; each name is
+/// its variant's in snake case, as it is serialized.
 macro_rules! name_enum {
     (
         $(#[$doc:meta])* $name:ident, field = $field:literal,
         { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }
     ) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        #[serde(rename_all = "lowercase")]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+            utoipa::ToSchema,
+        )]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vdoc])* $variant),+
         }
 
         impl $name {
+            /// Every one, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
             /// Stable lowercase name, matching the serialized form.
             pub fn as_str(self) -> &'static str {
                 match self {
@@ -643,6 +650,28 @@ name_enum!(
         Card => "card",
         /// Russia's Faster Payments System.
         Sbp => "sbp",
+    }
+);
+
+name_enum!(
+    /// What a notification tells its recipient about.
+    NotificationKind, field = "kind", {
+        /// A new booking waits for a doctor (to doctors and admins).
+        BookingRequested => "booking_requested",
+        /// A doctor took the patient's booking.
+        BookingAssigned => "booking_assigned",
+        /// The visit is done.
+        BookingCompleted => "booking_completed",
+        /// The booking was cancelled (to its patient and its doctor).
+        BookingCancelled => "booking_cancelled",
+        /// The patient's payment went through.
+        PaymentSucceeded => "payment_succeeded",
+        /// The patient's payment was declined.
+        PaymentFailed => "payment_failed",
+        /// The patient's money was returned.
+        PaymentRefunded => "payment_refunded",
+        /// Messages in a chat went unread for a while.
+        ChatMessages => "chat_messages",
     }
 );
 

@@ -10,6 +10,7 @@
 pub mod bookings;
 pub mod chats;
 mod checkpoint;
+pub mod notifications;
 pub mod payments;
 mod rebuild;
 mod replay;
@@ -31,6 +32,8 @@ pub(crate) const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
 pub(crate) const BOOKING: &str = domain::access::AggregateKind::Booking.as_str();
 /// See [`CHAT`].
 pub(crate) const PAYMENT: &str = domain::access::AggregateKind::Payment.as_str();
+/// See [`CHAT`].
+pub(crate) const USER: &str = domain::access::AggregateKind::User.as_str();
 
 pub use checkpoint::{checkpoint, checkpoints, dead_letters, retry_dead_letters, DeadLetter};
 pub use herald_nats::follower::ApplyError;
@@ -110,15 +113,19 @@ pub enum Projection {
     Payments,
     /// The admin dashboard's counts and revenue.
     Summary,
+    /// Each person's notifications, how far they have read them, and their
+    /// settings.
+    Notifications,
 }
 
 impl Projection {
     /// Every projection.
-    pub const ALL: [Projection; 4] = [
+    pub const ALL: [Projection; 5] = [
         Projection::Chats,
         Projection::Bookings,
         Projection::Payments,
         Projection::Summary,
+        Projection::Notifications,
     ];
 
     /// The name of its checkpoint and its JetStream consumer.
@@ -128,6 +135,7 @@ impl Projection {
             Projection::Bookings => "bookings",
             Projection::Payments => "payments",
             Projection::Summary => "summary",
+            Projection::Notifications => "notifications",
         }
     }
 
@@ -143,6 +151,12 @@ impl Projection {
                 "rm_summary_bookings",
                 "rm_summary_payments",
             ],
+            Projection::Notifications => &[
+                "rm_notifications",
+                "rm_notification_people",
+                "rm_notification_bookings",
+                "rm_notification_payments",
+            ],
         }
     }
 
@@ -153,6 +167,7 @@ impl Projection {
             Projection::Chats => &[CHAT],
             Projection::Bookings | Projection::Summary => &[BOOKING, PAYMENT],
             Projection::Payments => &[PAYMENT],
+            Projection::Notifications => &[BOOKING, PAYMENT, CHAT, USER],
         }
     }
 
@@ -174,6 +189,7 @@ impl Projection {
             Projection::Chats => chats::apply_all(conn, entries).await,
             Projection::Bookings => bookings::apply_all(conn, entries).await,
             Projection::Summary => summary::apply_all(conn, entries).await,
+            Projection::Notifications => notifications::apply_all(conn, entries).await,
             Projection::Payments => {
                 for entry in entries {
                     payments::apply(conn, entry).await?;
@@ -203,7 +219,7 @@ impl FromStr for Projection {
 
 /// A projection name that is not one of [`Projection::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown projection `{0}`; known: chats, bookings, payments, summary")]
+#[error("unknown projection `{0}`; known: chats, bookings, payments, summary, notifications")]
 pub struct UnknownProjection(String);
 
 /// Decodes an entry's payload into a domain event enum, brought up to the

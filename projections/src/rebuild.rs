@@ -26,7 +26,10 @@ use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::{bookings, chats, payments, stored_aggregate_uuid, summary, ApplyError, Projection};
+use crate::{
+    bookings, chats, notifications, payments, stored_aggregate_uuid, summary, ApplyError,
+    Projection,
+};
 
 /// Entries read and applied per transaction after a fold.
 const APPLY_BATCH: i64 = 5000;
@@ -179,6 +182,9 @@ pub(crate) async fn fold_into(
         }
         Projection::Summary => {
             fold::<summary::Fold>(pool, projection, schema, up_to, progress).await
+        }
+        Projection::Notifications => {
+            fold::<notifications::Fold>(pool, projection, schema, up_to, progress).await
         }
     }
 }

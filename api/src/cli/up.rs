@@ -107,6 +107,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
             ..LiveConfig::default()
         }),
         connections: args.connections,
+        notify: (&args.notify).into(),
         parts: Parts::ALL,
     })
     .await?;

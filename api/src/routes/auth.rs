@@ -12,6 +12,7 @@ use commands::accounts::{self, AccountWrite};
 use commands::Metadata;
 use domain::user::{User, UserCommand};
 use domain::values::{Actor, Bio, Email, Password, PersonName, Phone, Role, Specialty};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -359,6 +360,8 @@ pub struct Me {
     pub specialty: Option<String>,
     /// A doctor's short introduction, if they gave one.
     pub bio: Option<String>,
+    /// How many of their notifications they have not read.
+    pub unread_notifications: i64,
 }
 
 /// The caller's own account.
@@ -374,6 +377,11 @@ pub struct Me {
 )]
 async fn me(State(app): State<AppState>, Caller(actor): Caller) -> Result<Json<Me>, ApiError> {
     let account = accounts::of_user(app.write.pool(), actor.user_id).await?;
+    let reader = crate::routes::notifications::reader(&app, actor);
+    let unread_notifications = app
+        .readers
+        .run(|conn| projections::notifications::unread_count(conn, reader).boxed())
+        .await?;
     let (email, name, phone, specialty, bio) = match account {
         Some(account) => (
             Some(account.email),
@@ -392,6 +400,7 @@ async fn me(State(app): State<AppState>, Caller(actor): Caller) -> Result<Json<M
         phone,
         specialty,
         bio,
+        unread_notifications,
     }))
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bookings;
 pub mod chats;
 pub mod live;
+pub mod notifications;
 pub mod payments;
 pub mod reads;
 pub mod users;

@@ -129,7 +129,7 @@ pub(crate) fn next_page<T, C>(
 }
 
 /// A positive whole number, e.g. a sequence number or a cursor.
-fn positive(field: &'static str, raw: &str) -> Result<i64, ValidationError> {
+pub(crate) fn positive(field: &'static str, raw: &str) -> Result<i64, ValidationError> {
     raw.parse::<i64>()
         .ok()
         .filter(|value| *value >= 1)

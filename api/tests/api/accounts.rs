@@ -334,7 +334,7 @@ async fn me_shows_the_callers_account_and_only_id_and_role_for_a_service_token()
         shown.body,
         json!({
             "id": session["user"]["id"], "role": "patient", "email": "Pavel@example.com",
-            "name": "Anna Petrova", "phone": "+79161234567", "specialty": null, "bio": null,
+            "name": "Anna Petrova", "phone": "+79161234567", "specialty": null, "bio": null, "unread_notifications": 0,
         })
     );
     let service = common::admin();
@@ -343,7 +343,7 @@ async fn me_shows_the_callers_account_and_only_id_and_role_for_a_service_token()
         shown.body,
         json!({
             "id": service.user_id, "role": "admin", "email": null, "name": null, "phone": null,
-            "specialty": null, "bio": null,
+            "specialty": null, "bio": null, "unread_notifications": 0,
         })
     );
     Reply::send(app.client.get(format!("{}/api/v1/me", app.address)))

@@ -12,6 +12,7 @@ mod concurrency;
 mod http_errors;
 mod idempotency;
 mod live;
+mod notifications;
 mod openapi;
 mod operations;
 mod outage;

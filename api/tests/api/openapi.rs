@@ -370,6 +370,17 @@ async fn real_answers_match_their_documented_schemas() {
             "/api/v1/audit/verify".to_owned(),
             "/api/v1/audit/verify",
         ),
+        (
+            bob,
+            "/api/v1/notifications".to_owned(),
+            "/api/v1/notifications",
+        ),
+        (
+            bob,
+            "/api/v1/me/notifications".to_owned(),
+            "/api/v1/me/notifications",
+        ),
+        (bob, "/api/v1/me".to_owned(), "/api/v1/me"),
     ] {
         let reply = app.send(Method::GET, &path, actor, None).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);

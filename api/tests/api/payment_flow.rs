@@ -25,7 +25,7 @@ const PRICE: i64 = 150_000;
 const PRICE_TEXT: &str = "1500.00";
 
 /// Waits for `condition`, at most 20 s.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -38,7 +38,7 @@ where
 }
 
 /// The stored events of `event_type`, oldest first.
-async fn events_of(app: &TestApp, event_type: &str) -> Vec<StoredEvent> {
+pub(crate) async fn events_of(app: &TestApp, event_type: &str) -> Vec<StoredEvent> {
     app.events_after(0)
         .await
         .into_iter()
@@ -47,7 +47,7 @@ async fn events_of(app: &TestApp, event_type: &str) -> Vec<StoredEvent> {
 }
 
 /// Waits until exactly `count` events of `event_type` are stored and returns them.
-async fn wait_for(app: &TestApp, event_type: &str, count: usize) -> Vec<StoredEvent> {
+pub(crate) async fn wait_for(app: &TestApp, event_type: &str, count: usize) -> Vec<StoredEvent> {
     eventually(&format!("{count} {event_type} are stored"), || async {
         events_of(app, event_type).await.len() >= count
     })
@@ -121,7 +121,7 @@ async fn start_paying(app: &TestApp) -> Paying {
 }
 
 /// What a person does on the sandbox page: presses "success" or "failure".
-async fn choose(app: &TestApp, page: &str, choice: &str) -> Reply {
+pub(crate) async fn choose(app: &TestApp, page: &str, choice: &str) -> Reply {
     Reply::send(app.client.post(format!("{page}/{choice}"))).await
 }
 

@@ -295,6 +295,7 @@ impl Fold {
                     change.deleted = true;
                 }
             }
+            ChatEvent::UnreadReminded { .. } => {}
             ChatEvent::ReadUpTo {
                 user_id, up_to_seq, ..
             } => {

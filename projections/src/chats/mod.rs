@@ -276,6 +276,8 @@ async fn apply_event(
             .await?;
             refresh_last_message(conn, chat_id).await?;
         }
+        // Reminders are the notifications' business.
+        ChatEvent::UnreadReminded { .. } => {}
         ChatEvent::ReadUpTo {
             user_id, up_to_seq, ..
         } => {

@@ -74,6 +74,8 @@ pub struct TestApp {
     process: Option<Background>,
     /// The live gateway's hub, when the test runs one.
     pub live: Option<Arc<LiveHub>>,
+    /// How people are notified.
+    pub notify: Arc<api::notify::NotifyConfig>,
     /// The database and stream this Herald made, dropped last.
     leftovers: support::Leftovers,
 }
@@ -99,6 +101,8 @@ pub struct Options {
     pub listener: Option<tokio::net::TcpListener>,
     /// Other limits on connections than the defaults.
     pub connections: Option<ConnectionArgs>,
+    /// Other notification settings than the defaults.
+    pub notify: Option<api::notify::NotifyConfig>,
 }
 
 impl TestApp {
@@ -132,11 +136,14 @@ impl TestApp {
         app
     }
 
-    /// Starts a payment process manager (again, after a stop).
+    /// Starts a payment process manager and the reminders of unread
+    /// messages (again, after a stop).
     pub async fn start_process_manager(&mut self) {
         let client = herald_nats::connect(&nats_url()).await.unwrap();
         let mut process = Background::default();
         process.process_manager(&self.write, &self.gateway, &client, &self.topology);
+        let after = self.notify.unread_after;
+        process.reminders(&self.write, &client, &self.topology, after);
         self.process = Some(process);
     }
 
@@ -318,6 +325,7 @@ impl TestApp {
             cors_origins: Vec::new(),
             live: options.live,
             connections: options.connections.unwrap_or_default(),
+            notify: options.notify.unwrap_or_default(),
             parts: Parts::NONE,
         })
         .await
@@ -342,6 +350,7 @@ impl TestApp {
             webhook_secret: state.webhook_secret,
             process: None,
             live: state.live,
+            notify: state.notify,
             leftovers,
         }
     }

@@ -1,0 +1,212 @@
+//! Reminders of unread chat messages: messages in, `RemindUnread` commands
+//! out, once the messages have waited long enough.
+//!
+//! The follower of the log ([`ReminderSchedule`]) notes, in the transaction
+//! that moves its checkpoint, when each chat's unread messages fall due
+//! (`chat_reminders`); [`Reminders::run`] issues a chat's `RemindUnread` once
+//! they have, and clears what it covered. The chat decides who is reminded
+//! of what (`UnreadReminded`): only members who neither read the messages
+//! nor were reminded of them, each of the messages from others. The decision
+//! is an event, so the notifications it makes come again in any replay. A
+//! crash between the command and the clearing only issues the command again,
+//! which then finds nobody left to remind.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::access::AggregateKind;
+use domain::chat::{Chat, ChatCommand, ChatEvent};
+use domain::values::Actor;
+use herald_nats::follower::{ApplyError, Follower, Source, TransactionalFollower};
+use herald_nats::{LogEntry, Topology};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{CommandError, Metadata, WriteSide};
+
+/// Its name in `projection_checkpoints` and in its JetStream consumer's name.
+pub const CHECKPOINT: &str = "chat-reminders";
+/// How often due reminders are looked for.
+const TICK: Duration = Duration::from_millis(200);
+/// Reminders issued per look.
+const BATCH: i64 = 100;
+
+/// Notes when chats' unread messages fall due.
+pub struct ReminderSchedule {
+    /// How long a message may stay unread.
+    after: Duration,
+}
+
+impl Follower for ReminderSchedule {
+    const BATCH: usize = 1000;
+
+    fn name(&self) -> &str {
+        CHECKPOINT
+    }
+}
+
+impl TransactionalFollower for ReminderSchedule {
+    fn apply(
+        &self,
+        tx: &mut PgConnection,
+        entries: &[LogEntry],
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send {
+        self.schedule(tx, entries)
+    }
+}
+
+impl ReminderSchedule {
+    async fn schedule(
+        &self,
+        tx: &mut PgConnection,
+        entries: &[LogEntry],
+    ) -> Result<(), ApplyError> {
+        let after = chrono::Duration::from_std(self.after).unwrap_or(chrono::Duration::MAX);
+        let (mut chats, mut seqs, mut due) = (Vec::new(), Vec::new(), Vec::new());
+        for entry in entries {
+            if AggregateKind::parse(&entry.aggregate_type) != Some(AggregateKind::Chat)
+                || entry.event_type != "MessageSent"
+            {
+                continue;
+            }
+            let decoded = entry.decode().map_err(|source| ApplyError::Decode {
+                event_type: entry.event_type.clone(),
+                position: entry.position,
+                source,
+            })?;
+            let ChatEvent::MessageSent { seq, .. } = decoded else {
+                continue;
+            };
+            let Ok(chat) = Uuid::parse_str(&entry.aggregate_id) else {
+                continue;
+            };
+            chats.push(chat);
+            seqs.push(i64::try_from(seq).unwrap_or(i64::MAX));
+            due.push(entry.recorded_at + after);
+        }
+        if chats.is_empty() {
+            return Ok(());
+        }
+        // Entries come in log order, so a chat's later message has the later
+        // due time; the first keeps `due_at`, the last sets the rest.
+        sqlx::query(
+            "INSERT INTO chat_reminders AS r (chat_id, due_at, through_seq, latest_due_at)
+             SELECT chat_id, min(due), max(seq), max(due)
+               FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS m (chat_id, seq, due)
+              GROUP BY chat_id
+             ON CONFLICT (chat_id) DO UPDATE
+                SET through_seq = GREATEST(r.through_seq, EXCLUDED.through_seq),
+                    latest_due_at = GREATEST(r.latest_due_at, EXCLUDED.latest_due_at)",
+        )
+        .bind(chats)
+        .bind(seqs)
+        .bind(due)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Follows the log for chat messages and reminds members of those they left
+/// unread.
+pub struct Reminders {
+    write: Arc<WriteSide>,
+    source: Source,
+    schedule: ReminderSchedule,
+}
+
+impl Reminders {
+    /// Reminders for the deployment named by `topology`, of messages unread
+    /// for `after`, issued through `write`.
+    pub fn new(
+        write: Arc<WriteSide>,
+        client: async_nats::Client,
+        topology: Topology,
+        after: Duration,
+    ) -> Self {
+        let source = Source::new(write.pool().clone(), client, topology);
+        Self {
+            write,
+            source,
+            schedule: ReminderSchedule { after },
+        }
+    }
+
+    /// Schedules and issues reminders until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let schedule = self.source.follow_in_transaction(&self.schedule, async {
+            let mut stopped = stopped.clone();
+            let _ = stopped.changed().await;
+        });
+        let issue = async {
+            let mut stopped = stopped.clone();
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(err) = self.remind_due().await {
+                    tracing::warn!(%err, "reminders of unread messages wait");
+                }
+            }
+        };
+        let signal = async move {
+            shutdown.await;
+            drop(stop);
+        };
+        tokio::join!(schedule, issue, signal);
+    }
+
+    /// Issues the reminders that are due.
+    async fn remind_due(&self) -> Result<(), CommandError> {
+        let pool = self.write.pool();
+        let due: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT chat_id, through_seq FROM chat_reminders
+              WHERE due_at <= now() ORDER BY due_at LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await?;
+        for (chat_id, through_seq) in due {
+            let command = ChatCommand::RemindUnread {
+                actor: Actor::system(),
+                through_seq: u64::try_from(through_seq).unwrap_or(0),
+                at: Utc::now(),
+            };
+            // The chat decides from what it knows, so issuing this again
+            // reminds nobody twice; it needs no idempotency key.
+            let cause = format!("{CHECKPOINT}/{chat_id}/{through_seq}");
+            let metadata = Metadata {
+                actor: Actor::system(),
+                correlation_id: cause.clone(),
+                causation_id: cause,
+                idempotency: None,
+            };
+            match self
+                .write
+                .execute::<Chat>(chat_id, command, &metadata)
+                .await
+            {
+                Ok(_) | Err(CommandError::Rejected(_)) => {}
+                Err(err) => return Err(err),
+            }
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM chat_reminders WHERE chat_id = $1 AND through_seq <= $2")
+                .bind(chat_id)
+                .bind(through_seq)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE chat_reminders SET due_at = latest_due_at WHERE chat_id = $1")
+                .bind(chat_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
