@@ -74,6 +74,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         (name = "chats", description = "Chats, their members and messages"),
         (name = "bookings", description = "Doctor visits"),
         (name = "payments", description = "Paying for visits and refunds"),
+        (name = "notifications", description = "What happened that concerns the caller, and how they want to hear of it"),
         (name = "dashboard", description = "The admin summary"),
         (name = "audit", description = "The event log, for auditors and admins"),
         (name = "provider", description = "What the payment provider calls"),
@@ -198,8 +199,9 @@ fn websocket() -> Operation {
     operation.operation_id = Some("chat_websocket".to_owned());
     operation.summary = Some("The chat WebSocket".to_owned());
     operation.description = Some(
-        "After the handshake the server pushes every chat event of the caller's chats; \
-         the client may send `{ \"type\": \"send_message\", \"chat_id\", \"client_id\", \"body\" }` \
+        "After the handshake the server pushes every chat event of the caller's chats, \
+         and each new notification of theirs as `{ \"type\": \"notification\", …}` (the \
+         fields of an item of `GET /notifications`); the client may send `{ \"type\": \"send_message\", \"chat_id\", \"client_id\", \"body\" }` \
          and is answered `{ \"type\": \"ack\", \"client_id\", \"message_id\", \"seq\" }` once it \
          is stored. Browsers, which cannot set headers on a WebSocket, may pass the token as \
          `?token=`."
@@ -253,7 +255,12 @@ fn stream() -> Operation {
         "200".to_owned(),
         RefOr::T(
             ResponseBuilder::new()
-                .description("Events, each with `id:` its log position")
+                .description(
+                    "Events, each with `id:` its log position; and the caller's new \
+                     notifications as events named `notification`, without an `id:`, whose \
+                     data is `{ \"type\": \"notification\", …}` (the fields of an item of \
+                     `GET /notifications`)",
+                )
                 .content("text/event-stream", ContentBuilder::new().build())
                 .build(),
         ),

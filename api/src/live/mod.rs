@@ -17,6 +17,7 @@
 //! nothing after `p`, and one added at `p` gets everything from `p` on.
 
 mod audience;
+mod notices;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -37,6 +38,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 pub use audience::{Audience, AudienceError};
+pub use notices::Notice;
 
 /// The aggregate type whose events go to WebSocket connections.
 const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
@@ -109,6 +111,7 @@ pub enum LiveError {
 pub struct LiveHub {
     commands: mpsc::Sender<HubCommand>,
     entries: broadcast::Sender<Arc<LogEntry>>,
+    notices: broadcast::Sender<Arc<Notice>>,
     closing: Arc<watch::Sender<bool>>,
     pool: PgPool,
     config: LiveConfig,
@@ -123,7 +126,10 @@ pub struct HubRunner {
     jetstream: jetstream::Context,
     topology: Topology,
     commands: mpsc::Receiver<HubCommand>,
+    /// Where notifications are handed to the hub.
+    notifying: mpsc::WeakSender<HubCommand>,
     entries: broadcast::Sender<Arc<LogEntry>>,
+    notices: broadcast::Sender<Arc<Notice>>,
     closing: Arc<watch::Sender<bool>>,
     routes: Routes,
     /// The last position routed; `None` until the log head was first read.
@@ -134,6 +140,7 @@ enum HubCommand {
     Attach {
         id: u64,
         user: Uuid,
+        hears_new_bookings: bool,
         outgoing: mpsc::Sender<Utf8Bytes>,
         kick: oneshot::Sender<Kick>,
         position: oneshot::Sender<i64>,
@@ -146,6 +153,7 @@ enum HubCommand {
     Detach {
         id: u64,
     },
+    Notice(Arc<Notice>),
 }
 
 impl LiveHub {
@@ -159,10 +167,13 @@ impl LiveHub {
     ) -> (Arc<Self>, HubRunner) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_BUFFER);
         let (entries, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let (notices, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let closing = Arc::new(watch::channel(false).0);
+        let notifying = commands_tx.downgrade();
         let hub = Arc::new(Self {
             commands: commands_tx,
             entries: entries.clone(),
+            notices: notices.clone(),
             closing: closing.clone(),
             pool: pool.clone(),
             config: config.clone(),
@@ -174,7 +185,9 @@ impl LiveHub {
             jetstream: jetstream::new(client),
             topology,
             commands: commands_rx,
+            notifying,
             entries,
+            notices,
             closing,
             routes: Routes::new(config.pending_limit),
             position: None,
@@ -207,11 +220,22 @@ impl LiveHub {
         self.entries.subscribe()
     }
 
+    /// Every notification pushed, for SSE streams, each of which keeps its
+    /// caller's ([`Notice::is_for`]).
+    pub fn subscribe_notices(&self) -> broadcast::Receiver<Arc<Notice>> {
+        self.notices.subscribe()
+    }
+
     /// Registers a socket of `user`: the hub starts holding its entries at
     /// once, its chat set is loaded from the chats read model plus the log
     /// after the read model's checkpoint, and from then on every entry of its
-    /// chats is queued on the returned receiver.
-    pub async fn connect(&self, user: Uuid) -> Result<Connection, LiveError> {
+    /// chats is queued on the returned receiver, with the user's
+    /// notifications (those of new bookings when they hear of them).
+    pub async fn connect(
+        &self,
+        user: Uuid,
+        hears_new_bookings: bool,
+    ) -> Result<Connection, LiveError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (outgoing, frames) = mpsc::channel(self.config.outgoing_buffer.max(1));
         let (kick, kicked) = oneshot::channel();
@@ -220,6 +244,7 @@ impl LiveHub {
             .send(HubCommand::Attach {
                 id,
                 user,
+                hears_new_bookings,
                 outgoing,
                 kick,
                 position: position_tx,
@@ -325,9 +350,22 @@ impl Drop for Registration {
 }
 
 impl HubRunner {
-    /// Follows the stream until `stop` completes, waiting out NATS or Postgres
-    /// failures; then tells every socket and stream to end.
-    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+    /// Follows the stream and the notifications until `stop` completes,
+    /// waiting out NATS or Postgres failures; then tells every socket and
+    /// stream to end.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let stop = futures::FutureExt::shared(Box::pin(stop));
+        let notices = notices::follow(
+            self.pool.clone(),
+            self.notifying.clone(),
+            self.notices.clone(),
+            stop.clone(),
+        );
+        tokio::join!(self.route_stream(stop), notices);
+    }
+
+    /// Routes the stream until `stop` completes.
+    async fn route_stream(mut self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let mut failures = 0u32;
         loop {
@@ -446,17 +484,20 @@ impl HubRunner {
             HubCommand::Attach {
                 id,
                 user,
+                hears_new_bookings,
                 outgoing,
                 kick,
                 position,
             } => {
-                self.routes.attach(id, user, outgoing, kick);
+                self.routes
+                    .attach(id, user, hears_new_bookings, outgoing, kick);
                 if position.send(self.position.unwrap_or(0)).is_err() {
                     self.routes.detach(id);
                 }
             }
             HubCommand::Synced { id, at, chats } => self.routes.synced(id, at, chats),
             HubCommand::Detach { id } => self.routes.detach(id),
+            HubCommand::Notice(notice) => self.routes.notify(&notice),
         }
     }
 }
@@ -559,6 +600,8 @@ async fn chats_of(
 /// One socket as the hub sees it.
 struct Socket {
     user: Uuid,
+    /// Whether it gets the notifications of new bookings.
+    hears_new_bookings: bool,
     outgoing: mpsc::Sender<Utf8Bytes>,
     kick: Option<oneshot::Sender<Kick>>,
     /// The position its chat set is exact at; `None` while it is loaded.
@@ -592,6 +635,7 @@ impl Routes {
         &mut self,
         id: u64,
         user: Uuid,
+        hears_new_bookings: bool,
         outgoing: mpsc::Sender<Utf8Bytes>,
         kick: oneshot::Sender<Kick>,
     ) {
@@ -599,6 +643,7 @@ impl Routes {
             id,
             Socket {
                 user,
+                hears_new_bookings,
                 outgoing,
                 kick: Some(kick),
                 synced_at: None,
@@ -695,6 +740,27 @@ impl Routes {
         }
         if too_slow {
             self.kick(id);
+        }
+    }
+
+    /// Sends a notification to every socket it is for.
+    fn notify(&mut self, notice: &Notice) {
+        let ids: Vec<u64> = match notice.user_id {
+            Some(user) => (self.by_user.get(&user).into_iter().flatten().copied()).collect(),
+            None => (self.sockets.iter())
+                .filter(|(_, socket)| socket.hears_new_bookings)
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        for id in ids {
+            let Some(socket) = self.sockets.get(&id) else {
+                continue;
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                socket.outgoing.try_send(notice.frame.clone())
+            {
+                self.kick(id);
+            }
         }
     }
 

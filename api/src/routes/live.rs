@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::live::{Audience, AudienceError, Kick, LiveHub};
+use crate::live::{Audience, AudienceError, Connection, Kick, LiveHub, Notice};
+use crate::routes::notifications;
 use crate::AppState;
 
 /// Largest frame a client may send; a message body is at most 4000 characters.
@@ -246,7 +247,7 @@ impl Clock {
 /// One socket: the hub's frames out, the client's commands in.
 async fn session(socket: WebSocket, app: AppState, hub: Arc<LiveHub>, actor: Actor) {
     let (mut sink, mut incoming) = socket.split();
-    let connection = match hub.connect(actor.user_id).await {
+    let connection = match connect(&app, &hub, actor).await {
         Ok(connection) => connection,
         Err(err) => {
             tracing::warn!(%err, "cannot register a live connection");
@@ -368,6 +369,17 @@ async fn session(socket: WebSocket, app: AppState, hub: Arc<LiveHub>, actor: Act
         )
         .await;
     }
+}
+
+/// Registers the caller's socket with the hub, hearing of new bookings if
+/// they do.
+async fn connect(
+    app: &AppState,
+    hub: &LiveHub,
+    actor: Actor,
+) -> Result<Connection, Box<dyn std::error::Error + Send + Sync>> {
+    let hears_new_bookings = notifications::hears_new_bookings(app, actor).await?;
+    Ok(hub.connect(actor.user_id, hears_new_bookings).await?)
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
@@ -523,8 +535,22 @@ async fn stream(
                 None
             }
         }
-    })
-    .take_until(closed);
+    });
+    let hears_new_bookings = notifications::hears_new_bookings(&app, actor).await?;
+    let notices = futures::stream::unfold(hub.subscribe_notices(), move |mut notices| async move {
+        loop {
+            match notices.recv().await {
+                Ok(notice) if notice.is_for(actor.user_id, hears_new_bookings) => {
+                    return Some((Ok(notice_event(&notice)), notices));
+                }
+                // A stream that fell behind reads the notifications it
+                // missed from the feed.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let events = futures::stream::select(events, notices).take_until(closed);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -585,6 +611,14 @@ impl Feed {
             }
         }
     }
+}
+
+/// A notification as an SSE event: named `notification`, with no `id:`, so
+/// that `Last-Event-ID` still names the last log position sent.
+fn notice_event(notice: &Notice) -> Event {
+    Event::default()
+        .event("notification")
+        .data(notice.frame.as_str())
 }
 
 fn event_for(entry: &LogEntry) -> Event {

@@ -50,6 +50,19 @@ pub(crate) fn reader(app: &AppState, actor: Actor) -> Reader {
     }
 }
 
+/// Whether `actor` hears of new bookings: their role is one the
+/// notifications of new bookings go to, and they have not switched them off.
+pub(crate) async fn hears_new_bookings(app: &AppState, actor: Actor) -> Result<bool, ApiError> {
+    if !reader(app, actor).in_audience {
+        return Ok(false);
+    }
+    let settings = app
+        .readers
+        .run(|conn| notifications::settings(conn, actor.user_id).boxed())
+        .await?;
+    Ok(settings.feed_on(NotificationKind::BookingRequested))
+}
+
 /// Keyset paging of the feed. Read as text so that a bad value is a 422
 /// naming its parameter.
 #[derive(Debug, Deserialize, IntoParams)]

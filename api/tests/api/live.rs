@@ -71,6 +71,16 @@ async fn next_event(socket: &mut Socket, event_type: &str) -> Value {
     }
 }
 
+/// The next notification frame, skipping chat events.
+async fn next_notification(socket: &mut Socket) -> Value {
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] == "notification" {
+            return frame;
+        }
+    }
+}
+
 /// Asserts that no text frame arrives within `quiet`.
 async fn assert_silent(socket: &mut Socket, quiet: Duration) {
     if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(quiet, socket.next()).await {
@@ -439,7 +449,33 @@ impl Sse {
         }
     }
 
+    /// The next event with an `id:`: a log entry.
     async fn next(&mut self) -> SseEvent {
+        loop {
+            let (id, event, data) = self.next_block().await;
+            if let Some(id) = id {
+                return SseEvent {
+                    id,
+                    event,
+                    data: serde_json::from_str(&data).unwrap(),
+                };
+            }
+        }
+    }
+
+    /// The data of the next `notification` event.
+    async fn next_notification(&mut self) -> Value {
+        loop {
+            let (id, event, data) = self.next_block().await;
+            if event == "notification" {
+                assert_eq!(id, None, "a notification is not a log position");
+                return serde_json::from_str(&data).unwrap();
+            }
+        }
+    }
+
+    /// The next block of lines: its `id:`, `event:` and `data:`.
+    async fn next_block(&mut self) -> (Option<i64>, String, String) {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -453,14 +489,7 @@ impl Sse {
                         data.push_str(value.trim_start());
                     }
                 }
-                if let Some(id) = id {
-                    return SseEvent {
-                        id,
-                        event,
-                        data: serde_json::from_str(&data).unwrap(),
-                    };
-                }
-                continue;
+                return (id, event, data);
             }
             let chunk = tokio::time::timeout(PATIENCE, self.response.chunk())
                 .await
@@ -641,4 +670,47 @@ async fn a_frame_over_64_kib_closes_the_socket_with_message_too_big() {
         .await
         .unwrap();
     assert_eq!(close_code(&mut socket).await, Some(1009));
+}
+
+#[tokio::test]
+async fn a_new_notification_is_pushed_to_its_recipients_sockets_and_streams_only() {
+    let app = TestApp::spawn_live(LiveConfig::default()).await;
+    let alice = app.enroll(patient()).await;
+    let doctor = app.enroll(doctor()).await;
+    let admin = app.enroll(admin()).await;
+    let mut alices = connect(&app, alice).await;
+    let mut doctors = connect(&app, doctor).await;
+    let mut admins = Sse::open(&app, admin, None).await;
+
+    // A new booking reaches the staff, not the patient who made it.
+    let booking = app.booking(alice).await;
+    let told = next_notification(&mut doctors).await;
+    assert_eq!(told["kind"], "booking_requested", "{told}");
+    assert_eq!(told["booking_id"], booking.to_string());
+    assert_eq!(told["read"], false);
+    let shown = admins.next_notification().await;
+    assert_eq!(shown["type"], "notification");
+    assert_eq!(
+        (&shown["kind"], &shown["seq"]),
+        (&told["kind"], &told["seq"])
+    );
+
+    // Its assignment reaches the patient, not the doctor who took it.
+    let reply = app
+        .post(
+            &format!("/api/v1/bookings/{booking}/assign"),
+            doctor,
+            json!({ "doctor_id": doctor.user_id }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let told = next_notification(&mut alices).await;
+    assert_eq!(told["kind"], "booking_assigned", "{told}");
+    assert_eq!(told["booking_id"], booking.to_string());
+    app.wait_for_projections().await;
+    let feed = app
+        .send(reqwest::Method::GET, "/api/v1/notifications", alice, None)
+        .await;
+    assert_eq!(feed.body["items"][0]["id"], told["id"], "{}", feed.body);
+    assert_silent(&mut doctors, Duration::from_millis(300)).await;
 }

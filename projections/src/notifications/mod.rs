@@ -373,6 +373,49 @@ pub struct NotificationRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// A notification as it is pushed live: its recipient (none for an
+/// audience) and the notification.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Fresh {
+    /// Whose it is; none for everyone in the audience of new bookings.
+    pub user_id: Option<Uuid>,
+    /// The notification, unread.
+    #[sqlx(flatten)]
+    pub notification: NotificationRow,
+}
+
+/// The notifications of the next positions after log position `after`,
+/// oldest first: all of a position's or none, about `limit` of them. They are
+/// written in position order, batch by batch, so a reader that goes on from
+/// the last position it saw misses none.
+pub async fn after<'c>(
+    executor: impl PgExecutor<'c>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Fresh>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, id, position, kind, booking_id, payment_id, chat_id, messages,
+                false AS read, created_at
+           FROM rm_notifications
+          WHERE position > $1
+            AND position <= (SELECT max(position) FROM (
+                    SELECT position FROM rm_notifications WHERE position > $1
+                     ORDER BY position LIMIT $2) AS page)
+          ORDER BY position, user_id",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// The log position of the newest notification, 0 when there is none.
+pub async fn newest<'c>(executor: impl PgExecutor<'c>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM rm_notifications")
+        .fetch_one(executor)
+        .await
+}
+
 /// Who reads a feed: the person, and whether notifications to the audience
 /// of new bookings are theirs (their role is one it is configured for).
 #[derive(Debug, Clone, Copy)]
