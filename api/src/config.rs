@@ -197,7 +197,7 @@ pub struct ProjectArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
 
-    /// Projections to run (chats, bookings, payments, summary); all when none.
+    /// Projections to run (chats, bookings, payments, summary, notifications); all when none.
     pub projections: Vec<projections::Projection>,
 }
 
@@ -212,8 +212,9 @@ pub struct DeadLetterArgs {
     #[arg(long)]
     pub retry: bool,
 
-    /// Only this follower's: a projection (chats, bookings, payments, summary)
-    /// or the payment process manager (payment-process).
+    /// Only this follower's: a projection (chats, bookings, payments, summary,
+    /// notifications), the payment process manager (payment-process) or the
+    /// reminders of unread messages (chat-reminders).
     pub follower: Option<String>,
 }
 
@@ -291,7 +292,7 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// Projections to rebuild (chats, bookings, payments, summary); all when none.
+    /// Projections to rebuild (chats, bookings, payments, summary, notifications); all when none.
     pub projections: Vec<projections::Projection>,
 
     /// Rebuilds what the last `herald replay` had not swapped in when it was
