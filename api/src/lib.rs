@@ -15,6 +15,7 @@ pub mod consistency;
 pub mod db;
 pub mod dev;
 pub mod error;
+pub mod hooks;
 pub mod limits;
 pub mod live;
 pub mod notify;
@@ -126,7 +127,8 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         .merge(routes::audit::routes())
         .merge(routes::auth::routes())
         .merge(routes::users::routes())
-        .merge(routes::notifications::routes());
+        .merge(routes::notifications::routes())
+        .merge(routes::hooks::routes());
     let mut outside =
         OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
     if sandbox {

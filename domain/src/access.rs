@@ -106,6 +106,16 @@ pub fn may_manage_users(actor: Actor) -> Result<(), Permission> {
     }
 }
 
+/// Whether `actor` may manage integrations: the webhooks notifications are
+/// posted to. Only admins may.
+pub fn may_manage_integrations(actor: Actor) -> Result<(), Permission> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(Permission::OnlyAdminsManageIntegrations)
+    }
+}
+
 /// Whether `actor` may see the payments `patient` makes.
 pub fn may_see_payment(actor: Actor, patient: Uuid) -> bool {
     actor.is_admin() || (actor.role == Role::Patient && actor.user_id == patient)

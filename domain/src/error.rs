@@ -107,6 +107,9 @@ pub enum Permission {
     /// Roles and access are the platform operators' to give and take.
     #[error("only admins may manage users")]
     OnlyAdminsManageUsers,
+    /// Where notifications go outside Herald is the operators' to say.
+    #[error("only admins manage webhooks")]
+    OnlyAdminsManageIntegrations,
     /// An admin who demotes or deactivates themself may leave nobody in charge.
     #[error("admins may not change their own role or deactivate themselves")]
     AdminsDoNotManageThemselves,

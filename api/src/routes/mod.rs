@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod bookings;
 pub mod chats;
+pub mod hooks;
 pub mod live;
 pub mod notifications;
 pub mod payments;

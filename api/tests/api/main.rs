@@ -12,6 +12,7 @@ mod concurrency;
 mod http_errors;
 mod idempotency;
 mod live;
+mod notification_webhooks;
 mod notifications;
 mod openapi;
 mod operations;
