@@ -15,9 +15,7 @@ WORK=$(mktemp -d /tmp/herald-compare-reads.XXXXXX)
 PORT=18600
 trap cleanup EXIT
 export HERALD_NATS_URL=${HERALD_NATS_URL:-nats://127.0.0.1:4222}
-export HERALD_JWT_SECRET HERALD_WEBHOOK_SECRET
-HERALD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-HERALD_WEBHOOK_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fresh_secrets
 export HERALD_SANDBOX=true HERALD_RATE_LIMIT_PER_SECOND=0 HERALD_LISTEN="127.0.0.1:$PORT" RUST_LOG=warn
 
 # read_load NAME URL READ: one read from 32 clients for 10 s, as a JSON line.

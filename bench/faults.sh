@@ -37,10 +37,7 @@ wait_for_port "$PROXY_PORT"
 fresh_db herald_faults
 export HERALD_DATABASE_URL="postgres://postgres@127.0.0.1:$PROXY_PORT/herald_faults"
 export HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT" HERALD_NATS_PREFIX="faults$STARTED_AT"
-export HERALD_JWT_SECRET
-HERALD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export HERALD_WEBHOOK_SECRET
-HERALD_WEBHOOK_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fresh_secrets
 export HERALD_SANDBOX=true   # payments go through the built-in sandbox provider
 export HERALD_RATE_LIMIT_PER_SECOND=0
 "$BIN/herald" migrate >/dev/null

@@ -31,6 +31,14 @@ cleanup() {
     wait 2>/dev/null || true
 }
 
+# fresh_secrets: exports new random secrets for the Herald of a run, which
+# herald-load mints its tokens with too.
+fresh_secrets() {
+    HERALD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    HERALD_WEBHOOK_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    export HERALD_JWT_SECRET HERALD_WEBHOOK_SECRET
+}
+
 # wait_for_port PORT: until something accepts connections on 127.0.0.1:PORT.
 wait_for_port() {
     for _ in $(seq 1 300); do

@@ -51,9 +51,7 @@ cargo build --release -p api --bin herald -p bench --bins
 
 start_nats "$NATS_PORT" "$WORK/nats"
 export HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT" HERALD_NATS_PREFIX="profile$(date +%s)"
-export HERALD_JWT_SECRET HERALD_WEBHOOK_SECRET
-HERALD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-HERALD_WEBHOOK_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fresh_secrets
 export HERALD_SANDBOX=true   # payments go through the built-in sandbox provider
 export HERALD_RATE_LIMIT_PER_SECOND=0
 export HERALD_DATABASE_URL="$PG_SERVER/$DB" HERALD_LISTEN="127.0.0.1:$HTTP_PORT"

@@ -101,10 +101,7 @@ cargo build --release -p api --bin herald -p bench --bins
 
 start_nats "$NATS_PORT" "$WORK/nats"
 export HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT"
-export HERALD_JWT_SECRET
-HERALD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export HERALD_WEBHOOK_SECRET
-HERALD_WEBHOOK_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fresh_secrets
 export HERALD_SANDBOX=true   # payments go through the built-in sandbox provider
 export HERALD_RATE_LIMIT_PER_SECOND=0   # the benchmark is the only client
 

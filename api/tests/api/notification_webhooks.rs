@@ -89,3 +89,68 @@ async fn admins_register_list_and_remove_webhooks_and_nobody_else_may() {
     .await
     .assert_problem(StatusCode::NOT_FOUND);
 }
+
+/// What a receiver of webhooks was sent: each attempt's body, whether its
+/// signature held, and the status it was answered.
+#[derive(Debug, Clone)]
+struct Attempt {
+    body: serde_json::Value,
+    signed: bool,
+    notification: String,
+    answered: u16,
+}
+
+/// A receiver of webhooks on a port of its own, checking every signature
+/// with `secret`, that answers 500 to the first `failures` attempts and 200
+/// after.
+struct Receiver {
+    url: String,
+    attempts: std::sync::Arc<std::sync::Mutex<Vec<Attempt>>>,
+}
+
+impl Receiver {
+    async fn start(failures: usize, secret: std::sync::Arc<std::sync::Mutex<String>>) -> Self {
+        let attempts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Attempt>::new()));
+        let seen = attempts.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                let secret = secret.clone();
+                async move {
+                    let key = secret.lock().unwrap().clone();
+                    let signed = api::provider::webhook::WebhookSecret::new(key.into())
+                        .unwrap()
+                        .verify(
+                            headers
+                                .get("x-herald-signature")
+                                .and_then(|v| v.to_str().ok()),
+                            &body,
+                            chrono::Utc::now().timestamp(),
+                        )
+                        .is_ok();
+                    let mut seen = seen.lock().unwrap();
+                    let answered = if seen.len() < failures { 500 } else { 200 };
+                    seen.push(Attempt {
+                        body: serde_json::from_slice(&body).unwrap(),
+                        signed,
+                        notification: headers["x-herald-notification"]
+                            .to_str()
+                            .unwrap()
+                            .to_owned(),
+                        answered,
+                    });
+                    axum::http::StatusCode::from_u16(answered).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, attempts }
+    }
+
+    fn attempts(&self) -> Vec<Attempt> {
+        self.attempts.lock().unwrap().clone()
+    }
+}
