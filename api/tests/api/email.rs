@@ -280,14 +280,18 @@ async fn each_notification_is_emailed_once_to_its_recipient_even_when_a_worker_d
     assert_eq!(queued.len(), 2, "{queued:?}");
     let kinds: Vec<&str> = queued.iter().map(|row| row.kind.as_str()).collect();
     assert_eq!(kinds, ["booking_assigned", "booking_completed"]);
-    for (row, mail) in queued.iter().zip(&mails) {
+    for row in &queued {
         assert_eq!(row.user_id, alice.user_id);
         assert!(row.sent && !row.set_aside, "{row:?}");
         // The attempt cut short by the crash is not counted.
         assert_eq!((row.attempts, row.last_error.as_deref()), (1, None));
-        assert_eq!(mail.to(), address(alice));
         let id = format!("<{}.{}@herald>", row.notification_id, row.user_id);
-        assert_eq!(mail.header("Message-ID"), id);
+        let sent: Vec<&Mail> = mails
+            .iter()
+            .filter(|mail| mail.header("Message-ID") == id)
+            .collect();
+        assert_eq!(sent.len(), 1, "{id}: {mails:#?}");
+        assert_eq!(sent[0].to(), address(alice));
     }
     app.stop_mailer().await;
 }
@@ -314,6 +318,8 @@ async fn an_email_says_what_happened_but_never_a_message_a_reason_or_an_address(
         "suspected measles after the school trip",
         "the rash on my arm has spread to my chest",
     ];
+    // A word of each that no e-mail would have otherwise.
+    let telltales = ["Sekretnaya", "measles", "rash"];
 
     let visit = book_at(&app, alice, secrets[0]).await;
     assign(&app, doctor, visit).await;
@@ -355,10 +361,8 @@ async fn an_email_says_what_happened_but_never_a_message_a_reason_or_an_address(
             "{}",
             mail.text
         );
-        for secret in secrets {
-            for word in secret.split_whitespace().filter(|word| word.len() > 4) {
-                assert!(!mail.text.contains(word), "{word} in\n{}", mail.text);
-            }
+        for leak in secrets.iter().chain(&telltales) {
+            assert!(!mail.text.contains(leak), "{leak} in\n{}", mail.text);
         }
     }
 }
