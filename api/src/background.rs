@@ -1,6 +1,7 @@
 //! Herald's background work (the commit announcer, the relay, projection
-//! workers, the payment process manager, reminders) under one stop signal, so that shutdown reaches every task and the
-//! process exits only when they have drained.
+//! workers, the payment process manager, reminders, e-mail) under one stop
+//! signal, so that shutdown reaches every task and the process exits only
+//! when they have drained.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use projections::{Projection, Worker};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use crate::email::Mailer;
 
 /// The names of everything that follows the log with a checkpoint and dead
 /// letters of its own: every projection, the payment process manager and the
@@ -117,6 +120,11 @@ impl Background {
     ) {
         let reminders = Reminders::new(write.clone(), client.clone(), topology.clone(), after);
         self.spawn(|stop| reminders.run(stop));
+    }
+
+    /// Runs the e-mail worker until stopped.
+    pub fn mailer(&mut self, mailer: Mailer) {
+        self.spawn(|stop| mailer.run(stop));
     }
 
     /// Signals every task to stop and waits for them, at most [`DRAIN_TIMEOUT`].

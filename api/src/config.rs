@@ -135,6 +135,10 @@ pub struct UpArgs {
     /// Notifications.
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
+
+    /// Notifications by e-mail.
+    #[command(flatten)]
+    pub email: crate::email::EmailArgs,
 }
 
 /// Which payment provider Herald pays through.
@@ -332,7 +336,8 @@ fn user_id(value: &str) -> Result<Uuid, String> {
         .map_err(|_| "must be a UUID, such as 0190a5b4-8f3e-7c2a-9d41-6b2f0e8c1a57".to_owned())
 }
 
-fn secret(value: &str) -> Result<SecretString, String> {
+/// A secret setting, kept from being printed.
+pub(crate) fn secret(value: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(value.to_owned()))
 }
 

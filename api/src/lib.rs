@@ -14,6 +14,7 @@ pub mod config;
 pub mod consistency;
 pub mod db;
 pub mod dev;
+pub mod email;
 pub mod error;
 pub mod hooks;
 pub mod limits;

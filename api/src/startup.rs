@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::JwtKeys;
 use crate::background::Background;
+use crate::email::{EmailConfig, Mailer};
 use crate::limits::{LimitArgs, RateLimits};
 use crate::live::{LiveConfig, LiveHub};
 use crate::notify::NotifyConfig;
@@ -33,8 +34,9 @@ pub struct Parts {
     pub relay: bool,
     /// A worker for every projection.
     pub workers: bool,
-    /// The booking ⇄ payment process manager (active or standby), and the
-    /// reminders of unread messages.
+    /// The booking ⇄ payment process manager (active or standby), the
+    /// reminders of unread messages, and the e-mail worker when e-mail is
+    /// configured.
     pub process_manager: bool,
 }
 
@@ -81,6 +83,9 @@ pub struct Settings {
     pub connections: ConnectionArgs,
     /// How people are notified.
     pub notify: NotifyConfig,
+    /// The SMTP server notifications are e-mailed through; none sends no
+    /// e-mail.
+    pub email: Option<EmailConfig>,
     /// The background parts to run.
     pub parts: Parts,
 }
@@ -115,6 +120,10 @@ impl Application {
             background.process_manager(&write, &gateway, &client, &topology);
             let after = settings.notify.unread_after;
             background.reminders(&write, &client, &topology, after);
+            if let Some(email) = settings.email {
+                let audience = settings.notify.new_bookings_audience.clone();
+                background.mailer(Mailer::start(pool.clone(), email, audience).await?);
+            }
         }
         let live = settings.live.map(|config| {
             let (hub, runner) =

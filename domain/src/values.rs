@@ -675,6 +675,25 @@ name_enum!(
     }
 );
 
+impl NotificationKind {
+    /// One line that names what happened, for every way a notification is
+    /// shown or sent. It never carries the details (a message's text, a
+    /// cancellation's reason, an address): those are seen only in the app,
+    /// by those allowed to see them.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::BookingRequested => "A new booking is waiting for a doctor",
+            Self::BookingAssigned => "A doctor was assigned to your visit",
+            Self::BookingCompleted => "Your visit was completed",
+            Self::BookingCancelled => "A visit was cancelled",
+            Self::PaymentSucceeded => "Your payment went through",
+            Self::PaymentFailed => "Your payment was declined",
+            Self::PaymentRefunded => "Your payment was refunded",
+            Self::ChatMessages => "You have new messages in a chat",
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -736,6 +755,17 @@ mod tests {
         assert!(serde_json::from_value::<Money>(negative).is_err());
         let lowercase = serde_json::json!({"amount_minor": 5, "currency": "rub"});
         assert!(serde_json::from_value::<Money>(lowercase).is_err());
+    }
+
+    #[test]
+    fn every_notification_kind_has_a_summary_of_one_short_plain_line() {
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in NotificationKind::ALL {
+            let summary = kind.summary();
+            assert!(seen.insert(summary), "{kind} shares its summary");
+            assert!(summary.len() <= 60, "{kind}: {summary}");
+            assert!(summary.is_ascii() && !summary.contains('\n'), "{kind}");
+        }
     }
 
     #[test]

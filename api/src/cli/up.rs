@@ -7,6 +7,7 @@ use crate::auth::JwtKeys;
 use crate::config::UpArgs;
 use crate::db::migrated_pool;
 use crate::dev::DevIdentity;
+use crate::email::EmailConfig;
 use crate::live::LiveConfig;
 use crate::provider::webhook::{WebhookSecret, WebhookSecretError};
 use crate::provider::PaymentProvider;
@@ -57,7 +58,7 @@ impl Secrets {
 }
 
 /// Everything in one process: API, relay, every projection worker, the
-/// payment process manager and the live gateway.
+/// payment process manager, the live gateway and, when configured, e-mail.
 pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
     let secrets = Secrets::configured(&args)?;
     // The schema is ready before the port opens; the port is bound before
@@ -91,6 +92,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         .map_or_else(|| format!("http://{address}"), ToString::to_string);
     let provider =
         PaymentProvider::from_config(&args.provider, args.dev, &public_url, &webhook_secret)?;
+    let email = EmailConfig::from_args(&args.email, &public_url)?;
     let greeting = dev.as_ref().map(|dev| dev.greeting(&keys, signed_with));
     let application = Application::build(Settings {
         listener,
@@ -108,6 +110,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         }),
         connections: args.connections,
         notify: (&args.notify).into(),
+        email,
         parts: Parts::ALL,
     })
     .await?;

@@ -9,6 +9,7 @@ mod audit;
 mod bookings;
 mod chats;
 mod concurrency;
+mod email;
 mod http_errors;
 mod idempotency;
 mod live;

@@ -56,7 +56,9 @@ async fn unread(app: &TestApp, actor: Actor) -> i64 {
     me.body["unread_notifications"].as_i64().unwrap()
 }
 
-async fn step(app: &TestApp, actor: Actor, booking: Uuid, step: &str, body: Value) {
+/// `actor` takes `step` (assign, complete, cancel) on `booking`; it must
+/// answer 200.
+pub(crate) async fn step(app: &TestApp, actor: Actor, booking: Uuid, step: &str, body: Value) {
     let reply = app
         .post(&format!("/api/v1/bookings/{booking}/{step}"), actor, body)
         .await;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use api::auth::JwtKeys;
 use api::background::Background;
 use api::config::DatabaseArgs;
+use api::email::{EmailConfig, Mailer};
 use api::limits::LimitArgs;
 use api::live::{LiveConfig, LiveHub};
 use api::provider::sandbox::Redelivery;
@@ -72,6 +73,8 @@ pub struct TestApp {
     pub webhook_secret: WebhookSecret,
     /// The payment process manager, when the test runs it.
     process: Option<Background>,
+    /// The e-mail worker, when the test runs it.
+    mailer: Option<Background>,
     /// The live gateway's hub, when the test runs one.
     pub live: Option<Arc<LiveHub>>,
     /// How people are notified.
@@ -152,6 +155,34 @@ impl TestApp {
         if let Some(process) = self.process.take() {
             process.drain().await;
         }
+    }
+
+    /// Starts an e-mail worker sending through `email`, beside those already
+    /// started. On the database's first start, notifications made before this
+    /// returns are not e-mailed.
+    pub async fn start_mailer(&mut self, email: EmailConfig) {
+        let audience = self.notify.new_bookings_audience.clone();
+        let mailer = Mailer::start(self.pool.clone(), email, audience)
+            .await
+            .unwrap();
+        self.mailer
+            .get_or_insert_with(Background::default)
+            .mailer(mailer);
+    }
+
+    /// Stops the e-mail workers, as a shutdown would: an e-mail being sent
+    /// is finished first.
+    pub async fn stop_mailer(&mut self) {
+        if let Some(mailer) = self.mailer.take() {
+            mailer.drain().await;
+        }
+    }
+
+    /// Kills the e-mail workers, as a crash would: their tasks are dropped
+    /// wherever they wait, so nothing after runs; their SMTP connections
+    /// close and their transactions roll back.
+    pub fn kill_mailer(&mut self) {
+        drop(self.mailer.take());
     }
 
     /// Stops the relay and the projection workers, as a shutdown would.
@@ -326,6 +357,7 @@ impl TestApp {
             live: options.live,
             connections: options.connections.unwrap_or_default(),
             notify: options.notify.unwrap_or_default(),
+            email: None,
             parts: Parts::NONE,
         })
         .await
@@ -349,6 +381,7 @@ impl TestApp {
             gateway: state.gateway,
             webhook_secret: state.webhook_secret,
             process: None,
+            mailer: None,
             live: state.live,
             notify: state.notify,
             leftovers,
