@@ -1,8 +1,9 @@
 -- Where integrators (a push gateway, an SMS provider) want notifications
 -- posted: one URL per notification kind, registered by an admin. Like
 -- sessions, this is configuration beside the log, not part of it: the secret
--- each delivery is signed with must never reach the log. The last attempt's
--- outcome is kept here for admins to see.
+-- each delivery is signed with must never reach the log. How the last attempt
+-- went is kept here for admins to see; the deliveries themselves are in
+-- `notification_deliveries`.
 CREATE TABLE notification_webhooks
 (
     id              uuid PRIMARY KEY,
@@ -14,9 +15,6 @@ CREATE TABLE notification_webhooks
     last_attempt_at timestamptz,
     -- The HTTP status of the last attempt; null when it got no answer.
     last_status     integer,
-    last_error      text,
-    delivered       bigint      NOT NULL DEFAULT 0,
-    -- Deliveries set aside after their last attempt failed.
-    failed          bigint      NOT NULL DEFAULT 0
+    last_error      text
 );
 CREATE INDEX notification_webhooks_kind ON notification_webhooks (kind);

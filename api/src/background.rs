@@ -1,5 +1,5 @@
 //! Herald's background work (the commit announcer, the relay, projection
-//! workers, the payment process manager, reminders, e-mail) under one stop
+//! workers, the payment process manager, reminders, deliveries) under one stop
 //! signal, so that shutdown reaches every task and the process exits only
 //! when they have drained.
 
@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::email::Mailer;
+use crate::deliveries::{self, Channel};
 
 /// The names of everything that follows the log with a checkpoint and dead
 /// letters of its own: every projection, the payment process manager and the
@@ -122,9 +122,10 @@ impl Background {
         self.spawn(|stop| reminders.run(stop));
     }
 
-    /// Runs the e-mail worker until stopped.
-    pub fn mailer(&mut self, mailer: Mailer) {
-        self.spawn(|stop| mailer.run(stop));
+    /// Runs a channel's worker of deliveries of notifications until
+    /// stopped.
+    pub fn deliveries<C: Channel>(&mut self, worker: deliveries::Worker<C>) {
+        self.spawn(|stop| worker.run(stop));
     }
 
     /// Signals every task to stop and waits for them, at most [`DRAIN_TIMEOUT`].

@@ -4,15 +4,19 @@
 //! t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`) with a secret
 //! of the webhook's own, shown once when it is registered.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use domain::values::NotificationKind;
+use projections::notifications::{self, Fresh, NotificationRow};
 use rand::RngCore;
 use secrecy::SecretString;
 use serde::Serialize;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::deliveries::{Channel, Due, Failure, Retry, Target};
 use crate::provider::webhook::{WebhookSecret, WebhookSecretError};
 
 /// A registered webhook as admins see it, with how its deliveries went.
@@ -41,9 +45,15 @@ pub struct Hook {
     pub failed: i64,
 }
 
-/// Columns of [`Hook`].
-const HOOK: &str = "id, kind, url, created_by, created_at, last_attempt_at, last_status,
-                    last_error, delivered, failed";
+/// Columns of [`Hook`], from `notification_webhooks h`.
+const HOOK: &str = "h.id, h.kind, h.url, h.created_by, h.created_at, h.last_attempt_at,
+                    h.last_status, h.last_error,
+                    (SELECT count(*) FROM notification_deliveries d
+                      WHERE d.channel = 'webhook' AND d.target = h.id AND d.sent_at IS NOT NULL)
+                        AS delivered,
+                    (SELECT count(*) FROM notification_deliveries d
+                      WHERE d.channel = 'webhook' AND d.target = h.id AND d.failed_at IS NOT NULL)
+                        AS failed";
 
 /// A new secret to sign a webhook's deliveries with.
 fn new_secret() -> String {
@@ -62,8 +72,11 @@ pub async fn register(
 ) -> Result<(Hook, String), sqlx::Error> {
     let secret = new_secret();
     let hook = sqlx::query_as(&format!(
-        "INSERT INTO notification_webhooks (id, kind, url, secret, created_by)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {HOOK}"
+        "WITH h AS (
+             INSERT INTO notification_webhooks (id, kind, url, secret, created_by)
+             VALUES ($1, $2, $3, $4, $5) RETURNING *
+         )
+         SELECT {HOOK} FROM h"
     ))
     .bind(Uuid::now_v7())
     .bind(kind.as_str())
@@ -78,7 +91,7 @@ pub async fn register(
 /// Every registered webhook, oldest first.
 pub async fn list<'c>(executor: impl PgExecutor<'c>) -> Result<Vec<Hook>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {HOOK} FROM notification_webhooks ORDER BY created_at, id"
+        "SELECT {HOOK} FROM notification_webhooks h ORDER BY h.created_at, h.id"
     ))
     .fetch_all(executor)
     .await
@@ -104,75 +117,138 @@ pub fn signature(secret: &str, body: &[u8], now: i64) -> Result<String, WebhookS
 /// audience), and what it says, never more.
 #[derive(Debug, Serialize)]
 pub struct Payload<'a> {
-    /// The notification's id; a receiver that sees it twice has seen a
-    /// repeat.
-    pub id: Uuid,
-    /// What it tells of.
-    pub kind: &'a str,
-    /// Its place in the recipient's feed.
-    pub seq: i64,
+    /// The notification; its id seen twice means a repeat.
+    #[serde(flatten)]
+    pub notification: &'a NotificationRow,
     /// Whose it is; none for everyone in the audience of new bookings.
     pub user_id: Option<Uuid>,
-    /// The booking it is about.
-    pub booking_id: Option<Uuid>,
-    /// The payment it is about.
-    pub payment_id: Option<Uuid>,
-    /// The chat it is about.
-    pub chat_id: Option<Uuid>,
-    /// How many messages a chat notification gathers.
-    pub messages: Option<i64>,
-    /// When it happened.
-    pub created_at: DateTime<Utc>,
+    /// What happened, in one line.
+    pub summary: &'static str,
 }
 
-/// Why a delivery did not arrive.
-#[derive(Debug, thiserror::Error)]
-pub enum PostError {
-    /// The receiver answered, but not with a 2xx.
-    #[error("the webhook answered {0}")]
-    Status(reqwest::StatusCode),
-    /// No answer: refused, cut or too slow.
-    #[error("the webhook did not answer: {0}")]
-    Unreachable(#[from] reqwest::Error),
-    /// The webhook's secret cannot sign.
-    #[error(transparent)]
-    Secret(#[from] WebhookSecretError),
-}
-
-impl PostError {
-    /// The status the receiver answered, if it did.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Status(status) => Some(status.as_u16()),
-            Self::Unreachable(err) => err.status().map(|status| status.as_u16()),
-            Self::Secret(_) => None,
-        }
-    }
-}
-
-/// Posts `payload` to `url`, signed with `secret`; the status of a 2xx
-/// answer.
-pub async fn post(
+/// Posts `payload` to `url`, signed with `secret`: `Ok` with the status of a
+/// 2xx answer, else what went wrong, with the status if there was one.
+async fn post(
     client: &reqwest::Client,
     url: &str,
     secret: &str,
     payload: &Payload<'_>,
-) -> Result<u16, PostError> {
+) -> Result<u16, (Option<u16>, String)> {
     // A struct of strings, numbers and ids always serializes.
     let body = serde_json::to_vec(payload).unwrap_or_default();
-    let signature = signature(secret, &body, Utc::now().timestamp())?;
+    let signature =
+        signature(secret, &body, Utc::now().timestamp()).map_err(|err| (None, err.to_string()))?;
     let answer = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(crate::provider::webhook::SIGNATURE_HEADER, signature)
-        .header("x-herald-notification", payload.id.to_string())
+        .header("x-herald-notification", payload.notification.id.to_string())
         .body(body)
         .send()
-        .await?;
+        .await
+        .map_err(|err| (None, format!("no answer: {err}")))?;
     let status = answer.status();
     if status.is_success() {
         Ok(status.as_u16())
     } else {
-        Err(PostError::Status(status))
+        Err((Some(status.as_u16()), format!("answered {status}")))
+    }
+}
+
+/// The webhook channel of [`crate::deliveries`]: every notification is
+/// posted to each webhook registered for its kind.
+pub struct Webhooks {
+    client: reqwest::Client,
+    retry: Retry,
+}
+
+impl Webhooks {
+    /// Posts that give up after `timeout`, retried as `retry` says.
+    pub fn new(timeout: Duration, retry: Retry) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        Ok(Self { client, retry })
+    }
+}
+
+impl Channel for Webhooks {
+    const NAME: &'static str = "webhook";
+
+    fn retry(&self) -> &Retry {
+        &self.retry
+    }
+
+    async fn targets(
+        &self,
+        conn: &mut PgConnection,
+        fresh: &[Fresh],
+    ) -> Result<Vec<Target>, sqlx::Error> {
+        let kinds: Vec<&str> = fresh.iter().map(|f| f.notification.kind.as_str()).collect();
+        let hooks: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, kind FROM notification_webhooks WHERE kind = ANY($1)")
+                .bind(kinds)
+                .fetch_all(&mut *conn)
+                .await?;
+        Ok(fresh
+            .iter()
+            .flat_map(|notification| {
+                (hooks.iter())
+                    .filter(|(_, kind)| *kind == notification.notification.kind)
+                    .map(|(hook, _)| Target::of(notification, *hook))
+            })
+            .collect())
+    }
+
+    async fn deliver(
+        &self,
+        conn: &mut PgConnection,
+        due: &Due,
+    ) -> Result<Result<(), Failure>, sqlx::Error> {
+        let hook: Option<(String, String)> =
+            sqlx::query_as("SELECT url, secret FROM notification_webhooks WHERE id = $1")
+                .bind(due.target)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some((url, secret)) = hook else {
+            return Ok(Err(Failure::Impossible(
+                "the webhook was removed".to_owned(),
+            )));
+        };
+        let Some(fresh) = notifications::by_id(&mut *conn, due.notification_id).await? else {
+            return Ok(Err(Failure::Impossible(
+                "the notification is not in the read model".to_owned(),
+            )));
+        };
+        let summary = match fresh.notification.kind.parse::<NotificationKind>() {
+            Ok(kind) => kind.summary(),
+            Err(_) => {
+                return Ok(Err(Failure::Impossible(format!(
+                    "no webhook is posted for a {} notification",
+                    fresh.notification.kind
+                ))))
+            }
+        };
+        let payload = Payload {
+            notification: &fresh.notification,
+            user_id: fresh.user_id,
+            summary,
+        };
+        let posted = post(&self.client, &url, &secret, &payload).await;
+        let (status, error) = match &posted {
+            Ok(status) => (Some(*status), None),
+            Err((status, error)) => (*status, Some(error.clone())),
+        };
+        sqlx::query(
+            "UPDATE notification_webhooks
+                SET last_attempt_at = clock_timestamp(), last_status = $2, last_error = $3
+              WHERE id = $1",
+        )
+        .bind(due.target)
+        .bind(status.map(i32::from))
+        .bind(error)
+        .execute(&mut *conn)
+        .await?;
+        Ok(posted
+            .map(drop)
+            .map_err(|(_, error)| Failure::Refused(error)))
     }
 }

@@ -13,6 +13,7 @@ pub mod conditional;
 pub mod config;
 pub mod consistency;
 pub mod db;
+pub mod deliveries;
 pub mod dev;
 pub mod email;
 pub mod error;

@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 
 use crate::auth::JwtKeys;
 use crate::background::Background;
-use crate::email::{EmailConfig, Mailer};
+use crate::deliveries::Worker;
+use crate::email::{Email, EmailConfig};
+use crate::hooks::Webhooks;
 use crate::limits::{LimitArgs, RateLimits};
 use crate::live::{LiveConfig, LiveHub};
 use crate::notify::NotifyConfig;
@@ -35,8 +37,8 @@ pub struct Parts {
     /// A worker for every projection.
     pub workers: bool,
     /// The booking ⇄ payment process manager (active or standby), the
-    /// reminders of unread messages, and the e-mail worker when e-mail is
-    /// configured.
+    /// reminders of unread messages, and the deliveries of notifications to
+    /// webhooks, and by e-mail when it is configured.
     pub process_manager: bool,
 }
 
@@ -120,9 +122,12 @@ impl Application {
             background.process_manager(&write, &gateway, &client, &topology);
             let after = settings.notify.unread_after;
             background.reminders(&write, &client, &topology, after);
+            let notify = &settings.notify;
+            let webhooks = Webhooks::new(notify.webhook_timeout, notify.webhook_retry)?;
+            background.deliveries(Worker::start(pool.clone(), webhooks).await?);
             if let Some(email) = settings.email {
-                let audience = settings.notify.new_bookings_audience.clone();
-                background.mailer(Mailer::start(pool.clone(), email, audience).await?);
+                let email = Email::new(&email, notify.new_bookings_audience.clone())?;
+                background.deliveries(Worker::start(pool.clone(), email).await?);
             }
         }
         let live = settings.live.map(|config| {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use api::email::{EmailConfig, Retry};
+use api::deliveries::Retry;
+use api::email::EmailConfig;
 use api::notify::NotifyConfig;
 use domain::values::{Actor, NotificationKind};
 use reqwest::StatusCode;
@@ -190,48 +191,51 @@ fn address(actor: Actor) -> String {
     format!("{}@herald.test", actor.user_id)
 }
 
-/// A row of the outbox.
+/// A row of the outbox: for an e-mail, `target` is its recipient; for a
+/// webhook, the webhook.
 #[derive(Debug, sqlx::FromRow)]
-struct Queued {
-    notification_id: Uuid,
-    user_id: Uuid,
-    kind: String,
-    attempts: i32,
-    last_error: Option<String>,
-    sent: bool,
-    set_aside: bool,
+pub(crate) struct Queued {
+    pub notification_id: Uuid,
+    pub target: Uuid,
+    pub kind: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub sent: bool,
+    pub set_aside: bool,
 }
 
-/// The outbox, in log order.
-async fn outbox(app: &TestApp) -> Vec<Queued> {
+/// A channel's outbox, in log order.
+async fn outbox(app: &TestApp, channel: &str) -> Vec<Queued> {
     sqlx::query_as(
-        "SELECT notification_id, user_id, kind, attempts, last_error,
+        "SELECT notification_id, target, kind, attempts, last_error,
                 sent_at IS NOT NULL AS sent, failed_at IS NOT NULL AS set_aside
-           FROM notification_emails ORDER BY position, user_id",
+           FROM notification_deliveries WHERE channel = $1 ORDER BY position, target",
     )
+    .bind(channel)
     .fetch_all(&app.pool)
     .await
     .unwrap()
 }
 
-/// Waits until every notification is looked at and every e-mail sent or
-/// set aside, and returns the outbox.
-async fn settled(app: &TestApp) -> Vec<Queued> {
+/// Waits until every notification is looked at and every delivery of
+/// `channel` made or set aside, and returns the channel's outbox.
+pub(crate) async fn settled(app: &TestApp, channel: &str) -> Vec<Queued> {
     app.wait_for_projections().await;
-    eventually("every e-mail is queued and sent or set aside", || async {
+    eventually("every delivery is queued and made or set aside", || async {
         let (cursor, newest, pending): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT position FROM notification_email_cursor),
+            "SELECT (SELECT position FROM notification_delivery_cursors WHERE channel = $1),
                     (SELECT COALESCE(max(position), 0) FROM rm_notifications),
-                    (SELECT count(*) FROM notification_emails
-                      WHERE sent_at IS NULL AND failed_at IS NULL)",
+                    (SELECT count(*) FROM notification_deliveries
+                      WHERE channel = $1 AND sent_at IS NULL AND failed_at IS NULL)",
         )
+        .bind(channel)
         .fetch_one(&app.pool)
         .await
         .unwrap();
         cursor == newest && pending == 0
     })
     .await;
-    outbox(app).await
+    outbox(app, channel).await
 }
 
 /// `actor` books a visit at `address`; its id.
@@ -274,18 +278,18 @@ async fn each_notification_is_emailed_once_to_its_recipient_even_when_a_worker_d
     sink.release();
     step(&app, doctor, visit, "complete", json!({})).await;
 
-    let queued = settled(&app).await;
+    let queued = settled(&app, "email").await;
     let mails = sink.mails();
     assert_eq!(mails.len(), 2, "{mails:#?}");
     assert_eq!(queued.len(), 2, "{queued:?}");
     let kinds: Vec<&str> = queued.iter().map(|row| row.kind.as_str()).collect();
     assert_eq!(kinds, ["booking_assigned", "booking_completed"]);
     for row in &queued {
-        assert_eq!(row.user_id, alice.user_id);
+        assert_eq!(row.target, alice.user_id);
         assert!(row.sent && !row.set_aside, "{row:?}");
         // The attempt cut short by the crash is not counted.
         assert_eq!((row.attempts, row.last_error.as_deref()), (1, None));
-        let id = format!("<{}.{}@herald>", row.notification_id, row.user_id);
+        let id = format!("<{}.{}@herald>", row.notification_id, row.target);
         let sent: Vec<&Mail> = mails
             .iter()
             .filter(|mail| mail.header("Message-ID") == id)
@@ -335,7 +339,7 @@ async fn an_email_says_what_happened_but_never_a_message_a_reason_or_an_address(
     app.message(chat, alice, secrets[2]).await;
     wait_for(&app, "UnreadReminded", 1).await;
 
-    settled(&app).await;
+    settled(&app, "email").await;
     let mails = sink.mails();
     let mut told: Vec<(String, String)> = mails
         .iter()
@@ -391,7 +395,7 @@ async fn a_person_who_switches_email_of_a_kind_off_gets_none_of_it_but_still_the
     assign(&app, quiet, visit).await;
     step(&app, quiet, visit, "complete", json!({})).await;
 
-    let queued = settled(&app).await;
+    let queued = settled(&app, "email").await;
     let mut told: Vec<(String, String)> = sink
         .mails()
         .iter()
@@ -428,20 +432,20 @@ async fn an_email_the_server_refuses_at_first_is_tried_again_until_it_is_taken()
 
     // Nothing listens yet: every attempt fails, and is counted.
     eventually("the e-mail has failed twice", || async {
-        outbox(&app)
+        outbox(&app, "email")
             .await
             .first()
             .is_some_and(|row| row.attempts >= 2)
     })
     .await;
-    let failing = outbox(&app).await;
+    let failing = outbox(&app, "email").await;
     assert!(!failing[0].sent && !failing[0].set_aside, "{failing:?}");
     assert!(failing[0].last_error.is_some(), "{failing:?}");
 
     let sink = Sink::start(port, &[]);
     let mails = sink.wait_for_mails(1).await;
     assert_eq!(mails[0].to(), address(alice));
-    let queued = settled(&app).await;
+    let queued = settled(&app, "email").await;
     assert_eq!(queued.len(), 1, "{queued:?}");
     assert!(queued[0].sent, "{queued:?}");
     assert!(queued[0].attempts > failing[0].attempts, "{queued:?}");
@@ -462,13 +466,13 @@ async fn an_email_refused_every_time_is_set_aside_with_its_error_and_the_others_
         assign(&app, doctor, visit).await;
     }
 
-    let queued = settled(&app).await;
+    let queued = settled(&app, "email").await;
     let mails = sink.mails();
     assert_eq!(mails.len(), 1, "{mails:#?}");
     assert_eq!(mails[0].to(), address(bob));
     let refused = queued
         .iter()
-        .find(|row| row.user_id == alice.user_id)
+        .find(|row| row.target == alice.user_id)
         .unwrap();
     assert!(refused.set_aside && !refused.sent, "{refused:?}");
     assert_eq!(refused.attempts, 3, "{refused:?}");

@@ -373,16 +373,22 @@ pub struct NotificationRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// A notification as it is pushed live: its recipient (none for an
-/// audience) and the notification.
+/// A new notification, as it is pushed live and delivered outside Herald:
+/// its recipient (none for an audience) and the notification.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Fresh {
     /// Whose it is; none for everyone in the audience of new bookings.
     pub user_id: Option<Uuid>,
+    /// Whether its one recipient wanted it by e-mail when it happened.
+    pub email: bool,
     /// The notification, unread.
     #[sqlx(flatten)]
     pub notification: NotificationRow,
 }
+
+/// Columns of [`Fresh`].
+const FRESH: &str = "user_id, email, id, position, kind, booking_id, payment_id, chat_id,
+                     messages, false AS read, created_at";
 
 /// The notifications of the next positions after log position `after`,
 /// oldest first: all of a position's or none, about `limit` of them. They are
@@ -393,19 +399,30 @@ pub async fn after<'c>(
     after: i64,
     limit: i64,
 ) -> Result<Vec<Fresh>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT user_id, id, position, kind, booking_id, payment_id, chat_id, messages,
-                false AS read, created_at
-           FROM rm_notifications
+    sqlx::query_as(&format!(
+        "SELECT {FRESH} FROM rm_notifications
           WHERE position > $1
             AND position <= (SELECT max(position) FROM (
                     SELECT position FROM rm_notifications WHERE position > $1
                      ORDER BY position LIMIT $2) AS page)
-          ORDER BY position, user_id",
-    )
+          ORDER BY position, user_id"
+    ))
     .bind(after)
     .bind(limit)
     .fetch_all(executor)
+    .await
+}
+
+/// The notification with `id`.
+pub async fn by_id<'c>(
+    executor: impl PgExecutor<'c>,
+    id: Uuid,
+) -> Result<Option<Fresh>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {FRESH} FROM rm_notifications WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
     .await
 }
 

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use api::auth::JwtKeys;
 use api::background::Background;
 use api::config::DatabaseArgs;
-use api::email::{EmailConfig, Mailer};
+use api::deliveries::Worker;
+use api::email::{Email, EmailConfig};
+use api::hooks::Webhooks;
 use api::limits::LimitArgs;
 use api::live::{LiveConfig, LiveHub};
 use api::provider::sandbox::Redelivery;
@@ -162,12 +164,22 @@ impl TestApp {
     /// returns are not e-mailed.
     pub async fn start_mailer(&mut self, email: EmailConfig) {
         let audience = self.notify.new_bookings_audience.clone();
-        let mailer = Mailer::start(self.pool.clone(), email, audience)
-            .await
-            .unwrap();
+        let email = Email::new(&email, audience).unwrap();
+        let mailer = Worker::start(self.pool.clone(), email).await.unwrap();
         self.mailer
             .get_or_insert_with(Background::default)
-            .mailer(mailer);
+            .deliveries(mailer);
+    }
+
+    /// Starts a worker of deliveries to webhooks, as configured in
+    /// [`Options::notify`].
+    pub async fn start_webhooks(&mut self) {
+        let webhooks =
+            Webhooks::new(self.notify.webhook_timeout, self.notify.webhook_retry).unwrap();
+        let worker = Worker::start(self.pool.clone(), webhooks).await.unwrap();
+        self.mailer
+            .get_or_insert_with(Background::default)
+            .deliveries(worker);
     }
 
     /// Stops the e-mail workers, as a shutdown would: an e-mail being sent
