@@ -2,9 +2,11 @@
 # Commands of two Herald builds side by side:
 #   bash bench/compare_commands.sh BASE_HERALD NEW_HERALD [ROUNDS]
 # For each round and build in turn: `herald up` (its whole pipeline, the
-# process manager and the live hub) on a fresh database and stream, driven by
-# `herald-load commands` from 32 clients for 15 s, first with the mixed
-# workload, then with new bookings. Prints one JSON line per run. Needs the release
+# process manager and the live hub, and notifications e-mailed to an SMTP
+# server that takes every message, where the build has them) on a fresh
+# database and stream, driven by `herald-load commands` from 32 clients for
+# 15 s, first with the mixed workload, then with new bookings. Prints one JSON
+# line per run. Needs the release
 # `herald-load` (`cargo build --release -p bench --bins`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +20,12 @@ trap cleanup EXIT
 export HERALD_NATS_URL=${HERALD_NATS_URL:-nats://127.0.0.1:4222}
 fresh_secrets
 export HERALD_SANDBOX=true HERALD_RATE_LIMIT_PER_SECOND=0 HERALD_LISTEN="127.0.0.1:$PORT" RUST_LOG=warn
-# Chat messages left unread fall due within the run (a build without
-# notifications ignores it).
+# Chat messages left unread fall due within the run, and notifications are
+# e-mailed (a build without notifications ignores both).
 export HERALD_NOTIFY_UNREAD_AFTER=5s
+export HERALD_SMTP_URL="smtp://127.0.0.1:$((PORT + 1))" HERALD_SMTP_FROM="Herald <bench@herald.test>"
+start smtp python3 -m aiosmtpd -n -l "127.0.0.1:$((PORT + 1))" -c aiosmtpd.handlers.Sink
+wait_for_port "$((PORT + 1))"
 
 for round in $(seq 1 "$ROUNDS"); do
     for build in base new; do
