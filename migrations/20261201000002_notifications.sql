@@ -58,10 +58,12 @@ CREATE TABLE rm_notification_payments
 
 -- Chats with messages that may have to be reminded of, filled by the
 -- `chat-reminders` follower of the log in the transaction that moves its
--- checkpoint: `due_at` is when the oldest message not yet covered has waited
--- long enough, `through_seq` the newest message seen, `latest_due_at` when
--- that one has. A reminder covers messages up to `through_seq` and removes
--- the row, unless newer messages came meanwhile: then it waits for them.
+-- checkpoint: `due_at` is when the chat is next looked at (when its oldest
+-- message not yet covered has waited long enough, or when a process that
+-- took it may be presumed gone), `through_seq` the newest message seen,
+-- `latest_due_at` when that one has waited long enough. A reminder covers the
+-- messages up to the newest one that has waited long enough and removes the
+-- row, unless newer messages came: then the row waits for the newest.
 CREATE TABLE chat_reminders
 (
     chat_id       uuid PRIMARY KEY,

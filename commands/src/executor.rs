@@ -57,6 +57,9 @@ impl Stored for Payment {
 }
 
 impl Stored for User {
+    /// Every notification read is an event, so a user's history keeps growing.
+    const SNAPSHOT_EVERY: Option<u64> = Some(100);
+
     fn cache(write_side: &WriteSide) -> &Cache<Self> {
         &write_side.users
     }

@@ -3,8 +3,9 @@
 //!
 //! The follower of the log ([`ReminderSchedule`]) notes, in the transaction
 //! that moves its checkpoint, when each chat's unread messages fall due
-//! (`chat_reminders`); [`Reminders::run`] issues a chat's `RemindUnread` once
-//! they have, and clears what it covered. The chat decides who is reminded
+//! (`chat_reminders`); [`Reminders::run`] issues a chat's `RemindUnread`
+//! through the newest message that has waited long enough, once one has,
+//! and clears what it covered. The chat decides who is reminded
 //! of what (`UnreadReminded`): only members who neither read the messages
 //! nor were reminded of them, each of the messages from others. The decision
 //! is an event, so the notifications it makes come again in any replay. A
@@ -32,6 +33,12 @@ pub const CHECKPOINT: &str = "chat-reminders";
 const TICK: Duration = Duration::from_millis(200);
 /// Reminders issued per look.
 const BATCH: i64 = 100;
+/// How long a chat whose reminder a process took is left to it: others pass
+/// it by meanwhile, and one that failed comes back after it.
+const LEASE: Duration = Duration::from_secs(30);
+/// Messages whose time to be reminded of passed longer ago than this (a log
+/// imported, a long outage) are history, not news: nobody is reminded of them.
+const STALE: Duration = Duration::from_secs(3600);
 
 /// Notes when chats' unread messages fall due.
 pub struct ReminderSchedule {
@@ -64,10 +71,12 @@ impl ReminderSchedule {
         entries: &[LogEntry],
     ) -> Result<(), ApplyError> {
         let after = chrono::Duration::from_std(self.after).unwrap_or(chrono::Duration::MAX);
+        let stale = Utc::now() - chrono::Duration::from_std(STALE).unwrap_or(chrono::Duration::MAX);
         let (mut chats, mut seqs, mut due) = (Vec::new(), Vec::new(), Vec::new());
         for entry in entries {
             if AggregateKind::parse(&entry.aggregate_type) != Some(AggregateKind::Chat)
                 || entry.event_type != "MessageSent"
+                || entry.recorded_at + after < stale
             {
                 continue;
             }
@@ -162,25 +171,63 @@ impl Reminders {
         tokio::join!(schedule, issue, signal);
     }
 
-    /// Issues the reminders that are due.
-    async fn remind_due(&self) -> Result<(), CommandError> {
-        let pool = self.write.pool();
+    /// Issues the reminders that are due, each chat's on its own: one that
+    /// fails is tried again once its lease ends, and holds up no other.
+    async fn remind_due(&self) -> Result<(), sqlx::Error> {
         let due: Vec<(Uuid, i64)> = sqlx::query_as(
-            "SELECT chat_id, through_seq FROM chat_reminders
-              WHERE due_at <= now() ORDER BY due_at LIMIT $1",
+            "UPDATE chat_reminders r SET due_at = now() + $2 * interval '1 millisecond'
+               FROM (SELECT chat_id FROM chat_reminders WHERE due_at <= now()
+                      ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) d
+              WHERE r.chat_id = d.chat_id
+             RETURNING r.chat_id, r.through_seq",
         )
         .bind(BATCH)
-        .fetch_all(pool)
+        .bind(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX))
+        .fetch_all(self.write.pool())
         .await?;
         for (chat_id, through_seq) in due {
+            if let Err(err) = self.remind(chat_id, through_seq).await {
+                tracing::warn!(%chat_id, %err, "a reminder of unread messages waits");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reminds the members of `chat_id` of the messages up to `through_seq`
+    /// that have waited long enough, and clears what that covered; newer
+    /// ones fall due with the newest.
+    async fn remind(&self, chat_id: Uuid, through_seq: i64) -> Result<(), CommandError> {
+        let pool = self.write.pool();
+        let waited =
+            Utc::now() - chrono::Duration::from_std(self.schedule.after).unwrap_or_default();
+        let newest: Option<(String, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT event_type, event_version, payload FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND event_type = 'MessageSent'
+                AND recorded_at <= $3
+              ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(AggregateKind::Chat.as_str())
+        .bind(chat_id.to_string())
+        .bind(waited)
+        .fetch_optional(pool)
+        .await?;
+        let seq = match newest.map(|(event_type, version, payload)| {
+            domain::upcast::decode::<ChatEvent>(&event_type, &version, payload)
+        }) {
+            Some(Ok(ChatEvent::MessageSent { seq, .. })) => {
+                i64::try_from(seq).unwrap_or(i64::MAX).min(through_seq)
+            }
+            _ => 0,
+        };
+        if seq > 0 {
             let command = ChatCommand::RemindUnread {
                 actor: Actor::system(),
-                through_seq: u64::try_from(through_seq).unwrap_or(0),
+                through_seq: u64::try_from(seq).unwrap_or(0),
                 at: Utc::now(),
             };
             // The chat decides from what it knows, so issuing this again
             // reminds nobody twice; it needs no idempotency key.
-            let cause = format!("{CHECKPOINT}/{chat_id}/{through_seq}");
+            let cause = format!("{CHECKPOINT}/{chat_id}/{seq}");
             let metadata = Metadata {
                 actor: Actor::system(),
                 correlation_id: cause.clone(),
@@ -195,18 +242,18 @@ impl Reminders {
                 Ok(_) | Err(CommandError::Rejected(_)) => {}
                 Err(err) => return Err(err),
             }
-            let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM chat_reminders WHERE chat_id = $1 AND through_seq <= $2")
-                .bind(chat_id)
-                .bind(through_seq)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE chat_reminders SET due_at = latest_due_at WHERE chat_id = $1")
-                .bind(chat_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
         }
+        let mut tx = pool.begin().await?;
+        sqlx::query("DELETE FROM chat_reminders WHERE chat_id = $1 AND through_seq <= $2")
+            .bind(chat_id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE chat_reminders SET due_at = latest_due_at WHERE chat_id = $1")
+            .bind(chat_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -269,6 +269,9 @@ impl DomainEvent for UserEvent {
     }
 }
 
+/// The most chats one person may mute.
+pub const MAX_MUTED_CHATS: usize = 1000;
+
 /// The profile fields only a doctor has.
 pub const DOCTORS_ONLY: [&str; 2] = ["specialty", "bio"];
 
@@ -394,6 +397,15 @@ impl User {
                 let changes = self.notifications.changed_by(changes);
                 if changes.is_empty() {
                     return Ok(vec![]);
+                }
+                let mut after = self.notifications.clone();
+                after.apply(&changes);
+                if after.muted_chats.len() > MAX_MUTED_CHATS {
+                    return Err(ValidationError::new(
+                        "muted_chats",
+                        format!("at most {MAX_MUTED_CHATS} chats may be muted"),
+                    )
+                    .into());
                 }
                 Ok(vec![UserEvent::NotificationSettingsChanged { changes, at }])
             }

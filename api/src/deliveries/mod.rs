@@ -33,6 +33,12 @@ pub use sending::Due;
 const POLL: Duration = Duration::from_secs(1);
 /// The pause after Postgres failed the worker.
 const DATABASE_PAUSE: Duration = Duration::from_secs(1);
+/// How long the worker lets announcements gather before it queues what
+/// they announced.
+const GATHER: Duration = Duration::from_millis(100);
+/// Deliveries a worker makes at once, so that a receiver slow to answer
+/// holds up no more than one of them.
+const SENDERS: usize = 4;
 
 /// How a failed delivery is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +147,8 @@ impl Outcome {
 pub struct Worker<C: Channel> {
     pool: PgPool,
     channel: C,
-    /// Told when deliveries were queued, so they are made at once.
+    /// Tells the idle senders that deliveries were queued, so they are made
+    /// at once.
     queued: Notify,
 }
 
@@ -162,7 +169,11 @@ impl<C: Channel> Worker<C> {
     /// the stop comes is finished first.
     pub async fn run(self, stop: StopSignal) {
         let stop = stop.shared();
-        tokio::join!(self.keep_queueing(stop.clone()), self.keep_sending(stop));
+        let senders = (0..SENDERS).map(|_| self.keep_sending(stop.clone()));
+        tokio::join!(
+            self.keep_queueing(stop.clone()),
+            futures::future::join_all(senders)
+        );
     }
 
     /// Fills the outbox until stopped, coming back after every failure.
@@ -192,6 +203,9 @@ impl<C: Channel> Worker<C> {
                 notified = listener.recv() => { notified?; }
                 () = tokio::time::sleep(POLL) => {}
             }
+            // Under load every batch of the projection announces itself;
+            // the deliveries of those of a moment are queued together.
+            tokio::time::sleep(GATHER).await;
         }
     }
 
@@ -200,7 +214,8 @@ impl<C: Channel> Worker<C> {
         loop {
             let queued = outbox::queue(&self.pool, &self.channel).await?;
             if queued.deliveries > 0 {
-                self.queued.notify_one();
+                // Senders busy with a delivery look again when they finish.
+                self.queued.notify_waiters();
             }
             if queued.notifications == 0 {
                 return Ok(());

@@ -128,7 +128,14 @@ pub(super) async fn send(
         .send(message)
         .await
         .map(|_| ())
-        .map_err(|err| Failure::Refused(err.to_string())))
+        .map_err(|err| {
+            // A permanent refusal (5xx: no such mailbox) is final.
+            if err.is_permanent() {
+                Failure::Impossible(err.to_string())
+            } else {
+                Failure::Refused(err.to_string())
+            }
+        }))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Notifications pushed live: each process follows the notifications read
-//! model from the newest one at its start, woken by the projection's
+//! model from the head of the log at its start, woken by the projection's
 //! announcement of every batch that adds some (and looking once a second
 //! besides), and hands each to the hub for its recipient's sockets and to
 //! the SSE streams.
@@ -20,6 +20,9 @@ use super::HubCommand;
 
 /// Notifications read at once.
 const BATCH: i64 = 500;
+/// How long announcements gather before the follower reads what they
+/// announced.
+const GATHER: Duration = Duration::from_millis(20);
 /// How long the follower waits for an announcement before looking anyway.
 const LOOK_ANYWAY: Duration = Duration::from_secs(1);
 
@@ -103,9 +106,11 @@ async fn push(
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(WAKE_CHANNEL).await?;
+    // What the log held when the process started is history, not news,
+    // even while the projection is still on its way through it.
     let mut after = match *last {
         Some(after) => after,
-        None => notifications::newest(pool).await?,
+        None => herald_nats::log::head(pool).await?,
     };
     *last = Some(after);
     loop {
@@ -131,5 +136,8 @@ async fn push(
         if let Ok(Err(err)) = tokio::time::timeout(LOOK_ANYWAY, listener.recv()).await {
             return Err(err);
         }
+        // Under load every batch of the projection announces itself; those
+        // of a moment are read together.
+        tokio::time::sleep(GATHER).await;
     }
 }

@@ -221,7 +221,8 @@ async fn the_read_marker_counts_what_is_left_unread_and_new_bookings_reach_only_
         .map(|n| n["read"].as_bool().unwrap())
         .collect();
     assert_eq!(flags, [false, true, true]);
-    // A marker does not go back, and cannot go past what exists.
+    // A marker does not go back, and a marker past everything stops at the
+    // newest: what comes later is unread.
     let back = app
         .post(
             "/api/v1/notifications/read",
@@ -231,7 +232,7 @@ async fn the_read_marker_counts_what_is_left_unread_and_new_bookings_reach_only_
         .await;
     assert_eq!(back.status, StatusCode::OK, "{}", back.body);
     assert_eq!(unread(&app, alice).await, 1);
-    for up_to in [json!(0), json!(i64::MAX), json!("soon")] {
+    for up_to in [json!(0), json!("soon")] {
         let refused = app
             .stores_nothing(app.post(
                 "/api/v1/notifications/read",
@@ -245,6 +246,25 @@ async fn the_read_marker_counts_what_is_left_unread_and_new_bookings_reach_only_
             refused.status
         );
     }
+    let ahead = app
+        .post(
+            "/api/v1/notifications/read",
+            alice,
+            json!({ "up_to": i64::MAX }),
+        )
+        .await;
+    assert_eq!(ahead.status, StatusCode::OK, "{}", ahead.body);
+    assert_eq!(unread(&app, alice).await, 0);
+    let later = app.booking(alice).await;
+    step(
+        &app,
+        early,
+        later,
+        "assign",
+        json!({ "doctor_id": early.user_id }),
+    )
+    .await;
+    assert_eq!(unread(&app, alice).await, 1);
 
     // The staff's marker covers new bookings too.
     let newest = app

@@ -426,13 +426,6 @@ pub async fn by_id<'c>(
     .await
 }
 
-/// The log position of the newest notification, 0 when there is none.
-pub async fn newest<'c>(executor: impl PgExecutor<'c>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM rm_notifications")
-        .fetch_one(executor)
-        .await
-}
-
 /// Who reads a feed: the person, and whether notifications to the audience
 /// of new bookings are theirs (their role is one it is configured for).
 #[derive(Debug, Clone, Copy)]

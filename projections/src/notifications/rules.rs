@@ -314,8 +314,10 @@ impl Knowledge {
                     UserEvent::NotificationSettingsChanged { changes, .. } => {
                         person.settings.apply(&changes);
                     }
+                    // Nothing after the marker's own event exists yet to
+                    // have been read.
                     UserEvent::NotificationsRead { up_to, .. } => {
-                        person.read_up_to = person.read_up_to.max(up_to);
+                        person.read_up_to = person.read_up_to.max(up_to.min(at.position));
                     }
                     _ => return,
                 }
