@@ -3,7 +3,8 @@
 #   bash bench/compare_commands.sh BASE_HERALD NEW_HERALD [ROUNDS]
 # For each round and build in turn: `herald up` (its whole pipeline, the
 # process manager and the live hub, and notifications e-mailed to an SMTP
-# server that takes every message, where the build has them) on a fresh
+# server that takes every message, where the build has them, unless
+# BENCH_EMAIL=0) on a fresh
 # database and stream, driven by `herald-load commands` from 32 clients for
 # 15 s, first with the mixed workload, then with new bookings. Prints one JSON
 # line per run. Needs the release
@@ -23,9 +24,13 @@ export HERALD_SANDBOX=true HERALD_RATE_LIMIT_PER_SECOND=0 HERALD_LISTEN="127.0.0
 # Chat messages left unread fall due within the run, and notifications are
 # e-mailed (a build without notifications ignores both).
 export HERALD_NOTIFY_UNREAD_AFTER=5s
-export HERALD_SMTP_URL="smtp://127.0.0.1:$((PORT + 1))" HERALD_SMTP_FROM="Herald <bench@herald.test>"
-start smtp python3 -m aiosmtpd -n -l "127.0.0.1:$((PORT + 1))" -c aiosmtpd.handlers.Sink
-wait_for_port "$((PORT + 1))"
+# BENCH_EMAIL=0 leaves e-mail out, and with it the SMTP server's CPU, which
+# shares the machine's cores with Herald here but would not in production.
+if [ "${BENCH_EMAIL:-1}" = 1 ]; then
+    export HERALD_SMTP_URL="smtp://127.0.0.1:$((PORT + 1))" HERALD_SMTP_FROM="Herald <bench@herald.test>"
+    start smtp python3 -m aiosmtpd -n -l "127.0.0.1:$((PORT + 1))" -c aiosmtpd.handlers.Sink
+    wait_for_port "$((PORT + 1))"
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
     for build in base new; do

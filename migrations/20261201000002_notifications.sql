@@ -30,7 +30,7 @@ CREATE UNIQUE INDEX rm_notifications_broadcasts ON rm_notifications (position, b
 CREATE INDEX rm_notifications_position ON rm_notifications (position);
 
 -- What the projection knows of each person: their role while active, where
--- in the log they joined (they hear of no earlier audience notification),
+-- in the log they took it (they hear of no earlier audience notification),
 -- how far they have read, and their notification settings as the log has them
 -- (the domain's `NotificationSettings`).
 CREATE TABLE rm_notification_people

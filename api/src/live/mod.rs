@@ -748,7 +748,7 @@ impl Routes {
         let ids: Vec<u64> = match notice.user_id {
             Some(user) => (self.by_user.get(&user).into_iter().flatten().copied()).collect(),
             None => (self.sockets.iter())
-                .filter(|(_, socket)| socket.hears_new_bookings)
+                .filter(|(_, socket)| notice.is_for(socket.user, socket.hears_new_bookings))
                 .map(|(id, _)| *id)
                 .collect(),
         };

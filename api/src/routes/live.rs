@@ -543,8 +543,8 @@ async fn stream(
                 Ok(notice) if notice.is_for(actor.user_id, hears_new_bookings) => {
                     return Some((Ok(notice_event(&notice)), notices));
                 }
-                // A stream that fell behind reads the notifications it
-                // missed from the feed.
+                // A stream too slow to take every notification loses some;
+                // the feed (`GET /notifications`) still holds them.
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

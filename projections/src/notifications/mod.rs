@@ -274,7 +274,7 @@ async fn write(conn: &mut PgConnection, knowledge: &Knowledge) -> Result<(), sql
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bigint[],
                                   $5::bigint[], $6::jsonb[])
              ON CONFLICT (user_id) DO UPDATE
-                SET role = EXCLUDED.role, active = EXCLUDED.active,
+                SET role = EXCLUDED.role, active = EXCLUDED.active, joined_at = EXCLUDED.joined_at,
                     read_up_to = EXCLUDED.read_up_to, settings = EXCLUDED.settings",
         )
         .bind(columns.user_ids)

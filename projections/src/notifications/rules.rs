@@ -308,7 +308,12 @@ impl Knowledge {
                     return;
                 };
                 match event {
-                    UserEvent::RoleChanged { to, .. } => person.role = to,
+                    // Someone new to a role hears of what comes to it from
+                    // then on.
+                    UserEvent::RoleChanged { to, .. } => {
+                        person.role = to;
+                        person.joined_at = at.position;
+                    }
                     UserEvent::UserDeactivated { .. } => person.active = false,
                     UserEvent::UserReactivated { .. } => person.active = true,
                     UserEvent::NotificationSettingsChanged { changes, .. } => {
