@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use api::deliveries::Retry;
 use api::email::EmailConfig;
-use api::notify::NotifyConfig;
 use domain::values::{Actor, NotificationKind};
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::common::{self, doctor, patient, TestApp};
-use crate::notifications::step;
+use crate::notifications::{spawn_reminding, step};
 use crate::payment_flow::{eventually, wait_for};
 
 /// Where e-mails link to.
@@ -302,17 +301,7 @@ async fn each_notification_is_emailed_once_to_its_recipient_even_when_a_worker_d
 
 #[tokio::test]
 async fn an_email_says_what_happened_but_never_a_message_a_reason_or_an_address() {
-    let notify = NotifyConfig {
-        unread_after: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let mut app = TestApp::spawn_with(common::Options {
-        notify: Some(notify),
-        ..Default::default()
-    })
-    .await;
-    app.start_pipeline().await;
-    app.start_process_manager().await;
+    let mut app = spawn_reminding(Duration::from_millis(300)).await;
     let sink = Sink::start(common::free_port(), &[]);
     app.start_mailer(email(sink.port, 5)).await;
     let alice = app.enroll(patient()).await;

@@ -387,11 +387,11 @@ async fn a_person_switches_kinds_off_in_the_app_and_bad_switches_are_refused() {
     assert_eq!(kinds.len(), domain::values::NotificationKind::ALL.len());
 }
 
-/// Herald with the whole pipeline and reminders of messages unread for half
-/// a second.
-async fn spawn_reminding() -> TestApp {
+/// Herald with the whole pipeline and reminders of messages unread for
+/// `after`.
+pub(crate) async fn spawn_reminding(after: std::time::Duration) -> TestApp {
     let notify = api::notify::NotifyConfig {
-        unread_after: std::time::Duration::from_millis(500),
+        unread_after: after,
         ..Default::default()
     };
     let mut app = TestApp::spawn_with(common::Options {
@@ -425,7 +425,7 @@ async fn chat_notices(app: &TestApp, actor: Actor) -> Vec<(String, i64)> {
 #[tokio::test]
 async fn messages_left_unread_are_gathered_into_one_notification_and_read_or_muted_ones_into_none()
 {
-    let app = spawn_reminding().await;
+    let app = spawn_reminding(std::time::Duration::from_millis(500)).await;
     let alice = app.enroll(patient()).await;
     let (doctor, bob) = (doctor(), patient());
     let chat = app.group_chat(alice, &[doctor, bob]).await;
