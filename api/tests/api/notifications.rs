@@ -425,14 +425,18 @@ async fn chat_notices(app: &TestApp, actor: Actor) -> Vec<(String, i64)> {
 #[tokio::test]
 async fn messages_left_unread_are_gathered_into_one_notification_and_read_or_muted_ones_into_none()
 {
-    let app = spawn_reminding(std::time::Duration::from_millis(500)).await;
+    let after = std::time::Duration::from_millis(500);
+    let mut app = spawn_reminding(after).await;
     let alice = app.enroll(patient()).await;
     let (doctor, bob) = (doctor(), patient());
     let chat = app.group_chat(alice, &[doctor, bob]).await;
     let chat_id = chat.to_string();
 
     // Three messages: Bob reads them at once, the doctor does not, and
-    // their author is never reminded of her own.
+    // their author is never reminded of her own. The reminders are away
+    // until all three have waited long enough, however slowly they were
+    // sent, so that one reminder is due for them all.
+    app.stop_process_manager().await;
     for body in ["one", "two", "three"] {
         assert_eq!(
             app.message(chat, alice, body).await.status,
@@ -447,6 +451,8 @@ async fn messages_left_unread_are_gathered_into_one_notification_and_read_or_mut
         )
         .await;
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    tokio::time::sleep(after * 2).await;
+    app.start_process_manager().await;
     wait_for(&app, "UnreadReminded", 1).await;
     assert_eq!(chat_notices(&app, doctor).await, [(chat_id.clone(), 3)]);
     assert_eq!(chat_notices(&app, bob).await, []);
