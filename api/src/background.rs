@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use commands::gateway::PaymentGateway;
 use commands::{PaymentProcess, Reminders, WriteSide};
+use herald_nats::follower::Source;
 use herald_nats::{Relay, RelayStatus, Topology};
 use projections::{Projection, Worker};
 use sqlx::PgPool;
@@ -79,15 +80,9 @@ impl Background {
     }
 
     /// Runs a worker for each projection until stopped.
-    pub fn workers(
-        &mut self,
-        pool: &PgPool,
-        client: &async_nats::Client,
-        topology: &Topology,
-        projections: &[Projection],
-    ) {
+    pub fn workers(&mut self, source: &Source, projections: &[Projection]) {
         for projection in projections {
-            let worker = Worker::new(pool.clone(), client.clone(), topology.clone(), *projection);
+            let worker = Worker::new(source.clone(), *projection);
             self.spawn(|stop| worker.run(stop));
         }
     }
@@ -98,27 +93,15 @@ impl Background {
         &mut self,
         write: &Arc<WriteSide>,
         gateway: &Arc<dyn PaymentGateway>,
-        client: &async_nats::Client,
-        topology: &Topology,
+        source: &Source,
     ) {
-        let process = PaymentProcess::new(
-            write.clone(),
-            gateway.clone(),
-            client.clone(),
-            topology.clone(),
-        );
+        let process = PaymentProcess::new(write.clone(), gateway.clone(), source.clone());
         self.spawn(|stop| process.run(stop));
     }
 
     /// Runs the reminders of messages unread for `after` until stopped.
-    pub fn reminders(
-        &mut self,
-        write: &Arc<WriteSide>,
-        client: &async_nats::Client,
-        topology: &Topology,
-        after: Duration,
-    ) {
-        let reminders = Reminders::new(write.clone(), client.clone(), topology.clone(), after);
+    pub fn reminders(&mut self, write: &Arc<WriteSide>, source: &Source, after: Duration) {
+        let reminders = Reminders::new(write.clone(), source.clone(), after);
         self.spawn(|stop| reminders.run(stop));
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use commands::WriteSide;
+use herald_nats::follower::Source;
 use herald_nats::Topology;
 use projections::Projection;
 use sqlx::PgPool;
@@ -114,14 +115,16 @@ impl Application {
         let relay = parts
             .relay
             .then(|| background.relay(&pool, &client, &topology));
+        // The followers of the log share one consumer of the stream.
+        let source = Source::new(pool.clone(), client.clone(), topology.clone());
         if parts.workers {
-            background.workers(&pool, &client, &topology, &Projection::ALL);
+            background.workers(&source, &Projection::ALL);
         }
         let gateway = settings.provider.gateway;
         if parts.process_manager {
-            background.process_manager(&write, &gateway, &client, &topology);
+            background.process_manager(&write, &gateway, &source);
             let after = settings.notify.unread_after;
-            background.reminders(&write, &client, &topology, after);
+            background.reminders(&write, &source, after);
             let notify = &settings.notify;
             let webhooks = Webhooks::new(notify.webhook_timeout, notify.webhook_retry)?;
             background.deliveries(Worker::start(pool.clone(), webhooks).await?);

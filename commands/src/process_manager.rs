@@ -27,13 +27,13 @@ use domain::booking::{Booking, BookingCommand, BookingEvent, BookingStatus};
 use domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use domain::values::{Actor, Reason};
 use herald_nats::follower::{EffectFollower, Follower, ReactError, Source};
-use herald_nats::{locks, LogEntry, Topology};
+use herald_nats::{locks, LogEntry};
 use uuid::Uuid;
 
 use crate::gateway::{GatewayError, PaymentGateway, RefundRequest};
 use crate::{request_hash, CommandError, IdempotencyKey, Metadata, WriteSide};
 
-/// Its name in `projection_checkpoints` and in its JetStream consumer's name.
+/// Its name in `projection_checkpoints` and `projection_dead_letters`.
 pub const CHECKPOINT: &str = "payment-process";
 
 /// Why acting on an entry has to wait.
@@ -76,15 +76,9 @@ pub struct PaymentProcess {
 }
 
 impl PaymentProcess {
-    /// The process for the deployment named by `topology`, issuing commands
-    /// through `write` and refunds through `gateway`.
-    pub fn new(
-        write: Arc<WriteSide>,
-        gateway: Arc<dyn PaymentGateway>,
-        client: async_nats::Client,
-        topology: Topology,
-    ) -> Self {
-        let source = Source::new(write.pool().clone(), client, topology);
+    /// The process following the log of `source`, issuing commands through
+    /// `write` and refunds through `gateway`.
+    pub fn new(write: Arc<WriteSide>, gateway: Arc<dyn PaymentGateway>, source: Source) -> Self {
         Self {
             write,
             gateway,

@@ -21,13 +21,13 @@ use domain::access::AggregateKind;
 use domain::chat::{Chat, ChatCommand, ChatEvent};
 use domain::values::Actor;
 use herald_nats::follower::{ApplyError, Follower, Source, TransactionalFollower};
-use herald_nats::{LogEntry, Topology};
+use herald_nats::LogEntry;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{CommandError, Metadata, WriteSide};
 
-/// Its name in `projection_checkpoints` and in its JetStream consumer's name.
+/// Its name in `projection_checkpoints` and `projection_dead_letters`.
 pub const CHECKPOINT: &str = "chat-reminders";
 /// How often due reminders are looked for.
 const TICK: Duration = Duration::from_millis(200);
@@ -127,15 +127,9 @@ pub struct Reminders {
 }
 
 impl Reminders {
-    /// Reminders for the deployment named by `topology`, of messages unread
-    /// for `after`, issued through `write`.
-    pub fn new(
-        write: Arc<WriteSide>,
-        client: async_nats::Client,
-        topology: Topology,
-        after: Duration,
-    ) -> Self {
-        let source = Source::new(write.pool().clone(), client, topology);
+    /// Reminders of messages unread for `after`, following the log of
+    /// `source` and issued through `write`.
+    pub fn new(write: Arc<WriteSide>, source: Source, after: Duration) -> Self {
         Self {
             write,
             source,

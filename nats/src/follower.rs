@@ -1,16 +1,17 @@
 //! The one loop that follows the log for every durable follower: projections
 //! and process managers.
 //!
-//! A follower is a JetStream durable pull consumer of every event of the
-//! deployment, named `<prefix>-<name>`, with its checkpoint (a log position) in
-//! Postgres under `<name>`. The loop takes messages in chunks, brings the
-//! checkpoint up to the last position received, and acknowledges the chunk
-//! after that; positions are dense, so whatever the stream skipped or has not
-//! delivered yet is read from the Postgres log ([`log::missing`]), and when
-//! NATS goes quiet the loop looks at the log's head itself. Failures of NATS
-//! or Postgres are waited out with growing pauses; nothing unapplied is
-//! acknowledged, so nothing is lost. Entries that keep failing are set aside
-//! as dead letters ([`checkpoint`]).
+//! A follower has a checkpoint (a log position) in Postgres under its name.
+//! The followers of one process share one [`Source`]: one ephemeral ordered
+//! consumer of the deployment's stream, whose messages are decoded once and
+//! handed to every follower in chunks. A follower brings its checkpoint up to
+//! the last position it was handed; positions are dense, so whatever it was
+//! not handed (a reconnect, a follower that fell behind the others, a restart)
+//! is read from the Postgres log ([`log::missing`]), and when the stream goes
+//! quiet the loop looks at the log's head itself. Nothing is acknowledged to
+//! NATS: the checkpoint in Postgres is the only record of how far a follower
+//! got. Failures of NATS or Postgres are waited out with growing pauses.
+//! Entries that keep failing are set aside as dead letters ([`checkpoint`]).
 //!
 //! What kind of follower it is, and so how the checkpoint moves, is named by
 //! the trait it implements:
@@ -29,20 +30,26 @@
 pub mod checkpoint;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
-use sqlx::{Acquire, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::broadcast;
 use tracing::Instrument;
 
+use crate::locks::{self, Commit};
 use crate::log::{self, LogEntry};
-use crate::{locks, Topology};
+use crate::Topology;
 
-/// How long the loop waits for a message before looking at the log itself.
+/// How long the loop waits for entries before looking at the log itself.
 const IDLE_CATCH_UP: Duration = Duration::from_secs(1);
-/// How long JetStream waits for an acknowledgement before redelivering.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Most messages the shared consumer decodes and hands on as one chunk.
+const CHUNK: usize = 1000;
+/// Chunks a follower may fall behind the shared consumer before it misses
+/// some, which it then reads from the Postgres log.
+const CHUNKS_BUFFERED: usize = 256;
 /// How often a transactional follower tries an entry before it is set aside
 /// as a dead letter.
 const ATTEMPTS: i32 = 3;
@@ -52,8 +59,7 @@ pub trait Follower: Sync {
     /// Most entries taken from the stream, read from the log or applied at once.
     const BATCH: usize;
 
-    /// The name of its checkpoint and dead letters, and with the deployment's
-    /// prefix, of its JetStream consumer.
+    /// The name of its checkpoint and dead letters.
     fn name(&self) -> &str;
 }
 
@@ -145,22 +151,61 @@ pub enum FollowError {
     StreamEnded,
 }
 
-/// Where followers read the log: the deployment's stream, and the Postgres
-/// log that fills what the stream skipped.
+/// Where the followers of one process read the log: the deployment's stream,
+/// taken by one consumer for them all, and the Postgres log that fills what
+/// the stream skipped. Clones share the consumer.
+#[derive(Clone)]
 pub struct Source {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     pool: PgPool,
     jetstream: jetstream::Context,
     topology: Topology,
+    /// The decoded chunks of the stream, once a follower asked for them.
+    chunks: OnceLock<broadcast::Sender<Chunk>>,
 }
+
+/// Entries decoded once from consecutive messages, in stream order.
+type Chunk = Arc<[LogEntry]>;
 
 impl Source {
     /// The log of the deployment named by `topology`, kept in `pool`.
     pub fn new(pool: PgPool, client: async_nats::Client, topology: Topology) -> Self {
         Self {
-            pool,
-            jetstream: jetstream::new(client),
-            topology,
+            shared: Arc::new(Shared {
+                pool,
+                jetstream: jetstream::new(client),
+                topology,
+                chunks: OnceLock::new(),
+            }),
         }
+    }
+
+    /// The pool the log is read from.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// The chunks the shared consumer decodes from now on, its task started
+    /// with the first follower that asks. The task ends once every clone of
+    /// this source is gone.
+    fn subscribe(&self) -> broadcast::Receiver<Chunk> {
+        self.shared
+            .chunks
+            .get_or_init(|| {
+                let (sender, _) = broadcast::channel(CHUNKS_BUFFERED);
+                let consumer = SharedConsumer {
+                    jetstream: self.shared.jetstream.clone(),
+                    topology: self.shared.topology.clone(),
+                    sender: sender.clone(),
+                    source: Arc::downgrade(&self.shared),
+                };
+                tokio::spawn(consumer.run());
+                sender
+            })
+            .subscribe()
     }
 
     /// Keeps a transactional follower up to date until `shutdown` completes.
@@ -208,71 +253,129 @@ impl Source {
 
     /// Follows for as long as nothing fails; `Ok` when it may not follow now.
     async fn consume<K: Kind>(&self, kind: &K) -> Result<(), FollowError> {
-        let Some(mut hold) = kind.start(&self.pool).await? else {
+        let pool = self.pool();
+        let Some(mut hold) = kind.start(pool).await? else {
             return Ok(());
         };
-        let name = format!("{}-{}", self.topology.prefix(), kind.name());
-        let consumer = self
-            .topology
-            .durable_consumer(&self.jetstream, &name, ACK_WAIT, 20 * K::BATCH as i64)
-            .await?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(async_nats::Error::from)?
-            .ready_chunks(K::BATCH);
-        tracing::info!(
-            projection = kind.name(),
-            consumer = name,
-            "follower consuming"
-        );
+        let mut chunks = self.subscribe();
+        tracing::info!(projection = kind.name(), "follower following the log");
         self.catch_up(kind, &mut hold).await?;
         loop {
-            let chunk = match tokio::time::timeout(IDLE_CATCH_UP, messages.next()).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => return Err(FollowError::StreamEnded),
+            let chunk = match tokio::time::timeout(IDLE_CATCH_UP, chunks.recv()).await {
+                Ok(Ok(chunk)) => chunk,
+                // What it missed is read from the log with the next chunk.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(FollowError::StreamEnded)
+                }
                 Err(_idle) => {
                     self.catch_up(kind, &mut hold).await?;
                     continue;
                 }
             };
-            let mut received = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                match item {
-                    Ok(message) => received.push(message),
-                    // Missed heartbeats and reconnects are transient: keep going.
-                    Err(err) => tracing::debug!(projection = kind.name(), %err, "pull error"),
+            // Whatever else arrived meanwhile joins the batch.
+            let mut entries = chunk.to_vec();
+            while entries.len() < K::BATCH {
+                match chunks.try_recv() {
+                    Ok(chunk) => entries.extend_from_slice(&chunk),
+                    Err(_) => break,
                 }
             }
-            let Some(last) = received.last() else {
-                continue;
-            };
-            let mut entries: Vec<LogEntry> = received
-                .iter()
-                .filter_map(|message| match LogEntry::from_json(&message.payload) {
-                    Ok(entry) => Some(entry),
-                    Err(err) => {
-                        // The log in Postgres fills whatever this message held.
-                        tracing::error!(projection = kind.name(), %err, "undecodable message");
-                        None
-                    }
-                })
-                .collect();
-            entries.sort_by_key(|entry| entry.position);
             if let Some(target) = entries.last().map(|entry| entry.position) {
-                kind.up_to(&self.pool, &mut hold, target, entries).await?;
+                kind.up_to(pool, &mut hold, target, entries).await?;
             }
-            // With AckPolicy::All this acknowledges the whole chunk, all followed.
-            last.ack().await?;
         }
     }
 
     /// Follows whatever the log holds beyond the checkpoint, read from
-    /// Postgres: entries whose messages went to a follower that died
-    /// unacknowledged, or that NATS has not delivered yet.
+    /// Postgres: entries sequenced while the follower was away, or that NATS
+    /// has not delivered yet.
     async fn catch_up<K: Kind>(&self, kind: &K, hold: &mut K::Hold) -> Result<(), FollowError> {
-        let head = log::head(&self.pool).await?;
-        kind.up_to(&self.pool, hold, head, Vec::new()).await
+        let head = log::head(self.pool()).await?;
+        kind.up_to(self.pool(), hold, head, Vec::new()).await
+    }
+}
+
+/// The one consumer of the stream that a [`Source`] shares between its
+/// followers: it decodes each message once and hands the entries on in
+/// chunks, for as long as the source exists.
+struct SharedConsumer {
+    jetstream: jetstream::Context,
+    topology: Topology,
+    sender: broadcast::Sender<Chunk>,
+    source: Weak<Shared>,
+}
+
+impl SharedConsumer {
+    /// Consumes until the source is gone, waiting out failures with growing
+    /// pauses; followers meanwhile read the Postgres log themselves.
+    async fn run(self) {
+        let mut failures = 0u32;
+        while self.source.strong_count() > 0 {
+            match self.consume().await {
+                Ok(()) => return,
+                Err(err) => {
+                    failures = (failures + 1).min(6);
+                    tracing::warn!(%err, "the followers' consumer paused");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50 << failures)).await;
+        }
+    }
+
+    /// Hands on the stream's new messages; `Ok` once the source is gone.
+    async fn consume(&self) -> Result<(), FollowError> {
+        let stream = self
+            .topology
+            .ensure_stream(&self.jetstream)
+            .await
+            .map_err(async_nats::Error::from)?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.topology.all_events(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(async_nats::Error::from)?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(async_nats::Error::from)?
+            .ready_chunks(CHUNK);
+        loop {
+            let next = tokio::time::timeout(IDLE_CATCH_UP, messages.next()).await;
+            if self.source.strong_count() == 0 {
+                return Ok(());
+            }
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Err(FollowError::StreamEnded),
+                Err(_idle) => continue,
+            };
+            let entries: Chunk = chunk
+                .into_iter()
+                .filter_map(|item| match item {
+                    Ok(message) => match LogEntry::from_json(&message.payload) {
+                        Ok(entry) => Some(entry),
+                        Err(err) => {
+                            // The log in Postgres fills whatever this message held.
+                            tracing::error!(%err, "undecodable event message");
+                            None
+                        }
+                    },
+                    // Missed heartbeats and reconnects are transient: keep going.
+                    Err(err) => {
+                        tracing::debug!(%err, "the followers' consumer: pull error");
+                        None
+                    }
+                })
+                .collect();
+            if !entries.is_empty() {
+                // No follower listening right now is no failure.
+                let _ = self.sender.send(entries);
+            }
+        }
     }
 }
 
@@ -537,11 +640,7 @@ impl<F: EffectFollower> Kind for Effects<'_, F> {
 async fn begin_batch(
     conn: &mut PgConnection,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    locks::begin_without_events(conn, Commit::Unsynced).await
 }
 
 /// Whether a failure is Postgres being away rather than a poison entry.

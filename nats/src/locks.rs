@@ -6,7 +6,7 @@
 //! (`objsubid` 1 and 2 in `pg_locks`), so [`NO_EVENT_WRITES`] cannot clash
 //! with them.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 /// Held by the active relay of a database for as long as it is active.
 pub const RELAY: i64 = 0x4845_5241_4c44_0001;
@@ -24,6 +24,32 @@ pub const REPLAY: i64 = 0x4845_5241_4c44_0100;
 /// (`migrations/20261121000012_event_horizon.sql`); the first key is "HERA" in
 /// ASCII.
 pub const NO_EVENT_WRITES: (i32, i32) = (0x4845_5241, 2);
+
+/// Whether a transaction's commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// It waits: what the transaction did must survive a crash of Postgres.
+    Synced,
+    /// It does not: what a crash of Postgres loses is done again, from the
+    /// log or from a cursor that moves in the same transaction.
+    Unsynced,
+}
+
+/// Opens a transaction that never writes events, declared as such before
+/// anything else ([`NO_EVENT_WRITES`]), so that the relay does not wait for
+/// it; in one round trip.
+pub async fn begin_without_events(
+    conn: &mut PgConnection,
+    commit: Commit,
+) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin_with(match commit {
+        Commit::Synced => "BEGIN; SELECT declare_no_event_writes()",
+        Commit::Unsynced => {
+            "BEGIN; SET LOCAL synchronous_commit = off; SELECT declare_no_event_writes()"
+        }
+    })
+    .await
+}
 
 /// The lock held by the replay of the projection at `index` of the
 /// projections' list.

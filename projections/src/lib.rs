@@ -1,9 +1,9 @@
 //! Herald's read side: projections keep read models as pure functions of the log.
 //!
-//! Each projection is a JetStream durable pull consumer of every event, a
-//! [`herald_nats::follower::TransactionalFollower`]. A worker applies a batch of
-//! entries in one Postgres transaction together with the projection's checkpoint
-//! (the log position), and acknowledges after commit; an entry at or below the
+//! Each projection is a [`herald_nats::follower::TransactionalFollower`] of
+//! every event. A worker applies a batch of entries in one Postgres
+//! transaction together with the projection's checkpoint (the log position);
+//! an entry at or below the
 //! checkpoint changes nothing. Positions are dense, so a
 //! missing one is noticed, and read from Postgres, which stays the truth.
 
@@ -128,7 +128,7 @@ impl Projection {
         Projection::Notifications,
     ];
 
-    /// The name of its checkpoint and its JetStream consumer.
+    /// The name of its checkpoint and its dead letters.
     pub fn name(self) -> &'static str {
         match self {
             Projection::Chats => "chats",

@@ -19,6 +19,7 @@
 use std::future::Future;
 
 use futures::{StreamExt, TryStreamExt};
+use herald_nats::locks::{self, Commit};
 use herald_nats::log::copy::Rows;
 use herald_nats::log::{Stored, StoredBatch};
 use herald_nats::{log, LogEntry};
@@ -352,21 +353,15 @@ async fn begin_shadow<'c>(
     conn: &'c mut PgConnection,
     schema: &str,
 ) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
+    // A shadow lost to a crash is rebuilt, so its commits need not wait for
+    // disk; long batches of shadow writes must not hold the relay back.
+    let mut tx = locks::begin_without_events(conn, Commit::Unsynced).await?;
     sqlx::query(&format!(
         "SET LOCAL search_path = {}, public",
         quote_ident(schema)
     ))
     .execute(&mut *tx)
     .await?;
-    // A shadow lost to a crash is rebuilt, so its commits need not wait for disk.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    // Long batches of shadow writes must not hold the relay back.
-    sqlx::query("SELECT declare_no_event_writes()")
-        .execute(&mut *tx)
-        .await?;
     Ok(tx)
 }
 

@@ -20,8 +20,8 @@
 use std::time::{Duration, Instant};
 
 use herald_nats::follower::checkpoint;
-use herald_nats::locks;
-use sqlx::{Acquire, PgConnection, PgPool};
+use herald_nats::locks::{self, Commit};
+use sqlx::{PgConnection, PgPool};
 
 use crate::rebuild::{
     apply_range, create_shadow, fold_into, index_shadow, make_durable, quote_ident,
@@ -217,7 +217,7 @@ async fn swap(
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {retired}"))
         .execute(&mut *conn)
         .await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = locks::begin_without_events(&mut conn, Commit::Synced).await?;
     sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
         .execute(&mut *tx)
         .await?;

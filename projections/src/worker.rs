@@ -4,8 +4,8 @@
 use std::future::Future;
 
 use herald_nats::follower::{ApplyError, Follower, Source, TransactionalFollower};
-use herald_nats::{LogEntry, Topology};
-use sqlx::{PgConnection, PgPool};
+use herald_nats::LogEntry;
+use sqlx::PgConnection;
 
 use crate::Projection;
 
@@ -16,17 +16,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for `projection` of the deployment named by `topology`.
-    pub fn new(
-        pool: PgPool,
-        client: async_nats::Client,
-        topology: Topology,
-        projection: Projection,
-    ) -> Self {
-        Self {
-            source: Source::new(pool, client, topology),
-            projection,
-        }
+    /// A worker for `projection`, following the log of `source`.
+    pub fn new(source: Source, projection: Projection) -> Self {
+        Self { source, projection }
     }
 
     /// Consumes until `shutdown` completes. Failures of NATS or Postgres are

@@ -1,5 +1,7 @@
 //! `herald relay` and `herald project`: parts of Herald run alone.
 
+use herald_nats::follower::Source;
+
 use super::{chosen, nats, BoxError};
 use crate::background::Background;
 use crate::config::{ProjectArgs, RelayArgs};
@@ -22,7 +24,7 @@ pub(super) async fn project(args: ProjectArgs) -> Result<(), BoxError> {
     let chosen = chosen(args.projections);
     let (client, topology) = nats(&args.nats).await?;
     let mut background = Background::default();
-    background.workers(&pool, &client, &topology, &chosen);
+    background.workers(&Source::new(pool, client, topology), &chosen);
     crate::shutdown_signal().await;
     background.drain().await;
     Ok(())

@@ -3,6 +3,7 @@
 //! them, in one transaction that holds the cursor row locked, so that
 //! workers of several processes queue each notification once.
 
+use herald_nats::locks::{self, Commit};
 use projections::notifications;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -40,15 +41,10 @@ pub(super) async fn start(pool: &PgPool, channel: &str) -> Result<(), sqlx::Erro
 /// Queues the deliveries of the next notifications after the cursor and
 /// moves the cursor past them.
 pub(super) async fn queue<C: Channel>(pool: &PgPool, channel: &C) -> Result<Queued, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
     // A cursor move a crash loses queues its deliveries again, which are
     // there already: the commit need not wait for the disk.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT declare_no_event_writes()")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = locks::begin_without_events(&mut conn, Commit::Unsynced).await?;
     let cursor: i64 = sqlx::query_scalar(
         "SELECT position FROM notification_delivery_cursors WHERE channel = $1 FOR UPDATE",
     )

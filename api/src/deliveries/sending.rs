@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use herald_nats::locks::{self, Commit};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -30,10 +31,8 @@ pub(super) async fn deliver_one<C: Channel>(
     pool: &PgPool,
     channel: &C,
 ) -> Result<Option<Outcome>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT declare_no_event_writes()")
-        .execute(&mut *tx)
-        .await?;
+    let mut conn = pool.acquire().await?;
+    let mut tx = locks::begin_without_events(&mut conn, Commit::Synced).await?;
     let Some(due): Option<Due> = sqlx::query_as(include_str!("take.sql"))
         .bind(C::NAME)
         .fetch_optional(&mut *tx)

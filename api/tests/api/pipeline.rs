@@ -141,6 +141,25 @@ async fn after_thousands_of_mixed_commands_every_read_model_equals_a_rebuild_fro
 }
 
 #[tokio::test]
+async fn the_projections_of_one_process_all_follow_the_stream_through_one_consumer() {
+    let app = TestApp::spawn_with_pipeline().await;
+    mixed_workload(&app, 200).await;
+    app.wait_for_projections().await;
+    let client = herald_nats::connect(&common::nats_url()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(app.topology.stream_name())
+        .await
+        .unwrap();
+    let consumers = stream.info().await.unwrap().state.consumer_count;
+    assert_eq!(
+        consumers,
+        1,
+        "one consumer for {} projections",
+        Projection::ALL.len()
+    );
+}
+
+#[tokio::test]
 async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote() {
     use common::{delete, patch, post};
     let app = TestApp::spawn_with_pipeline().await;

@@ -56,13 +56,10 @@ pub async fn ensure<'c>(executor: impl PgExecutor<'c>, name: &str) -> Result<(),
 }
 
 /// Locks the follower's checkpoint for the rest of the transaction, so that
-/// two workers of one follower never apply the same entry, and reads it.
-/// It must be the transaction's first write: it also declares that the
-/// transaction writes no events, so the relay does not wait for it.
+/// two workers of one follower never apply the same entry, and reads it; in a
+/// transaction begun by [`crate::locks::begin_without_events`], so that the
+/// relay does not wait for it.
 pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT declare_no_event_writes()")
-        .execute(&mut *conn)
-        .await?;
     sqlx::query_scalar(
         "SELECT position FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
     )

@@ -77,35 +77,6 @@ impl Topology {
     }
 }
 
-impl Topology {
-    /// The durable pull consumer `name` of every event of this deployment, with
-    /// the stream created if missing. Acknowledging a message acknowledges all
-    /// before it, so a worker acknowledges a batch once, after committing it.
-    pub async fn durable_consumer(
-        &self,
-        jetstream: &jetstream::Context,
-        name: &str,
-        ack_wait: Duration,
-        max_ack_pending: i64,
-    ) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
-        let stream = self.ensure_stream(jetstream).await?;
-        let consumer = stream
-            .get_or_create_consumer(
-                name,
-                jetstream::consumer::pull::Config {
-                    durable_name: Some(name.to_owned()),
-                    filter_subject: self.all_events(),
-                    ack_policy: jetstream::consumer::AckPolicy::All,
-                    ack_wait,
-                    max_ack_pending,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(consumer)
-    }
-}
-
 /// Connects to NATS, retrying in the background for as long as it takes: Herald
 /// keeps accepting commands while NATS is away.
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod pg_proxy;
+use herald_nats::follower::Source;
 use herald_nats::testing as support;
 
 pub use support::{
@@ -130,7 +131,8 @@ impl TestApp {
         let client = herald_nats::connect(&nats_url()).await.unwrap();
         let mut background = Background::default();
         background.relay(&self.pool, &client, &self.topology);
-        background.workers(&self.pool, &client, &self.topology, &Projection::ALL);
+        let source = Source::new(self.pool.clone(), client, self.topology.clone());
+        background.workers(&source, &Projection::ALL);
         self.background = Some(background);
     }
 
@@ -146,9 +148,10 @@ impl TestApp {
     pub async fn start_process_manager(&mut self) {
         let client = herald_nats::connect(&nats_url()).await.unwrap();
         let mut process = Background::default();
-        process.process_manager(&self.write, &self.gateway, &client, &self.topology);
+        let source = Source::new(self.pool.clone(), client, self.topology.clone());
+        process.process_manager(&self.write, &self.gateway, &source);
         let after = self.notify.unread_after;
-        process.reminders(&self.write, &client, &self.topology, after);
+        process.reminders(&self.write, &source, after);
         self.process = Some(process);
     }
 
