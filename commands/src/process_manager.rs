@@ -210,15 +210,15 @@ impl Follower for PaymentProcess {
     fn name(&self) -> &str {
         CHECKPOINT
     }
+
+    fn follows(&self, entry: &LogEntry) -> bool {
+        follows(entry)
+    }
 }
 
 impl EffectFollower for PaymentProcess {
     type Later = ProcessError;
     const LOCK: i64 = locks::PAYMENT_PROCESS;
-
-    fn follows(&self, entry: &LogEntry) -> bool {
-        follows(entry)
-    }
 
     fn react(
         &self,

@@ -52,6 +52,12 @@ impl Follower for ReminderSchedule {
     fn name(&self) -> &str {
         CHECKPOINT
     }
+
+    /// Chat messages.
+    fn follows(&self, entry: &LogEntry) -> bool {
+        AggregateKind::parse(&entry.aggregate_type) == Some(AggregateKind::Chat)
+            && entry.event_type == "MessageSent"
+    }
 }
 
 impl TransactionalFollower for ReminderSchedule {
@@ -74,10 +80,7 @@ impl ReminderSchedule {
         let stale = Utc::now() - chrono::Duration::from_std(STALE).unwrap_or(chrono::Duration::MAX);
         let (mut chats, mut seqs, mut due) = (Vec::new(), Vec::new(), Vec::new());
         for entry in entries {
-            if AggregateKind::parse(&entry.aggregate_type) != Some(AggregateKind::Chat)
-                || entry.event_type != "MessageSent"
-                || entry.recorded_at + after < stale
-            {
+            if !self.follows(entry) || entry.recorded_at + after < stale {
                 continue;
             }
             let decoded = entry.decode().map_err(|source| ApplyError::Decode {

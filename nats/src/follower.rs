@@ -61,6 +61,10 @@ pub trait Follower: Sync {
 
     /// The name of its checkpoint and dead letters.
     fn name(&self) -> &str;
+
+    /// Whether this entry's event concerns it; the checkpoint moves past the
+    /// others without a write of their own.
+    fn follows(&self, entry: &LogEntry) -> bool;
 }
 
 /// A follower whose every effect is a write in the transaction that moves its
@@ -83,10 +87,6 @@ pub trait EffectFollower: Follower {
 
     /// The advisory lock ([`locks`]) held by the active instance.
     const LOCK: i64;
-
-    /// Whether it acts on this entry's event; the checkpoint moves past the
-    /// others without a write of their own.
-    fn follows(&self, entry: &LogEntry) -> bool;
 
     /// Acts on one entry it follows.
     fn react(
@@ -423,7 +423,8 @@ impl<F: TransactionalFollower> Kind for InTransaction<'_, F> {
     }
 
     /// Each batch is applied in one transaction that moves the checkpoint,
-    /// with the checkpoint row locked.
+    /// with the checkpoint row locked; entries received that it does not
+    /// follow only move the checkpoint, in one statement.
     async fn up_to(
         &self,
         pool: &PgPool,
@@ -432,6 +433,11 @@ impl<F: TransactionalFollower> Kind for InTransaction<'_, F> {
         mut received: Vec<LogEntry>,
     ) -> Result<(), FollowError> {
         let name = self.name();
+        if let Some(after) = unfollowed_stretch(self.0, &received, target) {
+            if checkpoint::skip(pool, name, after, target).await? {
+                return Ok(());
+            }
+        }
         let mut conn = pool.acquire().await?;
         loop {
             let mut tx = begin_batch(&mut conn).await?;
@@ -564,6 +570,19 @@ impl<F: TransactionalFollower> InTransaction<'_, F> {
     }
 }
 
+/// Where the checkpoint must stand for `received` to be skipped: when they
+/// are a stretch of the log up to `target` without a gap, none of them
+/// followed, the position before the first.
+fn unfollowed_stretch(follower: &impl Follower, received: &[LogEntry], target: i64) -> Option<i64> {
+    let first = received.first()?.position;
+    let dense = received
+        .iter()
+        .enumerate()
+        .all(|(i, entry)| entry.position == first + i as i64);
+    let unfollowed = received.iter().all(|entry| !follower.follows(entry));
+    (dense && unfollowed && received.last()?.position == target).then_some(first - 1)
+}
+
 /// An [`EffectFollower`] driven by the loop.
 struct Effects<'a, F>(&'a F);
 
@@ -583,6 +602,12 @@ impl<F: EffectFollower> Kind for Effects<'_, F> {
         let Some(mut lock) = locks::try_hold(pool, F::LOCK).await? else {
             return Ok(None);
         };
+        // Its effects are idempotent, so a checkpoint move a crash of
+        // Postgres loses only acts on entries again: its commits need not
+        // wait for the disk.
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut lock)
+            .await?;
         checkpoint::ensure(&mut lock, self.name()).await?;
         Ok(Some(lock))
     }
@@ -652,4 +677,51 @@ fn is_transient(err: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Follows entries at even positions.
+    struct Evens;
+
+    impl Follower for Evens {
+        const BATCH: usize = 10;
+
+        fn name(&self) -> &str {
+            "evens"
+        }
+
+        fn follows(&self, entry: &LogEntry) -> bool {
+            entry.position % 2 == 0
+        }
+    }
+
+    fn entries(positions: &[i64]) -> Vec<LogEntry> {
+        positions
+            .iter()
+            .map(|&position| LogEntry {
+                position,
+                event_id: position,
+                aggregate_type: "Chat".into(),
+                aggregate_id: "chat".into(),
+                sequence: position,
+                event_type: "MessageSent".into(),
+                event_version: "1".into(),
+                payload: serde_json::Value::Null,
+                metadata: serde_json::Value::Null,
+                recorded_at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_stretch_without_gaps_of_entries_it_does_not_follow_is_skipped() {
+        assert_eq!(unfollowed_stretch(&Evens, &entries(&[7]), 7), Some(6));
+        assert_eq!(unfollowed_stretch(&Evens, &entries(&[5, 6, 7]), 7), None);
+        assert_eq!(unfollowed_stretch(&Evens, &entries(&[5, 7]), 7), None);
+        assert_eq!(unfollowed_stretch(&Evens, &entries(&[5]), 7), None);
+        assert_eq!(unfollowed_stretch(&Evens, &entries(&[]), 7), None);
+    }
 }

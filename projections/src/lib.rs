@@ -171,6 +171,13 @@ impl Projection {
         }
     }
 
+    /// Whether events of this type change the read model.
+    pub fn follows(self, aggregate_type: &str, event_type: &str) -> bool {
+        self.aggregate_types().contains(&aggregate_type)
+            && (self != Projection::Notifications
+                || notifications::follows(aggregate_type, event_type))
+    }
+
     /// Applies one log entry inside the caller's transaction. Entries of events
     /// the projection does not follow change nothing.
     pub async fn apply(self, conn: &mut PgConnection, entry: &LogEntry) -> Result<(), ApplyError> {

@@ -36,6 +36,10 @@ impl Follower for Projection {
     fn name(&self) -> &str {
         Projection::name(*self)
     }
+
+    fn follows(&self, entry: &LogEntry) -> bool {
+        Projection::follows(*self, &entry.aggregate_type, &entry.event_type)
+    }
 }
 
 impl TransactionalFollower for Projection {

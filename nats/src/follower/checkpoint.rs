@@ -85,6 +85,19 @@ pub async fn advance<'c>(
     Ok(())
 }
 
+/// Moves the checkpoint of the follower `name` to `to`, past entries it does
+/// not follow, in one statement, where it stands at `after` or later; true
+/// when it now stands at `to` or later. Its commit does not wait for the
+/// disk: entries a crash takes it back over change nothing.
+pub async fn skip(pool: &PgPool, name: &str, after: i64, to: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT skip_checkpoint($1, $2, $3)")
+        .bind(name)
+        .bind(after)
+        .bind(to)
+        .fetch_one(pool)
+        .await
+}
+
 /// An entry a follower skipped because it kept failing.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct DeadLetter {

@@ -67,14 +67,23 @@ impl Entry for Stored<'_> {
     }
 }
 
-/// The entry's event, when the rules look at it; of a chat's events only
+/// Whether the rules look at events of this type: of a chat's events only
 /// reminders, so messages are never decoded.
+pub(crate) fn follows(aggregate_type: &str, event_type: &str) -> bool {
+    aggregate_type != CHAT || event_type == "UnreadReminded"
+}
+
+/// The entry's event, when the rules look at it ([`follows`]).
 pub(crate) fn event_of(entry: &impl Entry) -> Result<Option<Event>, ApplyError> {
-    Ok(Some(match entry.types() {
-        (BOOKING, _) => Event::Booking(entry.event()?),
-        (PAYMENT, _) => Event::Payment(entry.event()?),
-        (USER, _) => Event::User(entry.event()?),
-        (CHAT, "UnreadReminded") => Event::Chat(entry.event()?),
+    let (aggregate_type, event_type) = entry.types();
+    if !follows(aggregate_type, event_type) {
+        return Ok(None);
+    }
+    Ok(Some(match aggregate_type {
+        BOOKING => Event::Booking(entry.event()?),
+        PAYMENT => Event::Payment(entry.event()?),
+        USER => Event::User(entry.event()?),
+        CHAT => Event::Chat(entry.event()?),
         _ => return Ok(None),
     }))
 }
