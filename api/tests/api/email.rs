@@ -469,3 +469,31 @@ async fn an_email_refused_for_good_is_set_aside_at_once_with_its_error_and_the_o
     let error = refused.last_error.as_deref().unwrap_or_default();
     assert!(error.contains("550"), "{error}");
 }
+
+#[tokio::test]
+async fn someone_without_an_account_is_never_emailed_and_their_notifications_take_no_place_in_the_outbox(
+) {
+    let mut app = TestApp::spawn_with_pipeline().await;
+    let sink = Sink::start(common::free_port(), &[]);
+    app.start_mailer(email(sink.port, 5)).await;
+    let alice = app.enroll(patient()).await;
+    // A service account's token: a user with no account, so no address.
+    let service = patient();
+    let doctor = app.enroll(doctor()).await;
+
+    for patient in [service, alice] {
+        let visit = app.booking(patient).await;
+        assign(&app, doctor, visit).await;
+    }
+
+    let queued = settled(&app, "email").await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].target, alice.user_id);
+    let told: Vec<String> = sink
+        .mails()
+        .iter()
+        .map(|mail| mail.to().to_owned())
+        .collect();
+    assert_eq!(told, [address(alice)]);
+    app.stop_mailer().await;
+}
