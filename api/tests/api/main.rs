@@ -13,6 +13,7 @@ mod email;
 mod http_errors;
 mod idempotency;
 mod live;
+mod monitoring;
 mod notification_webhooks;
 mod notifications;
 mod openapi;

@@ -109,6 +109,9 @@ pub struct Options {
     pub connections: Option<ConnectionArgs>,
     /// Other notification settings than the defaults.
     pub notify: Option<api::notify::NotifyConfig>,
+    /// Background parts run inside the application, as `herald up` runs
+    /// them, rather than started by the test.
+    pub parts: Option<Parts>,
 }
 
 impl TestApp {
@@ -373,7 +376,7 @@ impl TestApp {
             connections: options.connections.unwrap_or_default(),
             notify: options.notify.unwrap_or_default(),
             email: None,
-            parts: Parts::NONE,
+            parts: options.parts.unwrap_or(Parts::NONE),
         })
         .await
         .unwrap();
