@@ -187,6 +187,37 @@ pub async fn of_user<'c>(
         .await
 }
 
+/// Whether the account's owner may use Herald now: their access, which the
+/// User events keep in `user_access`, is active.
+const ACTIVE: &str =
+    "EXISTS (SELECT 1 FROM user_access u WHERE u.user_id = accounts.user_id AND u.active)";
+
+/// The account of `user_id` while its owner's access is active; none for a
+/// deactivated user, whose account is kept for their return, or a service
+/// account.
+pub async fn of_active_user<'c>(
+    executor: impl PgExecutor<'c>,
+    user_id: Uuid,
+) -> Result<Option<Account>, sqlx::Error> {
+    sqlx::query_as(&format!("{SELECT_ACCOUNT} WHERE user_id = $1 AND {ACTIVE}"))
+        .bind(user_id)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Those of `user_ids` who have an account and whose access is active.
+pub async fn active_among<'c>(
+    executor: impl PgExecutor<'c>,
+    user_ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT user_id FROM accounts WHERE user_id = ANY($1) AND {ACTIVE}"
+    ))
+    .bind(user_ids)
+    .fetch_all(executor)
+    .await
+}
+
 /// A user as admins list them: their account and their access.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ListedUser {

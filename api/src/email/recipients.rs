@@ -4,8 +4,8 @@
 //! setting when it happened). One to an audience is e-mailed to each active
 //! member of the audience's roles who joined before it and whose settings
 //! switch e-mail of its kind on. Only people with an account, and so an
-//! address, are e-mailed: service accounts, whose tokens are minted without
-//! one, never are.
+//! address, whose access is active are e-mailed: service accounts, whose
+//! tokens are minted without one, never are.
 
 use std::collections::HashSet;
 
@@ -44,14 +44,11 @@ pub(super) async fn emails(
     };
     let mut emails = emails_of(fresh, &members);
     let people: Vec<Uuid> = emails.iter().map(|email| email.target).collect();
-    let with_address: HashSet<Uuid> =
-        sqlx::query_scalar("SELECT user_id FROM accounts WHERE user_id = ANY($1)")
-            .bind(people)
-            .fetch_all(conn)
-            .await?
-            .into_iter()
-            .collect();
-    emails.retain(|email| with_address.contains(&email.target));
+    let reachable: HashSet<Uuid> = commands::accounts::active_among(conn, &people)
+        .await?
+        .into_iter()
+        .collect();
+    emails.retain(|email| reachable.contains(&email.target));
     Ok(emails)
 }
 

@@ -93,7 +93,7 @@ impl Smtp {
             ))
         })?;
         let account = account.ok_or_else(|| {
-            Failure::Impossible("the recipient has no account to send to".to_owned())
+            Failure::Impossible("the recipient has no active account to send to".to_owned())
         })?;
         let to: Address = account.email.parse().map_err(|err| {
             Failure::Impossible(format!(
@@ -118,7 +118,9 @@ pub(super) async fn send(
     smtp: &Smtp,
     due: &Due,
 ) -> Result<Result<(), Failure>, sqlx::Error> {
-    let account = commands::accounts::of_user(&mut *conn, due.target).await?;
+    // Read when it is sent: someone deactivated since it was queued is not
+    // written to.
+    let account = commands::accounts::of_active_user(&mut *conn, due.target).await?;
     let message = match smtp.write(due, account) {
         Ok(message) => message,
         Err(failure) => return Ok(Err(failure)),

@@ -497,3 +497,36 @@ async fn someone_without_an_account_is_never_emailed_and_their_notifications_tak
     assert_eq!(told, [address(alice)]);
     app.stop_mailer().await;
 }
+
+#[tokio::test]
+async fn someone_deactivated_before_their_email_goes_out_is_not_written_to() {
+    let mut app = TestApp::spawn_with_pipeline().await;
+    let port = common::free_port();
+    app.start_mailer(email(port, 20)).await;
+    let alice = app.enroll(patient()).await;
+    let doctor = app.enroll(doctor()).await;
+    let visit = app.booking(alice).await;
+    assign(&app, doctor, visit).await;
+    // Nothing listens yet, so the e-mail waits to be tried again.
+    eventually("the e-mail has failed once", || async {
+        outbox(&app, "email")
+            .await
+            .first()
+            .is_some_and(|row| row.attempts >= 1)
+    })
+    .await;
+
+    let path = format!("/api/v1/users/{}/deactivate", alice.user_id);
+    let deactivated = app.post(&path, common::admin(), json!({})).await;
+    assert_eq!(deactivated.status, StatusCode::OK, "{}", deactivated.body);
+    let sink = Sink::start(port, &[]);
+
+    let queued = settled(&app, "email").await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert!(queued[0].set_aside && !queued[0].sent, "{queued:?}");
+    assert_eq!(
+        queued[0].last_error.as_deref(),
+        Some("the recipient has no active account to send to")
+    );
+    assert!(sink.mails().is_empty(), "{:#?}", sink.mails());
+}
