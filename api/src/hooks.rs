@@ -3,8 +3,16 @@
 //! the payment provider's notifications to Herald (`X-Herald-Signature:
 //! t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`) with a secret
 //! of the webhook's own, shown once when it is registered.
+//!
+//! Unless the deployment allows them (`HERALD_WEBHOOK_PRIVATE_ADDRESSES`),
+//! webhooks reach only public addresses: a URL naming a loopback, private,
+//! link-local or otherwise internal address is refused when registered and
+//! when posted to, and a host name is posted to only at the public addresses
+//! it resolves to, so that no registration makes Herald call into its own
+//! network.
 
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::values::NotificationKind;
@@ -17,6 +25,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::deliveries::{Channel, Due, Failure, Retry, Target};
+use crate::notify::NotifyConfig;
 use crate::provider::webhook::{WebhookSecret, WebhookSecretError};
 
 /// A registered webhook as admins see it, with how its deliveries went.
@@ -155,22 +164,95 @@ async fn post(
     }
 }
 
+/// Whether `ip` is an address on the public internet: not loopback,
+/// private, shared (carrier-grade NAT), link-local, unique-local,
+/// unspecified, multicast, broadcast or for documentation, nor one of those
+/// written as IPv6.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local())
+            }
+        },
+    }
+}
+
+/// Why a webhook may not be posted to at `url` when only public addresses
+/// are allowed: it names another address itself.
+pub fn not_public(url: &url::Url) -> Option<String> {
+    let ip = match url.host()? {
+        url::Host::Ipv4(ip) => IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => IpAddr::V6(ip),
+        url::Host::Domain(name) if name.eq_ignore_ascii_case("localhost") => {
+            return Some("localhost is not a public address".to_owned())
+        }
+        url::Host::Domain(_) => return None,
+    };
+    (!is_public(ip)).then(|| format!("{ip} is not a public address"))
+}
+
+/// Resolves host names to their public addresses only.
+struct PublicAddresses;
+
+impl reqwest::dns::Resolve for PublicAddresses {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|address| is_public(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{} has no public address", name.as_str()).into());
+            }
+            let addresses: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
 /// The webhook channel of [`crate::deliveries`]: every notification is
 /// posted to each webhook registered for its kind.
 pub struct Webhooks {
     client: reqwest::Client,
     retry: Retry,
+    /// Whether webhooks may be at addresses that are not public.
+    private_addresses: bool,
 }
 
 impl Webhooks {
-    /// Posts that give up after `timeout`, retried as `retry` says.
-    pub fn new(timeout: Duration, retry: Retry) -> Result<Self, reqwest::Error> {
+    /// Posts that give up after the configured timeout, retried as it says,
+    /// to public addresses only unless it allows others.
+    pub fn new(config: &NotifyConfig) -> Result<Self, reqwest::Error> {
         // A redirect would post the signed body somewhere no admin named.
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { client, retry })
+        let mut client = reqwest::Client::builder()
+            .timeout(config.webhook_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if !config.webhook_private_addresses {
+            client = client.dns_resolver(Arc::new(PublicAddresses));
+        }
+        Ok(Self {
+            client: client.build()?,
+            retry: config.webhook_retry,
+            private_addresses: config.webhook_private_addresses,
+        })
     }
 }
 
@@ -217,6 +299,11 @@ impl Channel for Webhooks {
                 "the webhook was removed".to_owned(),
             )));
         };
+        if !self.private_addresses {
+            if let Some(refused) = url::Url::parse(&url).ok().as_ref().and_then(not_public) {
+                return Ok(Err(Failure::Impossible(refused)));
+            }
+        }
         let Some(fresh) = notifications::by_id(&mut *conn, due.notification_id).await? else {
             return Ok(Err(Failure::Impossible(
                 "the notification is not in the read model".to_owned(),
@@ -254,5 +341,68 @@ impl Channel for Webhooks {
         Ok(posted
             .map(drop)
             .map_err(|(_, error)| Failure::Refused(error)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::str::FromStr;
+
+    use reqwest::dns::Resolve;
+
+    use super::*;
+
+    #[test]
+    fn only_addresses_on_the_public_internet_are_public() {
+        for public in ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(internal.parse().unwrap()), "{internal}");
+        }
+    }
+
+    #[test]
+    fn a_url_naming_an_internal_address_or_localhost_is_not_public() {
+        for refused in [
+            "http://127.0.0.1:9/",
+            "http://[fe80::1]/",
+            "http://LOCALHOST/",
+        ] {
+            assert!(
+                not_public(&url::Url::parse(refused).unwrap()).is_some(),
+                "{refused}"
+            );
+        }
+        for allowed in ["https://push.example/herald", "https://93.184.215.14/"] {
+            assert_eq!(
+                not_public(&url::Url::parse(allowed).unwrap()),
+                None,
+                "{allowed}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_host_name_with_only_internal_addresses_resolves_to_none() {
+        let name = reqwest::dns::Name::from_str("localhost").unwrap();
+        assert!(PublicAddresses.resolve(name).await.is_err());
     }
 }

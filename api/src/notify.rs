@@ -46,6 +46,15 @@ pub struct NotifyArgs {
     /// The longest pause between two attempts at a delivery.
     #[arg(long, env = "HERALD_WEBHOOK_BACKOFF_MAX", default_value = "1h")]
     pub webhook_backoff_max: humantime::Duration,
+    /// Whether webhooks may be at loopback, private, link-local and other
+    /// addresses that are not public: for development, and for receivers
+    /// inside the deployment's own network.
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_PRIVATE_ADDRESSES",
+        default_value_t = false
+    )]
+    pub webhook_private_addresses: bool,
 }
 
 /// Settings of notifications, checked.
@@ -59,6 +68,8 @@ pub struct NotifyConfig {
     pub webhook_timeout: Duration,
     /// How failed deliveries to webhooks are tried again.
     pub webhook_retry: Retry,
+    /// Whether webhooks may be at addresses that are not public.
+    pub webhook_private_addresses: bool,
 }
 
 impl Default for NotifyConfig {
@@ -72,6 +83,7 @@ impl Default for NotifyConfig {
                 first_pause: Duration::from_secs(10),
                 max_pause: Duration::from_secs(3600),
             },
+            webhook_private_addresses: false,
         }
     }
 }
@@ -87,6 +99,7 @@ impl From<&NotifyArgs> for NotifyConfig {
                 first_pause: args.webhook_backoff.into(),
                 max_pause: args.webhook_backoff_max.into(),
             },
+            webhook_private_addresses: args.webhook_private_addresses,
         }
     }
 }

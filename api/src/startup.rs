@@ -126,7 +126,7 @@ impl Application {
             let after = settings.notify.unread_after;
             background.reminders(&write, &source, after);
             let notify = &settings.notify;
-            let webhooks = Webhooks::new(notify.webhook_timeout, notify.webhook_retry)?;
+            let webhooks = Webhooks::new(notify)?;
             background.deliveries(Worker::start(pool.clone(), webhooks).await?);
             if let Some(email) = settings.email {
                 let email = Email::new(&email, notify.new_bookings_audience.clone())?;

@@ -54,8 +54,9 @@ pub struct RegisteredHook {
     secret: String,
 }
 
-/// A webhook's URL, checked.
-fn hook_url(raw: String) -> Result<url::Url, ValidationError> {
+/// A webhook's URL, checked: at a public address unless the deployment
+/// allows others.
+fn hook_url(raw: String, private_addresses: bool) -> Result<url::Url, ValidationError> {
     let invalid = || ValidationError::new("url", "must be an absolute http or https URL");
     if raw.len() > MAX_URL_LEN {
         return Err(ValidationError::new(
@@ -66,6 +67,15 @@ fn hook_url(raw: String) -> Result<url::Url, ValidationError> {
     let url = url::Url::parse(&raw).map_err(|_| invalid())?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(invalid());
+    }
+    if let Some(refused) = (!private_addresses)
+        .then(|| hooks::not_public(&url))
+        .flatten()
+    {
+        return Err(ValidationError::new(
+            "url",
+            format!("must be at a public address: {refused}"),
+        ));
     }
     Ok(url)
 }
@@ -99,7 +109,7 @@ async fn register(
         .and_then(|kind| fields.check(kind.parse::<NotificationKind>()));
     let url = fields
         .required("url", body.url)
-        .and_then(|url| fields.check(hook_url(url)));
+        .and_then(|url| fields.check(hook_url(url, app.notify.webhook_private_addresses)));
     let (kind, url) = fields.finish(kind.zip(url))?;
     let (hook, secret) = hooks::register(app.write.pool(), kind, &url, actor.user_id).await?;
     Ok((StatusCode::CREATED, Json(RegisteredHook { hook, secret })))

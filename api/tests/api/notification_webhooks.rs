@@ -58,6 +58,22 @@ async fn admins_register_list_and_remove_webhooks_and_nobody_else_may() {
             json!({ "kind": "booking_assigned", "url": "/relative" }),
             "url",
         ),
+        (
+            json!({ "kind": "booking_assigned", "url": "http://127.0.0.1:8080/hook" }),
+            "url",
+        ),
+        (
+            json!({ "kind": "booking_assigned", "url": "http://169.254.169.254/latest/meta-data" }),
+            "url",
+        ),
+        (
+            json!({ "kind": "booking_assigned", "url": "http://[::ffff:10.0.0.1]/hook" }),
+            "url",
+        ),
+        (
+            json!({ "kind": "booking_assigned", "url": "http://localhost/hook" }),
+            "url",
+        ),
         (json!({ "kind": "booking_assigned" }), "url"),
     ] {
         app.post("/api/v1/notification-webhooks", boss, body)
@@ -173,6 +189,8 @@ async fn a_webhook_that_fails_twice_gets_each_notification_of_its_kind_signed_on
             first_pause: Duration::from_millis(200),
             max_pause: Duration::from_millis(400),
         },
+        // The receiver listens on the loopback address.
+        webhook_private_addresses: true,
         ..NotifyConfig::default()
     };
     let mut app = TestApp::spawn_with(Options {

@@ -180,8 +180,7 @@ impl TestApp {
     /// Starts a worker of deliveries to webhooks, as configured in
     /// [`Options::notify`].
     pub async fn start_webhooks(&mut self) {
-        let webhooks =
-            Webhooks::new(self.notify.webhook_timeout, self.notify.webhook_retry).unwrap();
+        let webhooks = Webhooks::new(&self.notify).unwrap();
         let worker = Worker::start(self.pool.clone(), webhooks).await.unwrap();
         self.mailer
             .get_or_insert_with(Background::default)
