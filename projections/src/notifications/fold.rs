@@ -48,17 +48,19 @@ impl rebuild::Fold for Fold {
         let mut rows = Rows::new();
         for (user_id, person) in &knowledge.people {
             let settings = serde_json::to_string(&person.settings).unwrap_or_default();
-            rows.row(6)
+            rows.row(7)
                 .uuid(user_id.as_bytes())
                 .text(Some(person.role.as_str()))
                 .bool(person.active)
                 .int8(person.joined_at)
                 .int8(person.read_up_to)
-                .jsonb(Some(&settings));
+                .jsonb(Some(&settings))
+                .bool(person.feeds_new_bookings());
         }
         rows.copy_into(
             conn,
-            "COPY rm_notification_people (user_id, role, active, joined_at, read_up_to, settings)
+            "COPY rm_notification_people (user_id, role, active, joined_at, read_up_to, settings,
+                                          feed_new_bookings)
              FROM STDIN (FORMAT binary)",
         )
         .await?;

@@ -279,12 +279,13 @@ async fn write(conn: &mut PgConnection, knowledge: &Knowledge) -> Result<(), sql
         }
         sqlx::query(
             "INSERT INTO rm_notification_people AS p
-                    (user_id, role, active, joined_at, read_up_to, settings)
+                    (user_id, role, active, joined_at, read_up_to, settings, feed_new_bookings)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::bigint[],
-                                  $5::bigint[], $6::jsonb[])
+                                  $5::bigint[], $6::jsonb[], $7::bool[])
              ON CONFLICT (user_id) DO UPDATE
                 SET role = EXCLUDED.role, active = EXCLUDED.active, joined_at = EXCLUDED.joined_at,
-                    read_up_to = EXCLUDED.read_up_to, settings = EXCLUDED.settings",
+                    read_up_to = EXCLUDED.read_up_to, settings = EXCLUDED.settings,
+                    feed_new_bookings = EXCLUDED.feed_new_bookings",
         )
         .bind(columns.user_ids)
         .bind(columns.roles)
@@ -292,6 +293,7 @@ async fn write(conn: &mut PgConnection, knowledge: &Knowledge) -> Result<(), sql
         .bind(columns.joined_at)
         .bind(columns.read_up_to)
         .bind(columns.settings)
+        .bind(columns.feed_new_bookings)
         .execute(&mut *conn)
         .await?;
     }
@@ -343,6 +345,7 @@ struct PeopleColumns {
     joined_at: Vec<i64>,
     read_up_to: Vec<i64>,
     settings: Vec<Json<NotificationSettings>>,
+    feed_new_bookings: Vec<bool>,
 }
 
 impl PeopleColumns {
@@ -353,6 +356,7 @@ impl PeopleColumns {
         self.joined_at.push(person.joined_at);
         self.read_up_to.push(person.read_up_to);
         self.settings.push(Json(person.settings.clone()));
+        self.feed_new_bookings.push(person.feeds_new_bookings());
     }
 }
 
@@ -447,14 +451,20 @@ pub struct Reader {
 
 /// The reader's row, with their settings' word on audience notifications,
 /// as a `WITH` clause for the queries below: `$1` the reader, `$2` whether
-/// they are in the audience.
+/// they are in the audience, `$3` the word of the default settings, which
+/// are those of someone the projection has no row of.
 const ME: &str = "WITH me AS (
     SELECT COALESCE(max(read_up_to), 0) AS read_up_to,
            COALESCE(max(joined_at), 0) AS joined_at,
-           $2 AND COALESCE(bool_and((settings #>> '{feed,booking_requested}')::boolean), true)
-               AS audience
+           $2 AND COALESCE(bool_and(feed_new_bookings), $3) AS audience
       FROM rm_notification_people WHERE user_id = $1
 )";
+
+/// Whether the default settings let notifications of new bookings into a
+/// feed.
+fn new_bookings_by_default() -> bool {
+    NotificationSettings::default().feed_on(NotificationKind::BookingRequested)
+}
 
 /// The reader's notifications older than `before` (all when none), newest
 /// first, at most `limit`; only unread ones when `unread`.
@@ -468,22 +478,23 @@ pub async fn feed<'c>(
     sqlx::query_as(&format!(
         "{ME}, page AS (
              (SELECT n.* FROM rm_notifications n, me
-               WHERE n.user_id = $1 AND n.position < $3
-                 AND n.position > CASE WHEN $4 THEN me.read_up_to ELSE 0 END
-               ORDER BY n.position DESC LIMIT $5)
+               WHERE n.user_id = $1 AND n.position < $4
+                 AND n.position > CASE WHEN $5 THEN me.read_up_to ELSE 0 END
+               ORDER BY n.position DESC LIMIT $6)
              UNION ALL
              (SELECT n.* FROM rm_notifications n, me
-               WHERE n.user_id IS NULL AND me.audience AND n.position < $3
-                 AND n.position > GREATEST(me.joined_at, CASE WHEN $4 THEN me.read_up_to ELSE 0 END)
-               ORDER BY n.position DESC LIMIT $5)
+               WHERE n.user_id IS NULL AND me.audience AND n.position < $4
+                 AND n.position > GREATEST(me.joined_at, CASE WHEN $5 THEN me.read_up_to ELSE 0 END)
+               ORDER BY n.position DESC LIMIT $6)
          )
          SELECT p.id, p.position, p.kind, p.booking_id, p.payment_id, p.chat_id, p.messages,
                 p.position <= me.read_up_to AS read, p.created_at
            FROM page p, me
-          ORDER BY p.position DESC LIMIT $5"
+          ORDER BY p.position DESC LIMIT $6"
     ))
     .bind(reader.user_id)
     .bind(reader.in_audience)
+    .bind(new_bookings_by_default())
     .bind(before.unwrap_or(i64::MAX))
     .bind(unread)
     .bind(limit)
@@ -512,6 +523,7 @@ pub async fn unread_count<'c>(
     ))
     .bind(reader.user_id)
     .bind(reader.in_audience)
+    .bind(new_bookings_by_default())
     .fetch_one(executor)
     .await
 }

@@ -80,6 +80,14 @@ pub(crate) struct Person {
     pub settings: NotificationSettings,
 }
 
+impl Person {
+    /// Whether their settings let notifications of new bookings into their
+    /// feed.
+    pub fn feeds_new_bookings(&self) -> bool {
+        self.settings.feed_on(NotificationKind::BookingRequested)
+    }
+}
+
 /// A row of `rm_notification_bookings`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Parties {
