@@ -58,8 +58,8 @@ impl DevIdentity {
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (only_row) DO NOTHING",
         )
-        .bind(hex::encode(rand::random::<[u8; 32]>()))
-        .bind(hex::encode(rand::random::<[u8; 32]>()))
+        .bind(hex::encode(crate::sessions::secret_bytes()))
+        .bind(hex::encode(crate::sessions::secret_bytes()))
         .bind(Uuid::new_v4())
         .bind(Uuid::new_v4())
         .bind(Uuid::new_v4())

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::values::NotificationKind;
 use projections::notifications::{self, Fresh, NotificationRow};
-use rand::RngCore;
 use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, PgPool};
@@ -66,9 +65,7 @@ const HOOK: &str = "h.id, h.kind, h.url, h.created_by, h.created_at, h.last_atte
 
 /// A new secret to sign a webhook's deliveries with.
 fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    hex::encode(crate::sessions::secret_bytes())
 }
 
 /// Registers `url` for notifications of `kind`; returns the webhook and the

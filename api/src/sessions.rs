@@ -14,11 +14,17 @@ use uuid::Uuid;
 /// How long a refresh token is valid if it is not used.
 pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A new opaque token and the hash it is stored as.
-pub fn mint() -> (String, Vec<u8>) {
+/// 32 bytes from the operating system's generator: every token and secret
+/// Herald makes is made of these.
+pub fn secret_bytes() -> [u8; 32] {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    bytes
+}
+
+/// A new opaque token and the hash it is stored as.
+pub fn mint() -> (String, Vec<u8>) {
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes());
     let hash = hashed(&token);
     (token, hash)
 }
