@@ -33,7 +33,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::broadcast;
@@ -325,23 +325,10 @@ impl SharedConsumer {
 
     /// Hands on the stream's new messages; `Ok` once the source is gone.
     async fn consume(&self) -> Result<(), FollowError> {
-        let stream = self
+        let mut messages = self
             .topology
-            .ensure_stream(&self.jetstream)
-            .await
-            .map_err(async_nats::Error::from)?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.topology.all_events(),
-                deliver_policy: DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(async_nats::Error::from)?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(async_nats::Error::from)?
+            .new_entries(&self.jetstream)
+            .await?
             .ready_chunks(CHUNK);
         loop {
             let next = tokio::time::timeout(IDLE_CATCH_UP, messages.next()).await;

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use axum::extract::ws::Utf8Bytes;
 use domain::chat::ChatEvent;
 use futures::StreamExt;
@@ -391,20 +391,7 @@ impl HubRunner {
             // "Now": what is already in the log is history, not news.
             self.position = Some(log::head(&self.pool).await?);
         }
-        let stream = self
-            .topology
-            .ensure_stream(&self.jetstream)
-            .await
-            .map_err(async_nats::Error::from)?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.topology.all_events(),
-                deliver_policy: DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(async_nats::Error::from)?;
-        let mut messages = consumer.messages().await.map_err(async_nats::Error::from)?;
+        let mut messages = self.topology.new_entries(&self.jetstream).await?;
         tracing::info!("live hub following the event stream");
         // Whatever was sequenced while the consumer did not exist.
         self.fill_up_to(log::head(&self.pool).await?, Vec::new())

@@ -72,15 +72,7 @@ async fn every_metric_the_dashboard_and_the_alert_rules_name_is_one_herald_expor
     app.booking(patient()).await;
     app.wait_for_projections().await;
 
-    let page = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.metrics_page().await;
     drop(socket);
     let exported = exported(&page);
     let rules = std::fs::read_to_string(deploy().join("prometheus/alerts.yml")).unwrap();

@@ -145,15 +145,7 @@ async fn metrics_count_a_commands_life_from_request_to_outcome() {
         .await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let page = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.metrics_page().await;
     for expected in [
         r#"herald_http_requests_total{route="/api/v1/bookings",method="POST",status="201"}"#,
         r#"herald_http_requests_total{route="/api/v1/bookings",method="POST",status="422"}"#,

@@ -75,6 +75,25 @@ impl Topology {
             })
             .await
     }
+
+    /// Every entry published to this deployment's stream from now on, in
+    /// stream order, through an ephemeral ordered consumer (created with the
+    /// stream if it is missing): what a process follows the log live with.
+    /// It recreates itself after a gap; positions tell what it skipped.
+    pub async fn new_entries(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<jetstream::consumer::pull::Ordered, async_nats::Error> {
+        let stream = self.ensure_stream(jetstream).await?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: self.all_events(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await?;
+        Ok(consumer.messages().await?)
+    }
 }
 
 /// Connects to NATS, retrying in the background for as long as it takes: Herald

@@ -305,6 +305,12 @@ impl TestApp {
         .await
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics_page(&self) -> String {
+        let page = self.client.get(format!("{}/metrics", self.address));
+        page.send().await.unwrap().text().await.unwrap()
+    }
+
     /// The WebSocket URL of this instance's live gateway, with `actor`'s token
     /// in the query string.
     pub fn ws_url(&self, actor: Actor) -> String {
