@@ -46,10 +46,11 @@ use crate::Topology;
 /// How long the loop waits for entries before looking at the log itself.
 const IDLE_CATCH_UP: Duration = Duration::from_secs(1);
 /// Most messages the shared consumer decodes and hands on as one chunk.
-const CHUNK: usize = 1000;
+const CHUNK: usize = 256;
 /// Chunks a follower may fall behind the shared consumer before it misses
-/// some, which it then reads from the Postgres log.
-const CHUNKS_BUFFERED: usize = 256;
+/// some, which it then reads from the Postgres log. With [`CHUNK`], it bounds
+/// the entries held for the slowest follower of a process.
+const CHUNKS_BUFFERED: usize = 64;
 /// How often a transactional follower tries an entry before it is set aside
 /// as a dead letter.
 const ATTEMPTS: i32 = 3;

@@ -225,6 +225,22 @@ pub fn assert_complete_and_ordered(entries: &[LogEntry], event_ids: &[i64]) {
     }
 }
 
+/// Appends one event to an aggregate directly, as the event store would;
+/// its `event_id`.
+pub async fn append(executor: &mut sqlx::PgConnection, aggregate_id: &str, sequence: i64) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Chat', $1, $2, 'MessageSent', '1', $3, '{\"correlation_id\":\"test\"}')
+         RETURNING event_id",
+    )
+    .bind(aggregate_id)
+    .bind(sequence)
+    .bind(serde_json::json!({ "n": sequence }))
+    .fetch_one(executor)
+    .await
+    .unwrap()
+}
+
 /// Starts a relay; dropping the returned sender stops it.
 pub async fn start_relay(pool: &PgPool, topology: &Topology) -> (Relay, oneshot::Sender<()>) {
     let client = crate::connect(&nats_url()).await.unwrap();

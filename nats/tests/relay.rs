@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use herald_nats::testing as support;
+use support::append;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -10,21 +11,6 @@ use std::time::Duration;
 use futures::future::join_all;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
-
-/// Appends one event to an aggregate directly, as the event store would.
-async fn append(executor: &mut PgConnection, aggregate_id: &str, sequence: i64) -> i64 {
-    sqlx::query_scalar(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('Chat', $1, $2, 'MessageSent', '1', $3, '{\"correlation_id\":\"test\"}')
-         RETURNING event_id",
-    )
-    .bind(aggregate_id)
-    .bind(sequence)
-    .bind(serde_json::json!({ "n": sequence }))
-    .fetch_one(executor)
-    .await
-    .unwrap()
-}
 
 async fn all_event_ids(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar("SELECT event_id FROM events ORDER BY event_id")
