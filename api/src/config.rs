@@ -108,7 +108,8 @@ pub struct UpArgs {
 
     /// Development mode: without a JWT or webhook secret, make one up and keep
     /// it in the database; print a ready token for a demo user of every role
-    /// (the same users after a restart); serve the sandbox payment provider.
+    /// (the same users after a restart); serve the sandbox payment provider;
+    /// let webhooks be at private addresses, such as the developer's own.
     #[arg(long)]
     pub dev: bool,
 

@@ -9,6 +9,7 @@ use crate::db::migrated_pool;
 use crate::dev::DevIdentity;
 use crate::email::EmailConfig;
 use crate::live::LiveConfig;
+use crate::notify::NotifyConfig;
 use crate::provider::webhook::{WebhookSecret, WebhookSecretError};
 use crate::provider::PaymentProvider;
 use crate::startup::{Application, Parts, Settings};
@@ -109,7 +110,11 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
             ..LiveConfig::default()
         }),
         connections: args.connections,
-        notify: (&args.notify).into(),
+        notify: NotifyConfig {
+            // A developer's webhook receiver runs on their own machine.
+            webhook_private_addresses: args.notify.webhook_private_addresses || args.dev,
+            ..(&args.notify).into()
+        },
         email,
         parts: Parts::ALL,
     })
