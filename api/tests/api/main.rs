@@ -21,5 +21,6 @@ mod outage;
 mod payment_flow;
 mod payments;
 mod pipeline;
+mod presence;
 mod reads;
 mod replay;
