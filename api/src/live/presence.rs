@@ -404,7 +404,9 @@ impl Announcer {
         let beat = (ttl / 3).max(Duration::from_millis(100));
         let mut heartbeat = tokio::time::interval(beat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval((ttl / 10).max(Duration::from_millis(50)));
+        let mut sweep = tokio::time::interval(
+            (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        );
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
