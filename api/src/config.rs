@@ -372,3 +372,17 @@ fn presence_ttl(value: &str) -> Result<std::time::Duration, String> {
     }
     Ok(ttl)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_ttl_is_a_duration_of_at_least_a_second() {
+        assert_eq!(presence_ttl("30s"), Ok(std::time::Duration::from_secs(30)));
+        assert_eq!(presence_ttl("1s"), Ok(std::time::Duration::from_secs(1)));
+        assert!(presence_ttl("0s").is_err());
+        assert!(presence_ttl("500ms").is_err());
+        assert!(presence_ttl("soon").is_err());
+    }
+}

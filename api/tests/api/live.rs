@@ -440,13 +440,13 @@ struct SseEvent {
 }
 
 /// An open SSE response, parsed as it arrives.
-struct Sse {
+pub(crate) struct Sse {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl Sse {
-    async fn open(app: &TestApp, actor: Actor, last_event_id: Option<i64>) -> Self {
+    pub(crate) async fn open(app: &TestApp, actor: Actor, last_event_id: Option<i64>) -> Self {
         let mut request = app
             .request(reqwest::Method::GET, "/api/v1/stream")
             .bearer_auth(app.token(actor));

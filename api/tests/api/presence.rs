@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::common::*;
-use crate::live::{assert_silent, connect, connect_to, next_of, next_reply, send, Socket};
+use crate::live::{assert_silent, connect, connect_to, next_of, next_reply, send, Socket, Sse};
 
 /// The time-to-live of presence in these tests: short, yet long enough for
 /// heartbeats to keep up on a loaded machine.
@@ -211,11 +211,28 @@ async fn closing_the_last_socket_shows_its_user_offline_at_once_and_only_to_co_m
 }
 
 #[tokio::test]
+async fn an_open_sse_stream_keeps_its_user_online_like_a_socket() {
+    let app = TestApp::spawn_live(config()).await;
+    let (doctor, patient) = (doctor(), patient());
+    let chat = app.group_chat(doctor, &[patient]).await;
+    app.wait_for_projections().await;
+    let mut doctors = connect(&app, doctor).await;
+
+    let _stream = Sse::open(&app, patient, None).await;
+    let online = next_presence_of(&mut doctors, patient).await;
+    assert_eq!(online["online"], true, "{online}");
+    let shown = shown_presence(&app, chat, doctor, patient).await;
+    assert_eq!(shown["online"], true, "{shown}");
+}
+
+#[tokio::test]
 async fn typing_reaches_the_other_members_on_every_instance_and_not_the_typist() {
     let a = TestApp::spawn_live(LiveConfig::default()).await;
     let b = TestApp::spawn_live_on(&a.database_url, &a.topology, LiveConfig::default()).await;
     let (doctor, patient) = (doctor(), patient());
     let chat = a.group_chat(doctor, &[patient]).await;
+    // Sockets know their chats from the log: wait until the chat reached it.
+    a.wait_for_projections().await;
     let mut doctors = connect(&a, doctor).await;
     let mut patients = connect(&b, patient).await;
     let mut patients_other_tab = connect(&a, patient).await;
@@ -268,6 +285,8 @@ async fn typing_is_paced_to_one_indicator_per_user_and_chat_per_interval() {
     let app = TestApp::spawn_live(config).await;
     let (doctor, patient) = (doctor(), patient());
     let chat = app.group_chat(doctor, &[patient]).await;
+    // Sockets know their chats from the log: wait until the chat reached it.
+    app.wait_for_projections().await;
     let mut doctors = connect(&app, doctor).await;
     let mut patients = connect(&app, patient).await;
 
