@@ -132,3 +132,34 @@ pub(super) async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_indicator_per_user_and_chat_goes_out_per_interval() {
+        let pace = Pace::new(Duration::from_millis(50));
+        let (user, other, chat) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(pace.allows(user, chat));
+        assert!(!pace.allows(user, chat));
+        assert!(
+            pace.allows(other, chat),
+            "each user has a pace of their own"
+        );
+        assert!(pace.allows(user, Uuid::new_v4()), "and each chat");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(pace.allows(user, chat));
+    }
+
+    #[test]
+    fn the_indicator_is_the_documented_frame() {
+        let (chat, user) = (Uuid::new_v4(), Uuid::new_v4());
+        let frame: serde_json::Value =
+            serde_json::from_str(&Typing::new(chat, user).to_json()).unwrap_or_default();
+        assert_eq!(
+            frame,
+            serde_json::json!({ "type": "typing", "chat_id": chat, "user_id": user })
+        );
+    }
+}
