@@ -174,6 +174,30 @@ async fn someone_connected_to_two_instances_stays_online_while_one_of_them_dies(
 }
 
 #[tokio::test]
+async fn an_instance_shut_down_gracefully_takes_its_users_offline_at_once_not_a_ttl_later() {
+    let long = LiveConfig {
+        presence_ttl: Duration::from_secs(60),
+        ..LiveConfig::default()
+    };
+    let b = TestApp::spawn_live(long.clone()).await;
+    let mut a = TestApp::spawn_live_on(&b.database_url, &b.topology, long).await;
+    let (doctor, patient) = (doctor(), patient());
+    b.group_chat(doctor, &[patient]).await;
+    b.wait_for_projections().await;
+    let mut doctors = connect(&b, doctor).await;
+    let _patients = connect(&a, patient).await;
+    assert_eq!(
+        next_presence_of(&mut doctors, patient).await["online"],
+        true
+    );
+
+    a.shut_down().await;
+    let offline = next_presence_of(&mut doctors, patient).await;
+    assert_eq!(offline["online"], false, "{offline}");
+    assert!(offline["last_seen_at"].is_string(), "{offline}");
+}
+
+#[tokio::test]
 async fn closing_the_last_socket_shows_its_user_offline_at_once_and_only_to_co_members() {
     let app = TestApp::spawn_live(config()).await;
     let (doctor, patient) = (doctor(), patient());
