@@ -129,6 +129,12 @@ pub struct UpArgs {
     #[arg(long, env = "HERALD_LIVE_SOCKETS_PER_USER", default_value_t = 16)]
     pub live_sockets_per_user: usize,
 
+    /// How long someone stays online after the last heartbeat of the Herald
+    /// instance they are connected to (heartbeats come every third of it): a
+    /// dead instance's users go offline within it. At least a second.
+    #[arg(long, env = "HERALD_PRESENCE_TTL", default_value = "30s", value_parser = presence_ttl)]
+    pub presence_ttl: std::time::Duration,
+
     /// Browser origins allowed to call the API (comma-separated); none by default.
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<axum::http::HeaderValue>,
@@ -352,5 +358,32 @@ fn prefix(value: &str) -> Result<String, String> {
         Ok(value.to_owned())
     } else {
         Err("must be letters, digits, `-` or `_`".to_owned())
+    }
+}
+
+/// A presence time-to-live: a duration of at least a second, since NATS
+/// reads a `max_age` of zero as "forever".
+fn presence_ttl(value: &str) -> Result<std::time::Duration, String> {
+    let ttl: std::time::Duration = value
+        .parse::<humantime::Duration>()
+        .map_err(|err| err.to_string())?
+        .into();
+    if ttl < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_ttl_is_a_duration_of_at_least_a_second() {
+        assert_eq!(presence_ttl("30s"), Ok(std::time::Duration::from_secs(30)));
+        assert_eq!(presence_ttl("1s"), Ok(std::time::Duration::from_secs(1)));
+        assert!(presence_ttl("0s").is_err());
+        assert!(presence_ttl("500ms").is_err());
+        assert!(presence_ttl("soon").is_err());
     }
 }

@@ -199,12 +199,20 @@ fn websocket() -> Operation {
     operation.operation_id = Some("chat_websocket".to_owned());
     operation.summary = Some("The chat WebSocket".to_owned());
     operation.description = Some(
-        "After the handshake the server pushes every chat event of the caller's chats, \
-         and each new notification of theirs as `{ \"type\": \"notification\", …}` (the \
-         fields of an item of `GET /notifications`); the client may send `{ \"type\": \"send_message\", \"chat_id\", \"client_id\", \"body\" }` \
-         and is answered `{ \"type\": \"ack\", \"client_id\", \"message_id\", \"seq\" }` once it \
-         is stored. Browsers, which cannot set headers on a WebSocket, may pass the token as \
-         `?token=`."
+        "After the handshake the server sends `{ \"type\": \"ready\", \"position\" }`, then \
+         pushes every chat event of the caller's chats as `{ \"type\": \"event\", \"position\", \
+         \"chat_id\", \"event_type\", \"event\" }`, each new notification of theirs as \
+         `{ \"type\": \"notification\", …}` (the fields of an item of `GET /notifications`), \
+         `{ \"type\": \"presence\", \"user_id\", \"online\", \"last_seen_at\" }` whenever someone \
+         who shares a chat with them comes online or goes offline, and \
+         `{ \"type\": \"typing\", \"chat_id\", \"user_id\" }` when another member types. The client \
+         may send `{ \"type\": \"send_message\", \"chat_id\", \"client_id\", \"body\" }` and is \
+         answered `{ \"type\": \"ack\", \"client_id\", \"message_id\", \"seq\" }` once it is stored, \
+         and `{ \"type\": \"typing\", \"chat_id\" }` (members only, at most one per chat a second; \
+         the others are dropped; never answered unless refused). A refused frame is answered \
+         `{ \"type\": \"error\", \"client_id\"?, \"status\", \"detail\", \"errors\"? }` and the \
+         socket stays open. Browsers, which cannot set headers on a WebSocket, may pass the \
+         token as `?token=`."
             .to_owned(),
     );
     operation.tags = Some(vec!["chats".to_owned()]);

@@ -5,7 +5,8 @@
 //! - a booking: its patient, the doctor assigned to it, and admins; auditors
 //!   read the event log, not bookings;
 //! - a payment: the patient who pays, and admins;
-//! - a user's account changes: the user themself, and admins.
+//! - a user's account changes: the user themself, and admins;
+//! - whether someone is online: whoever shares a chat with them, and admins.
 //!
 //! Herald's own actor counts as an admin. What an aggregate's parties are is
 //! read from its own events ([`Parties::observe`]) or from a read model's row.
@@ -89,6 +90,20 @@ impl BookingScope {
 /// Whether `actor` may see a chat they are (`is_member`) or are not a member of.
 pub fn may_see_chat(actor: Actor, is_member: bool) -> bool {
     is_member || actor.is_admin()
+}
+
+/// Whether `actor` may see whether someone is online and when they were last
+/// seen: people who share a chat with them (`shares_a_chat`), and admins.
+/// Presence says when someone uses the app, so it goes no further than the
+/// chats that already show them.
+pub fn may_see_presence(actor: Actor, shares_a_chat: bool) -> bool {
+    shares_a_chat || actor.is_admin()
+}
+
+/// Whether someone may say they are typing in a chat: its members only. An
+/// admin who is not a member writes nothing there, so types nothing either.
+pub fn may_type_in_chat(is_member: bool) -> bool {
+    is_member
 }
 
 /// Whether `actor` may see a booking of `patient`, assigned to `doctor`.

@@ -82,7 +82,10 @@ pub async fn delete_stale_streams() {
         .await
         .unwrap_or_default();
     for name in names {
+        // A test's stream is `T<secs>_…`, its key-value buckets `KV_T<secs>_…`.
         let created = name
+            .strip_prefix("KV_")
+            .unwrap_or(&name)
             .strip_prefix('T')
             .and_then(|rest| rest.split('_').next())
             .and_then(|secs| secs.parse::<u64>().ok());
@@ -92,12 +95,14 @@ pub async fn delete_stale_streams() {
     }
 }
 
-/// Deletes a test's stream.
+/// Deletes a test's stream and its key-value buckets.
 pub async fn delete_stream(topology: &Topology) {
     if let Ok(client) = async_nats::connect(nats_url()).await {
-        let _ = async_nats::jetstream::new(client)
-            .delete_stream(topology.stream_name())
-            .await;
+        let jetstream = async_nats::jetstream::new(client);
+        let _ = jetstream.delete_stream(topology.stream_name()).await;
+        for bucket in [topology.presence_bucket(), topology.last_seen_bucket()] {
+            let _ = jetstream.delete_key_value(bucket).await;
+        }
     }
 }
 

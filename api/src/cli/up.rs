@@ -107,6 +107,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
         cors_origins: args.cors_origins,
         live: Some(LiveConfig {
             sockets_per_user: args.live_sockets_per_user,
+            presence_ttl: args.presence_ttl,
             ..LiveConfig::default()
         }),
         connections: args.connections,

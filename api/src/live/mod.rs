@@ -15,9 +15,15 @@
 //! ways (chat → connections, user → connections). It applies membership events
 //! as it routes them, in log order, so a member removed at position `p` gets
 //! nothing after `p`, and one added at `p` gets everything from `p` on.
+//!
+//! Beside the log, the hub carries what is never stored: who is online
+//! (`presence.rs`, a NATS key-value bucket) and who is typing (`typing.rs`,
+//! a plain NATS subject), each to the sockets of the chats' members.
 
 mod audience;
 mod notices;
+mod presence;
+mod typing;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -39,6 +45,7 @@ use uuid::Uuid;
 
 pub use audience::{Audience, AudienceError};
 pub use notices::Notice;
+pub use presence::{MemberPresence, Presence, Present};
 
 /// The aggregate type whose events go to WebSocket connections.
 const CHAT: &str = domain::access::AggregateKind::Chat.as_str();
@@ -71,6 +78,14 @@ pub struct LiveConfig {
     /// Sockets one user may hold open in this process at once: enough for a
     /// few devices and tabs, not for exhausting the server.
     pub sockets_per_user: usize,
+    /// How long someone stays online after the last heartbeat of the
+    /// instance they are connected to: the presence bucket's `max_age`.
+    /// Heartbeats come every third of it, so a dead instance's users go
+    /// offline within it, and a live one's never do.
+    pub presence_ttl: Duration,
+    /// The shortest time between two typing indicators of one user in one
+    /// chat; those sent sooner are dropped.
+    pub typing_interval: Duration,
 }
 
 impl Default for LiveConfig {
@@ -82,6 +97,8 @@ impl Default for LiveConfig {
             pending_limit: 4096,
             broadcast_capacity: 4096,
             sockets_per_user: 16,
+            presence_ttl: Duration::from_secs(30),
+            typing_interval: Duration::from_secs(1),
         }
     }
 }
@@ -102,6 +119,12 @@ pub enum LiveError {
     /// The hub did not answer in time (NATS or Postgres is away).
     #[error("live updates are unavailable right now")]
     Busy,
+    /// Someone not a member said they type in a chat.
+    #[error("only the chat's members may say they are typing in it")]
+    NotAMember,
+    /// NATS did not take a typing indicator.
+    #[error("nats: {0}")]
+    Nats(#[from] async_nats::PublishError),
     /// Postgres failed while loading the caller's chats.
     #[error("postgres: {0}")]
     Postgres(#[from] sqlx::Error),
@@ -118,6 +141,13 @@ pub struct LiveHub {
     next_id: AtomicU64,
     /// Sockets open per user, for [`LiveHub::admit`].
     open: Arc<std::sync::Mutex<HashMap<Uuid, usize>>>,
+    /// Who is online.
+    presence: Arc<Presence>,
+    /// Where typing indicators are published.
+    client: async_nats::Client,
+    topology: Topology,
+    /// How often one user may say they type in one chat.
+    pace: typing::Pace,
 }
 
 /// The task behind a [`LiveHub`]; run it with [`HubRunner::run`].
@@ -126,8 +156,11 @@ pub struct HubRunner {
     jetstream: jetstream::Context,
     topology: Topology,
     commands: mpsc::Receiver<HubCommand>,
-    /// Where notifications are handed to the hub.
+    /// Where notifications, presence and typing indicators are handed to
+    /// the hub.
     notifying: mpsc::WeakSender<HubCommand>,
+    client: async_nats::Client,
+    presence: Arc<Presence>,
     entries: broadcast::Sender<Arc<LogEntry>>,
     notices: broadcast::Sender<Arc<Notice>>,
     closing: Arc<watch::Sender<bool>>,
@@ -154,6 +187,24 @@ enum HubCommand {
         id: u64,
     },
     Notice(Arc<Notice>),
+    /// `user` came or went; `frame` is for whoever shares one of `chats`.
+    Presence {
+        user: Uuid,
+        chats: HashSet<Uuid>,
+        frame: Utf8Bytes,
+    },
+    /// `user` types in `chat`.
+    Typing {
+        chat: Uuid,
+        user: Uuid,
+        frame: Utf8Bytes,
+    },
+    /// Whether the socket `id` belongs to `chat` now.
+    MemberOf {
+        id: u64,
+        chat: Uuid,
+        answer: oneshot::Sender<bool>,
+    },
 }
 
 impl LiveHub {
@@ -170,6 +221,7 @@ impl LiveHub {
         let (notices, _) = broadcast::channel(config.broadcast_capacity.max(1));
         let closing = Arc::new(watch::channel(false).0);
         let notifying = commands_tx.downgrade();
+        let presence = Arc::new(Presence::new(config.presence_ttl));
         let hub = Arc::new(Self {
             commands: commands_tx,
             entries: entries.clone(),
@@ -179,13 +231,19 @@ impl LiveHub {
             config: config.clone(),
             next_id: AtomicU64::new(1),
             open: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            presence: presence.clone(),
+            client: client.clone(),
+            topology: topology.clone(),
+            pace: typing::Pace::new(config.typing_interval),
         });
         let runner = HubRunner {
             pool,
-            jetstream: jetstream::new(client),
+            jetstream: jetstream::new(client.clone()),
             topology,
             commands: commands_rx,
             notifying,
+            client,
+            presence,
             entries,
             notices,
             closing,
@@ -203,6 +261,43 @@ impl LiveHub {
     /// The database the log and read models live in.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Who is online, as this instance knows it.
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
+    }
+
+    /// Says that the user of the socket `connection` types in `chat`, to
+    /// the chat's other members on every instance: refused unless the socket
+    /// belongs to the chat ([`domain::access::may_type_in_chat`]); dropped
+    /// without a word when the user said so in that chat less than
+    /// [`LiveConfig::typing_interval`] ago.
+    pub async fn typing(&self, connection: u64, user: Uuid, chat: Uuid) -> Result<(), LiveError> {
+        let (answer, member) = oneshot::channel();
+        self.commands
+            .send(HubCommand::MemberOf {
+                id: connection,
+                chat,
+                answer,
+            })
+            .await
+            .map_err(|_| LiveError::Stopped)?;
+        let member = tokio::time::timeout(Duration::from_secs(10), member)
+            .await
+            .map_err(|_| LiveError::Busy)?
+            .map_err(|_| LiveError::Stopped)?;
+        if !domain::access::may_type_in_chat(member) {
+            return Err(LiveError::NotAMember);
+        }
+        if !self.pace.allows(user, chat) {
+            return Ok(());
+        }
+        let frame = typing::Typing::new(chat, user).to_json();
+        self.client
+            .publish(self.topology.typing(&chat.to_string()), frame.into())
+            .await?;
+        Ok(())
     }
 
     /// Completes when the hub stops, so that sockets and streams end with it
@@ -265,9 +360,11 @@ impl LiveHub {
             .await
             .map_err(|_| LiveError::Stopped)?;
         Ok(Connection {
+            id,
             position: at,
             frames,
             kicked,
+            _present: self.presence.arrive(user),
             _registration: registration,
         })
     }
@@ -300,6 +397,8 @@ impl LiveHub {
 /// A socket's registration with the hub: its frames, and the news that it was
 /// cut off. Dropping it tells the hub the socket is gone.
 pub struct Connection {
+    /// The socket, as [`LiveHub::typing`] knows it.
+    pub id: u64,
     /// The position the socket's chat set is exact at: it receives every
     /// event of its chats after this one; earlier ones are history, read
     /// through the HTTP API.
@@ -308,6 +407,8 @@ pub struct Connection {
     pub frames: mpsc::Receiver<Utf8Bytes>,
     /// Fires when the hub cut the socket off.
     pub kicked: oneshot::Receiver<Kick>,
+    /// Keeps the user online while the socket is open.
+    _present: Present,
     _registration: Registration,
 }
 
@@ -361,7 +462,21 @@ impl HubRunner {
             self.notices.clone(),
             stop.clone(),
         );
-        tokio::join!(self.route_stream(stop), notices);
+        let presence = presence::Announcer::new(
+            self.presence.clone(),
+            self.client.clone(),
+            self.topology.clone(),
+            self.pool.clone(),
+            self.notifying.clone(),
+        )
+        .run(stop.clone());
+        let typing = typing::follow(
+            self.client.clone(),
+            self.topology.clone(),
+            self.notifying.clone(),
+            stop.clone(),
+        );
+        tokio::join!(self.route_stream(stop), notices, presence, typing);
     }
 
     /// Routes the stream until `stop` completes.
@@ -485,6 +600,15 @@ impl HubRunner {
             HubCommand::Synced { id, at, chats } => self.routes.synced(id, at, chats),
             HubCommand::Detach { id } => self.routes.detach(id),
             HubCommand::Notice(notice) => self.routes.notify(&notice),
+            HubCommand::Presence { user, chats, frame } => {
+                self.routes.share(chats.iter(), user, &frame);
+            }
+            HubCommand::Typing { chat, user, frame } => {
+                self.routes.share(std::iter::once(&chat), user, &frame);
+            }
+            HubCommand::MemberOf { id, chat, answer } => {
+                let _ = answer.send(self.routes.member_of(id, chat));
+            }
         }
     }
 }
@@ -749,6 +873,39 @@ impl Routes {
                 self.kick(id);
             }
         }
+    }
+
+    /// Sends `frame` about `user` to the sockets of everyone else in any of
+    /// `chats`: presence and typing go to the people who share a chat with
+    /// their subject ([`domain::access::may_see_presence`]).
+    fn share<'a>(&mut self, chats: impl Iterator<Item = &'a Uuid>, user: Uuid, frame: &Utf8Bytes) {
+        let mut ids: Vec<u64> = chats
+            .filter_map(|chat| self.by_chat.get(chat))
+            .flatten()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some(socket) = self.sockets.get(&id) else {
+                continue;
+            };
+            if socket.user == user {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = socket.outgoing.try_send(frame.clone())
+            {
+                self.kick(id);
+            }
+        }
+    }
+
+    /// Whether the socket `id` belongs to `chat` now, as the log says up to
+    /// the hub's position.
+    fn member_of(&self, id: u64, chat: Uuid) -> bool {
+        self.sockets
+            .get(&id)
+            .is_some_and(|socket| socket.chats.contains(&chat))
     }
 
     /// Cuts a socket off: it gets no more frames, and its task closes it.

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::live::{Audience, AudienceError, Connection, Kick, LiveHub, Notice};
+use crate::live::{Audience, AudienceError, Connection, Kick, LiveError, LiveHub, Notice};
 use crate::routes::notifications;
 use crate::AppState;
 
@@ -156,6 +156,9 @@ enum ClientFrame {
         client_id: String,
         body: String,
     },
+    /// Tell the chat's other members that the caller is typing; never
+    /// stored, and not answered unless refused.
+    Typing { chat_id: Uuid },
 }
 
 /// What the server sends besides event frames.
@@ -280,6 +283,7 @@ async fn session(socket: WebSocket, app: AppState, hub: Arc<LiveHub>, actor: Act
         last_heard: AtomicU64::new(0),
     };
     let (replies, mut reply_frames) = tokio::sync::mpsc::channel::<Utf8Bytes>(REPLY_BUFFER);
+    let connection_id = connection.id;
     let mut frames = connection.frames;
     let mut kicked = connection.kicked;
     let closed = hub.closed();
@@ -341,7 +345,12 @@ async fn session(socket: WebSocket, app: AppState, hub: Arc<LiveHub>, actor: Act
             clock.heard();
             let reply = match message {
                 Message::Text(text) if text.len() > MAX_CLIENT_FRAME => return true,
-                Message::Text(text) => handle_frame(&app, actor, text.as_str()).await,
+                Message::Text(text) => {
+                    match handle_frame(&app, &hub, connection_id, actor, text.as_str()).await {
+                        Some(reply) => reply,
+                        None => continue,
+                    }
+                }
                 Message::Binary(_) => ServerFrame::Error {
                     client_id: None,
                     status: 400,
@@ -389,22 +398,29 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// Carries out one client frame and answers it.
-async fn handle_frame(app: &AppState, actor: Actor, text: &str) -> ServerFrame {
+/// Carries out one client frame of the socket `connection` and answers it,
+/// if it needs an answer.
+async fn handle_frame(
+    app: &AppState,
+    hub: &LiveHub,
+    connection: u64,
+    actor: Actor,
+    text: &str,
+) -> Option<ServerFrame> {
     let raw: serde_json::Value = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(err) => {
-            return ServerFrame::error(
+            return Some(ServerFrame::error(
                 None,
                 ApiError::BadRequest(format!("the frame is not JSON: {err}")),
-            )
+            ))
         }
     };
     let client_id = raw
         .get("client_id")
         .and_then(|id| id.as_str())
         .map(str::to_owned);
-    match serde_json::from_value::<ClientFrame>(raw) {
+    let reply = match serde_json::from_value::<ClientFrame>(raw) {
         Ok(ClientFrame::SendMessage {
             chat_id,
             client_id,
@@ -413,10 +429,36 @@ async fn handle_frame(app: &AppState, actor: Actor, text: &str) -> ServerFrame {
             Ok(ack) => ack,
             Err(err) => ServerFrame::error(Some(client_id), err),
         },
+        Ok(ClientFrame::Typing { chat_id }) => {
+            return match hub.typing(connection, actor.user_id, chat_id).await {
+                Ok(()) => None,
+                Err(err) => Some(typing_refused(err)),
+            }
+        }
         Err(err) => ServerFrame::error(
             client_id,
             ApiError::BadRequest(format!("the frame is not valid: {err}")),
         ),
+    };
+    Some(reply)
+}
+
+/// The error frame of a typing indicator that did not go out.
+fn typing_refused(err: LiveError) -> ServerFrame {
+    match err {
+        LiveError::NotAMember => ServerFrame::error(
+            None,
+            ApiError::Forbidden("only the chat's members may say they are typing in it"),
+        ),
+        err => {
+            tracing::warn!(%err, "a typing indicator did not go out");
+            ServerFrame::Error {
+                client_id: None,
+                status: 503,
+                detail: "live updates are unavailable right now; try again shortly".to_owned(),
+                errors: Vec::new(),
+            }
+        }
     }
 }
 
@@ -550,7 +592,14 @@ async fn stream(
             }
         }
     });
-    let events = futures::stream::select(events, notices).take_until(closed);
+    // The caller is online while the stream is open.
+    let present = hub.presence().arrive(actor.user_id);
+    let events = futures::stream::select(events, notices)
+        .take_until(closed)
+        .map(move |event| {
+            let _online = &present;
+            event
+        });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -5,6 +5,8 @@
 //! caller may not see answer 404, like rows that do not exist, so ids cannot be
 //! probed; a role that may never use an endpoint gets 403 before any waiting.
 
+use std::collections::BTreeMap;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::State;
 use domain::access::{self, BookingScope};
@@ -29,6 +31,7 @@ use crate::command::{Fields, Path};
 use crate::conditional::{ETag, IfNoneMatch, Read};
 use crate::consistency::{self, Consistency};
 use crate::error::ApiError;
+use crate::live::MemberPresence;
 use crate::openapi::{self, ConditionalParams, ConsistencyParams};
 use crate::AppState;
 
@@ -72,6 +75,20 @@ impl From<QueryRejection> for ApiError {
 struct ChatList {
     /// Every chat the caller is a member of.
     items: Vec<ChatSummary>,
+}
+
+/// One chat with whether its members are online: its read model row, and
+/// presence, which is never stored in Postgres.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatView {
+    #[serde(flatten)]
+    chat: ChatDetails,
+    /// Whether each member is online and, for those who are not, when they
+    /// were last seen, by id. Shown to whoever may see the chat, since they
+    /// share it with every member or are admins
+    /// ([`access::may_see_presence`]). Everyone shows offline, and no
+    /// last-seen time, on an instance without a live gateway.
+    member_presence: BTreeMap<Uuid, MemberPresence>,
 }
 
 /// A page of a chat's messages, newest first; pass `next_before_seq` as
@@ -208,7 +225,7 @@ async fn list_chats(
     operation_id = "get_chat",
     params(("id" = Uuid, Path, description = "The chat"), ConsistencyParams, ConditionalParams),
     responses(
-        (status = 200, description = "The chat", body = ChatDetails),
+        (status = 200, description = "The chat, with whether its members are online", body = ChatView),
         (status = 304, response = openapi::NotModified),
         (status = 400, response = openapi::BadRequest),
         (status = 404, response = openapi::NotFound),
@@ -221,7 +238,7 @@ async fn get_chat(
     consistency: Consistency,
     Path(chat_id): Path<Uuid>,
     held: IfNoneMatch,
-) -> Result<Read<ChatDetails>, ApiError> {
+) -> Result<Read<ChatView>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
     let chat = app
         .readers
@@ -229,8 +246,24 @@ async fn get_chat(
         .await?
         .filter(|chat| access::may_see_chat(actor, chat.members.contains(&actor.user_id)))
         .ok_or(ApiError::NotFound("no chat with that id"))?;
-    let tag = ETag::new(chat.version, chat.names_version);
-    Ok(held.answer(tag, chat))
+    let shares_it = chat.members.contains(&actor.user_id);
+    let member_presence = match &app.live {
+        Some(hub) if access::may_see_presence(actor, shares_it) => {
+            hub.presence().of(&chat.members).await
+        }
+        _ => (chat.members.iter())
+            .map(|member| (*member, MemberPresence::UNKNOWN))
+            .collect(),
+    };
+    // Presence is part of the answer, so a poller hears of it changing.
+    let tag = ETag::new(chat.version, (chat.names_version, &member_presence));
+    Ok(held.answer(
+        tag,
+        ChatView {
+            chat,
+            member_presence,
+        },
+    ))
 }
 
 /// Keyset paging of a chat's messages. Read as text so that a bad value is

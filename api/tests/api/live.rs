@@ -19,23 +19,26 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long a test waits for a frame that must come.
-const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Connects `actor` to `app`'s WebSocket and waits until it is live.
-async fn connect(app: &TestApp, actor: Actor) -> Socket {
-    let (mut socket, _) = tokio_tungstenite::connect_async(app.ws_url(actor))
-        .await
-        .unwrap();
+pub(crate) async fn connect(app: &TestApp, actor: Actor) -> Socket {
+    connect_to(&app.ws_url(actor)).await
+}
+
+/// Connects to the WebSocket at `url` and waits until it is live.
+pub(crate) async fn connect_to(url: &str) -> Socket {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let ready = next_frame(&mut socket).await;
     assert_eq!(ready["type"], "ready", "{ready}");
     socket
 }
 
 /// The next JSON frame, skipping pings.
-async fn next_frame(socket: &mut Socket) -> Value {
+pub(crate) async fn next_frame(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(PATIENCE, socket.next())
             .await
@@ -51,11 +54,21 @@ async fn next_frame(socket: &mut Socket) -> Value {
 }
 
 /// The next frame answering the client (an ack or an error), skipping
-/// events that arrive meanwhile.
-async fn next_reply(socket: &mut Socket) -> Value {
+/// events, presence and typing that arrive meanwhile.
+pub(crate) async fn next_reply(socket: &mut Socket) -> Value {
     loop {
         let frame = next_frame(socket).await;
-        if frame["type"] != "event" {
+        if !["event", "presence", "typing"].contains(&frame["type"].as_str().unwrap_or_default()) {
+            return frame;
+        }
+    }
+}
+
+/// The next frame of `kind` (`"presence"`, `"typing"`, …), skipping others.
+pub(crate) async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+    loop {
+        let frame = next_frame(socket).await;
+        if frame["type"] == kind {
             return frame;
         }
     }
@@ -82,13 +95,13 @@ async fn next_notification(socket: &mut Socket) -> Value {
 }
 
 /// Asserts that no text frame arrives within `quiet`.
-async fn assert_silent(socket: &mut Socket, quiet: Duration) {
+pub(crate) async fn assert_silent(socket: &mut Socket, quiet: Duration) {
     if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(quiet, socket.next()).await {
         panic!("expected silence, got {text}");
     }
 }
 
-async fn send(socket: &mut Socket, frame: Value) {
+pub(crate) async fn send(socket: &mut Socket, frame: Value) {
     socket
         .send(Message::Text(frame.to_string().into()))
         .await
@@ -427,13 +440,13 @@ struct SseEvent {
 }
 
 /// An open SSE response, parsed as it arrives.
-struct Sse {
+pub(crate) struct Sse {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl Sse {
-    async fn open(app: &TestApp, actor: Actor, last_event_id: Option<i64>) -> Self {
+    pub(crate) async fn open(app: &TestApp, actor: Actor, last_event_id: Option<i64>) -> Self {
         let mut request = app
             .request(reqwest::Method::GET, "/api/v1/stream")
             .bearer_auth(app.token(actor));

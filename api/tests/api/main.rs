@@ -22,5 +22,6 @@ mod outage;
 mod payment_flow;
 mod payments;
 mod pipeline;
+mod presence;
 mod reads;
 mod replay;

@@ -57,6 +57,44 @@ impl Topology {
         format!("{}.events.{aggregate_type}.*", self.prefix)
     }
 
+    /// The core NATS subject (never stored) a chat's typing indicators are
+    /// published on.
+    pub fn typing(&self, chat_id: &str) -> String {
+        format!("{}.typing.{chat_id}", self.prefix)
+    }
+
+    /// The subjects of every chat's typing indicators.
+    pub fn all_typing(&self) -> String {
+        format!("{}.typing.*", self.prefix)
+    }
+
+    /// The key-value bucket of who is online: one key per user and Herald
+    /// instance, kept alive by the instance's heartbeats and gone a
+    /// time-to-live after the last one.
+    pub fn presence_bucket(&self) -> String {
+        format!("{}_PRESENCE", self.bucket_base())
+    }
+
+    /// The key-value bucket of when each user was last seen online, kept
+    /// after their presence expires.
+    pub fn last_seen_bucket(&self) -> String {
+        format!("{}_LAST_SEEN", self.bucket_base())
+    }
+
+    /// The prefix as a bucket name may hold it (letters, digits, `_`, `-`).
+    fn bucket_base(&self) -> String {
+        self.prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
     /// Creates the stream if it does not exist yet (file-backed, keeping every
     /// event) and returns it.
     pub async fn ensure_stream(
@@ -94,6 +132,35 @@ impl Topology {
             .await?;
         Ok(consumer.messages().await?)
     }
+}
+
+/// Creates the key-value bucket `bucket` if it does not exist yet, or brings
+/// an existing one's `max_age` (zero: none) and storage to these, and opens
+/// it. The bucket's stream is defined here rather than by the client's
+/// `create_key_value`, which asks the server for account details that NATS
+/// 2.9 answers in a shape the client does not read; the definition is the
+/// one every NATS client gives a bucket keeping one value per key.
+pub async fn ensure_key_value(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+    storage: stream::StorageType,
+) -> Result<jetstream::kv::Store, async_nats::Error> {
+    jetstream
+        .create_or_update_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    Ok(jetstream.get_key_value(bucket).await?)
 }
 
 /// Connects to NATS, retrying in the background for as long as it takes: Herald
@@ -156,5 +223,11 @@ mod tests {
         assert_eq!(topology.stream_name(), "HERALD_EVENTS");
         assert_eq!(topology.subject("Chat", "c1"), "herald.events.Chat.c1");
         assert_eq!(topology.all_events(), "herald.events.>");
+        assert_eq!(topology.typing("c1"), "herald.typing.c1");
+        assert_eq!(topology.presence_bucket(), "HERALD_PRESENCE");
+        assert_eq!(
+            Topology::new("acme.prod").last_seen_bucket(),
+            "ACME_PROD_LAST_SEEN"
+        );
     }
 }
