@@ -429,6 +429,11 @@ impl Announcer {
         }
     }
 
+    /// This instance's key of `user` in the presence bucket.
+    fn key(&self, user: Uuid) -> String {
+        format!("{user}.{}", self.instance)
+    }
+
     /// Puts the key of each user whose first connection opened here, and
     /// deletes that of each whose last one closed.
     async fn reconcile(
@@ -439,7 +444,7 @@ impl Announcer {
         let dirty: Vec<Uuid> = lock(&self.presence.dirty).drain().collect();
         for user in dirty {
             let here = lock(&self.presence.local).contains_key(&user);
-            let key = format!("{user}.{}", self.instance);
+            let key = self.key(user);
             if here && !self.announced.contains(&user) {
                 let at = now_value();
                 seen.put(user.to_string(), at.clone()).await?;
@@ -465,7 +470,7 @@ impl Announcer {
         let users: Vec<Uuid> = self.announced.iter().copied().collect();
         let puts = users.into_iter().map(|user| {
             let (store, seen, at) = (store.clone(), seen.clone(), at.clone());
-            let key = format!("{user}.{}", self.instance);
+            let key = self.key(user);
             async move {
                 // Last seen first, so that it is never older than the key.
                 seen.put(user.to_string(), at.clone()).await?;
@@ -487,7 +492,7 @@ impl Announcer {
         };
         for user in std::mem::take(&mut self.announced) {
             let _ = seen.put(user.to_string(), now_value()).await;
-            let _ = store.delete(format!("{user}.{}", self.instance)).await;
+            let _ = store.delete(self.key(user)).await;
         }
     }
 }
