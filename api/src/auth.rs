@@ -44,12 +44,20 @@ struct Claims {
 /// out; refuses the tokens of users whose access was taken away since.
 #[derive(Clone)]
 pub struct JwtKeys {
+    /// Shared, since every request's extractors take a copy of the state.
+    keys: Arc<Keys>,
+    revocations: Arc<Revocations>,
+}
+
+#[derive(Clone)]
+struct Keys {
     /// The key that signs, named in each token's `kid`.
     kid: String,
     encoding: EncodingKey,
     /// Every key that checks, the signing one first, by `kid`.
     decoding: Vec<(String, DecodingKey)>,
-    revocations: Arc<Revocations>,
+    /// What a token must be to pass.
+    validation: Validation,
 }
 
 /// A key's name: the first 8 bytes of the SHA-256 of its secret, in hex,
@@ -158,10 +166,18 @@ impl JwtKeys {
     pub fn new(secret: &SecretString) -> Result<Self, WeakSecret> {
         let bytes = strong(secret)?;
         let kid = key_id(bytes);
-        Ok(Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        // A token that says when it starts is not honoured before then.
+        validation.validate_nbf = true;
+        let keys = Keys {
             decoding: vec![(kid.clone(), DecodingKey::from_secret(bytes))],
             kid,
             encoding: EncodingKey::from_secret(bytes),
+            validation,
+        };
+        Ok(Self {
+            keys: Arc::new(keys),
             revocations: Arc::default(),
         })
     }
@@ -170,7 +186,8 @@ impl JwtKeys {
     pub fn accepting(mut self, previous: &[SecretString]) -> Result<Self, WeakSecret> {
         for secret in previous {
             let bytes = strong(secret)?;
-            self.decoding
+            Arc::make_mut(&mut self.keys)
+                .decoding
                 .push((key_id(bytes), DecodingKey::from_secret(bytes)));
         }
         Ok(self)
@@ -197,9 +214,9 @@ impl JwtKeys {
             jti: Some(Uuid::new_v4()),
         };
         let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(self.kid.clone());
+        header.kid = Some(self.keys.kid.clone());
         // HS256 signing of a plain struct cannot fail.
-        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap_or_default()
+        jsonwebtoken::encode(&header, &claims, &self.keys.encoding).unwrap_or_default()
     }
 
     /// The actor a token speaks for, when it is genuine and current.
@@ -209,17 +226,14 @@ impl JwtKeys {
                 "the token is longer than any Herald token",
             ));
         }
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        // A token that says when it starts is not honoured before then.
-        validation.validate_nbf = true;
         // A token without a `kid` predates key names: the signing key checks it.
         let kid = jsonwebtoken::decode_header(token)
             .map_err(|_| ApiError::Unauthorized("the token is not a valid Herald token"))?
             .kid;
         let key = match kid {
-            None => &self.decoding[0].1,
+            None => &self.keys.decoding[0].1,
             Some(kid) => self
+                .keys
                 .decoding
                 .iter()
                 .find(|(id, _)| *id == kid)
@@ -228,7 +242,7 @@ impl JwtKeys {
                     "the token is signed with a key Herald no longer accepts",
                 ))?,
         };
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.keys.validation)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     ApiError::Unauthorized("the token has expired")
