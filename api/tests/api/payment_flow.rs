@@ -375,6 +375,7 @@ async fn every_kind_of_booking_and_payment_event_rebuilds_into_the_rows_the_live
         Projection::Bookings,
         Projection::Payments,
         Projection::Summary,
+        Projection::Activity,
     ] {
         common::assert_matches_rebuild(&app.pool, projection).await;
     }
