@@ -54,20 +54,7 @@ async fn get(app: &TestApp, actor: Actor, path: &str) -> common::Reply {
 async fn some_activity(app: &TestApp) -> (Actor, Uuid) {
     let doctor = app.enroll(doctor()).await;
     let alice = app.enroll(patient()).await;
-    for steps in [&["assign"][..], &["assign", "complete"], &["cancel"], &[]] {
-        let booking = app.booking(alice).await;
-        for step in steps {
-            let (actor, body) = match *step {
-                "assign" => (admin(), json!({ "doctor_id": doctor.user_id })),
-                "complete" => (doctor, json!({})),
-                _ => (alice, json!({ "reason": "not needed" })),
-            };
-            let reply = app
-                .post(&format!("/api/v1/bookings/{booking}/{step}"), actor, body)
-                .await;
-            assert_eq!(reply.status, StatusCode::OK, "{step}: {}", reply.body);
-        }
-    }
+    app.bookings_in_every_status(alice, doctor).await;
     paid_through_the_sandbox(app).await;
     let chat = app.group_chat(alice, &[doctor]).await;
     for body in ["Hello", "How are you feeling?", "Better, thanks"] {
@@ -160,7 +147,7 @@ async fn the_pipeline_shows_each_projection_caught_up_a_dead_letter_and_the_comm
         .unwrap();
     let alice = patient();
     let chat = app.group_chat(alice, &[doctor()]).await;
-    poison_the_chats(&app).await;
+    common::poison_the_chats(&app.pool).await;
     app.message(chat, alice, "after the poison").await;
     app.wait_for_projections().await;
 
@@ -232,19 +219,6 @@ async fn the_pipeline_shows_each_projection_caught_up_a_dead_letter_and_the_comm
         .await
         .assert_problem(StatusCode::NOT_FOUND);
     }
-}
-
-/// An event the chats projection cannot read, as if written by a broken
-/// release; the projection sets it aside as a dead letter.
-async fn poison_the_chats(app: &TestApp) {
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('Chat', $1, 1, 'MessageSent', '1', '{\"MessageSent\": {\"garbage\": true}}', '{}')",
-    )
-    .bind(Uuid::new_v4().to_string())
-    .execute(&app.pool)
-    .await
-    .unwrap();
 }
 
 #[tokio::test]
@@ -463,7 +437,7 @@ async fn the_dashboard_in_a_browser_shows_the_apis_figures_and_a_command_within_
     let boss = admin();
     let email = account(&app, boss, "a long admin password").await;
     let (alice, _) = some_activity(&app).await;
-    poison_the_chats(&app).await;
+    common::poison_the_chats(&app.pool).await;
     let (socket, _) = tokio_tungstenite::connect_async(app.ws_url(alice))
         .await
         .unwrap();

@@ -490,15 +490,7 @@ async fn a_poison_event_is_set_aside_as_a_dead_letter_and_the_projection_goes_on
     let app = TestApp::spawn_with_pipeline().await;
     let alice = patient();
     let chat = app.group_chat(alice, &[doctor()]).await;
-    // An event the chats projection cannot read, as if written by a broken release.
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         VALUES ('Chat', $1, 1, 'MessageSent', '1', '{\"MessageSent\": {\"garbage\": true}}', '{}')",
-    )
-    .bind(Uuid::new_v4().to_string())
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    common::poison_the_chats(&app.pool).await;
     let sent = app
         .post(
             &format!("/api/v1/chats/{chat}/messages"),
