@@ -73,6 +73,8 @@ pub struct AppState {
     pub sign_ins: Arc<throttle::SignInThrottle>,
     /// How people are notified.
     pub notify: Arc<notify::NotifyConfig>,
+    /// The answers of list reads as last built, kept while their tags hold.
+    pub pages: Arc<conditional::Pages>,
 }
 
 /// What a running Herald adds around its routes.

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::JwtKeys;
 use crate::background::Background;
+use crate::conditional::Pages;
 use crate::deliveries::Worker;
 use crate::email::{Email, EmailConfig};
 use crate::hooks::Webhooks;
@@ -26,6 +27,10 @@ use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
 use crate::server::{serve, ConnectionArgs};
 use crate::{db, AppState, Surface};
+
+/// Bytes of list answers kept in memory for their next reader
+/// ([`Pages`]).
+const KEPT_PAGES_BYTES: usize = 16 << 20;
 
 /// A boxed startup failure; each names what to fix.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -161,6 +166,7 @@ impl Application {
             limits,
             sign_ins: Arc::default(),
             notify: Arc::new(settings.notify),
+            pages: Arc::new(Pages::new(KEPT_PAGES_BYTES)),
         };
         let surface = Surface {
             nats: Some(client),

@@ -42,6 +42,8 @@ use super::HubCommand;
 
 /// How long a read waits for last-seen times before answering without them.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most last-seen times kept in memory; past it, they are read anew.
+const SEEN_KEPT: usize = 65_536;
 /// The longest pause before trying NATS again after a failure.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Puts of one heartbeat in flight at once.
@@ -106,6 +108,32 @@ pub struct Presence {
     online: Mutex<HashMap<Uuid, HashMap<String, Heard>>>,
     /// The last-seen bucket, once the task has opened it.
     last_seen: OnceLock<kv::Store>,
+    /// Last-seen times read from the bucket.
+    seen: Mutex<Seen>,
+}
+
+/// Last-seen times of offline users, as read from the bucket. Someone's
+/// changes only when they come and go again, and the watch hears them go, so
+/// each is kept until then (only offline users' times are read) and polls of
+/// a chat ask NATS nothing.
+#[derive(Default)]
+struct Seen {
+    times: HashMap<Uuid, Option<DateTime<Utc>>>,
+    /// Counts the times forgotten, so that a read begun before one was
+    /// forgotten does not keep what it read.
+    forgotten: u64,
+}
+
+impl Seen {
+    fn forget(&mut self, user: &Uuid) {
+        self.times.remove(user);
+        self.forgotten += 1;
+    }
+
+    fn forget_all(&mut self) {
+        self.times.clear();
+        self.forgotten += 1;
+    }
 }
 
 /// One live connection of a user; dropping it ends it for presence.
@@ -144,6 +172,7 @@ impl Presence {
             wake: Notify::new(),
             online: Mutex::default(),
             last_seen: OnceLock::new(),
+            seen: Mutex::default(),
         }
     }
 
@@ -186,28 +215,41 @@ impl Presence {
                 .copied()
                 .collect()
         };
-        let offline: Vec<Uuid> = (users.iter())
-            .filter(|user| !online.contains(user))
-            .copied()
-            .collect();
-        let seen = match self.last_seen.get() {
-            Some(store) => {
-                let lookups = offline.iter().map(|user| {
-                    let (store, user) = (store.clone(), *user);
-                    async move {
-                        let value = store.get(user.to_string()).await.ok().flatten();
-                        (user, value.and_then(|value| parse_time(&value)))
+        let (mut seen, unknown, forgotten) = {
+            let kept = lock(&self.seen);
+            let mut seen = HashMap::new();
+            let mut unknown = Vec::new();
+            for user in users.iter().filter(|user| !online.contains(user)) {
+                match kept.times.get(user) {
+                    Some(at) => {
+                        seen.insert(*user, *at);
                     }
-                });
-                tokio::time::timeout(LOOKUP_TIMEOUT, futures::future::join_all(lookups))
-                    .await
-                    .unwrap_or_default()
+                    None => unknown.push(*user),
+                }
             }
-            None => Vec::new(),
+            (seen, unknown, kept.forgotten)
         };
-        let seen: HashMap<Uuid, DateTime<Utc>> = (seen.into_iter())
-            .filter_map(|(user, at)| at.map(|at| (user, at)))
-            .collect();
+        if let (Some(store), false) = (self.last_seen.get(), unknown.is_empty()) {
+            let lookups = unknown.iter().map(|user| {
+                let (store, user) = (store.clone(), *user);
+                async move {
+                    let value = store.get(user.to_string()).await.ok()?;
+                    Some((user, value.and_then(|value| parse_time(&value))))
+                }
+            });
+            let read = tokio::time::timeout(LOOKUP_TIMEOUT, futures::future::join_all(lookups))
+                .await
+                .unwrap_or_default();
+            let read: Vec<_> = read.into_iter().flatten().collect();
+            let mut kept = lock(&self.seen);
+            if kept.forgotten == forgotten {
+                if kept.times.len() + read.len() > SEEN_KEPT {
+                    kept.times.clear();
+                }
+                kept.times.extend(read.iter().copied());
+            }
+            seen.extend(read);
+        }
         (users.iter())
             .map(|user| {
                 let presence = if online.contains(user) {
@@ -215,7 +257,7 @@ impl Presence {
                 } else {
                     MemberPresence {
                         online: false,
-                        last_seen_at: seen.get(user).copied(),
+                        last_seen_at: seen.get(user).copied().flatten(),
                     }
                 };
                 (*user, presence)
@@ -251,6 +293,7 @@ impl Presence {
                     return None;
                 }
                 view.remove(&user);
+                lock(&self.seen).forget(&user);
                 let offline = MemberPresence {
                     online: false,
                     last_seen_at: Some(Utc::now()),
@@ -266,6 +309,7 @@ impl Presence {
     fn sweep(&self) -> Vec<(Uuid, MemberPresence)> {
         let now = Instant::now();
         let mut view = lock(&self.online);
+        let mut seen = lock(&self.seen);
         let mut gone = Vec::new();
         view.retain(|user, keys| {
             let last = keys.values().map(|heard| heard.at).max();
@@ -275,6 +319,7 @@ impl Presence {
                     online: false,
                     last_seen_at: last,
                 };
+                seen.forget(user);
                 gone.push((*user, offline));
                 false
             } else {
@@ -286,6 +331,7 @@ impl Presence {
 
     /// Forgets every key: the watch starts again and reads them anew.
     fn forget(&self) -> Vec<Uuid> {
+        lock(&self.seen).forget_all();
         lock(&self.online).drain().map(|(user, _)| user).collect()
     }
 }

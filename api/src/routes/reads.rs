@@ -207,16 +207,19 @@ async fn list_chats(
     held: IfNoneMatch,
 ) -> Result<Read<ChatList>, ApiError> {
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
-    let head = list_head(&app, Projection::Chats).await?;
-    let tag = ETag::new(head.position, (head.names_version, actor));
-    if held.matches(&tag) {
-        return Ok(Read::NotModified(tag));
-    }
-    let items = app
-        .readers
-        .run(|conn| chats::list_for_user(conn, actor.user_id).boxed())
-        .await?;
-    Ok(Read::Full(tag, ChatList { items }))
+    let tag = || async {
+        let head = list_head(&app, Projection::Chats).await?;
+        Ok::<_, ApiError>(ETag::new(head.position, (head.names_version, actor)))
+    };
+    let build = async {
+        let tag = tag().await?;
+        let items = app
+            .readers
+            .run(|conn| chats::list_for_user(conn, actor.user_id).boxed())
+            .await?;
+        Ok((tag, ChatList { items }))
+    };
+    app.pages.answer(actor, &held, tag(), build).await
 }
 
 /// One chat, for its members and admins.
@@ -313,36 +316,32 @@ async fn list_messages(
         .map(|limit| limit.unwrap_or(DEFAULT_LIMIT));
     let (before_seq, limit) = fields.finish(before_seq.zip(limit))?;
     consistency::wait(&app, &consistency, &[Projection::Chats]).await?;
-    // A poller's tag is checked on the chat's row alone; a full read takes the
-    // access and the page in one statement.
-    if held.is_conditional() {
-        let tag = ETag::new(
-            visible_chat(&app, actor, chat_id).await?,
-            (before_seq, limit),
-        );
-        if held.matches(&tag) {
-            return Ok(Read::NotModified(tag));
-        }
-    }
-    let (chat, items) = app
-        .readers
-        .run(|conn| chats::messages(conn, chat_id, actor.user_id, before_seq, limit).boxed())
-        .await?
-        .unzip();
-    let tag = ETag::new(chat_visible(actor, chat)?.version, (before_seq, limit));
-    let items = items.unwrap_or_default();
-    // The first message has seq 1, so a page ending there is the last.
-    let next_before_seq = items
-        .last()
-        .filter(|last| items.len() as i64 == limit && last.seq > 1)
-        .map(|last| last.seq);
-    Ok(Read::Full(
-        tag,
-        MessagePage {
-            items,
-            next_before_seq,
-        },
-    ))
+    // The tag alone is read from the chat's row; a full read takes the access
+    // and the page in one statement.
+    let tag_of = |version| ETag::new(version, (before_seq, limit));
+    let tag = async { Ok(tag_of(visible_chat(&app, actor, chat_id).await?)) };
+    let build = async {
+        let (chat, items) = app
+            .readers
+            .run(|conn| chats::messages(conn, chat_id, actor.user_id, before_seq, limit).boxed())
+            .await?
+            .unzip();
+        let tag = tag_of(chat_visible(actor, chat)?.version);
+        let items = items.unwrap_or_default();
+        // The first message has seq 1, so a page ending there is the last.
+        let next_before_seq = items
+            .last()
+            .filter(|last| items.len() as i64 == limit && last.seq > 1)
+            .map(|last| last.seq);
+        Ok((
+            tag,
+            MessagePage {
+                items,
+                next_before_seq,
+            },
+        ))
+    };
+    app.pages.answer(actor, &held, tag, build).await
 }
 
 /// Filtering and paging of bookings. Read as text so that a bad value is a
@@ -410,24 +409,21 @@ async fn list_bookings(
     let ((status, limit), cursor) = fields.finish(status.zip(limit).zip(cursor))?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
     let scope_of_tag = (actor, status.map(BookingStatus::as_str), limit, cursor);
-    // A poller's tag is checked on the checkpoint alone; a full read takes the
+    // The tag alone is read from the checkpoint; a full read takes the
     // version and the page in one statement.
     let tag_of = |head: ListHead| ETag::new(head.position, (head.names_version, scope_of_tag));
-    if held.is_conditional() {
-        let tag = tag_of(list_head(&app, Projection::Bookings).await?);
-        if held.matches(&tag) {
-            return Ok(Read::NotModified(tag));
-        }
-    }
-    let filter = BookingFilter { status, ..scope };
-    // One row more than asked tells whether another page follows.
-    let (head, mut items) = app
-        .readers
-        .run(|conn| bookings::list(conn, filter, cursor, limit + 1).boxed())
-        .await?;
-    let tag = tag_of(head);
-    let next_cursor = next_page(&mut items, limit, |last| last.created_position.to_string());
-    Ok(Read::Full(tag, BookingPage { items, next_cursor }))
+    let tag = async { Ok(tag_of(list_head(&app, Projection::Bookings).await?)) };
+    let build = async {
+        let filter = BookingFilter { status, ..scope };
+        // One row more than asked tells whether another page follows.
+        let (head, mut items) = app
+            .readers
+            .run(|conn| bookings::list(conn, filter, cursor, limit + 1).boxed())
+            .await?;
+        let next_cursor = next_page(&mut items, limit, |last| last.created_position.to_string());
+        Ok((tag_of(head), BookingPage { items, next_cursor }))
+    };
+    app.pages.answer(actor, &held, tag, build).await
 }
 
 /// One booking, for whoever may see it in the list.
@@ -548,16 +544,19 @@ async fn list_payments(
         .await?
         .filter(|booking| access::may_see_payment(actor, booking.patient_id))
         .ok_or(ApiError::NotFound("no booking with that id"))?;
-    let head = list_head(&app, Projection::Payments).await?;
-    let tag = ETag::new(head.position, (booking_id, booking.version));
-    if held.matches(&tag) {
-        return Ok(Read::NotModified(tag));
-    }
-    let items = app
-        .readers
-        .run(|conn| payments::for_booking(conn, booking_id).boxed())
-        .await?;
-    Ok(Read::Full(tag, PaymentList { items }))
+    let tag = || async {
+        let head = list_head(&app, Projection::Payments).await?;
+        Ok::<_, ApiError>(ETag::new(head.position, (booking_id, booking.version)))
+    };
+    let build = async {
+        let tag = tag().await?;
+        let items = app
+            .readers
+            .run(|conn| payments::for_booking(conn, booking_id).boxed())
+            .await?;
+        Ok((tag, PaymentList { items }))
+    };
+    app.pages.answer(actor, &held, tag(), build).await
 }
 
 /// The admin dashboard: bookings and payments by status, and revenue.
@@ -585,12 +584,16 @@ async fn get_summary(
         return Err(ApiError::Forbidden("only admins see the dashboard"));
     }
     consistency::wait(&app, &consistency, &[Projection::Summary]).await?;
-    let tag = ETag::new(list_head(&app, Projection::Summary).await?.position, ());
-    if held.matches(&tag) {
-        return Ok(Read::NotModified(tag));
-    }
-    let figures = app.readers.run(|conn| summary::get(conn).boxed()).await?;
-    Ok(Read::Full(tag, figures))
+    let tag = || async {
+        let head = list_head(&app, Projection::Summary).await?;
+        Ok::<_, ApiError>(ETag::new(head.position, ()))
+    };
+    let build = async {
+        let tag = tag().await?;
+        let figures = app.readers.run(|conn| summary::get(conn).boxed()).await?;
+        Ok((tag, figures))
+    };
+    app.pages.answer(actor, &held, tag(), build).await
 }
 
 /// The dashboard's time series: bookings made, completed and cancelled per

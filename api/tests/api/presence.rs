@@ -235,6 +235,51 @@ async fn closing_the_last_socket_shows_its_user_offline_at_once_and_only_to_co_m
 }
 
 #[tokio::test]
+async fn a_member_who_comes_and_goes_again_on_another_instance_is_shown_last_seen_at_their_latest_leaving(
+) {
+    let b = TestApp::spawn_live(config()).await;
+    let a = TestApp::spawn_live_on(&b.database_url, &b.topology, config()).await;
+    let (doctor, patient) = (doctor(), patient());
+    let chat = b.group_chat(doctor, &[patient]).await;
+    b.wait_for_projections().await;
+    let mut doctors = connect(&b, doctor).await;
+
+    let mut leavings = Vec::new();
+    for _ in 0..2 {
+        let patients = connect(&a, patient).await;
+        assert_eq!(
+            next_presence_of(&mut doctors, patient).await["online"],
+            true
+        );
+        let online = shown_presence(&b, chat, doctor, patient).await;
+        assert_eq!(online, json!({ "online": true, "last_seen_at": null }));
+        // Seconds apart, so that the two leavings have different times.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        drop(patients);
+        let offline = next_presence_of(&mut doctors, patient).await;
+        assert_eq!(offline["online"], false, "{offline}");
+        // Read twice: the second read answers as the first did.
+        for _ in 0..2 {
+            let shown = shown_presence(&b, chat, doctor, patient).await;
+            assert_eq!(shown["online"], false, "{shown}");
+            let (shown_seen, heard) =
+                (time(&shown["last_seen_at"]), time(&offline["last_seen_at"]));
+            assert!(
+                (shown_seen - heard).abs() < chrono::Duration::seconds(1),
+                "{shown} against {offline}"
+            );
+        }
+        leavings.push(time(
+            &shown_presence(&b, chat, doctor, patient).await["last_seen_at"],
+        ));
+    }
+    assert!(
+        leavings[1] - leavings[0] >= chrono::Duration::seconds(1),
+        "last seen {leavings:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_open_sse_stream_keeps_its_user_online_like_a_socket() {
     let app = TestApp::spawn_live(config()).await;
     let (doctor, patient) = (doctor(), patient());

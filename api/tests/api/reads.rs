@@ -903,6 +903,52 @@ async fn reads_show_peoples_names_and_a_new_name_gives_them_new_tags() {
 }
 
 #[tokio::test]
+async fn a_list_read_again_unchanged_answers_alike_and_after_a_change_shows_it() {
+    let h = Herald::start().await;
+    let (alice, bob, doc) = (patient(), patient(), doctor());
+    let first = h.booking(alice).await;
+    h.booking(bob).await;
+    let chat = h.chat(alice, &[doc]).await.id;
+    h.run(doc, send(chat, "hello")).await;
+    h.app.wait_for_projections().await;
+    let list = "/api/v1/bookings?limit=50";
+    let messages = format!("/api/v1/chats/{chat}/messages?limit=50");
+    // Read as a poller without a tag does: the same request each time.
+    let read = |actor: Actor, path: String| {
+        let app = &h.app;
+        async move { app.send(Method::GET, &path, actor, None).await }
+    };
+
+    for path in [list.to_owned(), messages.clone()] {
+        let once = read(alice, path.clone()).await;
+        let twice = read(alice, path.clone()).await;
+        assert_eq!(twice.status, StatusCode::OK, "{path}: {}", twice.body);
+        assert_eq!(twice.body, once.body, "{path}");
+        assert_eq!(twice.headers["etag"], once.headers["etag"], "{path}");
+        assert_eq!(twice.headers["content-type"], "application/json", "{path}");
+    }
+    // Another caller asking the same gets their own answer.
+    assert_eq!(
+        ids(read(bob, list.to_owned()).await.body["items"]
+            .as_array()
+            .unwrap())
+        .len(),
+        1
+    );
+
+    let second = h.booking(alice).await;
+    h.run(doc, send(chat, "again")).await;
+    h.app.wait_for_projections().await;
+    let listed = read(alice, list.to_owned()).await;
+    assert_eq!(
+        ids(listed.body["items"].as_array().unwrap()),
+        [second, first]
+    );
+    let page = read(alice, messages).await;
+    assert_eq!(page.body["items"][0]["body"], "again", "{}", page.body);
+}
+
+#[tokio::test]
 async fn a_tag_held_by_someone_else_earns_no_304_and_tells_nothing() {
     let h = Herald::start().await;
     let (alice, bob, doc) = (patient(), patient(), doctor());
