@@ -389,7 +389,7 @@
         `/api/v1/dashboard/dead-letters/${encodeURIComponent(button.dataset.retry)}/retry`,
         { method: 'POST' },
       );
-      $('#error').textContent = `${button.dataset.retry}: ${body.applied} applied, ${body.failing} still failing`;
+      $('#notice').textContent = `${button.dataset.retry}: ${body.applied} applied, ${body.failing} still failing`;
     } catch (error) {
       showError(error);
     }

@@ -171,8 +171,8 @@ async fn the_pipeline_shows_each_projection_caught_up_a_dead_letter_and_the_comm
             "{projection}"
         );
     }
-    // The chats projection and the reminders of unread messages both read
-    // messages, and both set the poison aside.
+    // The chats and activity projections and the reminders of unread
+    // messages all read messages, and all set the poison aside.
     let mut set_aside: Vec<&str> = pipeline["dead_letters"]
         .as_array()
         .unwrap()
@@ -180,7 +180,7 @@ async fn the_pipeline_shows_each_projection_caught_up_a_dead_letter_and_the_comm
         .map(|letter| letter["projection"].as_str().unwrap())
         .collect();
     set_aside.sort_unstable();
-    assert_eq!(set_aside, ["chat-reminders", "chats"]);
+    assert_eq!(set_aside, ["activity", "chat-reminders", "chats"]);
     assert_eq!(pipeline["websocket_connections"], 1);
     // The chat and the message, at least, were commands of the last minute.
     assert!(pipeline["commands_per_second"].as_f64().unwrap() >= 2.0 / 60.0);
@@ -504,18 +504,35 @@ async fn the_dashboard_in_a_browser_shows_the_apis_figures_and_a_command_within_
     assert_eq!(shown["head"], head.to_string());
     assert_eq!(shown["websockets"], "1");
     assert_eq!(shown["relay.state"], "active");
-    assert_eq!(shown["dead-letters"], "2 set aside");
+    assert_eq!(shown["dead-letters"], "3 set aside");
     // Projections' dead letters may be retried from the page; the other
     // followers' are listed for an operator.
     let retries: Value = page
         .execute(
             "return [...document.querySelectorAll('#dead-letters button')]
-                 .map((b) => b.dataset.retry);",
+                 .map((b) => b.dataset.retry).sort();",
             vec![],
         )
         .await
         .unwrap();
-    assert_eq!(retries, json!(["chats"]));
+    assert_eq!(retries, json!(["activity", "chats"]));
+    page.find(Locator::Css("#dead-letters button[data-retry=chats]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = page.find(Locator::Id("notice")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while notice.text().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the retry said nothing");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The poison is still poison: the retry tried it once more.
+    assert_eq!(
+        notice.text().await.unwrap(),
+        "chats: 0 applied, 1 still failing"
+    );
     let lag_rows = page
         .find_all(Locator::Css("#projections tr"))
         .await
@@ -576,6 +593,9 @@ async fn the_dashboard_in_a_browser_shows_the_apis_figures_and_a_command_within_
         .as_u64()
         .unwrap();
     page.set_window_size(1280, u32::try_from(height).unwrap().max(800) + 120)
+        .await
+        .unwrap();
+    page.execute("window.scrollTo(0, 0);", vec![])
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

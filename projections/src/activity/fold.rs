@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use domain::chat::ChatEvent;
 use domain::payment::PaymentEvent;
 use herald_nats::log::copy::Rows;
 use herald_nats::log::Stored;
@@ -28,7 +29,10 @@ impl rebuild::Fold for Fold {
     fn entry(&mut self, entry: &Stored<'_>, id: Uuid, _: &mut Rows) -> Result<(), ApplyError> {
         let counted = self.moves.count(entry.event_type, entry.recorded_at);
         match entry.aggregate_type {
-            CHAT if counted => self.moves.message(id, entry.recorded_at),
+            CHAT if counted => {
+                decode_stored::<ChatEvent>(entry)?;
+                self.moves.message(id, entry.recorded_at);
+            }
             PAYMENT if MONEY.contains(&entry.event_type) => {
                 let refund = match decode_stored::<PaymentEvent>(entry)? {
                     PaymentEvent::PaymentInitiated { amount, .. } => {
