@@ -208,7 +208,7 @@ pub struct ProjectArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
 
-    /// Projections to run (chats, bookings, payments, summary, notifications); all when none.
+    /// Projections to run (chats, bookings, payments, summary, notifications, activity); all when none.
     pub projections: Vec<projections::Projection>,
 }
 
@@ -224,7 +224,7 @@ pub struct DeadLetterArgs {
     pub retry: bool,
 
     /// Only this follower's: a projection (chats, bookings, payments, summary,
-    /// notifications), the payment process manager (payment-process) or the
+    /// notifications, activity), the payment process manager (payment-process) or the
     /// reminders of unread messages (chat-reminders).
     pub follower: Option<String>,
 }
@@ -303,7 +303,7 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// Projections to rebuild (chats, bookings, payments, summary, notifications); all when none.
+    /// Projections to rebuild (chats, bookings, payments, summary, notifications, activity); all when none.
     pub projections: Vec<projections::Projection>,
 
     /// Rebuilds what the last `herald replay` had not swapped in when it was

@@ -12,6 +12,7 @@ pub mod command;
 pub mod conditional;
 pub mod config;
 pub mod consistency;
+pub mod dashboard;
 pub mod db;
 pub mod deliveries;
 pub mod dev;
@@ -95,14 +96,14 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         surface.nats,
         surface.relay,
     ));
-    let (documented, doc) = documented(state.sandbox.is_some(), ops).split_for_parts();
+    let (documented, doc) = documented(&state, ops.clone()).split_for_parts();
     // The WebSocket and the event stream answer no single body a handler
     // attribute could describe; `openapi::finish` describes them.
     let api = Router::new().merge(routes::live::routes());
     let mut app = documented
         .nest("/api/v1", api)
         .merge(openapi::routes(openapi::finish(doc)))
-        .route_layer(axum::middleware::from_fn(ops::track_http))
+        .route_layer(axum::middleware::from_fn_with_state(ops, ops::track_http))
         .fallback(|| async { ApiError::NotFound("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     if let Some(limits) = state.limits.clone() {
@@ -121,8 +122,8 @@ pub fn router(state: AppState, surface: Surface) -> Router {
 
 /// The routes registered together with their OpenAPI descriptions, so that
 /// none is served undocumented: the API under `/api/v1`, the payment webhook
-/// and sandbox, and the operations endpoints.
-fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
+/// and sandbox, the dashboard, and the operations endpoints.
+fn documented(state: &AppState, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(routes::chats::routes())
         .merge(routes::bookings::routes())
@@ -135,10 +136,13 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         .merge(routes::hooks::routes());
     let mut outside =
         OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
-    if sandbox {
+    if state.sandbox.is_some() {
         outside = outside.merge(provider::sandbox::routes());
     }
-    outside.nest("/api/v1", api).merge(ops::routes(ops))
+    outside
+        .nest("/api/v1", api)
+        .merge(dashboard::routes(state.clone(), ops.clone()))
+        .merge(ops::routes(ops))
 }
 
 /// Headers that keep browsers from misreading or framing Herald's answers,

@@ -1,12 +1,12 @@
 //! Operations endpoints (no `/api/v1`, no JWT): liveness, readiness with the
 //! failing check named, and Prometheus metrics.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -36,12 +36,21 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Histogram buckets of how many commands a group commit appended.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// How far back the command rate and latency on the dashboard look.
+const COMMAND_WINDOW: Duration = Duration::from_secs(60);
+/// Most commands the window remembers; past that the oldest are forgotten
+/// early, so a flood cannot grow it without bound.
+const COMMAND_WINDOW_CAP: usize = 200_000;
+
 /// What the operations endpoints look at.
 pub struct Ops {
     pool: PgPool,
     nats: Option<async_nats::Client>,
     relay: Option<Arc<RelayStatus>>,
     metrics: PrometheusHandle,
+    /// When each command of the last [`COMMAND_WINDOW`] finished, and how
+    /// long it took.
+    commands: Mutex<VecDeque<(Instant, Duration)>>,
 }
 
 impl Ops {
@@ -56,8 +65,156 @@ impl Ops {
             nats,
             relay,
             metrics: recorder(),
+            commands: Mutex::new(VecDeque::new()),
         }
     }
+
+    /// Notes a command that took `took`, finished now.
+    fn command_done(&self, took: Duration) {
+        let now = Instant::now();
+        let mut commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        while commands.len() >= COMMAND_WINDOW_CAP
+            || commands
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > COMMAND_WINDOW)
+        {
+            commands.pop_front();
+        }
+        commands.push_back((now, took));
+    }
+
+    /// Commands per second over the last [`COMMAND_WINDOW`], and the 99th
+    /// percentile of their latency in milliseconds (`None` without any).
+    fn command_rate(&self) -> (f64, Option<f64>) {
+        let now = Instant::now();
+        let mut took: Vec<Duration> = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(at, _)| now.duration_since(*at) <= COMMAND_WINDOW)
+            .map(|(_, took)| *took)
+            .collect();
+        let rate = took.len() as f64 / COMMAND_WINDOW.as_secs_f64();
+        took.sort_unstable();
+        let p99 = took
+            .len()
+            .checked_sub(1)
+            .map(|last| took[last * 99 / 100].as_secs_f64() * 1000.0);
+        (rate, p99)
+    }
+
+    /// The pipeline's health as the dashboard shows it; `sockets` is how many
+    /// WebSockets this process holds.
+    pub async fn pipeline(&self, sockets: Option<usize>) -> Result<Pipeline, sqlx::Error> {
+        let head = herald_nats::log::head(&self.pool).await?;
+        let lags = projection_lags(&self.pool, head).await?;
+        let oldest_unapplied: Vec<i64> = lags.iter().map(|lag| lag.position + 1).collect();
+        let waiting_since = herald_nats::log::recorded_at(&self.pool, &oldest_unapplied).await?;
+        let now = chrono::Utc::now();
+        let projections = lags
+            .into_iter()
+            .zip(waiting_since)
+            .map(|(lag, since)| ProjectionLag {
+                name: lag.projection.name(),
+                position: lag.position,
+                lag: lag.lag,
+                lag_ms: since
+                    .filter(|_| lag.lag > 0)
+                    .map_or(0, |since| (now - since).num_milliseconds().max(0)),
+            })
+            .collect();
+        let dead_letters = projections::dead_letters(&self.pool).await?;
+        let (commands_per_second, command_p99_ms) = self.command_rate();
+        Ok(Pipeline {
+            head,
+            relay: self.relay.as_ref().map(|relay| RelayHealth {
+                active: relay.is_active(),
+                sequenced: relay.sequenced(),
+                published: relay.published(),
+                horizon_age_ms: i64::try_from(relay.horizon_age().as_millis()).unwrap_or(i64::MAX),
+            }),
+            projections,
+            retriable: Projection::ALL.map(Projection::name).to_vec(),
+            dead_letters,
+            websocket_connections: sockets,
+            commands_per_second,
+            command_p99_ms,
+        })
+    }
+}
+
+/// One projection's checkpoint and how far it is behind the log's head.
+struct Lag {
+    projection: Projection,
+    position: i64,
+    lag: i64,
+}
+
+/// Every projection's [`Lag`] behind `head`.
+async fn projection_lags(pool: &PgPool, head: i64) -> Result<Vec<Lag>, sqlx::Error> {
+    let positions = projections::checkpoints(pool, &Projection::ALL).await?;
+    Ok(Projection::ALL
+        .into_iter()
+        .zip(positions)
+        .map(|(projection, position)| Lag {
+            projection,
+            position,
+            lag: head - position,
+        })
+        .collect())
+}
+
+/// The pipeline's health: the log's head, the relay, each projection's lag,
+/// dead letters, live connections and the command rate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pipeline {
+    /// The last position sequenced.
+    pub head: i64,
+    /// The relay of this process; `null` where it runs none.
+    pub relay: Option<RelayHealth>,
+    /// Each projection's checkpoint and lag.
+    pub projections: Vec<ProjectionLag>,
+    /// The followers whose dead letters may be retried (the projections); the
+    /// process manager's are listed for an operator to act on.
+    pub retriable: Vec<&'static str>,
+    /// Every entry a follower set aside, oldest first.
+    pub dead_letters: Vec<projections::DeadLetter>,
+    /// WebSockets open on this process; `null` where live updates do not run.
+    pub websocket_connections: Option<usize>,
+    /// Commands (writes under `/api/v1`) per second over the last minute, on
+    /// this process.
+    pub commands_per_second: f64,
+    /// The 99th percentile of their latency in milliseconds; `null` without
+    /// any in the last minute.
+    pub command_p99_ms: Option<f64>,
+}
+
+/// The relay as this process sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RelayHealth {
+    /// Whether this process holds the relay lock.
+    pub active: bool,
+    /// The last position numbered.
+    pub sequenced: i64,
+    /// The last position JetStream acknowledged.
+    pub published: i64,
+    /// How long committed events have waited behind an open transaction.
+    pub horizon_age_ms: i64,
+}
+
+/// How far one projection is behind the log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionLag {
+    /// The projection's name.
+    pub name: &'static str,
+    /// The position it has applied up to.
+    pub position: i64,
+    /// Positions it has still to apply.
+    pub lag: i64,
+    /// How long the oldest entry it has still to apply has been in the log,
+    /// in milliseconds; 0 when it is caught up.
+    pub lag_ms: i64,
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -112,15 +269,22 @@ struct Liveness {
     status: &'static str,
 }
 
-/// Middleware: counts requests by route, method and status, and times them.
-pub async fn track_http(request: Request, next: Next) -> Response {
+/// Middleware: counts requests by route, method and status, and times them;
+/// writes under `/api/v1` are the commands the dashboard's rate counts.
+pub async fn track_http(State(ops): State<Arc<Ops>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let command = request.method() != Method::GET
+        && request.method() != Method::HEAD
+        && request.uri().path().starts_with("/api/v1/");
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
+    if command {
+        ops.command_done(started.elapsed());
+    }
     let status = response.status().as_u16().to_string();
     metrics::counter!("herald_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);
@@ -232,9 +396,13 @@ async fn ready(State(ops): State<Arc<Ops>>) -> Response {
         );
     }
     if let Some(head) = head {
-        if let Ok(positions) = projections::checkpoints(&ops.pool, &Projection::ALL).await {
-            for (projection, position) in Projection::ALL.iter().zip(positions) {
-                let lag = head - position;
+        if let Ok(lags) = projection_lags(&ops.pool, head).await {
+            for Lag {
+                projection,
+                position,
+                lag,
+            } in lags
+            {
                 checks.insert(
                     format!("projection:{projection}"),
                     Check::new(
@@ -285,12 +453,12 @@ async fn metrics_page(State(ops): State<Arc<Ops>>) -> Response {
         metrics::gauge!("herald_relay_horizon_age_seconds").set(relay.horizon_age().as_secs_f64());
     }
     if let Ok(head) = herald_nats::log::head(&ops.pool).await {
-        if let Ok(positions) = projections::checkpoints(&ops.pool, &Projection::ALL).await {
-            for (projection, position) in Projection::ALL.iter().zip(positions) {
-                metrics::gauge!("herald_projection_position", "projection" => projection.name())
-                    .set(position as f64);
-                metrics::gauge!("herald_projection_lag", "projection" => projection.name())
-                    .set((head - position) as f64);
+        if let Ok(lags) = projection_lags(&ops.pool, head).await {
+            for lag in lags {
+                let name = lag.projection.name();
+                metrics::gauge!("herald_projection_position", "projection" => name)
+                    .set(lag.position as f64);
+                metrics::gauge!("herald_projection_lag", "projection" => name).set(lag.lag as f64);
             }
         }
     }

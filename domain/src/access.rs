@@ -131,6 +131,36 @@ pub fn may_manage_integrations(actor: Actor) -> Result<(), Permission> {
     }
 }
 
+/// Whether `actor` may see the dashboard's business figures: bookings,
+/// payments, revenue and messages over time. Only admins may.
+pub fn may_see_business_figures(actor: Actor) -> Result<(), Permission> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(Permission::OnlyAdminsSeeBusinessFigures)
+    }
+}
+
+/// Whether `actor` may see the pipeline's health: the relay, each
+/// projection's lag, dead letters and the command rate. Admins and auditors
+/// may; it shows positions and counts, no event's content.
+pub fn may_see_pipeline(actor: Actor) -> Result<(), Permission> {
+    if actor.is_admin() || actor.role == Role::Auditor {
+        Ok(())
+    } else {
+        Err(Permission::OnlyAdminsAndAuditorsSeeThePipeline)
+    }
+}
+
+/// Whether `actor` may apply a follower's dead letters again. Only admins may.
+pub fn may_retry_dead_letters(actor: Actor) -> Result<(), Permission> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(Permission::OnlyAdminsRetryDeadLetters)
+    }
+}
+
 /// Whether `actor` may see the payments `patient` makes.
 pub fn may_see_payment(actor: Actor, patient: Uuid) -> bool {
     actor.is_admin() || (actor.role == Role::Patient && actor.user_id == patient)

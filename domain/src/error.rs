@@ -110,6 +110,15 @@ pub enum Permission {
     /// Where notifications go outside Herald is the operators' to say.
     #[error("only admins manage webhooks")]
     OnlyAdminsManageIntegrations,
+    /// Business figures (bookings, revenue, messages) are the operators'.
+    #[error("only admins see the dashboard's business figures")]
+    OnlyAdminsSeeBusinessFigures,
+    /// The log's health is what auditors and operators answer for.
+    #[error("only admins and auditors see the pipeline's health")]
+    OnlyAdminsAndAuditorsSeeThePipeline,
+    /// Applying set-aside events again changes read models: an operator's act.
+    #[error("only admins may retry dead letters")]
+    OnlyAdminsRetryDeadLetters,
     /// An admin who demotes or deactivates themself may leave nobody in charge.
     #[error("admins may not change their own role or deactivate themselves")]
     AdminsDoNotManageThemselves,

@@ -7,6 +7,7 @@
 //! checkpoint changes nothing. Positions are dense, so a
 //! missing one is noticed, and read from Postgres, which stays the truth.
 
+pub mod activity;
 pub mod bookings;
 pub mod chats;
 mod checkpoint;
@@ -116,16 +117,19 @@ pub enum Projection {
     /// Each person's notifications, how far they have read them, and their
     /// settings.
     Notifications,
+    /// The dashboard's time series: counters per minute.
+    Activity,
 }
 
 impl Projection {
     /// Every projection.
-    pub const ALL: [Projection; 5] = [
+    pub const ALL: [Projection; 6] = [
         Projection::Chats,
         Projection::Bookings,
         Projection::Payments,
         Projection::Summary,
         Projection::Notifications,
+        Projection::Activity,
     ];
 
     /// The name of its checkpoint and its dead letters.
@@ -136,6 +140,7 @@ impl Projection {
             Projection::Payments => "payments",
             Projection::Summary => "summary",
             Projection::Notifications => "notifications",
+            Projection::Activity => "activity",
         }
     }
 
@@ -157,6 +162,12 @@ impl Projection {
                 "rm_notification_bookings",
                 "rm_notification_payments",
             ],
+            Projection::Activity => &[
+                "rm_activity_counts",
+                "rm_activity_revenue",
+                "rm_activity_payments",
+                "rm_activity_chats",
+            ],
         }
     }
 
@@ -168,14 +179,18 @@ impl Projection {
             Projection::Bookings | Projection::Summary => &[BOOKING, PAYMENT],
             Projection::Payments => &[PAYMENT],
             Projection::Notifications => &[BOOKING, PAYMENT, CHAT, USER],
+            Projection::Activity => &[BOOKING, PAYMENT, CHAT],
         }
     }
 
     /// Whether events of this type change the read model.
     pub fn follows(self, aggregate_type: &str, event_type: &str) -> bool {
         self.aggregate_types().contains(&aggregate_type)
-            && (self != Projection::Notifications
-                || notifications::follows(aggregate_type, event_type))
+            && match self {
+                Projection::Notifications => notifications::follows(aggregate_type, event_type),
+                Projection::Activity => activity::follows(event_type),
+                _ => true,
+            }
     }
 
     /// Applies one log entry inside the caller's transaction. Entries of events
@@ -197,6 +212,7 @@ impl Projection {
             Projection::Bookings => bookings::apply_all(conn, entries).await,
             Projection::Summary => summary::apply_all(conn, entries).await,
             Projection::Notifications => notifications::apply_all(conn, entries).await,
+            Projection::Activity => activity::apply_all(conn, entries).await,
             Projection::Payments => {
                 for entry in entries {
                     payments::apply(conn, entry).await?;
@@ -226,7 +242,9 @@ impl FromStr for Projection {
 
 /// A projection name that is not one of [`Projection::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown projection `{0}`; known: chats, bookings, payments, summary, notifications")]
+#[error(
+    "unknown projection `{0}`; known: chats, bookings, payments, summary, notifications, activity"
+)]
 pub struct UnknownProjection(String);
 
 /// Decodes an entry's payload into a domain event enum, brought up to the

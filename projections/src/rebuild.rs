@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{
-    bookings, chats, notifications, payments, stored_aggregate_uuid, summary, ApplyError,
+    activity, bookings, chats, notifications, payments, stored_aggregate_uuid, summary, ApplyError,
     Projection,
 };
 
@@ -186,6 +186,9 @@ pub(crate) async fn fold_into(
         }
         Projection::Notifications => {
             fold::<notifications::Fold>(pool, projection, schema, up_to, progress).await
+        }
+        Projection::Activity => {
+            fold::<activity::Fold>(pool, projection, schema, up_to, progress).await
         }
     }
 }

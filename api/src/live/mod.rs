@@ -388,6 +388,15 @@ impl LiveHub {
         })
     }
 
+    /// How many sockets are open on this process.
+    pub fn sockets(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .sum()
+    }
+
     /// Signals every socket and stream to end, ahead of a graceful shutdown.
     pub fn close(&self) {
         self.closing.send_replace(true);

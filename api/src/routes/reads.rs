@@ -14,11 +14,12 @@ use domain::booking::BookingStatus;
 use domain::values::Actor;
 use domain::ValidationError;
 use futures::FutureExt;
+use projections::activity::Activity;
 use projections::bookings::{BookingFilter, BookingRow};
 use projections::chats::{ChatAccess, ChatDetails, ChatSummary, MessageRow};
 use projections::payments::PaymentRow;
 use projections::summary::Summary;
-use projections::{bookings, chats, payments, summary, ListHead, Projection};
+use projections::{activity, bookings, chats, payments, summary, ListHead, Projection};
 use serde::de::IntoDeserializer;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -51,6 +52,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_payments))
         .routes(routes!(get_payment))
         .routes(routes!(get_summary))
+        .routes(routes!(get_activity))
 }
 
 /// Query-string parameters. Every field of a query struct is an optional
@@ -592,4 +594,47 @@ async fn get_summary(
         Ok((tag, figures))
     };
     app.pages.answer(actor, &held, tag(), build).await
+}
+
+/// The dashboard's time series: bookings made, completed and cancelled per
+/// hour and per day, revenue per day, messages per minute and the chats
+/// active in the last hour, for windows ending now (UTC).
+#[utoipa::path(
+    get,
+    path = "/dashboard/activity",
+    tag = "dashboard",
+    operation_id = "get_activity",
+    params(ConsistencyParams, ConditionalParams),
+    responses(
+        (status = 200, description = "The series", body = Activity),
+        (status = 304, response = openapi::NotModified),
+        (status = 400, response = openapi::BadRequest),
+        (status = 403, response = openapi::Forbidden),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+async fn get_activity(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    consistency: Consistency,
+    held: IfNoneMatch,
+) -> Result<Read<Activity>, ApiError> {
+    access::may_see_business_figures(actor)?;
+    consistency::wait(&app, &consistency, &[Projection::Activity]).await?;
+    let now = chrono::Utc::now();
+    // The windows move with the clock, so the minute they end in is part of
+    // the tag.
+    let minute = now.timestamp() / 60;
+    let tag = ETag::new(
+        list_head(&app, Projection::Activity).await?.position,
+        minute,
+    );
+    if held.matches(&tag) {
+        return Ok(Read::NotModified(tag));
+    }
+    let series = app
+        .readers
+        .run(move |conn| activity::get(conn, now).boxed())
+        .await?;
+    Ok(Read::Full(tag, series))
 }

@@ -9,6 +9,7 @@ mod audit;
 mod bookings;
 mod chats;
 mod concurrency;
+mod dashboard;
 mod email;
 mod http_errors;
 mod idempotency;

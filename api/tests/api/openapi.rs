@@ -206,6 +206,11 @@ async fn the_document_lists_every_route_of_the_contract() {
         "GET /api/v1/payments",
         "GET /api/v1/payments/{id}",
         "GET /api/v1/dashboard/summary",
+        "GET /api/v1/dashboard/activity",
+        "GET /api/v1/dashboard/pipeline",
+        "POST /api/v1/dashboard/dead-letters/{projection}/retry",
+        "GET /dashboard",
+        "GET /dashboard/assets/{file}",
         "GET /api/v1/events",
         "GET /api/v1/aggregates/{type}/{id}/events",
         "GET /api/v1/aggregates/{type}/{id}",
@@ -353,6 +358,16 @@ async fn real_answers_match_their_documented_schemas() {
             boss,
             "/api/v1/dashboard/summary".to_owned(),
             "/api/v1/dashboard/summary",
+        ),
+        (
+            boss,
+            "/api/v1/dashboard/activity".to_owned(),
+            "/api/v1/dashboard/activity",
+        ),
+        (
+            boss,
+            "/api/v1/dashboard/pipeline".to_owned(),
+            "/api/v1/dashboard/pipeline",
         ),
         (boss, "/api/v1/events".to_owned(), "/api/v1/events"),
         (

@@ -354,27 +354,14 @@ async fn every_kind_of_booking_and_payment_event_rebuilds_into_the_rows_the_live
     // unpaid, or only requested.
     start_paying(&app).await;
     let doctor = app.enroll(common::doctor()).await;
-    let alice = patient();
-    for steps in [&["assign"][..], &["assign", "complete"], &["cancel"], &[]] {
-        let booking = app.booking(alice).await;
-        for step in steps {
-            let (actor, body) = match *step {
-                "assign" => (admin(), json!({ "doctor_id": doctor.user_id })),
-                "complete" => (doctor, json!({})),
-                _ => (alice, json!({ "reason": "not needed" })),
-            };
-            let reply = app
-                .post(&format!("/api/v1/bookings/{booking}/{step}"), actor, body)
-                .await;
-            assert_eq!(reply.status, StatusCode::OK, "{step}: {}", reply.body);
-        }
-    }
+    app.bookings_in_every_status(patient(), doctor).await;
 
     app.wait_for_projections().await;
     for projection in [
         Projection::Bookings,
         Projection::Payments,
         Projection::Summary,
+        Projection::Activity,
     ] {
         common::assert_matches_rebuild(&app.pool, projection).await;
     }

@@ -99,7 +99,7 @@ pub async fn skip(pool: &PgPool, name: &str, after: i64, to: i64) -> Result<bool
 }
 
 /// An entry a follower skipped because it kept failing.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// The follower that skipped it (a projection or a process manager).
     pub projection: String,

@@ -241,6 +241,24 @@ pub async fn head<'c>(executor: impl PgExecutor<'c>) -> Result<i64, sqlx::Error>
         .await
 }
 
+/// When the events at `positions` were stored, in the order asked; `None`
+/// for a position not sequenced yet.
+pub async fn recorded_at<'c>(
+    executor: impl PgExecutor<'c>,
+    positions: &[i64],
+) -> Result<Vec<Option<DateTime<Utc>>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT e.recorded_at
+           FROM unnest($1::bigint[]) WITH ORDINALITY AS p (position, n)
+           LEFT JOIN event_log l ON l.position = p.position
+           LEFT JOIN events e ON e.event_id = l.event_id
+          ORDER BY p.n",
+    )
+    .bind(positions)
+    .fetch_all(executor)
+    .await
+}
+
 /// The position of an aggregate's event, once the relay has sequenced it.
 pub async fn position_of<'c>(
     executor: impl PgExecutor<'c>,

@@ -633,6 +633,39 @@ impl TestApp {
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
         reply.id()
     }
+
+    /// Four bookings of `patient`: assigned to `doctor` (who has an
+    /// account), completed by them, cancelled unpaid, and only requested.
+    pub async fn bookings_in_every_status(&self, patient: Actor, doctor: Actor) {
+        for steps in [&["assign"][..], &["assign", "complete"], &["cancel"], &[]] {
+            let booking = self.booking(patient).await;
+            for step in steps {
+                let (actor, body) = match *step {
+                    "assign" => (admin(), serde_json::json!({ "doctor_id": doctor.user_id })),
+                    "complete" => (doctor, serde_json::json!({})),
+                    _ => (patient, serde_json::json!({ "reason": "not needed" })),
+                };
+                let reply = self
+                    .post(&format!("/api/v1/bookings/{booking}/{step}"), actor, body)
+                    .await;
+                assert_eq!(reply.status, StatusCode::OK, "{step}: {}", reply.body);
+            }
+        }
+    }
+}
+
+/// Stores an event no follower of chat messages can read, as if written by
+/// a broken release: the chats projection and the reminders of unread
+/// messages set it aside as a dead letter.
+pub async fn poison_the_chats(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Chat', $1, 1, 'MessageSent', '1', '{\"MessageSent\": {\"garbage\": true}}', '{}')",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 /// A loopback listener whose accepted sockets inherit a 4 KiB send buffer.
