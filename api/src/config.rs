@@ -13,9 +13,23 @@ use uuid::Uuid;
 #[derive(Debug, Parser)]
 #[command(name = "herald", version)]
 pub struct Cli {
+    /// Where traces go.
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the spans of the pipeline are exported, for every subcommand.
+#[derive(Debug, Args)]
+pub struct TracingArgs {
+    /// An OpenTelemetry collector's OTLP/HTTP endpoint, such as
+    /// `http://localhost:4318` (spans go to `/v1/traces` under it, as JSON).
+    /// Without one, no span is recorded or exported.
+    #[arg(long, env = "HERALD_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<url::Url>,
 }
 
 /// The `herald` subcommands.

@@ -36,7 +36,7 @@ use axum::extract::ws::Utf8Bytes;
 use domain::chat::ChatEvent;
 use futures::StreamExt;
 use herald_nats::follower::FollowError;
-use herald_nats::{log, LogEntry, Topology};
+use herald_nats::{log, trace, LogEntry, Topology};
 use projections::Projection;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -566,7 +566,18 @@ impl HubRunner {
         Ok(())
     }
 
+    /// Pushes `entry` to the sockets and streams it concerns, inside a
+    /// `live` span continuing its command's trace.
     fn route(&mut self, entry: LogEntry) {
+        let _traced = trace::following(entry.traceparent(), || {
+            tracing::debug_span!(
+                target: trace::TARGET,
+                "live",
+                position = entry.position,
+                event_type = entry.event_type,
+            )
+        })
+        .entered();
         self.position = Some(entry.position);
         let entry = Arc::new(entry);
         if entry.aggregate_type == CHAT {

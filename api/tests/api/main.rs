@@ -25,3 +25,4 @@ mod pipeline;
 mod presence;
 mod reads;
 mod replay;
+mod traces;

@@ -1,0 +1,347 @@
+//! Traces exported over OTLP: a `herald up` process (the tracing subscriber
+//! is one per process) exports to an OTLP/HTTP receiver the test runs, and
+//! one request's trace shows everything it set in motion.
+
+use crate::common::{fresh_database, DevHerald, Leftovers};
+use crate::payment_flow::eventually;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use api::provider::webhook::WebhookSecret;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Json;
+use chrono::Utc;
+use projections::Projection;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The secret Herald checks the test's payment notifications with.
+const WEBHOOK_SECRET: &str = "tracing-webhook-secret-0123456789";
+
+/// A span as the receiver got it.
+#[derive(Debug, Clone)]
+struct Span {
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+    attributes: HashMap<String, String>,
+}
+
+impl Span {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// Every span posted to the receiver so far.
+type Received = Arc<Mutex<Vec<Span>>>;
+
+/// An OTLP/HTTP receiver of JSON traces on a free port: its base URL and
+/// what it received.
+async fn otlp_receiver() -> (String, Received) {
+    let received = Received::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}"), received)
+}
+
+/// `POST /v1/traces`: an `ExportTraceServiceRequest` as JSON.
+async fn receive(State(received): State<Received>, Json(body): Json<Value>) -> Json<Value> {
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+    let mut spans = Vec::new();
+    for resource in body["resourceSpans"].as_array().into_iter().flatten() {
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                let attributes = span["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|attribute| {
+                        let value = &attribute["value"];
+                        let value = value["stringValue"].as_str().map_or_else(
+                            || {
+                                value
+                                    .as_object()
+                                    .map_or(String::new(), |v| format!("{v:?}"))
+                            },
+                            str::to_owned,
+                        );
+                        (text(&attribute["key"]), value)
+                    })
+                    .collect();
+                spans.push(Span {
+                    trace_id: text(&span["traceId"]),
+                    span_id: text(&span["spanId"]),
+                    parent_span_id: text(&span["parentSpanId"]),
+                    name: text(&span["name"]),
+                    attributes,
+                });
+            }
+        }
+    }
+    received.lock().unwrap().extend(spans);
+    Json(json!({}))
+}
+
+/// The spans of `trace_id` received so far.
+fn spans_of(received: &Received, trace_id: &str) -> Vec<Span> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|span| span.trace_id == trace_id)
+        .cloned()
+        .collect()
+}
+
+/// The one span named `name` whose attributes include `attributes`.
+fn find<'a>(spans: &'a [Span], name: &str, attributes: &[(&str, &str)]) -> Option<&'a Span> {
+    let mut found = spans.iter().filter(|span| {
+        span.name == name
+            && attributes
+                .iter()
+                .all(|(key, value)| span.attribute(key) == Some(value))
+    });
+    let first = found.next();
+    assert!(
+        found.next().is_none(),
+        "more than one {name} {attributes:?} in {spans:#?}"
+    );
+    first
+}
+
+#[tokio::test]
+async fn a_payment_notification_is_traced_through_commit_relay_projections_process_manager_and_live_push(
+) {
+    let (endpoint, received) = otlp_receiver().await;
+    let database = fresh_database().await;
+    let prefix = format!("traces{}", Uuid::new_v4().simple());
+    let _leftovers = Leftovers::new(
+        Some(database.clone()),
+        Some(herald_nats::Topology::new(&prefix)),
+    );
+    let herald = DevHerald::start_with(
+        &database,
+        &prefix,
+        &[
+            ("HERALD_OTLP_ENDPOINT", &endpoint),
+            ("HERALD_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let root = herald.base.trim_end_matches("/api/v1").to_owned();
+    let patient = &herald.users[0];
+    assert_eq!(patient.role, "patient");
+    let client = reqwest::Client::new();
+
+    // A booking and its payment, each in a trace of its own.
+    let booked: Value = client
+        .post(format!("{}/bookings", herald.base))
+        .bearer_auth(&patient.token)
+        .json(&json!({ "call_type": "urgent", "address": "Tverskaya 1, Moscow", "amount_minor": 150000 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paying = client
+        .post(format!("{}/payments", herald.base))
+        .bearer_auth(&patient.token)
+        .json(&json!({ "booking_id": booked["id"], "method": "card" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paying.status(), StatusCode::CREATED);
+    let payment: Value = paying.json().await.unwrap();
+
+    // The provider's notification arrives within a trace of the caller's.
+    let trace_id = Uuid::new_v4().simple().to_string();
+    let caller_span = &Uuid::new_v4().simple().to_string()[..16];
+    let body = serde_json::to_vec(&json!({
+        "type": "notification",
+        "event": "payment.succeeded",
+        "object": {
+            "id": payment["provider_payment_id"],
+            "status": "succeeded",
+            "amount": { "value": "1500.00", "currency": "RUB" },
+            "metadata": { "payment_id": payment["id"] },
+        },
+    }))
+    .unwrap();
+    let signature = WebhookSecret::new(secrecy::SecretString::from(WEBHOOK_SECRET))
+        .unwrap()
+        .sign(Utc::now().timestamp(), &body);
+    let notified = client
+        .post(format!("{root}/webhooks/payments"))
+        .header("content-type", "application/json")
+        .header("x-herald-signature", signature)
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(notified.status(), StatusCode::OK);
+
+    let payment_projections: Vec<&str> = Projection::ALL
+        .into_iter()
+        .filter(|projection| projection.follows("Payment", "PaymentSucceeded"))
+        .map(Projection::name)
+        .collect();
+    let booking_projections: Vec<&str> = Projection::ALL
+        .into_iter()
+        .filter(|projection| projection.follows("Booking", "BookingPaid"))
+        .map(Projection::name)
+        .collect();
+    assert!(payment_projections.contains(&"payments"));
+    assert!(booking_projections.contains(&"bookings"));
+    let process = commands::process_manager::CHECKPOINT;
+    // What must be in the trace: (span name, attributes).
+    let mut expected: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("request", vec![("path", "/webhooks/payments")]),
+        ("command", vec![("aggregate", "Payment")]),
+        ("publish", vec![("event_type", "PaymentSucceeded")]),
+        ("live", vec![("event_type", "PaymentSucceeded")]),
+        (
+            "react",
+            vec![("follower", process), ("event_type", "PaymentSucceeded")],
+        ),
+        // The process manager marks the booking paid, in the same trace.
+        ("command", vec![("aggregate", "Booking")]),
+        ("publish", vec![("event_type", "BookingPaid")]),
+        ("live", vec![("event_type", "BookingPaid")]),
+        (
+            "react",
+            vec![("follower", process), ("event_type", "BookingPaid")],
+        ),
+    ];
+    for projection in &payment_projections {
+        expected.push((
+            "project",
+            vec![("follower", projection), ("event_type", "PaymentSucceeded")],
+        ));
+    }
+    for projection in &booking_projections {
+        expected.push((
+            "project",
+            vec![("follower", projection), ("event_type", "BookingPaid")],
+        ));
+    }
+    eventually("the whole chain is exported in one trace", || {
+        let spans = spans_of(&received, &trace_id);
+        let all_there = expected
+            .iter()
+            .all(|(name, attributes)| find(&spans, name, attributes).is_some());
+        async move { all_there }
+    })
+    .await;
+
+    let spans = spans_of(&received, &trace_id);
+    let span = |name: &str, attributes: &[(&str, &str)]| find(&spans, name, attributes).unwrap();
+    let request = span("request", &[("path", "/webhooks/payments")]);
+    assert_eq!(
+        request.parent_span_id, caller_span,
+        "the caller's span is the request's parent"
+    );
+    let paid = span("command", &[("aggregate", "Payment")]);
+    let marked = span("command", &[("aggregate", "Booking")]);
+    let reacted = span(
+        "react",
+        &[("follower", process), ("event_type", "PaymentSucceeded")],
+    );
+    assert_eq!(
+        marked.parent_span_id, reacted.span_id,
+        "the process manager's command"
+    );
+    // Each command's span has its commit beneath it, and is the parent of
+    // everything that follows its events: its context is in their metadata
+    // and in the headers they were published with.
+    let traceparents = traceparents(&database, &prefix).await;
+    for (command, event_type) in [(paid, "PaymentSucceeded"), (marked, "BookingPaid")] {
+        let named = format!("00-{trace_id}-{}-01", command.span_id);
+        assert_eq!(traceparents[event_type], (Some(named.clone()), Some(named)));
+        let children: Vec<&Span> = spans
+            .iter()
+            .filter(|span| span.parent_span_id == command.span_id)
+            .collect();
+        assert!(
+            children.iter().any(|span| span.name == "commit"),
+            "{event_type}: no commit in {children:#?}"
+        );
+        for name in ["publish", "live", "react", "project"] {
+            for child in spans.iter().filter(|span| {
+                span.name == name && span.attribute("event_type") == Some(event_type)
+            }) {
+                assert_eq!(
+                    child.parent_span_id, command.span_id,
+                    "{name} of {event_type} follows its command"
+                );
+            }
+        }
+    }
+    // One tree: every span but the request hangs from another of the trace.
+    for span in &spans {
+        if span.span_id != request.span_id {
+            assert!(
+                spans
+                    .iter()
+                    .any(|parent| parent.span_id == span.parent_span_id),
+                "{span:#?} has no parent in the trace"
+            );
+        }
+    }
+    // The booking and the payment were traced apart from the notification.
+    assert!(received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|span| span.name == "command" && span.trace_id != trace_id));
+}
+
+/// Each event type's `traceparent` in the metadata of its last event in the
+/// log, and in the headers of its last message in the stream.
+async fn traceparents(
+    database: &str,
+    prefix: &str,
+) -> HashMap<String, (Option<String>, Option<String>)> {
+    let pool = sqlx::PgPool::connect(database).await.unwrap();
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT event_type, metadata->>'traceparent' FROM events ORDER BY event_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut traceparents: HashMap<String, (Option<String>, Option<String>)> = stored
+        .into_iter()
+        .map(|(event_type, traceparent)| (event_type, (traceparent, None)))
+        .collect();
+    let jetstream = async_nats::jetstream::new(
+        async_nats::connect(herald_nats::testing::nats_url())
+            .await
+            .unwrap(),
+    );
+    let topology = herald_nats::Topology::new(prefix);
+    let mut stream = topology.ensure_stream(&jetstream).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    for sequence in state.first_sequence..=state.last_sequence {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|value| value.as_str().to_owned())
+        };
+        if let Some(event_type) = header(herald_nats::jetstream::headers::EVENT_TYPE) {
+            traceparents.entry(event_type).or_default().1 =
+                header(herald_nats::jetstream::headers::TRACEPARENT);
+        }
+    }
+    traceparents
+}
