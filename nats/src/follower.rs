@@ -465,7 +465,7 @@ impl<F: TransactionalFollower> InTransaction<'_, F> {
         entries
             .iter()
             .filter(|entry| self.0.follows(entry))
-            .map(|entry| follow_span("project", self.name(), entry))
+            .map(|entry| trace::of_entry("project", Some(self.name()), entry))
             .filter(|span| !span.is_disabled())
             .collect()
     }
@@ -571,21 +571,6 @@ impl<F: TransactionalFollower> InTransaction<'_, F> {
     }
 }
 
-/// The span in which follower `name` handles `entry`, a child of the span of
-/// the command that stored it; none for an entry stored untraced.
-fn follow_span(kind: &'static str, name: &str, entry: &LogEntry) -> tracing::Span {
-    trace::following(entry.traceparent(), || {
-        tracing::debug_span!(
-            target: trace::TARGET,
-            "follow",
-            otel.name = kind,
-            follower = name,
-            position = entry.position,
-            event_type = entry.event_type,
-        )
-    })
-}
-
 /// Where the checkpoint must stand for `received` to be skipped: when they
 /// are a stretch of the log up to `target` without a gap, none of them
 /// followed, the position before the first.
@@ -647,7 +632,7 @@ impl<F: EffectFollower> Kind for Effects<'_, F> {
                 return Ok(());
             };
             for entry in entries.iter().filter(|entry| self.0.follows(entry)) {
-                let traced = follow_span("react", name, entry);
+                let traced = trace::of_entry("react", Some(name), entry);
                 match self.0.react(entry).instrument(traced).await {
                     Ok(()) => {}
                     Err(ReactError::Later(err)) => {

@@ -342,14 +342,7 @@ impl Relay {
             Vec::with_capacity(entries.len());
         let mut previous = published.event_id;
         for entry in entries {
-            let span = trace::following(entry.traceparent(), || {
-                tracing::debug_span!(
-                    target: trace::TARGET,
-                    "publish",
-                    position = entry.position,
-                    event_type = entry.event_type,
-                )
-            });
+            let span = trace::of_entry("publish", None, entry);
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(entry.to_json().into())
                 .headers(headers_of(entry))

@@ -13,6 +13,8 @@ use opentelemetry::Context;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::LogEntry;
+
 /// The target of every span of the pipeline's traces.
 pub const TARGET: &str = "herald::trace";
 
@@ -66,6 +68,26 @@ pub fn following(traceparent: Option<&str>, span: impl FnOnce() -> Span) -> Span
         Some(_) => continued(span(), traceparent),
         None => Span::none(),
     }
+}
+
+/// The span `what` (`publish`, `project`, `react`, `live`) of `entry`, done
+/// by the follower `by` when one is named: a child of the span of the
+/// command that stored the entry, or none for an entry stored untraced.
+pub fn of_entry(what: &'static str, by: Option<&str>, entry: &LogEntry) -> Span {
+    following(entry.traceparent(), || {
+        let span = tracing::debug_span!(
+            target: TARGET,
+            "entry",
+            otel.name = what,
+            follower = tracing::field::Empty,
+            position = entry.position,
+            event_type = entry.event_type,
+        );
+        if let Some(by) = by {
+            span.record("follower", by);
+        }
+        span
+    })
 }
 
 /// The span context a `traceparent` of version `00` names.

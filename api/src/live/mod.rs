@@ -569,15 +569,7 @@ impl HubRunner {
     /// Pushes `entry` to the sockets and streams it concerns, inside a
     /// `live` span continuing its command's trace.
     fn route(&mut self, entry: LogEntry) {
-        let _traced = trace::following(entry.traceparent(), || {
-            tracing::debug_span!(
-                target: trace::TARGET,
-                "live",
-                position = entry.position,
-                event_type = entry.event_type,
-            )
-        })
-        .entered();
+        let _traced = trace::of_entry("live", None, &entry).entered();
         self.position = Some(entry.position);
         let entry = Arc::new(entry);
         if entry.aggregate_type == CHAT {
