@@ -2,7 +2,7 @@
 //! is one per process) exports to an OTLP/HTTP receiver the test runs, and
 //! one request's trace shows everything it set in motion.
 
-use crate::common::{fresh_database, DevHerald, Leftovers};
+use crate::common::{fresh_database, DevHerald, Leftovers, Reply};
 use crate::payment_flow::eventually;
 
 use std::collections::HashMap;
@@ -119,6 +119,52 @@ fn find<'a>(spans: &'a [Span], name: &str, attributes: &[(&str, &str)]) -> Optio
 }
 
 #[tokio::test]
+async fn spans_not_yet_exported_are_flushed_when_herald_shuts_down() {
+    let (endpoint, received) = otlp_receiver().await;
+    let database = fresh_database().await;
+    let prefix = format!("traces{}", Uuid::new_v4().simple());
+    let _leftovers = Leftovers::new(
+        Some(database.clone()),
+        Some(herald_nats::Topology::new(&prefix)),
+    );
+    // No batch is due for an hour.
+    let herald = DevHerald::start_with(
+        &database,
+        &prefix,
+        &[
+            ("HERALD_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ],
+    );
+    let patient = &herald.users[0];
+    let booked = Reply::send(
+        reqwest::Client::new()
+            .post(format!("{}/bookings", herald.base))
+            .bearer_auth(&patient.token)
+            .json(&json!({ "call_type": "urgent", "address": "Tverskaya 1, Moscow", "amount_minor": 150000 })),
+    )
+    .await;
+    assert_eq!(booked.status, StatusCode::CREATED, "{}", booked.body);
+    assert!(received.lock().unwrap().is_empty(), "exported before due");
+
+    let exited = tokio::task::spawn_blocking(move || herald.stop())
+        .await
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    let received = received.lock().unwrap();
+    let booking = received
+        .iter()
+        .find(|span| {
+            span.name == "command"
+                && span.attribute("aggregate_id") == Some(booked.body["id"].as_str().unwrap())
+        })
+        .expect("the booking's command was exported at exit");
+    assert!(received
+        .iter()
+        .any(|span| span.name == "request" && span.span_id == booking.parent_span_id));
+}
+
+#[tokio::test]
 async fn a_payment_notification_is_traced_through_commit_relay_projections_process_manager_and_live_push(
 ) {
     let (endpoint, received) = otlp_receiver().await;
@@ -143,25 +189,27 @@ async fn a_payment_notification_is_traced_through_commit_relay_projections_proce
     let client = reqwest::Client::new();
 
     // A booking and its payment, each in a trace of its own.
-    let booked: Value = client
-        .post(format!("{}/bookings", herald.base))
-        .bearer_auth(&patient.token)
-        .json(&json!({ "call_type": "urgent", "address": "Tverskaya 1, Moscow", "amount_minor": 150000 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let paying = client
-        .post(format!("{}/payments", herald.base))
-        .bearer_auth(&patient.token)
-        .json(&json!({ "booking_id": booked["id"], "method": "card" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(paying.status(), StatusCode::CREATED);
-    let payment: Value = paying.json().await.unwrap();
+    let as_patient = |path: &str, body: Value| {
+        Reply::send(
+            client
+                .post(format!("{}{path}", herald.base))
+                .bearer_auth(&patient.token)
+                .json(&body),
+        )
+    };
+    let booked = as_patient(
+        "/bookings",
+        json!({ "call_type": "urgent", "address": "Tverskaya 1, Moscow", "amount_minor": 150000 }),
+    )
+    .await;
+    assert_eq!(booked.status, StatusCode::CREATED, "{}", booked.body);
+    let paying = as_patient(
+        "/payments",
+        json!({ "booking_id": booked.id(), "method": "card" }),
+    )
+    .await;
+    assert_eq!(paying.status, StatusCode::CREATED, "{}", paying.body);
+    let payment = paying.body;
 
     // The provider's notification arrives within a trace of the caller's.
     let trace_id = Uuid::new_v4().simple().to_string();

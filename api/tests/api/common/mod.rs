@@ -954,6 +954,17 @@ impl DevHerald {
         }
     }
 
+    /// Asks Herald to shut down, as a service manager does (SIGTERM), and
+    /// waits until it has exited.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let asked = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(asked.success());
+        self.child.wait().unwrap()
+    }
+
     /// The status of the caller's bookings read with `token`.
     pub async fn read_with(&self, token: &str) -> StatusCode {
         reqwest::Client::new()
