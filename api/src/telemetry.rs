@@ -86,10 +86,12 @@ impl Telemetry {
             return;
         };
         // The batch's last export runs on this runtime while the call blocks.
-        match tokio::task::spawn_blocking(move || traces.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => eprintln!("herald: exporting the last spans: {err}"),
-            Err(err) => eprintln!("herald: exporting the last spans: {err}"),
+        let flushed = tokio::task::spawn_blocking(move || traces.shutdown())
+            .await
+            .map_err(BoxError::from)
+            .and_then(|flushed| flushed.map_err(BoxError::from));
+        if let Err(err) = flushed {
+            eprintln!("herald: exporting the last spans: {err}");
         }
     }
 }
