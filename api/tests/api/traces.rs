@@ -3,6 +3,7 @@
 //! one request's trace shows everything it set in motion.
 
 use crate::common::{fresh_database, DevHerald, Leftovers, Reply};
+use crate::live::{connect_to, next_event};
 use crate::payment_flow::eventually;
 
 use std::collections::HashMap;
@@ -66,14 +67,11 @@ async fn receive(State(received): State<Received>, Json(body): Json<Value>) -> J
                     .flatten()
                     .map(|attribute| {
                         let value = &attribute["value"];
-                        let value = value["stringValue"].as_str().map_or_else(
-                            || {
-                                value
-                                    .as_object()
-                                    .map_or(String::new(), |v| format!("{v:?}"))
-                            },
-                            str::to_owned,
-                        );
+                        let value = match (&value["stringValue"], &value["intValue"]) {
+                            (Value::String(text), _) | (_, Value::String(text)) => text.clone(),
+                            (_, Value::Number(number)) => number.to_string(),
+                            _ => value.to_string(),
+                        };
                         (text(&attribute["key"]), value)
                     })
                     .collect();
@@ -116,6 +114,74 @@ fn find<'a>(spans: &'a [Span], name: &str, attributes: &[(&str, &str)]) -> Optio
         "more than one {name} {attributes:?} in {spans:#?}"
     );
     first
+}
+
+#[tokio::test]
+async fn a_chat_message_is_traced_to_the_socket_it_is_pushed_to() {
+    let (endpoint, received) = otlp_receiver().await;
+    let database = fresh_database().await;
+    let prefix = format!("traces{}", Uuid::new_v4().simple());
+    let _leftovers = Leftovers::new(
+        Some(database.clone()),
+        Some(herald_nats::Topology::new(&prefix)),
+    );
+    let herald = DevHerald::start_with(
+        &database,
+        &prefix,
+        &[
+            ("HERALD_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let (patient, doctor) = (&herald.users[0], &herald.users[1]);
+    assert_eq!(doctor.role, "doctor");
+    let client = reqwest::Client::new();
+    let chat = Reply::send(
+        client
+            .post(format!("{}/chats", herald.base))
+            .bearer_auth(&patient.token)
+            .json(&json!({ "kind": "direct", "members": [doctor.sub] })),
+    )
+    .await;
+    assert_eq!(chat.status, StatusCode::CREATED, "{}", chat.body);
+    let mut socket = connect_to(&format!(
+        "{}/ws?token={}",
+        herald.base.replacen("http://", "ws://", 1),
+        doctor.token
+    ))
+    .await;
+
+    let trace_id = Uuid::new_v4().simple().to_string();
+    let caller_span = &Uuid::new_v4().simple().to_string()[..16];
+    let sent = Reply::send(
+        client
+            .post(format!("{}/chats/{}/messages", herald.base, chat.id()))
+            .bearer_auth(&patient.token)
+            .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+            .json(&json!({ "body": "Are you on your way?" })),
+    )
+    .await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    let pushed = next_event(&mut socket, "MessageSent").await;
+    assert_eq!(pushed["event"]["body"], "Are you on your way?");
+
+    let sent_live = [("event_type", "MessageSent")];
+    let projected = [("follower", "chats"), ("event_type", "MessageSent")];
+    eventually("the message's trace reaches the live push", || {
+        let spans = spans_of(&received, &trace_id);
+        let there = find(&spans, "live", &sent_live).is_some()
+            && find(&spans, "project", &projected).is_some();
+        async move { there }
+    })
+    .await;
+    let spans = spans_of(&received, &trace_id);
+    let request = find(&spans, "request", &[]).unwrap();
+    let command = find(&spans, "command", &[("aggregate", "Chat")]).unwrap();
+    let live = find(&spans, "live", &sent_live).unwrap();
+    assert_eq!(request.parent_span_id, caller_span);
+    assert_eq!(command.parent_span_id, request.span_id);
+    assert_eq!(live.parent_span_id, command.span_id);
+    assert_eq!(live.attribute("sockets"), Some("1"), "{live:#?}");
 }
 
 #[tokio::test]
