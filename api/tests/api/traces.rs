@@ -89,6 +89,42 @@ async fn receive(State(received): State<Received>, Json(body): Json<Value>) -> J
     Json(json!({}))
 }
 
+/// A `herald up --dev` on a database and stream of its own, exporting to a
+/// receiver of its own in batches due every `batch_every` milliseconds.
+struct Traced {
+    herald: DevHerald,
+    received: Received,
+    database: String,
+    prefix: String,
+    _leftovers: Leftovers,
+}
+
+impl Traced {
+    /// Starts one with `env` set as well.
+    async fn start(batch_every: &str, env: &[(&str, &str)]) -> Self {
+        let (endpoint, received) = otlp_receiver().await;
+        let database = fresh_database().await;
+        let prefix = format!("traces{}", Uuid::new_v4().simple());
+        let leftovers = Leftovers::new(
+            Some(database.clone()),
+            Some(herald_nats::Topology::new(&prefix)),
+        );
+        let mut all = vec![
+            ("HERALD_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", batch_every),
+        ];
+        all.extend_from_slice(env);
+        let herald = DevHerald::start_with(&database, &prefix, &all);
+        Self {
+            herald,
+            received,
+            database,
+            prefix,
+            _leftovers: leftovers,
+        }
+    }
+}
+
 /// The spans of `trace_id` received so far.
 fn spans_of(received: &Received, trace_id: &str) -> Vec<Span> {
     received
@@ -118,21 +154,9 @@ fn find<'a>(spans: &'a [Span], name: &str, attributes: &[(&str, &str)]) -> Optio
 
 #[tokio::test]
 async fn a_chat_message_is_traced_to_the_socket_it_is_pushed_to() {
-    let (endpoint, received) = otlp_receiver().await;
-    let database = fresh_database().await;
-    let prefix = format!("traces{}", Uuid::new_v4().simple());
-    let _leftovers = Leftovers::new(
-        Some(database.clone()),
-        Some(herald_nats::Topology::new(&prefix)),
-    );
-    let herald = DevHerald::start_with(
-        &database,
-        &prefix,
-        &[
-            ("HERALD_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let Traced {
+        herald, received, ..
+    } = &Traced::start("100", &[]).await;
     let (patient, doctor) = (&herald.users[0], &herald.users[1]);
     assert_eq!(doctor.role, "doctor");
     let client = reqwest::Client::new();
@@ -168,13 +192,13 @@ async fn a_chat_message_is_traced_to_the_socket_it_is_pushed_to() {
     let sent_live = [("event_type", "MessageSent")];
     let projected = [("follower", "chats"), ("event_type", "MessageSent")];
     eventually("the message's trace reaches the live push", || {
-        let spans = spans_of(&received, &trace_id);
+        let spans = spans_of(received, &trace_id);
         let there = find(&spans, "live", &sent_live).is_some()
             && find(&spans, "project", &projected).is_some();
         async move { there }
     })
     .await;
-    let spans = spans_of(&received, &trace_id);
+    let spans = spans_of(received, &trace_id);
     let request = find(&spans, "request", &[]).unwrap();
     let command = find(&spans, "command", &[("aggregate", "Chat")]).unwrap();
     let live = find(&spans, "live", &sent_live).unwrap();
@@ -186,22 +210,13 @@ async fn a_chat_message_is_traced_to_the_socket_it_is_pushed_to() {
 
 #[tokio::test]
 async fn spans_not_yet_exported_are_flushed_when_herald_shuts_down() {
-    let (endpoint, received) = otlp_receiver().await;
-    let database = fresh_database().await;
-    let prefix = format!("traces{}", Uuid::new_v4().simple());
-    let _leftovers = Leftovers::new(
-        Some(database.clone()),
-        Some(herald_nats::Topology::new(&prefix)),
-    );
     // No batch is due for an hour.
-    let herald = DevHerald::start_with(
-        &database,
-        &prefix,
-        &[
-            ("HERALD_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
-        ],
-    );
+    let Traced {
+        herald,
+        received,
+        _leftovers,
+        ..
+    } = Traced::start("3600000", &[]).await;
     let patient = &herald.users[0];
     let booked = Reply::send(
         reqwest::Client::new()
@@ -233,22 +248,14 @@ async fn spans_not_yet_exported_are_flushed_when_herald_shuts_down() {
 #[tokio::test]
 async fn a_payment_notification_is_traced_through_commit_relay_projections_process_manager_and_live_push(
 ) {
-    let (endpoint, received) = otlp_receiver().await;
-    let database = fresh_database().await;
-    let prefix = format!("traces{}", Uuid::new_v4().simple());
-    let _leftovers = Leftovers::new(
-        Some(database.clone()),
-        Some(herald_nats::Topology::new(&prefix)),
-    );
-    let herald = DevHerald::start_with(
-        &database,
-        &prefix,
-        &[
-            ("HERALD_OTLP_ENDPOINT", &endpoint),
-            ("HERALD_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let traced = Traced::start("100", &[("HERALD_WEBHOOK_SECRET", WEBHOOK_SECRET)]).await;
+    let Traced {
+        herald,
+        received,
+        database,
+        prefix,
+        ..
+    } = &traced;
     let root = herald.base.trim_end_matches("/api/v1").to_owned();
     let patient = &herald.users[0];
     assert_eq!(patient.role, "patient");
@@ -350,7 +357,7 @@ async fn a_payment_notification_is_traced_through_commit_relay_projections_proce
         ));
     }
     eventually("the whole chain is exported in one trace", || {
-        let spans = spans_of(&received, &trace_id);
+        let spans = spans_of(received, &trace_id);
         let all_there = expected
             .iter()
             .all(|(name, attributes)| find(&spans, name, attributes).is_some());
@@ -358,7 +365,7 @@ async fn a_payment_notification_is_traced_through_commit_relay_projections_proce
     })
     .await;
 
-    let spans = spans_of(&received, &trace_id);
+    let spans = spans_of(received, &trace_id);
     let span = |name: &str, attributes: &[(&str, &str)]| find(&spans, name, attributes).unwrap();
     let request = span("request", &[("path", "/webhooks/payments")]);
     assert_eq!(
@@ -378,7 +385,7 @@ async fn a_payment_notification_is_traced_through_commit_relay_projections_proce
     // Each command's span has its commit beneath it, and is the parent of
     // everything that follows its events: its context is in their metadata
     // and in the headers they were published with.
-    let traceparents = traceparents(&database, &prefix).await;
+    let traceparents = traceparents(database, prefix).await;
     for (command, event_type) in [(paid, "PaymentSucceeded"), (marked, "BookingPaid")] {
         let named = format!("00-{trace_id}-{}-01", command.span_id);
         assert_eq!(traceparents[event_type], (Some(named.clone()), Some(named)));
