@@ -6,7 +6,7 @@
 //!
 //! Spans that carry it have the target [`TARGET`] and are exported only when
 //! an OpenTelemetry layer records them (`HERALD_OTLP_ENDPOINT`); otherwise
-//! they are disabled, [`traceparent`] is `None` and nothing is formatted.
+//! they are disabled, [`current`] is `None` and nothing is formatted.
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
@@ -29,7 +29,7 @@ pub fn current() -> Option<String> {
 
 /// The `traceparent` naming `span`, when it is being recorded: version `00`,
 /// its trace id, its span id and its flags.
-pub fn traceparent(span: &Span) -> Option<String> {
+fn traceparent(span: &Span) -> Option<String> {
     if span.is_disabled() {
         return None;
     }
@@ -63,7 +63,7 @@ pub fn continued(span: Span, traceparent: Option<&str>) -> Span {
 /// at all for what carries no trace context (an event stored before tracing
 /// was switched on, or while it was off), so that such work opens no trace of
 /// its own.
-pub fn following(traceparent: Option<&str>, span: impl FnOnce() -> Span) -> Span {
+fn following(traceparent: Option<&str>, span: impl FnOnce() -> Span) -> Span {
     match traceparent {
         Some(_) => continued(span(), traceparent),
         None => Span::none(),
