@@ -13,9 +13,23 @@ use uuid::Uuid;
 #[derive(Debug, Parser)]
 #[command(name = "herald", version)]
 pub struct Cli {
+    /// Where traces go.
+    #[command(flatten)]
+    pub tracing: TracingArgs,
+
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the spans of the pipeline are exported, for every subcommand.
+#[derive(Debug, Args)]
+pub struct TracingArgs {
+    /// An OpenTelemetry collector's OTLP/HTTP endpoint, such as
+    /// `http://localhost:4318` (spans go to `/v1/traces` under it, as JSON).
+    /// Without one, no span is recorded or exported.
+    #[arg(long, env = "HERALD_OTLP_ENDPOINT", global = true, value_parser = otlp_endpoint)]
+    pub otlp_endpoint: Option<url::Url>,
 }
 
 /// The `herald` subcommands.
@@ -361,6 +375,18 @@ fn prefix(value: &str) -> Result<String, String> {
     }
 }
 
+/// An OTLP/HTTP endpoint: an `http` or `https` URL.
+fn otlp_endpoint(value: &str) -> Result<url::Url, String> {
+    let refused = |why: String| {
+        format!("HERALD_OTLP_ENDPOINT must be an http:// or https:// URL such as http://localhost:4318 ({why})")
+    };
+    let url = url::Url::parse(value).map_err(|err| refused(err.to_string()))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        scheme => Err(refused(format!("not {scheme}://"))),
+    }
+}
+
 /// A presence time-to-live: a duration of at least a second, since NATS
 /// reads a `max_age` of zero as "forever".
 fn presence_ttl(value: &str) -> Result<std::time::Duration, String> {
@@ -385,5 +411,18 @@ mod tests {
         assert!(presence_ttl("0s").is_err());
         assert!(presence_ttl("500ms").is_err());
         assert!(presence_ttl("soon").is_err());
+    }
+
+    #[test]
+    fn an_otlp_endpoint_is_an_http_or_https_url() {
+        assert_eq!(
+            otlp_endpoint("http://localhost:4318").map(String::from),
+            Ok("http://localhost:4318/".to_owned())
+        );
+        assert!(otlp_endpoint("https://collector.example/otlp").is_ok());
+        for refused in ["localhost:4318", "grpc://localhost:4317", "", "http://"] {
+            let err = otlp_endpoint(refused).expect_err(refused);
+            assert!(err.contains("HERALD_OTLP_ENDPOINT"), "{refused}: {err}");
+        }
     }
 }

@@ -31,6 +31,7 @@ pub mod routes;
 pub mod server;
 pub mod sessions;
 pub mod startup;
+pub mod telemetry;
 pub mod throttle;
 
 use std::sync::Arc;

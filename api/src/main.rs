@@ -13,37 +13,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logs();
-    match api::cli::run(api::config::Cli::parse()).await {
+    let cli = api::config::Cli::parse();
+    let telemetry = match api::telemetry::init(&cli.tracing) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("herald: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = api::cli::run(cli).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("herald: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs go to stderr: JSON lines (one object per event, with the request and
-/// correlation ids of the spans it happened in) unless stderr is a terminal or
-/// `HERALD_LOG_FORMAT=text`.
-fn init_logs() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,sqlx=warn".into());
-    let json = match std::env::var("HERALD_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("text") => false,
-        _ => !std::io::stderr().is_terminal(),
-    };
-    let logs = tracing_subscriber::fmt()
-        .with_writer(|| api::cli::LogWriter)
-        .with_env_filter(filter);
-    if json {
-        logs.json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init();
-    } else {
-        logs.init();
     }
 }

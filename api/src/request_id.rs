@@ -6,6 +6,7 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use herald_nats::trace;
 use uuid::Uuid;
 
 /// The header that carries the request id both ways.
@@ -24,7 +25,8 @@ pub fn current() -> Option<String> {
 }
 
 /// Middleware: settles the request id, runs the request with it in scope and in
-/// a tracing span, and echoes it in the response.
+/// a tracing span (the child of the caller's, when a W3C `traceparent` header
+/// names one), and echoes it in the response.
 pub async fn layer(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
@@ -37,7 +39,14 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
     request
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), header.clone());
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let traceparent = request
+        .headers()
+        .get(trace::TRACEPARENT)
+        .and_then(|value| value.to_str().ok());
+    let span = trace::continued(
+        tracing::info_span!(target: trace::TARGET, "request", request_id = %id, method = %request.method(), path = %request.uri().path()),
+        traceparent,
+    );
     let mut response =
         tracing::Instrument::instrument(REQUEST_ID.scope(id, next.run(request)), span).await;
     response.headers_mut().insert(X_REQUEST_ID.clone(), header);

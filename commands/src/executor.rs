@@ -7,9 +7,11 @@ use domain::chat::Chat;
 use domain::payment::Payment;
 use domain::user::User;
 use domain::DomainError;
+use herald_nats::trace::TARGET;
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::accounts::AccountWrite;
@@ -224,7 +226,15 @@ impl WriteSide {
     /// Decides `command` and commits its events, as [`WriteSide::execute`]
     /// says; `minted`: the id was minted for this command, so there is
     /// nothing to load before the first attempt; `account`: the personal
-    /// data written with the events.
+    /// data written with the events. Its span is the `command` of a trace,
+    /// and the events carry its context on to everything that follows them.
+    #[tracing::instrument(
+        level = "debug",
+        target = TARGET,
+        name = "command",
+        skip_all,
+        fields(aggregate = A::TYPE, aggregate_id = %id)
+    )]
     async fn decide_and_commit<A: Stored>(
         &self,
         id: Uuid,
@@ -335,7 +345,8 @@ impl WriteSide {
             });
             let last = slot.version;
             drop(slot);
-            let outcome = outcome.await.unwrap_or_else(|_| {
+            let commit = tracing::debug_span!(target: TARGET, "commit");
+            let outcome = outcome.instrument(commit).await.unwrap_or_else(|_| {
                 // The batch task is gone, its outcome unknown.
                 basis.discard();
                 Err(AppendError::Unavailable)

@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use domain::values::Actor;
+use herald_nats::trace;
 
 use crate::IdempotencyKey;
 
@@ -36,7 +37,10 @@ impl Metadata {
         self
     }
 
-    /// The flat map stored in each event's `metadata` column.
+    /// The flat map stored in each event's `metadata` column, with the trace
+    /// context of the current span when it is being recorded
+    /// ([`herald_nats::trace`]), so the command's trace goes on wherever its
+    /// events go.
     pub fn to_map(&self) -> HashMap<String, String> {
         let mut map = HashMap::from([
             ("actor".to_owned(), self.actor.user_id.to_string()),
@@ -47,6 +51,9 @@ impl Metadata {
         if let Some(idempotency) = &self.idempotency {
             map.insert("idempotency_key".to_owned(), idempotency.key.clone());
             map.insert("request_hash".to_owned(), idempotency.request_hash.clone());
+        }
+        if let Some(traceparent) = trace::current() {
+            map.insert(trace::TRACEPARENT.to_owned(), traceparent);
         }
         map
     }

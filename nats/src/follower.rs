@@ -41,7 +41,7 @@ use tracing::Instrument;
 
 use crate::locks::{self, Commit};
 use crate::log::{self, LogEntry};
-use crate::Topology;
+use crate::{trace, Topology};
 
 /// How long the loop waits for entries before looking at the log itself.
 const IDLE_CATCH_UP: Duration = Duration::from_secs(1);
@@ -441,6 +441,7 @@ impl<F: TransactionalFollower> Kind for InTransaction<'_, F> {
                 tx.commit().await?;
                 return Ok(());
             };
+            let _traces = self.traces(&entries);
             match self.apply_batch_traced(&mut tx, &entries).await {
                 Ok(()) => {
                     checkpoint::advance(&mut *tx, name, upto).await?;
@@ -458,6 +459,17 @@ impl<F: TransactionalFollower> Kind for InTransaction<'_, F> {
 }
 
 impl<F: TransactionalFollower> InTransaction<'_, F> {
+    /// A span for each traced entry it follows, a child of the span of the
+    /// command that stored it, held while the entry is applied and committed.
+    fn traces(&self, entries: &[LogEntry]) -> Vec<tracing::Span> {
+        entries
+            .iter()
+            .filter(|entry| self.0.follows(entry))
+            .map(|entry| trace::of_entry("project", Some(self.name()), entry))
+            .filter(|span| !span.is_disabled())
+            .collect()
+    }
+
     /// Applies a batch inside a span that names each entry with its
     /// correlation id, so that what a request set in motion can be followed
     /// into the read side.
@@ -516,6 +528,7 @@ impl<F: TransactionalFollower> InTransaction<'_, F> {
     ) -> Result<(), FollowError> {
         let name = self.name();
         for entry in entries {
+            let _traces = self.traces(std::slice::from_ref(&entry));
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -619,7 +632,8 @@ impl<F: EffectFollower> Kind for Effects<'_, F> {
                 return Ok(());
             };
             for entry in entries.iter().filter(|entry| self.0.follows(entry)) {
-                match self.0.react(entry).await {
+                let traced = trace::of_entry("react", Some(name), entry);
+                match self.0.react(entry).instrument(traced).await {
                     Ok(()) => {}
                     Err(ReactError::Later(err)) => {
                         checkpoint::advance(&mut *lock, name, entry.position - 1).await?;

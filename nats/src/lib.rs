@@ -6,6 +6,7 @@
 //! process managers follow that stream through one loop ([`follower`]); [`log`]
 //! reads the same entries straight from Postgres, which stays the truth when
 //! NATS lost something. [`locks`] lists every advisory lock Herald takes.
+//! [`trace`] carries a command's trace context along all of them.
 
 pub mod follower;
 pub mod jetstream;
@@ -14,6 +15,7 @@ pub mod log;
 pub mod relay;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 
 pub use jetstream::{connect, Topology};
 pub use log::LogEntry;

@@ -35,7 +35,7 @@ use crate::jetstream::{headers, headers_of};
 use crate::log::chain::Heads;
 use crate::log::sequencer::{sequence_batch, SEQUENCE_BATCH};
 use crate::log::COMMIT_CHANNEL;
-use crate::{locks, log, LogEntry, Topology};
+use crate::{locks, log, trace, LogEntry, Topology};
 
 /// Most events in flight to JetStream at once.
 const PUBLISH_BATCH: i64 = 1000;
@@ -330,15 +330,19 @@ impl Relay {
     }
 
     /// Sends `entries` pipelined and awaits every acknowledgement in order.
+    /// A traced entry's `publish` span, a child of its command's, lasts until
+    /// its acknowledgement.
     async fn publish_batch(
         &self,
         entries: &[LogEntry],
         mut published: Published,
     ) -> Result<Published, async_nats::Error> {
         let started = Instant::now();
-        let mut acks: Vec<(PublishAckFuture, Published)> = Vec::with_capacity(entries.len());
+        let mut acks: Vec<(PublishAckFuture, Published, tracing::Span)> =
+            Vec::with_capacity(entries.len());
         let mut previous = published.event_id;
         for entry in entries {
+            let span = trace::of_entry("publish", None, entry);
             let mut message = jetstream::message::PublishMessage::build()
                 .payload(entry.to_json().into())
                 .headers(headers_of(entry))
@@ -354,11 +358,11 @@ impl Relay {
                 position: entry.position,
                 event_id: Some(entry.event_id),
             };
-            acks.push((ack, at));
+            acks.push((ack, at, span));
             previous = Some(entry.event_id);
         }
         let sent = acks.len() as u64;
-        for (ack, at) in acks {
+        for (ack, at, _span) in acks {
             ack.await?;
             published = at;
         }

@@ -36,11 +36,12 @@ use axum::extract::ws::Utf8Bytes;
 use domain::chat::ChatEvent;
 use futures::StreamExt;
 use herald_nats::follower::FollowError;
-use herald_nats::{log, LogEntry, Topology};
+use herald_nats::{log, trace, LogEntry, Topology};
 use projections::Projection;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 pub use audience::{Audience, AudienceError};
@@ -575,19 +576,28 @@ impl HubRunner {
         Ok(())
     }
 
+    /// Pushes `entry` to the sockets and streams it concerns, inside a
+    /// `live` span continuing its command's trace, which counts the
+    /// WebSockets it was queued for and the SSE streams it was handed to.
     fn route(&mut self, entry: LogEntry) {
+        let traced = trace::of_entry("live", None, &entry).entered();
         self.position = Some(entry.position);
         let entry = Arc::new(entry);
+        let mut sockets = 0;
         if entry.aggregate_type == CHAT {
             match ChatDelivery::new(&entry) {
-                Ok(delivery) => self.routes.route(&Arc::new(delivery)),
+                Ok(delivery) => sockets = self.routes.route(&Arc::new(delivery)),
                 Err(err) => {
                     tracing::error!(position = entry.position, %err, "undecodable chat event")
                 }
             }
         }
         // No SSE stream listening is fine.
-        let _ = self.entries.send(entry);
+        let streams = self.entries.send(entry).unwrap_or(0);
+        if !traced.is_disabled() {
+            traced.set_attribute("sockets", sockets as i64);
+            traced.set_attribute("streams", streams as i64);
+        }
     }
 
     fn handle(&mut self, command: HubCommand) {
@@ -804,8 +814,9 @@ impl Routes {
         remove_from(&mut self.by_user, &socket.user, id);
     }
 
-    /// Routes one chat entry to every socket it concerns.
-    fn route(&mut self, delivery: &Arc<ChatDelivery>) {
+    /// Routes one chat entry to every socket it concerns; how many it was
+    /// queued for.
+    fn route(&mut self, delivery: &Arc<ChatDelivery>) -> usize {
         let mut candidates: Vec<u64> = self
             .by_chat
             .get(&delivery.chat_id)
@@ -819,17 +830,18 @@ impl Routes {
         candidates.extend(self.syncing.iter().copied());
         candidates.sort_unstable();
         candidates.dedup();
-        for id in candidates {
-            self.deliver_to(id, delivery);
-        }
+        (candidates.into_iter())
+            .filter(|id| self.deliver_to(*id, delivery))
+            .count()
     }
 
     /// Applies one chat entry to one socket: membership first for a joiner,
     /// the frame if the chat is theirs, membership last for a leaver (who
-    /// thus learns of their own removal and nothing after it).
-    fn deliver_to(&mut self, id: u64, delivery: &Arc<ChatDelivery>) {
+    /// thus learns of their own removal and nothing after it). True when the
+    /// frame was queued for the socket.
+    fn deliver_to(&mut self, id: u64, delivery: &Arc<ChatDelivery>) -> bool {
         let Some(socket) = self.sockets.get_mut(&id) else {
-            return;
+            return false;
         };
         let Some(synced_at) = socket.synced_at else {
             if socket.pending.len() < self.pending_limit {
@@ -837,19 +849,19 @@ impl Routes {
             } else {
                 self.kick(id);
             }
-            return;
+            return false;
         };
         if delivery.position <= synced_at {
-            return;
+            return false;
         }
         let chat = delivery.chat_id;
         if delivery.event.joining().contains(&socket.user) && socket.chats.insert(chat) {
             self.by_chat.entry(chat).or_default().insert(id);
         }
-        let mut too_slow = false;
+        let (mut queued, mut too_slow) = (false, false);
         if socket.chats.contains(&chat) {
             match socket.outgoing.try_send(delivery.frame.clone()) {
-                Ok(()) => {}
+                Ok(()) => queued = true,
                 Err(mpsc::error::TrySendError::Full(_)) => too_slow = true,
                 // The socket is ending; its detach is on the way.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -861,6 +873,7 @@ impl Routes {
         if too_slow {
             self.kick(id);
         }
+        queued
     }
 
     /// Sends a notification to every socket it is for.

@@ -75,7 +75,7 @@ pub(crate) async fn next_of(socket: &mut Socket, kind: &str) -> Value {
 }
 
 /// The next event frame of type `event_type`, skipping other events.
-async fn next_event(socket: &mut Socket, event_type: &str) -> Value {
+pub(crate) async fn next_event(socket: &mut Socket, event_type: &str) -> Value {
     loop {
         let frame = next_frame(socket).await;
         if frame["type"] == "event" && frame["event_type"] == event_type {

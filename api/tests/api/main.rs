@@ -26,3 +26,4 @@ mod pipeline;
 mod presence;
 mod reads;
 mod replay;
+mod traces;

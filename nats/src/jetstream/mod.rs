@@ -199,6 +199,9 @@ pub mod headers {
     pub const EVENT_VERSION: &str = "Herald-Event-Version";
     /// The request that set the event in motion.
     pub const CORRELATION_ID: &str = "Herald-Correlation-Id";
+    /// The W3C trace context of the command that stored the event, when it
+    /// was traced.
+    pub const TRACEPARENT: &str = crate::trace::TRACEPARENT;
 }
 
 /// The headers published with `entry`.
@@ -209,6 +212,9 @@ pub(crate) fn headers_of(entry: &LogEntry) -> HeaderMap {
     headers.insert(headers::EVENT_VERSION, entry.event_version.as_str());
     if let Some(correlation_id) = entry.correlation_id() {
         headers.insert(headers::CORRELATION_ID, correlation_id);
+    }
+    if let Some(traceparent) = entry.traceparent() {
+        headers.insert(headers::TRACEPARENT, traceparent);
     }
     headers
 }

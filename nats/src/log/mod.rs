@@ -34,7 +34,8 @@ pub struct LogEntry {
     pub event_version: String,
     /// The event itself, as the domain serialized it.
     pub payload: serde_json::Value,
-    /// Who, in which role, and why: `actor`, `role`, `correlation_id`, `causation_id`.
+    /// Who, in which role, and why: `actor`, `role`, `correlation_id`,
+    /// `causation_id`, and `traceparent` when the command was traced.
     pub metadata: serde_json::Value,
     /// When the event was stored.
     pub recorded_at: DateTime<Utc>,
@@ -44,6 +45,12 @@ impl LogEntry {
     /// The request that set this event in motion.
     pub fn correlation_id(&self) -> Option<&str> {
         self.metadata.get("correlation_id")?.as_str()
+    }
+
+    /// The trace context of the command that stored this event, when it was
+    /// traced ([`crate::trace`]).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.metadata.get(crate::trace::TRACEPARENT)?.as_str()
     }
 
     /// The entry's event as the domain type `E`, brought up to its current

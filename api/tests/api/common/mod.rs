@@ -916,15 +916,25 @@ impl DevHerald {
     /// Starts `herald up --dev` on `database` without configured secrets and
     /// waits for its greeting.
     pub fn start(database: &str, prefix: &str) -> Self {
-        Self::spawn(database, prefix, None)
+        Self::spawn(database, prefix, None, &[])
     }
 
     /// [`DevHerald::start`], logging everything down to debug into `logs`.
     pub fn start_logging_to(database: &str, prefix: &str, logs: &std::path::Path) -> Self {
-        Self::spawn(database, prefix, Some(logs))
+        Self::spawn(database, prefix, Some(logs), &[])
     }
 
-    fn spawn(database: &str, prefix: &str, logs: Option<&std::path::Path>) -> Self {
+    /// [`DevHerald::start`] with these environment variables set as well.
+    pub fn start_with(database: &str, prefix: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(database, prefix, None, env)
+    }
+
+    fn spawn(
+        database: &str,
+        prefix: &str,
+        logs: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::{BufRead, BufReader};
         let address = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -941,6 +951,7 @@ impl DevHerald {
             .env("HERALD_NATS_PREFIX", prefix)
             .env_remove("HERALD_JWT_SECRET")
             .env_remove("HERALD_WEBHOOK_SECRET")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -974,6 +985,17 @@ impl DevHerald {
             users,
             password,
         }
+    }
+
+    /// Asks Herald to shut down, as a service manager does (SIGTERM), and
+    /// waits until it has exited.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let asked = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(asked.success());
+        self.child.wait().unwrap()
     }
 
     /// The status of the caller's bookings read with `token`.
