@@ -557,10 +557,15 @@ async fn nobody_pays_for_someone_elses_payment_with_a_charge_of_their_own() {
     assert_eq!(choose(&app, page, "succeed").await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(events_of(&app, "PaymentSucceeded").await.is_empty());
+    // Read once the payment's start is in the read model, as its answer says.
     let status = app
         .send(
             Method::GET,
-            &format!("/api/v1/payments/{}", victim.payment),
+            &format!(
+                "/api/v1/payments/{}?consistency={}",
+                victim.payment,
+                victim.answer["consistency"].as_str().unwrap()
+            ),
             victim.patient,
             None,
         )
