@@ -146,6 +146,10 @@ pub struct UpArgs {
     /// Notifications by e-mail.
     #[command(flatten)]
     pub email: crate::email::EmailArgs,
+
+    /// Attachments.
+    #[command(flatten)]
+    pub attachments: crate::attachments::AttachmentArgs,
 }
 
 /// Which payment provider Herald pays through.

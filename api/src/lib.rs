@@ -5,6 +5,7 @@
 //! HTTP surface and `server::serve` runs it until shutdown. The `herald` subcommands
 //! live in `cli`; the binary in `main.rs` only parses and dispatches.
 
+pub mod attachments;
 pub mod auth;
 pub mod background;
 pub mod cli;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub sign_ins: Arc<throttle::SignInThrottle>,
     /// How people are notified.
     pub notify: Arc<notify::NotifyConfig>,
+    /// Where attachments are stored, and their signed URLs.
+    pub attachments: Arc<attachments::Attachments>,
 }
 
 /// What a running Herald adds around its routes.
@@ -93,7 +96,9 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         surface.nats,
         surface.relay,
     ));
-    let (documented, doc) = documented(state.sandbox.is_some(), ops).split_for_parts();
+    let local_attachments = state.attachments.is_local();
+    let (documented, doc) =
+        documented(state.sandbox.is_some(), local_attachments, ops).split_for_parts();
     // The WebSocket and the event stream answer no single body a handler
     // attribute could describe; `openapi::finish` describes them.
     let api = Router::new().merge(routes::live::routes());
@@ -120,9 +125,10 @@ pub fn router(state: AppState, surface: Surface) -> Router {
 /// The routes registered together with their OpenAPI descriptions, so that
 /// none is served undocumented: the API under `/api/v1`, the payment webhook
 /// and sandbox, and the operations endpoints.
-fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
+fn documented(sandbox: bool, local_attachments: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(routes::chats::routes())
+        .merge(routes::attachments::routes())
         .merge(routes::bookings::routes())
         .merge(routes::payments::routes())
         .merge(routes::reads::routes())
@@ -135,6 +141,9 @@ fn documented(sandbox: bool, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
     if sandbox {
         outside = outside.merge(provider::sandbox::routes());
+    }
+    if local_attachments {
+        outside = outside.merge(routes::attachments::local_routes());
     }
     outside.nest("/api/v1", api).merge(ops::routes(ops))
 }

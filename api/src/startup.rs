@@ -14,6 +14,7 @@ use projections::Projection;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::attachments::Attachments;
 use crate::auth::JwtKeys;
 use crate::background::Background;
 use crate::deliveries::Worker;
@@ -89,6 +90,8 @@ pub struct Settings {
     /// The SMTP server notifications are e-mailed through; none sends no
     /// e-mail.
     pub email: Option<EmailConfig>,
+    /// Where attachments are stored, and their signed URLs.
+    pub attachments: Attachments,
     /// The background parts to run.
     pub parts: Parts,
 }
@@ -161,6 +164,7 @@ impl Application {
             limits,
             sign_ins: Arc::default(),
             notify: Arc::new(settings.notify),
+            attachments: Arc::new(settings.attachments),
         };
         let surface = Surface {
             nats: Some(client),

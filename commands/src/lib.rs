@@ -11,6 +11,7 @@
 
 pub mod accounts;
 mod append;
+pub mod attachments;
 mod cache;
 mod error;
 mod executor;

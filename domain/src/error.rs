@@ -64,6 +64,9 @@ pub enum Permission {
     /// Only current participants speak in a chat, admins included.
     #[error("only members of the chat may send messages")]
     OnlyMembersMaySendMessages,
+    /// Files are shared among the chat's participants only.
+    #[error("only members of the chat may attach files")]
+    OnlyMembersMayAttachFiles,
     /// Nobody may put words in another person's mouth.
     #[error("only the author of a message may edit it")]
     OnlyTheAuthorMayEdit,
@@ -207,6 +210,9 @@ pub enum DomainError {
     /// Message ids are chosen by the caller; reusing one would be ambiguous.
     #[error("a message with this id already exists")]
     MessageAlreadyExists,
+    /// Attachment ids are Herald's to choose; one is announced once.
+    #[error("an attachment with this id already exists")]
+    AttachmentAlreadyExists,
     /// A deleted message can be neither edited nor deleted again.
     #[error("the message has already been deleted")]
     MessageAlreadyDeleted,
@@ -293,6 +299,7 @@ impl DomainError {
             | Self::AlreadyAMember
             | Self::DirectChatMembersAreFixed
             | Self::MessageAlreadyExists
+            | Self::AttachmentAlreadyExists
             | Self::MessageAlreadyDeleted
             | Self::BookingAlreadyExists
             | Self::BookingTransition { .. }

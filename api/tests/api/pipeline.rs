@@ -220,6 +220,23 @@ async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote()
     ok(alice, retract(first)).await;
     send(dan, "five").await;
     ok(alice, read(5)).await;
+    // Attachments: two carried by a message without text, in the order
+    // given; one by a message retracted after, so the preview goes back to
+    // the message without text; one announced and never sent.
+    let (scan, photo) = (
+        crate::attachments::uploaded(&app, ward, dan, b"scan").await,
+        crate::attachments::uploaded(&app, ward, dan, b"photo").await,
+    );
+    let files = json!({ "attachments": [photo, scan] });
+    app.accepts(dan, post(&messages, files), StatusCode::CREATED)
+        .await;
+    let note = crate::attachments::uploaded(&app, ward, alice, b"note").await;
+    crate::attachments::uploaded(&app, ward, alice, b"draft").await;
+    let with_file = json!({ "body": "with a file", "attachments": [note] });
+    let sent = app
+        .accepts(alice, post(&messages, with_file), StatusCode::CREATED)
+        .await;
+    ok(alice, retract(sent.reply.id())).await;
     // A chat whose newest message was retracted last, one whose only message
     // was, and one with none at all.
     for kept in [Some("kept"), None] {

@@ -82,8 +82,31 @@ pub struct TestApp {
     pub live: Option<Arc<LiveHub>>,
     /// How people are notified.
     pub notify: Arc<api::notify::NotifyConfig>,
+    /// Where attachments are stored.
+    pub attachments: Arc<api::attachments::Attachments>,
+    /// The directory of attachments this Herald made, removed when dropped.
+    attachments_dir: Option<AttachmentsDir>,
     /// The database and stream this Herald made, dropped last.
     leftovers: support::Leftovers,
+}
+
+/// The secret the test servers sign attachment URLs with.
+pub const ATTACHMENT_SECRET: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A directory of its own for one test's attachments, removed afterwards.
+pub struct AttachmentsDir(pub std::path::PathBuf);
+
+impl AttachmentsDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("herald-attachments-{}", Uuid::new_v4()));
+        Self(dir)
+    }
+}
+
+impl Drop for AttachmentsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How a test's Herald differs from the default one: a fresh database, a
@@ -112,6 +135,8 @@ pub struct Options {
     /// Background parts run inside the application, as `herald up` runs
     /// them, rather than started by the test.
     pub parts: Option<Parts>,
+    /// Another store of attachments than a directory of the test's own.
+    pub attachments: Option<api::attachments::Attachments>,
 }
 
 impl TestApp {
@@ -362,6 +387,17 @@ impl TestApp {
         if let Some(gateway) = options.gateway {
             provider.gateway = gateway;
         }
+        let (attachments, attachments_dir) = match options.attachments {
+            Some(attachments) => (attachments, None),
+            None => {
+                let dir = AttachmentsDir::new();
+                let limits = domain::attachment::AttachmentLimits::default();
+                let secret = SecretString::from(ATTACHMENT_SECRET);
+                let local =
+                    api::attachments::Attachments::local(&dir.0, &address, secret, limits).unwrap();
+                (local, Some(dir))
+            }
+        };
         let application = Application::build(Settings {
             listener,
             pool: api::db::migrated_pool(&DatabaseArgs {
@@ -381,6 +417,7 @@ impl TestApp {
             connections: options.connections.unwrap_or_default(),
             notify: options.notify.unwrap_or_default(),
             email: None,
+            attachments,
             parts: options.parts.unwrap_or(Parts::NONE),
         })
         .await
@@ -407,6 +444,8 @@ impl TestApp {
             mailer: None,
             live: state.live,
             notify: state.notify,
+            attachments: state.attachments,
+            attachments_dir,
             leftovers,
         }
     }
