@@ -331,3 +331,69 @@ async fn only_members_and_admins_get_a_download_url_of_a_sent_attachment() {
     let tampered = app.client.get(&renamed).send().await.unwrap();
     assert_eq!(tampered.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn an_upload_to_an_s3_compatible_store_goes_through_its_presigned_urls() {
+    let s3 = crate::common::S3Server::start().await;
+    let mut app = TestApp::spawn_with(crate::common::Options {
+        attachments: Some(s3.attachments()),
+        ..Default::default()
+    })
+    .await;
+    app.start_pipeline().await;
+    let (alice, bob) = (app.enroll(patient()).await, doctor());
+    let chat = app.group_chat(alice, &[bob]).await;
+    let report = b"%PDF-1.7 pretend report".repeat(500);
+    let announced = announce(&app, chat, alice, "report.pdf", "application/pdf", &report).await;
+    assert_eq!(announced.status, StatusCode::CREATED, "{}", announced.body);
+    let upload_url = announced.body["upload_url"].as_str().unwrap();
+    // The bytes go to the store, not to Herald.
+    assert!(upload_url.starts_with(&s3.endpoint), "{upload_url}");
+    assert!(upload_url.contains("X-Amz-Signature="), "{upload_url}");
+    let stored = put(&app, upload_url, report.clone()).await;
+    assert!(stored.status().is_success(), "{}", stored.status());
+    let id = attachment_id(&announced);
+
+    // Other bytes under another announcement are refused once looked at.
+    let forged = announce(&app, chat, alice, "f.pdf", "application/pdf", b"declared").await;
+    let url = forged.body["upload_url"].as_str().unwrap();
+    assert!(put(&app, url, b"uploaded".to_vec())
+        .await
+        .status()
+        .is_success());
+    let call = post(
+        format!("/api/v1/chats/{chat}/messages"),
+        json!({ "attachments": [attachment_id(&forged)] }),
+    );
+    app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
+        .await
+        .assert_names("attachments");
+
+    let sent = send(
+        &app,
+        chat,
+        alice,
+        json!({ "body": "results", "attachments": [id] }),
+    )
+    .await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    app.wait_for_projections().await;
+    let link = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/chats/{chat}/attachments/{id}"),
+            bob,
+            None,
+        )
+        .await;
+    assert_eq!(link.status, StatusCode::OK, "{}", link.body);
+    let download_url = link.body["download_url"].as_str().unwrap();
+    assert!(download_url.starts_with(&s3.endpoint), "{download_url}");
+    let download = app.client.get(download_url).send().await.unwrap();
+    assert_eq!(download.status(), StatusCode::OK);
+    assert_eq!(download.bytes().await.unwrap().to_vec(), report);
+    // Without its signature the store refuses it.
+    let unsigned = download_url.split('?').next().unwrap();
+    let refused = app.client.get(unsigned).send().await.unwrap();
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+}

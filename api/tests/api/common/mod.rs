@@ -1000,3 +1000,77 @@ impl Drop for DevHerald {
         let _ = self.child.wait();
     }
 }
+
+/// An S3-compatible server (`s3s-fs`) on a free loopback port, storing in a
+/// directory of its own, with one bucket; stopped and removed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+    _dir: AttachmentsDir,
+}
+
+/// The credentials the test S3 server accepts.
+pub const S3_ACCESS_KEY: &str = "herald-test";
+pub const S3_SECRET_KEY: &str = "herald-test-secret";
+
+impl S3Server {
+    pub async fn start() -> Self {
+        let dir = AttachmentsDir::new();
+        let bucket = "herald".to_owned();
+        std::fs::create_dir_all(dir.0.join(&bucket)).unwrap();
+        let port = free_port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "s3s-fs is installed (cargo install s3s-fs --version 0.14.1 --features binary)",
+            );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket,
+            _dir: dir,
+        }
+    }
+
+    /// Herald's attachments kept in this server's bucket.
+    pub fn attachments(&self) -> api::attachments::Attachments {
+        let args = api::attachments::AttachmentArgs {
+            object_store_url: Some(format!("s3://{}", self.bucket).parse().unwrap()),
+            attachments_dir: "unused".into(),
+            s3_endpoint: Some(self.endpoint.parse().unwrap()),
+            s3_region: "us-east-1".to_owned(),
+            s3_access_key_id: Some(S3_ACCESS_KEY.to_owned()),
+            s3_secret_access_key: Some(SecretString::from(S3_SECRET_KEY)),
+            attachment_secret: None,
+            attachment_max_size: domain::attachment::DEFAULT_MAX_SIZE,
+            attachment_types: domain::attachment::DEFAULT_CONTENT_TYPES
+                .iter()
+                .map(|kind| (*kind).to_owned())
+                .collect(),
+            attachment_url_ttl: Duration::from_secs(600).into(),
+            attachment_unused_ttl: Duration::from_secs(86_400).into(),
+        };
+        api::attachments::Attachments::from_args(&args, "http://unused", None).unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
