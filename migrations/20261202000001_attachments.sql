@@ -19,6 +19,11 @@ CREATE TABLE rm_chat_attachments
 CREATE INDEX rm_chat_attachments_message ON rm_chat_attachments (chat_id, seq);
 CREATE INDEX rm_chat_attachments_unused ON rm_chat_attachments (announced_at) WHERE seq IS NULL;
 
--- Development mode signs the URLs of attachments kept in a local directory
--- with a secret of its own, kept like its other secrets.
-ALTER TABLE dev_identity ADD COLUMN attachment_secret text;
+
+-- Uploads deleted because no message carried them in time, so that each is
+-- deleted once; kept beside the read model, which the log alone fills.
+CREATE TABLE attachment_deletions
+(
+    attachment_id uuid PRIMARY KEY,
+    deleted_at    timestamptz NOT NULL DEFAULT now()
+);

@@ -55,8 +55,8 @@ pub struct AttachmentArgs {
     pub s3_secret_access_key: Option<SecretString>,
 
     /// Signs the upload and download URLs Herald serves for a local
-    /// directory; at least 32 bytes. Required then, outside `--dev`, which
-    /// makes one and keeps it in the database.
+    /// directory; at least 32 bytes. By default a key derived from the JWT
+    /// secret, so every instance sharing it signs alike.
     #[arg(long, env = "HERALD_ATTACHMENT_SECRET", hide_env_values = true, value_parser = crate::config::secret)]
     pub attachment_secret: Option<SecretString>,
 
@@ -183,21 +183,26 @@ impl Attachments {
         })
     }
 
-    /// Attachments as configured; `dev_secret` signs local URLs when no
-    /// `HERALD_ATTACHMENT_SECRET` is set.
+    /// Attachments as configured; without `HERALD_ATTACHMENT_SECRET`, local
+    /// URLs are signed with a key derived from `jwt_secret`.
     pub fn from_args(
         args: &AttachmentArgs,
         public_url: &str,
-        dev_secret: Option<SecretString>,
+        jwt_secret: Option<SecretString>,
     ) -> Result<Self, BoxError> {
         let limits = limits(args)?;
         let attachments = match &args.object_store_url {
             Some(url) => Self::s3(args, url, limits)?,
             None => {
-                let secret = args.attachment_secret.clone().or(dev_secret).ok_or(
-                    "HERALD_ATTACHMENT_SECRET is required to sign the URLs of attachments kept \
-                     in a local directory (at least 32 bytes); or set HERALD_OBJECT_STORE_URL",
-                )?;
+                let secret = match (&args.attachment_secret, jwt_secret) {
+                    (Some(secret), _) => secret.clone(),
+                    (None, Some(root)) => derived_secret(&root),
+                    (None, None) => {
+                        return Err("HERALD_ATTACHMENT_SECRET or HERALD_JWT_SECRET is required \
+                                    to sign the URLs of attachments"
+                            .into())
+                    }
+                };
                 Self::local(&args.attachments_dir, public_url, secret, limits)?
             }
         };
@@ -302,6 +307,79 @@ impl Attachments {
     }
 }
 
+/// Most unused uploads deleted in one sweep.
+const SWEEP_BATCH: i64 = 100;
+
+impl Attachments {
+    /// Deletes the stored bytes of uploads announced longer than
+    /// [`Attachments::unused_ttl`] ago that no message carries, as the chats
+    /// read model shows them, each once; answers how many.
+    pub async fn sweep_unused(&self, pool: &sqlx::PgPool) -> Result<usize, BoxError> {
+        let ttl = chrono::TimeDelta::from_std(self.unused_ttl)?;
+        let unused: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT a.chat_id, a.attachment_id FROM rm_chat_attachments a
+              WHERE a.seq IS NULL AND a.announced_at < now() - $1
+                AND NOT EXISTS (SELECT 1 FROM attachment_deletions d
+                                 WHERE d.attachment_id = a.attachment_id)
+              ORDER BY a.announced_at
+              LIMIT $2",
+        )
+        .bind(ttl)
+        .bind(SWEEP_BATCH)
+        .fetch_all(pool)
+        .await?;
+        for (chat_id, attachment_id) in &unused {
+            match self
+                .storage
+                .store()
+                .delete(&Storage::key(*chat_id, *attachment_id))
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+            sqlx::query(
+                "INSERT INTO attachment_deletions (attachment_id) VALUES ($1)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(attachment_id)
+            .execute(pool)
+            .await?;
+        }
+        Ok(unused.len())
+    }
+
+    /// Sweeps unused uploads every `every` until `stop` completes.
+    pub async fn keep_sweeping(
+        self: Arc<Self>,
+        pool: sqlx::PgPool,
+        every: Duration,
+        stop: crate::background::StopSignal,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            match self.sweep_unused(&pool).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "deleted uploads no message carried"),
+                Err(err) => tracing::warn!(%err, "cannot delete unused uploads"),
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
+
+/// A key of its own for attachment URLs, derived from `root` (the JWT
+/// secret): a URL's signature says nothing about the tokens' key.
+fn derived_secret(root: &SecretString) -> SecretString {
+    let mut mac = HmacSha256::new_from_slice(root.expose_secret().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(b"herald attachment URLs");
+    SecretString::from(hex::encode(mac.finalize().into_bytes()))
+}
+
 /// What a signed local URL lets its holder do with one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
@@ -352,9 +430,8 @@ fn mac(
     grant: &Grant,
     expires: i64,
 ) -> HmacSha256 {
-    #[allow(clippy::expect_used)]
     let mut mac = HmacSha256::new_from_slice(secret.expose_secret().as_bytes())
-        .expect("HMAC takes a key of any length");
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(format!("{chat}\n{attachment}\n{expires}\n{}", grant.signed_text()).as_bytes());
     mac
 }

@@ -27,24 +27,20 @@ pub struct DevIdentity {
     pub jwt_secret: SecretString,
     /// Signs the sandbox's notifications when `HERALD_WEBHOOK_SECRET` is not set.
     pub webhook_secret: SecretString,
-    /// Signs the URLs of attachments kept in a local directory when
-    /// `HERALD_ATTACHMENT_SECRET` is not set.
-    pub attachment_secret: SecretString,
     /// One user of each role.
     pub users: [Actor; 4],
     /// What every demo user signs in with.
     pub password: String,
 }
 
-/// The secrets, the patient, doctor, admin and auditor, their password, and
-/// the attachments' secret.
-type Row = (String, String, Uuid, Uuid, Uuid, Uuid, String, String);
+/// The secrets, the patient, doctor, admin and auditor, and their password.
+type Row = (String, String, Uuid, Uuid, Uuid, Uuid, String);
 
 /// The kept identity, as [`Row`] (a password is made up by the next
 /// `herald up --dev` when the row predates demo accounts).
 const SELECT: &str = "SELECT jwt_secret, webhook_secret,
                              patient_id, doctor_id, admin_id, auditor_id,
-                             coalesce(password, ''), coalesce(attachment_secret, '')
+                             coalesce(password, '')
                         FROM dev_identity";
 
 /// The address a demo user signs in with.
@@ -75,13 +71,6 @@ impl DevIdentity {
             .bind(hex::encode(rand::random::<[u8; 8]>()))
             .execute(pool)
             .await?;
-        // Kept since before attachments: a secret for their URLs now.
-        sqlx::query(
-            "UPDATE dev_identity SET attachment_secret = $1 WHERE attachment_secret IS NULL",
-        )
-        .bind(hex::encode(crate::sessions::secret_bytes()))
-        .execute(pool)
-        .await?;
         let row: Row = sqlx::query_as(SELECT).fetch_one(pool).await?;
         Ok(Self::from(row))
     }
@@ -139,13 +128,10 @@ impl DevIdentity {
 }
 
 impl From<Row> for DevIdentity {
-    fn from(
-        (jwt_secret, webhook_secret, patient, doctor, admin, auditor, password, attachment_secret): Row,
-    ) -> Self {
+    fn from((jwt_secret, webhook_secret, patient, doctor, admin, auditor, password): Row) -> Self {
         Self {
             jwt_secret: SecretString::from(jwt_secret),
             webhook_secret: SecretString::from(webhook_secret),
-            attachment_secret: SecretString::from(attachment_secret),
             users: [
                 Actor::new(patient, Role::Patient),
                 Actor::new(doctor, Role::Doctor),

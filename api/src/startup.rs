@@ -39,8 +39,9 @@ pub struct Parts {
     /// A worker for every projection.
     pub workers: bool,
     /// The booking ⇄ payment process manager (active or standby), the
-    /// reminders of unread messages, and the deliveries of notifications to
-    /// webhooks, and by e-mail when it is configured.
+    /// reminders of unread messages, the deliveries of notifications to
+    /// webhooks, and by e-mail when it is configured, and the deletion of
+    /// uploads no message carried in time.
     pub process_manager: bool,
 }
 
@@ -150,6 +151,16 @@ impl Application {
             Some(args) => RateLimits::new(args, settings.keys.clone()).map(Arc::new),
             None => None,
         };
+        let attachments = Arc::new(settings.attachments);
+        if parts.process_manager {
+            let sweeper = attachments.clone();
+            let sweeping = pool.clone();
+            let every = (attachments.unused_ttl / 4).clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(3600),
+            );
+            background.spawn(move |stop| sweeper.keep_sweeping(sweeping, every, stop));
+        }
         let state = AppState {
             readers: Arc::new(db::Readers::new(
                 &pool,
@@ -164,7 +175,7 @@ impl Application {
             limits,
             sign_ins: Arc::default(),
             notify: Arc::new(settings.notify),
-            attachments: Arc::new(settings.attachments),
+            attachments,
         };
         let surface = Surface {
             nats: Some(client),

@@ -95,11 +95,11 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
     let provider =
         PaymentProvider::from_config(&args.provider, args.dev, &public_url, &webhook_secret)?;
     let email = EmailConfig::from_args(&args.email, &public_url)?;
-    let attachments = Attachments::from_args(
-        &args.attachments,
-        &public_url,
-        dev.as_ref().map(|dev| dev.attachment_secret.clone()),
-    )?;
+    let jwt_secret = args
+        .jwt_secret
+        .clone()
+        .or_else(|| dev.as_ref().map(|dev| dev.jwt_secret.clone()));
+    let attachments = Attachments::from_args(&args.attachments, &public_url, jwt_secret)?;
     let greeting = dev.as_ref().map(|dev| dev.greeting(&keys, signed_with));
     let application = Application::build(Settings {
         listener,

@@ -397,3 +397,59 @@ async fn an_upload_to_an_s3_compatible_store_goes_through_its_presigned_urls() {
     let refused = app.client.get(unsigned).send().await.unwrap();
     assert!(refused.status().is_client_error(), "{}", refused.status());
 }
+
+#[tokio::test]
+async fn an_upload_no_message_carried_in_time_is_deleted_and_can_no_longer_be_sent() {
+    let dir = crate::common::AttachmentsDir::new();
+    let secret = secrecy::SecretString::from(crate::common::ATTACHMENT_SECRET);
+    let limits = domain::attachment::AttachmentLimits::default();
+    let address = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let listener = tokio::net::TcpListener::bind(address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let attachments = api::attachments::Attachments::local(&dir.0, &address, secret, limits)
+        .unwrap()
+        .lasting(
+            std::time::Duration::from_secs(600),
+            std::time::Duration::ZERO,
+        );
+    let mut app = TestApp::spawn_with(crate::common::Options {
+        attachments: Some(attachments),
+        listener: Some(listener),
+        ..Default::default()
+    })
+    .await;
+    app.start_pipeline().await;
+    let alice = app.enroll(patient()).await;
+    let chat = app.group_chat(alice, &[]).await;
+    let kept = uploaded(&app, chat, alice, b"kept").await;
+    let sent = send(&app, chat, alice, json!({ "attachments": [kept] })).await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    let forgotten = uploaded(&app, chat, alice, b"forgotten").await;
+    app.wait_for_projections().await;
+
+    assert_eq!(app.attachments.sweep_unused(&app.pool).await.unwrap(), 1);
+    assert_eq!(app.attachments.sweep_unused(&app.pool).await.unwrap(), 0);
+    let call = post(
+        format!("/api/v1/chats/{chat}/messages"),
+        json!({ "attachments": [forgotten] }),
+    );
+    app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
+        .await
+        .assert_names("attachments");
+    let link = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/chats/{chat}/attachments/{kept}"),
+            alice,
+            None,
+        )
+        .await;
+    let download = app
+        .client
+        .get(link.body["download_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.bytes().await.unwrap().as_ref(), b"kept");
+}
