@@ -13,7 +13,9 @@ CREATE TABLE rm_chat_attachments
     announced_at  timestamptz NOT NULL,
     -- the message carrying it, and its place among that message's attachments
     seq           bigint,
-    place         integer
+    place         integer,
+    -- whether a thumbnail of the image is stored beside it
+    thumbnail     boolean     NOT NULL DEFAULT false
 );
 
 CREATE INDEX rm_chat_attachments_message ON rm_chat_attachments (chat_id, seq);

@@ -247,14 +247,15 @@ impl Attachments {
         }
     }
 
-    /// A URL that answers the attachment's bytes as a download named
-    /// `filename`.
+    /// A URL that answers the attachment's bytes, or its thumbnail's, as a
+    /// download named `filename`.
     pub async fn download_url(
         &self,
         chat_id: Uuid,
         attachment_id: Uuid,
         filename: &str,
         content_type: &str,
+        thumbnail: bool,
     ) -> Result<SignedUrl, BoxError> {
         let expires_at = self.expiry();
         match &self.urls {
@@ -262,6 +263,7 @@ impl Attachments {
                 let grant = Grant::Download {
                     filename: filename.to_owned(),
                     content_type: content_type.to_owned(),
+                    thumbnail,
                 };
                 Ok(SignedUrl {
                     url: local_url(base, secret, chat_id, attachment_id, &grant, expires_at)?,
@@ -271,7 +273,11 @@ impl Attachments {
             Urls::S3(s3) => {
                 // object_store signs no response-header overrides, so the
                 // store answers with the headers the upload set.
-                let key = Storage::key(chat_id, attachment_id);
+                let key = if thumbnail {
+                    Storage::thumbnail_key(chat_id, attachment_id)
+                } else {
+                    Storage::key(chat_id, attachment_id)
+                };
                 let url = s3
                     .signed_url(reqwest::Method::GET, &key, self.url_ttl)
                     .await?;
@@ -388,12 +394,14 @@ pub enum Grant {
         /// The announced size.
         size: u64,
     },
-    /// Download it as `filename`.
+    /// Download it, or its thumbnail, as `filename`.
     Download {
         /// The sanitised name.
         filename: String,
         /// The media type it is served as.
         content_type: String,
+        /// Whether it is the thumbnail.
+        thumbnail: bool,
     },
 }
 
@@ -405,7 +413,8 @@ impl Grant {
             Self::Download {
                 filename,
                 content_type,
-            } => format!("GET\n{filename}\n{content_type}"),
+                thumbnail,
+            } => format!("GET\n{filename}\n{content_type}\n{thumbnail}"),
         }
     }
 }
@@ -455,11 +464,13 @@ fn local_url(
         Grant::Download {
             filename,
             content_type,
+            thumbnail,
         } => (
             "attachments/download",
             vec![
                 ("filename", filename.clone()),
                 ("content_type", content_type.clone()),
+                ("thumbnail", thumbnail.to_string()),
             ],
         ),
     };

@@ -228,8 +228,9 @@ pub struct DeadLetterArgs {
     pub retry: bool,
 
     /// Only this follower's: a projection (chats, bookings, payments, summary,
-    /// notifications), the payment process manager (payment-process) or the
-    /// reminders of unread messages (chat-reminders).
+    /// notifications), the payment process manager (payment-process), the
+    /// reminders of unread messages (chat-reminders) or the maker of
+    /// thumbnails (attachment-thumbnails).
     pub follower: Option<String>,
 }
 

@@ -39,9 +39,9 @@ pub struct Parts {
     /// A worker for every projection.
     pub workers: bool,
     /// The booking ⇄ payment process manager (active or standby), the
-    /// reminders of unread messages, the deliveries of notifications to
-    /// webhooks, and by e-mail when it is configured, and the deletion of
-    /// uploads no message carried in time.
+    /// reminders of unread messages, the thumbnails of images, the
+    /// deliveries of notifications to webhooks, and by e-mail when it is
+    /// configured, and the deletion of uploads no message carried in time.
     pub process_manager: bool,
 }
 
@@ -153,6 +153,7 @@ impl Application {
         };
         let attachments = Arc::new(settings.attachments);
         if parts.process_manager {
+            background.thumbnails(&write, &attachments.storage, &source);
             let sweeper = attachments.clone();
             let sweeping = pool.clone();
             let every = (attachments.unused_ttl / 4).clamp(

@@ -39,6 +39,26 @@ impl Storage {
         Path::from(format!("chats/{chat_id}/{attachment_id}"))
     }
 
+    /// Where the thumbnail of an image attachment is kept: beside it.
+    pub fn thumbnail_key(chat_id: Uuid, attachment_id: Uuid) -> Path {
+        Path::from(format!("chats/{chat_id}/{attachment_id}.thumbnail.png"))
+    }
+
+    /// The whole object at `key`.
+    pub async fn bytes(&self, key: &Path) -> Result<bytes::Bytes, CommandError> {
+        let object = self.store.get(key).await.map_err(unavailable)?;
+        object.bytes().await.map_err(unavailable)
+    }
+
+    /// Stores `bytes` at `key`, replacing what was there.
+    pub async fn put(&self, key: &Path, bytes: Vec<u8>) -> Result<(), CommandError> {
+        self.store
+            .put(key, bytes.into())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// What the store holds for each attachment, in order: its size and the
     /// SHA-256 of its bytes, read through once, or nothing when no bytes
     /// were uploaded. A store that cannot be reached is unavailable.

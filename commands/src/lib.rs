@@ -23,6 +23,7 @@ mod metadata;
 pub mod payments;
 pub mod process_manager;
 pub mod reminders;
+pub mod thumbnails;
 mod token;
 
 pub use error::{database_error, CommandError};
@@ -31,4 +32,5 @@ pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY
 pub use metadata::Metadata;
 pub use process_manager::PaymentProcess;
 pub use reminders::Reminders;
+pub use thumbnails::Thumbnails;
 pub use token::ConsistencyToken;

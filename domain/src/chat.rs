@@ -78,6 +78,15 @@ pub enum ChatCommand {
         /// When the request was made.
         at: DateTime<Utc>,
     },
+    /// Record that an image attachment's thumbnail is stored beside it.
+    RecordThumbnail {
+        /// Who asks: Herald itself, which made it.
+        actor: Actor,
+        /// The attachment.
+        attachment_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Post a new message.
     SendMessage {
         /// Who asks; becomes the author.
@@ -183,6 +192,13 @@ pub enum ChatEvent {
         sha256: Sha256,
         /// Who announced it.
         announced_by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An image attachment's thumbnail was stored beside it.
+    ThumbnailRecorded {
+        /// The attachment.
+        attachment_id: Uuid,
         /// When.
         at: DateTime<Utc>,
     },
@@ -292,6 +308,7 @@ impl DomainEvent for ChatEvent {
             Self::MemberAdded { .. } => "MemberAdded",
             Self::MemberRemoved { .. } => "MemberRemoved",
             Self::AttachmentAnnounced { .. } => "AttachmentAnnounced",
+            Self::ThumbnailRecorded { .. } => "ThumbnailRecorded",
             Self::MessageSent { .. } => "MessageSent",
             Self::MessageEdited { .. } => "MessageEdited",
             Self::MessageDeleted { .. } => "MessageDeleted",
@@ -330,6 +347,11 @@ struct AttachmentInfo {
     sha256: Sha256,
     #[serde(rename = "u", default, skip_serializing_if = "std::ops::Not::not")]
     used: bool,
+    /// Whether it is an image, of which Herald makes a thumbnail.
+    #[serde(rename = "i", default, skip_serializing_if = "std::ops::Not::not")]
+    image: bool,
+    #[serde(rename = "t", default, skip_serializing_if = "std::ops::Not::not")]
+    thumbnail: bool,
 }
 
 /// A conversation's decision state: membership, message ownership and read
@@ -384,6 +406,14 @@ impl Chat {
     /// The member's read marker, 0 when they have read nothing.
     pub fn read_up_to(&self, user_id: Uuid) -> u64 {
         self.read.get(&user_id).copied().unwrap_or(0)
+    }
+
+    /// Whether a message carries the attachment, an image with no thumbnail
+    /// recorded yet.
+    pub fn needs_thumbnail(&self, attachment_id: Uuid) -> bool {
+        self.attachments
+            .get(&attachment_id)
+            .is_some_and(|info| info.used && info.image && !info.thumbnail)
     }
 
     /// Decides what a command means for this chat without changing it, so the
@@ -474,6 +504,19 @@ impl Chat {
                     announced_by: actor.user_id,
                     at,
                 }])
+            }
+            ChatCommand::RecordThumbnail {
+                actor,
+                attachment_id,
+                at,
+            } => {
+                if actor.role != Role::System {
+                    return Err(Permission::OnlyHeraldRecordsThumbnails.into());
+                }
+                if !self.needs_thumbnail(attachment_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![ChatEvent::ThumbnailRecorded { attachment_id, at }])
             }
             ChatCommand::SendMessage {
                 actor,
@@ -782,6 +825,7 @@ impl Aggregate for Chat {
             }
             ChatEvent::AttachmentAnnounced {
                 attachment_id,
+                content_type,
                 size,
                 sha256,
                 announced_by,
@@ -794,8 +838,15 @@ impl Aggregate for Chat {
                         size,
                         sha256,
                         used: false,
+                        image: content_type.is_image(),
+                        thumbnail: false,
                     },
                 );
+            }
+            ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
+                if let Some(info) = self.attachments.get_mut(&attachment_id) {
+                    info.thumbnail = true;
+                }
             }
             ChatEvent::MessageSent {
                 message_id,
@@ -1108,6 +1159,34 @@ mod tests {
             sent_at: at(),
         };
         expect(given, send_file(1, Some((10, digest(1)))), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn herald_records_a_thumbnail_of_a_sent_image_once() {
+        let record = |actor| ChatCommand::RecordThumbnail {
+            actor,
+            attachment_id: file(1),
+            at: at(),
+        };
+        let carried = ChatEvent::MessageSent {
+            message_id: msg(1),
+            seq: 1,
+            author: user(ALICE),
+            body: None,
+            attachments: vec![file(1)],
+            sent_at: at(),
+        };
+        let recorded = ChatEvent::ThumbnailRecorded {
+            attachment_id: file(1),
+            at: at(),
+        };
+        let given = with(group(), [announced(ALICE, 1), carried]);
+        let system = Actor::system();
+        expect(given.clone(), record(system), vec![recorded.clone()]).await;
+        expect(with(given.clone(), [recorded]), record(system), vec![]).await;
+        expect(with(group(), [announced(ALICE, 1)]), record(system), vec![]).await;
+        let error = DomainError::Forbidden(Permission::OnlyHeraldRecordsThumbnails);
+        reject(given, record(patient(ALICE)), error).await;
     }
 
     #[tokio::test]

@@ -79,6 +79,9 @@ pub enum Permission {
     /// Reminders of unread messages are Herald's to send.
     #[error("only Herald itself reminds members of unread messages")]
     OnlyHeraldReminds,
+    /// Thumbnails are made by Herald from the stored bytes.
+    #[error("only Herald itself records thumbnails")]
+    OnlyHeraldRecordsThumbnails,
     /// Read markers only make sense for participants.
     #[error("only members of the chat may mark messages as read")]
     OnlyMembersMayMarkRead,

@@ -171,6 +171,9 @@ pub struct AttachmentDownload {
     pub size: i64,
     /// `GET` the bytes here before `expires_at`.
     pub download_url: String,
+    /// `GET` a PNG thumbnail (at most 256 pixels a side) here before
+    /// `expires_at`, once one was made of the image.
+    pub thumbnail_url: Option<String>,
     /// When `download_url` stops working.
     pub expires_at: DateTime<Utc>,
 }
@@ -217,6 +220,7 @@ async fn download_url(
     ) {
         return Err(NOT_FOUND);
     }
+    let failed = |err| ApiError::Command(commands::CommandError::Internal(err));
     let signed = app
         .attachments
         .download_url(
@@ -224,15 +228,28 @@ async fn download_url(
             attachment_id,
             &attachment.filename,
             &attachment.content_type,
+            false,
         )
         .await
-        .map_err(|err| ApiError::Command(commands::CommandError::Internal(err)))?;
+        .map_err(failed)?;
+    let thumbnail_url = if attachment.thumbnail {
+        let name = format!("{}.thumbnail.png", attachment.filename);
+        let thumbnail = app
+            .attachments
+            .download_url(chat_id, attachment_id, &name, "image/png", true)
+            .await
+            .map_err(failed)?;
+        Some(thumbnail.url.to_string())
+    } else {
+        None
+    };
     Ok(axum::Json(AttachmentDownload {
         attachment_id,
         filename: attachment.filename,
         content_type: attachment.content_type,
         size: attachment.size,
         download_url: signed.url.to_string(),
+        thumbnail_url,
         expires_at: signed.expires_at,
     }))
 }
@@ -374,6 +391,9 @@ struct DownloadQuery {
     filename: String,
     /// The media type it is served as.
     content_type: String,
+    /// Whether it is the thumbnail.
+    #[serde(default)]
+    thumbnail: bool,
     /// The HMAC-SHA256 of the rest, hexadecimal.
     sig: String,
 }
@@ -408,6 +428,7 @@ async fn download(
     let grant = Grant::Download {
         filename: query.filename,
         content_type: query.content_type,
+        thumbnail: query.thumbnail,
     };
     app.attachments
         .check(&signed, &grant)
@@ -417,11 +438,16 @@ async fn download(
     let Grant::Download {
         filename,
         content_type,
+        thumbnail,
     } = grant
     else {
         return Err(ApiError::NotFound("no attachment with that id"));
     };
-    let key = Storage::key(signed.chat, signed.attachment);
+    let key = if thumbnail {
+        Storage::thumbnail_key(signed.chat, signed.attachment)
+    } else {
+        Storage::key(signed.chat, signed.attachment)
+    };
     let object = match app.attachments.storage.store().get(&key).await {
         Ok(object) => object,
         Err(object_store::Error::NotFound { .. }) => {

@@ -108,7 +108,7 @@ async fn a_picture_uploaded_through_its_signed_url_is_sent_shown_and_downloaded(
     assert_eq!(
         message["attachments"],
         json!([{ "id": id, "filename": "x-ray _left_.png", "content_type": "image/png",
-                 "size": picture.len() }])
+                 "size": picture.len(), "thumbnail": false }])
     );
 
     let link = app
@@ -452,4 +452,74 @@ async fn an_upload_no_message_carried_in_time_is_deleted_and_can_no_longer_be_se
         .await
         .unwrap();
     assert_eq!(download.bytes().await.unwrap().as_ref(), b"kept");
+}
+
+/// A PNG of `width` × `height` pixels.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let picture = image::RgbImage::from_pixel(width, height, image::Rgb([20, 120, 200]));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    picture
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .unwrap();
+    bytes.into_inner()
+}
+
+#[tokio::test]
+async fn a_thumbnail_appears_for_an_image_and_bytes_that_are_no_image_are_set_aside() {
+    let app = TestApp::spawn_with_payments().await;
+    let alice = app.enroll(patient()).await;
+    let chat = app.group_chat(alice, &[]).await;
+    let picture = uploaded(&app, chat, alice, &png(600, 300)).await;
+    let broken = uploaded(&app, chat, alice, b"not a png at all").await;
+    let sent = send(&app, chat, alice, json!({ "attachments": [picture] })).await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    let sent = send(&app, chat, alice, json!({ "attachments": [broken] })).await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+
+    let link = |id: Uuid| {
+        let path = format!("/api/v1/chats/{chat}/attachments/{id}");
+        let app = &app;
+        async move { app.send(reqwest::Method::GET, &path, alice, None).await }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let thumbnail_url = loop {
+        let reply = link(picture).await;
+        if let Some(url) = reply.body["thumbnail_url"].as_str() {
+            break url.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", reply.body);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let thumbnail = app.client.get(&thumbnail_url).send().await.unwrap();
+    assert_eq!(thumbnail.headers()["content-type"], "image/png");
+    let small = image::load_from_memory(&thumbnail.bytes().await.unwrap()).unwrap();
+    assert_eq!((small.width(), small.height()), (256, 128));
+    app.wait_for_projections().await;
+    let page = app
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/v1/chats/{chat}/messages"),
+            alice,
+            None,
+        )
+        .await;
+    assert_eq!(page.body["items"][1]["attachments"][0]["thumbnail"], true);
+    assert_eq!(page.body["items"][0]["attachments"][0]["thumbnail"], false);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let set_aside: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM projection_dead_letters WHERE projection = $1",
+        )
+        .bind(commands::thumbnails::CHECKPOINT)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if set_aside == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(link(broken).await.body["thumbnail_url"], Value::Null);
 }

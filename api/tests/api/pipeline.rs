@@ -162,7 +162,9 @@ async fn the_projections_of_one_process_all_follow_the_stream_through_one_consum
 #[tokio::test]
 async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote() {
     use common::{delete, patch, post};
-    let app = TestApp::spawn_with_pipeline().await;
+    let mut app = TestApp::spawn_with_pipeline().await;
+    // It makes the thumbnails of images.
+    app.start_process_manager().await;
     let (alice, bob, carol, dan) = (patient(), doctor(), patient(), patient());
     for someone in [carol, dan] {
         app.enroll(someone).await;
@@ -225,7 +227,7 @@ async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote()
     // the message without text; one announced and never sent.
     let (scan, photo) = (
         crate::attachments::uploaded(&app, ward, dan, b"scan").await,
-        crate::attachments::uploaded(&app, ward, dan, b"photo").await,
+        crate::attachments::uploaded(&app, ward, dan, &crate::attachments::png(40, 30)).await,
     );
     let files = json!({ "attachments": [photo, scan] });
     app.accepts(dan, post(&messages, files), StatusCode::CREATED)
@@ -237,6 +239,16 @@ async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote()
         .accepts(alice, post(&messages, with_file), StatusCode::CREATED)
         .await;
     ok(alice, retract(sent.reply.id())).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .events_after(0)
+        .await
+        .iter()
+        .all(|e| e.event_type != "ThumbnailRecorded")
+    {
+        assert!(Instant::now() < deadline, "no thumbnail was recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A chat whose newest message was retracted last, one whose only message
     // was, and one with none at all.
     for kept in [Some("kept"), None] {

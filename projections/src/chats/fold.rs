@@ -49,6 +49,7 @@ struct Attachment {
     announced_at: DateTime<Utc>,
     /// The seq of the message carrying it, and its place there.
     sent: Option<(i64, i32)>,
+    thumbnail: bool,
 }
 
 /// One chat as the fold keeps it.
@@ -200,7 +201,7 @@ impl rebuild::Fold for Fold {
         let mut attachments = Rows::new();
         for (attachment_id, attachment) in &self.attachments {
             let row = attachments
-                .row(9)
+                .row(10)
                 .uuid(attachment_id.as_bytes())
                 .uuid(attachment.chat_id.as_bytes())
                 .text(Some(&attachment.filename))
@@ -211,13 +212,14 @@ impl rebuild::Fold for Fold {
             match attachment.sent {
                 Some((seq, place)) => row.int8(seq).int4(place),
                 None => row.null().null(),
-            };
+            }
+            .bool(attachment.thumbnail);
         }
         attachments
             .copy_into(
                 conn,
                 "COPY rm_chat_attachments (attachment_id, chat_id, filename, content_type, size,
-                                           announced_by, announced_at, seq, place)
+                                           announced_by, announced_at, seq, place, thumbnail)
                  FROM STDIN (FORMAT binary)",
             )
             .await?;
@@ -290,6 +292,7 @@ impl Fold {
                     announced_by,
                     announced_at: at,
                     sent: None,
+                    thumbnail: false,
                 };
                 if self.attachments.insert(attachment_id, attachment).is_some() {
                     return Err(ApplyError::Duplicate {
@@ -370,6 +373,15 @@ impl Fold {
                 }
             }
             ChatEvent::UnreadReminded { .. } => {}
+            ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
+                if let Some(attachment) = self
+                    .attachments
+                    .get_mut(&attachment_id)
+                    .filter(|attachment| attachment.chat_id == chat_id)
+                {
+                    attachment.thumbnail = true;
+                }
+            }
             ChatEvent::ReadUpTo {
                 user_id, up_to_seq, ..
             } => {

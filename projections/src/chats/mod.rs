@@ -107,7 +107,7 @@ pub struct MessageRow {
     /// Whether it was retracted; kept in the history so `seq` stays gapless.
     pub deleted: bool,
     /// The files it carries, in the order its author gave them, each
-    /// `{id, filename, content_type, size}`; none once it is deleted. Their
+    /// `{id, filename, content_type, size, thumbnail}`; none once it is deleted. Their
     /// bytes are fetched through `GET /chats/{id}/attachments/{attachment_id}`.
     #[schema(value_type = Vec<AttachmentInfo>)]
     pub attachments: Value,
@@ -124,6 +124,9 @@ pub struct AttachmentInfo {
     pub content_type: String,
     /// Its size in bytes.
     pub size: i64,
+    /// Whether a thumbnail of it (an image) is ready, for
+    /// `GET /chats/{id}/attachments/{attachment_id}` to link.
+    pub thumbnail: bool,
 }
 
 /// An attachment of a chat, for whoever may download it.
@@ -139,6 +142,8 @@ pub struct AttachmentRow {
     pub announced_by: Uuid,
     /// Whether a message still shown carries it.
     pub sent: bool,
+    /// Whether a thumbnail of it is stored beside it.
+    pub thumbnail: bool,
 }
 
 /// Applies log entries, in order, to the chat tables; entries of other
@@ -351,6 +356,16 @@ async fn apply_event(
         }
         // Reminders are the notifications' business.
         ChatEvent::UnreadReminded { .. } => {}
+        ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
+            sqlx::query(
+                "UPDATE rm_chat_attachments SET thumbnail = true
+                  WHERE chat_id = $1 AND attachment_id = $2",
+            )
+            .bind(chat_id)
+            .bind(attachment_id)
+            .execute(&mut *conn)
+            .await?;
+        }
         ChatEvent::ReadUpTo {
             user_id, up_to_seq, ..
         } => {
@@ -580,7 +595,8 @@ const MESSAGES: &str = "SELECT message_id AS id, seq, author, body, sent_at, edi
                                CASE WHEN deleted THEN '[]'::jsonb ELSE coalesce(
                                  (SELECT jsonb_agg(jsonb_build_object(
                                            'id', a.attachment_id, 'filename', a.filename,
-                                           'content_type', a.content_type, 'size', a.size)
+                                           'content_type', a.content_type, 'size', a.size,
+                                           'thumbnail', a.thumbnail)
                                          ORDER BY a.place)
                                     FROM rm_chat_attachments a
                                    WHERE a.chat_id = x.chat_id AND a.seq = x.seq),
@@ -600,7 +616,7 @@ pub async fn attachment<'c>(
 ) -> Result<Option<AttachmentRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT a.filename, a.content_type, a.size, a.announced_by,
-                coalesce(NOT m.deleted, false) AS sent
+                coalesce(NOT m.deleted, false) AS sent, a.thumbnail
            FROM rm_chat_attachments a
            LEFT JOIN rm_chat_messages m ON m.chat_id = a.chat_id AND m.seq = a.seq
           WHERE a.chat_id = $1 AND a.attachment_id = $2",

@@ -171,8 +171,8 @@ impl TestApp {
         app
     }
 
-    /// Starts a payment process manager and the reminders of unread
-    /// messages (again, after a stop).
+    /// Starts a payment process manager, the reminders of unread messages
+    /// and the maker of thumbnails (again, after a stop).
     pub async fn start_process_manager(&mut self) {
         let client = herald_nats::connect(&nats_url()).await.unwrap();
         let mut process = Background::default();
@@ -180,6 +180,7 @@ impl TestApp {
         process.process_manager(&self.write, &self.gateway, &source);
         let after = self.notify.unread_after;
         process.reminders(&self.write, &source, after);
+        process.thumbnails(&self.write, &self.attachments.storage, &source);
         self.process = Some(process);
     }
 
