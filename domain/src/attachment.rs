@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ValidationError;
+use crate::values::text_value;
 
 /// Most bytes of a file name kept: what common file systems allow.
 const MAX_FILENAME_BYTES: usize = 255;
@@ -40,13 +41,13 @@ pub const DEFAULT_CONTENT_TYPES: &[&str] = &[
 /// The default largest attachment: 25 MB.
 pub const DEFAULT_MAX_SIZE: u64 = 25 * 1024 * 1024;
 
-/// A file name safe to store, show and send back in a
-/// `Content-Disposition` header: the last component of whatever path was
-/// given, with control characters, quotes, backslashes and other characters
-/// that mean something to a shell or a header replaced by `_`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct FileName(String);
+text_value!(
+    /// A file name safe to store, show and send back in a
+    /// `Content-Disposition` header: the last component of whatever path was
+    /// given, with control characters, quotes, backslashes and other
+    /// characters that mean something to a shell or a header replaced by `_`.
+    FileName
+);
 
 impl FileName {
     /// Sanitises `raw`; refuses a name with nothing left once sanitised.
@@ -80,37 +81,12 @@ impl FileName {
         }
         Ok(Self(name))
     }
-
-    /// The sanitised name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for FileName {
-    type Error = ValidationError;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(value)
-    }
-}
-
-impl From<FileName> for String {
-    fn from(value: FileName) -> Self {
-        value.0
-    }
-}
-
-impl fmt::Display for FileName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A media type without parameters, lower case: `type/subtype`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ContentType(String);
+text_value!(
+    /// A media type without parameters, lower case: `type/subtype`.
+    ContentType
+);
 
 impl ContentType {
     /// Accepts `type/subtype` made of the characters RFC 6838 allows.
@@ -132,35 +108,16 @@ impl ContentType {
         }
     }
 
-    /// The media type.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// Whether it is an image Herald makes thumbnails of.
     pub fn is_image(&self) -> bool {
         self.0.starts_with("image/")
     }
 }
 
-impl TryFrom<String> for ContentType {
-    type Error = ValidationError;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(value)
-    }
-}
-
-impl From<ContentType> for String {
-    fn from(value: ContentType) -> Self {
-        value.0
-    }
-}
-
-/// A SHA-256 digest as 64 lower-case hexadecimal digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Sha256(String);
+text_value!(
+    /// A SHA-256 digest as 64 lower-case hexadecimal digits.
+    Sha256
+);
 
 impl Sha256 {
     /// Accepts 64 hexadecimal digits, in either case.
@@ -179,25 +136,6 @@ impl Sha256 {
     /// The digest of 32 bytes.
     pub fn of_digest(bytes: [u8; 32]) -> Self {
         Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// The 64 hexadecimal digits.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Sha256 {
-    type Error = ValidationError;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(value)
-    }
-}
-
-impl From<Sha256> for String {
-    fn from(value: Sha256) -> Self {
-        value.0
     }
 }
 

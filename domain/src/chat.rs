@@ -1107,6 +1107,18 @@ mod tests {
         }
     }
 
+    /// Alice's message `seq`, without text, carrying attachment `n`.
+    fn carrying(seq: u64, n: u128) -> ChatEvent {
+        ChatEvent::MessageSent {
+            message_id: msg(seq as u128),
+            seq,
+            author: user(ALICE),
+            body: None,
+            attachments: vec![file(n)],
+            sent_at: at(),
+        }
+    }
+
     /// Alice's message `n` carrying attachment 1, stored as `stored`.
     fn send_file(n: u128, stored: Option<(u64, Sha256)>) -> ChatCommand {
         ChatCommand::SendMessage {
@@ -1150,14 +1162,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_of_an_uploaded_attachment_needs_no_text() {
         let given = with(group(), [announced(ALICE, 1)]);
-        let event = ChatEvent::MessageSent {
-            message_id: msg(1),
-            seq: 1,
-            author: user(ALICE),
-            body: None,
-            attachments: vec![file(1)],
-            sent_at: at(),
-        };
+        let event = carrying(1, 1);
         expect(given, send_file(1, Some((10, digest(1)))), vec![event]).await;
     }
 
@@ -1168,14 +1173,7 @@ mod tests {
             attachment_id: file(1),
             at: at(),
         };
-        let carried = ChatEvent::MessageSent {
-            message_id: msg(1),
-            seq: 1,
-            author: user(ALICE),
-            body: None,
-            attachments: vec![file(1)],
-            sent_at: at(),
-        };
+        let carried = carrying(1, 1);
         let recorded = ChatEvent::ThumbnailRecorded {
             attachment_id: file(1),
             at: at(),
@@ -1215,15 +1213,7 @@ mod tests {
         let bobs = with(group(), [announced(BOB, 1)]);
         reject_invalid(bobs, send_file(1, stored.clone()), "attachments").await;
         let mut used = with(group(), [announced(ALICE, 1)]);
-        let first = ChatEvent::MessageSent {
-            message_id: msg(1),
-            seq: 1,
-            author: user(ALICE),
-            body: None,
-            attachments: vec![file(1)],
-            sent_at: at(),
-        };
-        used.push(first);
+        used.push(carrying(1, 1));
         reject_invalid(used, send_file(2, stored), "attachments").await;
     }
 

@@ -59,6 +59,12 @@ fn attachment_id(reply: &Reply) -> Uuid {
         .unwrap()
 }
 
+/// What `who` is answered for the attachment `id` of `chat`.
+async fn link(app: &TestApp, chat: Uuid, who: domain::values::Actor, id: Uuid) -> Reply {
+    let path = format!("/api/v1/chats/{chat}/attachments/{id}");
+    app.send(reqwest::Method::GET, &path, who, None).await
+}
+
 /// `who` sends a message carrying `attachments` to `chat`.
 async fn send(app: &TestApp, chat: Uuid, who: domain::values::Actor, body: Value) -> Reply {
     app.post(&format!("/api/v1/chats/{chat}/messages"), who, body)
@@ -111,14 +117,7 @@ async fn a_picture_uploaded_through_its_signed_url_is_sent_shown_and_downloaded(
                  "size": picture.len(), "thumbnail": false }])
     );
 
-    let link = app
-        .send(
-            reqwest::Method::GET,
-            &format!("/api/v1/chats/{chat}/attachments/{id}"),
-            bob,
-            None,
-        )
-        .await;
+    let link = link(&app, chat, bob, id).await;
     assert_eq!(link.status, StatusCode::OK, "{}", link.body);
     assert_eq!(link.body["filename"], "x-ray _left_.png");
     let download = app
@@ -301,10 +300,7 @@ async fn only_members_and_admins_get_a_download_url_of_a_sent_attachment() {
     app.wait_for_projections().await;
 
     let app = &app;
-    let link = |who, id: Uuid| {
-        let path = format!("/api/v1/chats/{chat}/attachments/{id}");
-        async move { app.send(reqwest::Method::GET, &path, who, None).await }
-    };
+    let link = |who, id| link(app, chat, who, id);
     for who in [alice, bob, admin] {
         assert_eq!(link(who, sent).await.status, StatusCode::OK);
     }
@@ -378,14 +374,7 @@ async fn an_upload_to_an_s3_compatible_store_goes_through_its_presigned_urls() {
     .await;
     assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
     app.wait_for_projections().await;
-    let link = app
-        .send(
-            reqwest::Method::GET,
-            &format!("/api/v1/chats/{chat}/attachments/{id}"),
-            bob,
-            None,
-        )
-        .await;
+    let link = link(&app, chat, bob, id).await;
     assert_eq!(link.status, StatusCode::OK, "{}", link.body);
     let download_url = link.body["download_url"].as_str().unwrap();
     assert!(download_url.starts_with(&s3.endpoint), "{download_url}");
@@ -437,14 +426,7 @@ async fn an_upload_no_message_carried_in_time_is_deleted_and_can_no_longer_be_se
     app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
         .await
         .assert_names("attachments");
-    let link = app
-        .send(
-            reqwest::Method::GET,
-            &format!("/api/v1/chats/{chat}/attachments/{kept}"),
-            alice,
-            None,
-        )
-        .await;
+    let link = link(&app, chat, alice, kept).await;
     let download = app
         .client
         .get(link.body["download_url"].as_str().unwrap())
@@ -476,11 +458,7 @@ async fn a_thumbnail_appears_for_an_image_and_bytes_that_are_no_image_are_set_as
     let sent = send(&app, chat, alice, json!({ "attachments": [broken] })).await;
     assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
 
-    let link = |id: Uuid| {
-        let path = format!("/api/v1/chats/{chat}/attachments/{id}");
-        let app = &app;
-        async move { app.send(reqwest::Method::GET, &path, alice, None).await }
-    };
+    let link = |id| link(&app, chat, alice, id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let thumbnail_url = loop {
         let reply = link(picture).await;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A mix of commands like the platform's: mostly chat messages, then reads,
-/// edits, deletions, bookings and their lifecycle, and payments. Returns how
+/// edits, deletions, attachments, bookings and their lifecycle, and payments. Returns how
 /// many were accepted.
 async fn mixed_workload(app: &TestApp, commands: usize) -> usize {
     let patients: Vec<Actor> = (0..6).map(|_| patient()).collect();
@@ -101,6 +101,17 @@ async fn mixed_workload(app: &TestApp, commands: usize) -> usize {
                             )
                             .await
                         }
+                    }
+                    3 => {
+                        let file = format!("file {i}");
+                        let id =
+                            crate::attachments::uploaded(app, chat, patient, file.as_bytes()).await;
+                        app.post(
+                            &format!("/api/v1/chats/{chat}/messages"),
+                            patient,
+                            json!({ "attachments": [id] }),
+                        )
+                        .await
                     }
                     n => {
                         let author = if n % 2 == 0 { patient } else { doctor };
@@ -229,9 +240,21 @@ async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote()
         crate::attachments::uploaded(&app, ward, dan, b"scan").await,
         crate::attachments::uploaded(&app, ward, dan, &crate::attachments::png(40, 30)).await,
     );
+    // Sent plainly, and its thumbnail awaited: Herald's own command follows
+    // it, which `accepts` would take for the caller's.
     let files = json!({ "attachments": [photo, scan] });
-    app.accepts(dan, post(&messages, files), StatusCode::CREATED)
-        .await;
+    let reply = app.post(&messages, dan, files).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .events_after(0)
+        .await
+        .iter()
+        .all(|e| e.event_type != "ThumbnailRecorded")
+    {
+        assert!(Instant::now() < deadline, "no thumbnail was recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let note = crate::attachments::uploaded(&app, ward, alice, b"note").await;
     crate::attachments::uploaded(&app, ward, alice, b"draft").await;
     let with_file = json!({ "body": "with a file", "attachments": [note] });
