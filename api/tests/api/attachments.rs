@@ -59,6 +59,15 @@ fn attachment_id(reply: &Reply) -> Uuid {
         .unwrap()
 }
 
+/// Checks that `who` may not send `body` to `chat`, for what it says of
+/// `attachments`, and that nothing is stored.
+async fn refused(app: &TestApp, who: domain::values::Actor, chat: Uuid, body: Value) {
+    let call = post(format!("/api/v1/chats/{chat}/messages"), body);
+    app.refuses(who, call, StatusCode::UNPROCESSABLE_ENTITY)
+        .await
+        .assert_names("attachments");
+}
+
 /// What `who` is answered for the attachment `id` of `chat`.
 async fn link(app: &TestApp, chat: Uuid, who: domain::values::Actor, id: Uuid) -> Reply {
     let path = format!("/api/v1/chats/{chat}/attachments/{id}");
@@ -146,13 +155,13 @@ async fn an_upload_whose_bytes_do_not_match_is_refused() {
         let announced = announce(&app, chat, alice, "scan.pdf", "application/pdf", &declared).await;
         let url = announced.body["upload_url"].as_str().unwrap();
         assert_eq!(put(&app, url, stored).await.status(), StatusCode::CREATED);
-        let call = post(
-            format!("/api/v1/chats/{chat}/messages"),
+        refused(
+            &app,
+            alice,
+            chat,
             json!({ "body": "my scan", "attachments": [attachment_id(&announced)] }),
-        );
-        app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
-            .await
-            .assert_names("attachments");
+        )
+        .await;
     }
 }
 
@@ -162,13 +171,13 @@ async fn an_attachment_not_uploaded_is_refused() {
     let alice = app.enroll(patient()).await;
     let chat = app.group_chat(alice, &[]).await;
     let announced = announce(&app, chat, alice, "a.txt", "text/plain", b"hello").await;
-    let call = post(
-        format!("/api/v1/chats/{chat}/messages"),
+    refused(
+        &app,
+        alice,
+        chat,
         json!({ "attachments": [attachment_id(&announced)] }),
-    );
-    app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
-        .await
-        .assert_names("attachments");
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -180,13 +189,7 @@ async fn an_attachment_of_another_chat_is_refused() {
         app.group_chat(alice, &[]).await,
     );
     let id = uploaded(&app, first, alice, b"bytes").await;
-    let call = post(
-        format!("/api/v1/chats/{second}/messages"),
-        json!({ "attachments": [id] }),
-    );
-    app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
-        .await
-        .assert_names("attachments");
+    refused(&app, alice, second, json!({ "attachments": [id] })).await;
 }
 
 #[tokio::test]
@@ -197,13 +200,13 @@ async fn an_attachment_another_message_uses_is_refused() {
     let id = uploaded(&app, chat, alice, b"bytes").await;
     let first = send(&app, chat, alice, json!({ "attachments": [id] })).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
-    let call = post(
-        format!("/api/v1/chats/{chat}/messages"),
+    refused(
+        &app,
+        alice,
+        chat,
         json!({ "body": "again", "attachments": [id] }),
-    );
-    app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
-        .await
-        .assert_names("attachments");
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -357,13 +360,13 @@ async fn an_upload_to_an_s3_compatible_store_goes_through_its_presigned_urls() {
         .await
         .status()
         .is_success());
-    let call = post(
-        format!("/api/v1/chats/{chat}/messages"),
+    refused(
+        &app,
+        alice,
+        chat,
         json!({ "attachments": [attachment_id(&forged)] }),
-    );
-    app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
-        .await
-        .assert_names("attachments");
+    )
+    .await;
 
     let sent = send(
         &app,
@@ -419,13 +422,7 @@ async fn an_upload_no_message_carried_in_time_is_deleted_and_can_no_longer_be_se
 
     assert_eq!(app.attachments.sweep_unused(&app.pool).await.unwrap(), 1);
     assert_eq!(app.attachments.sweep_unused(&app.pool).await.unwrap(), 0);
-    let call = post(
-        format!("/api/v1/chats/{chat}/messages"),
-        json!({ "attachments": [forgotten] }),
-    );
-    app.refuses(alice, call, StatusCode::UNPROCESSABLE_ENTITY)
-        .await
-        .assert_names("attachments");
+    refused(&app, alice, chat, json!({ "attachments": [forgotten] })).await;
     let link = link(&app, chat, alice, kept).await;
     let download = app
         .client
