@@ -28,10 +28,13 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home herald
+    && useradd --system --uid 10001 --no-create-home herald \
+    && mkdir -p /var/lib/herald/attachments && chown -R herald /var/lib/herald
 COPY --from=build /src/target/release/herald /usr/local/bin/herald
 USER herald
 ENV HERALD_LISTEN=0.0.0.0:8080
+# Attachments, when kept in a local directory.
+ENV HERALD_ATTACHMENTS_DIR=/var/lib/herald/attachments
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8080/health/ready || exit 1

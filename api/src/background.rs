@@ -7,8 +7,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use commands::attachments::Storage;
 use commands::gateway::PaymentGateway;
-use commands::{PaymentProcess, Reminders, WriteSide};
+use commands::{PaymentProcess, Reminders, Thumbnails, WriteSide};
 use herald_nats::follower::Source;
 use herald_nats::{Relay, RelayStatus, Topology};
 use projections::{Projection, Worker};
@@ -19,8 +20,8 @@ use tokio::task::JoinSet;
 use crate::deliveries::{self, Channel};
 
 /// The names of everything that follows the log with a checkpoint and dead
-/// letters of its own: every projection, the payment process manager and the
-/// reminders of unread messages.
+/// letters of its own: every projection, the payment process manager, the
+/// reminders of unread messages and the maker of thumbnails.
 pub fn follower_names() -> Vec<&'static str> {
     Projection::ALL
         .iter()
@@ -28,6 +29,7 @@ pub fn follower_names() -> Vec<&'static str> {
         .chain([
             commands::process_manager::CHECKPOINT,
             commands::reminders::CHECKPOINT,
+            commands::thumbnails::CHECKPOINT,
         ])
         .collect()
 }
@@ -103,6 +105,13 @@ impl Background {
     pub fn reminders(&mut self, write: &Arc<WriteSide>, source: &Source, after: Duration) {
         let reminders = Reminders::new(write.clone(), source.clone(), after);
         self.spawn(|stop| reminders.run(stop));
+    }
+
+    /// Runs the maker of image attachments' thumbnails (active or standby)
+    /// until stopped.
+    pub fn thumbnails(&mut self, write: &Arc<WriteSide>, storage: &Storage, source: &Source) {
+        let thumbnails = Thumbnails::new(write.clone(), storage.clone(), source.clone());
+        self.spawn(|stop| thumbnails.run(stop));
     }
 
     /// Runs a channel's worker of deliveries of notifications until

@@ -160,6 +160,10 @@ pub struct UpArgs {
     /// Notifications by e-mail.
     #[command(flatten)]
     pub email: crate::email::EmailArgs,
+
+    /// Attachments.
+    #[command(flatten)]
+    pub attachments: crate::attachments::AttachmentArgs,
 }
 
 /// Which payment provider Herald pays through.
@@ -238,8 +242,9 @@ pub struct DeadLetterArgs {
     pub retry: bool,
 
     /// Only this follower's: a projection (chats, bookings, payments, summary,
-    /// notifications, activity), the payment process manager (payment-process) or the
-    /// reminders of unread messages (chat-reminders).
+    /// notifications, activity), the payment process manager (payment-process), the
+    /// reminders of unread messages (chat-reminders) or the maker of
+    /// thumbnails (attachment-thumbnails).
     pub follower: Option<String>,
 }
 

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// The endpoint exists but not with this method.
     #[error("this endpoint does not accept this method")]
     MethodNotAllowed,
+    /// What the request would change is already settled.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// The body is larger than the limit.
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -140,6 +143,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RateLimited { .. } | Self::TooManyConnections { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }

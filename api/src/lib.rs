@@ -5,6 +5,7 @@
 //! HTTP surface and `server::serve` runs it until shutdown. The `herald` subcommands
 //! live in `cli`; the binary in `main.rs` only parses and dispatches.
 
+pub mod attachments;
 pub mod auth;
 pub mod background;
 pub mod cli;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub notify: Arc<notify::NotifyConfig>,
     /// The answers of list reads as last built, kept while their tags hold.
     pub pages: Arc<conditional::Pages>,
+    /// Where attachments are stored, and their signed URLs.
+    pub attachments: Arc<attachments::Attachments>,
 }
 
 /// What a running Herald adds around its routes.
@@ -123,10 +126,12 @@ pub fn router(state: AppState, surface: Surface) -> Router {
 
 /// The routes registered together with their OpenAPI descriptions, so that
 /// none is served undocumented: the API under `/api/v1`, the payment webhook
-/// and sandbox, the dashboard, and the operations endpoints.
+/// and sandbox, the attachments' own URLs where they are kept locally, the
+/// dashboard, and the operations endpoints.
 fn documented(state: &AppState, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
         .merge(routes::chats::routes())
+        .merge(routes::attachments::routes())
         .merge(routes::bookings::routes())
         .merge(routes::payments::routes())
         .merge(routes::reads::routes())
@@ -139,6 +144,9 @@ fn documented(state: &AppState, ops: Arc<Ops>) -> OpenApiRouter<AppState> {
         OpenApiRouter::with_openapi(openapi::base()).merge(provider::webhook::routes());
     if state.sandbox.is_some() {
         outside = outside.merge(provider::sandbox::routes());
+    }
+    if state.attachments.is_local() {
+        outside = outside.merge(routes::attachments::local_routes());
     }
     outside
         .nest("/api/v1", api)

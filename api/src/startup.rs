@@ -14,6 +14,7 @@ use projections::Projection;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::attachments::Attachments;
 use crate::auth::JwtKeys;
 use crate::background::Background;
 use crate::conditional::Pages;
@@ -43,8 +44,9 @@ pub struct Parts {
     /// A worker for every projection.
     pub workers: bool,
     /// The booking ⇄ payment process manager (active or standby), the
-    /// reminders of unread messages, and the deliveries of notifications to
-    /// webhooks, and by e-mail when it is configured.
+    /// reminders of unread messages, the thumbnails of images, the
+    /// deliveries of notifications to webhooks, and by e-mail when it is
+    /// configured, and the deletion of uploads no message carried in time.
     pub process_manager: bool,
 }
 
@@ -94,6 +96,8 @@ pub struct Settings {
     /// The SMTP server notifications are e-mailed through; none sends no
     /// e-mail.
     pub email: Option<EmailConfig>,
+    /// Where attachments are stored, and their signed URLs.
+    pub attachments: Attachments,
     /// The background parts to run.
     pub parts: Parts,
 }
@@ -152,6 +156,17 @@ impl Application {
             Some(args) => RateLimits::new(args, settings.keys.clone()).map(Arc::new),
             None => None,
         };
+        let attachments = Arc::new(settings.attachments);
+        if parts.process_manager {
+            background.thumbnails(&write, &attachments.storage, &source);
+            let sweeper = attachments.clone();
+            let sweeping = pool.clone();
+            let every = (attachments.unused_ttl / 4).clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(3600),
+            );
+            background.spawn(move |stop| sweeper.keep_sweeping(sweeping, every, stop));
+        }
         let state = AppState {
             readers: Arc::new(db::Readers::new(
                 &pool,
@@ -167,6 +182,7 @@ impl Application {
             sign_ins: Arc::default(),
             notify: Arc::new(settings.notify),
             pages: Arc::new(Pages::new(KEPT_PAGES_BYTES)),
+            attachments,
         };
         let surface = Surface {
             nats: Some(client),

@@ -11,6 +11,7 @@
 
 pub mod accounts;
 mod append;
+pub mod attachments;
 mod cache;
 mod error;
 mod executor;
@@ -22,6 +23,7 @@ mod metadata;
 pub mod payments;
 pub mod process_manager;
 pub mod reminders;
+pub mod thumbnails;
 mod token;
 
 pub use error::{database_error, CommandError};
@@ -30,4 +32,5 @@ pub use idempotency::{is_valid_key_length, request_hash, IdempotencyKey, MAX_KEY
 pub use metadata::Metadata;
 pub use process_manager::PaymentProcess;
 pub use reminders::Reminders;
+pub use thumbnails::Thumbnails;
 pub use token::ConsistencyToken;

@@ -127,7 +127,7 @@ impl PaymentProcess {
             .booking_id()
             .ok_or_else(|| ReactError::Never("the payment does not exist".to_owned()))?;
         let command = BookingCommand::MarkPaid { payment_id, at };
-        let metadata = caused_by(entry, "MarkPaid", booking_id);
+        let metadata = caused_by(entry, CHECKPOINT, "MarkPaid", booking_id);
         metrics::counter!("herald_process_manager_actions_total", "action" => "mark_paid")
             .increment(1);
         self.write
@@ -164,7 +164,7 @@ impl PaymentProcess {
             reason,
             at,
         };
-        let metadata = caused_by(entry, "RequestRefund", payment_id);
+        let metadata = caused_by(entry, CHECKPOINT, "RequestRefund", payment_id);
         metrics::counter!("herald_process_manager_actions_total", "action" => "request_refund")
             .increment(1);
         self.write
@@ -249,14 +249,14 @@ fn follows(entry: &LogEntry) -> bool {
 /// the entry's event is the cause, the flow keeps its correlation, and the
 /// idempotency key is derived from the event, so acting on it again stores
 /// nothing new.
-fn caused_by(entry: &LogEntry, command: &str, target: Uuid) -> Metadata {
+pub(crate) fn caused_by(entry: &LogEntry, follower: &str, command: &str, target: Uuid) -> Metadata {
     let event_id = entry.event_id.to_string();
     Metadata {
         actor: Actor::system(),
         correlation_id: entry.correlation_id().unwrap_or(&event_id).to_owned(),
         causation_id: event_id,
         idempotency: Some(IdempotencyKey {
-            key: format!("{CHECKPOINT}/{}", entry.event_id),
+            key: format!("{follower}/{}", entry.event_id),
             request_hash: request_hash(command, &target.to_string(), b""),
         }),
     }
@@ -305,13 +305,23 @@ mod tests {
     #[test]
     fn a_command_it_issues_is_caused_by_the_event_and_keyed_by_it() {
         let target = Uuid::from_u128(5);
-        let metadata = caused_by(&entry("Payment", "PaymentSucceeded"), "MarkPaid", target);
+        let metadata = caused_by(
+            &entry("Payment", "PaymentSucceeded"),
+            CHECKPOINT,
+            "MarkPaid",
+            target,
+        );
         assert_eq!(metadata.actor, Actor::system());
         assert_eq!(metadata.causation_id, "42");
         assert_eq!(metadata.correlation_id, "request-1");
         let key = metadata.idempotency.unwrap_or_else(|| panic!("no key"));
         assert_eq!(key.key, "payment-process/42");
-        let again = caused_by(&entry("Payment", "PaymentSucceeded"), "MarkPaid", target);
+        let again = caused_by(
+            &entry("Payment", "PaymentSucceeded"),
+            CHECKPOINT,
+            "MarkPaid",
+            target,
+        );
         assert_eq!(
             again.idempotency.map(|k| k.request_hash),
             Some(key.request_hash)

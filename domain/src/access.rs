@@ -92,6 +92,23 @@ pub fn may_see_chat(actor: Actor, is_member: bool) -> bool {
     is_member || actor.is_admin()
 }
 
+/// Whether `actor` may download an attachment of a chat they are
+/// (`is_member`) or are not a member of: one a message still shown carries
+/// (`sent`), whoever may see the chat; one no message carries yet, only the
+/// member who announced it.
+pub fn may_download_attachment(
+    actor: Actor,
+    is_member: bool,
+    sent: bool,
+    announced_by: Uuid,
+) -> bool {
+    if sent {
+        may_see_chat(actor, is_member)
+    } else {
+        is_member && announced_by == actor.user_id
+    }
+}
+
 /// Whether `actor` may see whether someone is online and when they were last
 /// seen: people who share a chat with them (`shares_a_chat`), and admins.
 /// Presence says when someone uses the app, so it goes no further than the
@@ -290,6 +307,19 @@ mod tests {
         );
         assert!(parties.visible_to(AggregateKind::Booking, as_doctor));
         assert!(!parties.visible_to(AggregateKind::Payment, as_doctor));
+    }
+
+    #[test]
+    fn a_sent_attachment_is_for_the_chat_and_an_unsent_one_for_its_uploader() {
+        let alice = Actor::new(Uuid::from_u128(1), Role::Patient);
+        let admin = Actor::new(Uuid::from_u128(2), Role::Admin);
+        let bob = Uuid::from_u128(3);
+        assert!(may_download_attachment(alice, true, true, bob));
+        assert!(may_download_attachment(admin, false, true, bob));
+        assert!(!may_download_attachment(alice, false, true, alice.user_id));
+        assert!(may_download_attachment(alice, true, false, alice.user_id));
+        assert!(!may_download_attachment(alice, true, false, bob));
+        assert!(!may_download_attachment(admin, false, false, bob));
     }
 
     #[test]

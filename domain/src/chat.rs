@@ -12,6 +12,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::attachment::{
+    AttachmentLimits, ContentType, FileName, Observed, Sha256, MAX_ATTACHMENTS_PER_MESSAGE,
+};
 use crate::error::{DomainError, Permission, ValidationError};
 use crate::user::Named;
 use crate::values::{Actor, ChatKind, ChatTitle, MessageBody, Role};
@@ -55,14 +58,46 @@ pub enum ChatCommand {
         /// When the request was made.
         at: DateTime<Utc>,
     },
+    /// Announce a file a member is about to upload, so that a message may
+    /// carry it once its bytes are stored.
+    AnnounceAttachment {
+        /// Who asks; only they may send it.
+        actor: Actor,
+        /// Herald-chosen id, which names the stored object too.
+        attachment_id: Uuid,
+        /// The file's name, sanitised.
+        filename: FileName,
+        /// Its media type.
+        content_type: ContentType,
+        /// How many bytes it has.
+        size: u64,
+        /// The SHA-256 of its bytes.
+        sha256: Sha256,
+        /// What the deployment accepts.
+        limits: AttachmentLimits,
+        /// When the request was made.
+        at: DateTime<Utc>,
+    },
+    /// Record that an image attachment's thumbnail is stored beside it.
+    RecordThumbnail {
+        /// Who asks: Herald itself, which made it.
+        actor: Actor,
+        /// The attachment.
+        attachment_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Post a new message.
     SendMessage {
         /// Who asks; becomes the author.
         actor: Actor,
         /// Caller-chosen id, so retries are detectable.
         message_id: Uuid,
-        /// The text.
-        body: MessageBody,
+        /// The text; a message carrying attachments may have none.
+        body: Option<MessageBody>,
+        /// The attachments it carries, each with what the object store
+        /// holds for it.
+        attachments: Vec<Observed>,
         /// When the request was made.
         at: DateTime<Utc>,
     },
@@ -143,6 +178,30 @@ pub enum ChatEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// A member announced a file they are about to upload.
+    AttachmentAnnounced {
+        /// The attachment's id.
+        attachment_id: Uuid,
+        /// The file's name, sanitised.
+        filename: FileName,
+        /// Its media type.
+        content_type: ContentType,
+        /// How many bytes it has.
+        size: u64,
+        /// The SHA-256 of its bytes.
+        sha256: Sha256,
+        /// Who announced it.
+        announced_by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An image attachment's thumbnail was stored beside it.
+    ThumbnailRecorded {
+        /// The attachment.
+        attachment_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// A message was posted.
     MessageSent {
         /// The message's id.
@@ -151,8 +210,14 @@ pub enum ChatEvent {
         seq: u64,
         /// Who wrote it.
         author: Uuid,
-        /// The text, verbatim.
-        body: MessageBody,
+        /// The text, verbatim; absent from a message of attachments only.
+        /// Written the same as before attachments existed whenever there is
+        /// text and no attachment, so earlier entries need no upcasting.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<MessageBody>,
+        /// The attachments it carries, in the order the author gave them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Uuid>,
         /// When.
         sent_at: DateTime<Utc>,
     },
@@ -242,6 +307,8 @@ impl DomainEvent for ChatEvent {
             Self::ChatCreated { .. } => "ChatCreated",
             Self::MemberAdded { .. } => "MemberAdded",
             Self::MemberRemoved { .. } => "MemberRemoved",
+            Self::AttachmentAnnounced { .. } => "AttachmentAnnounced",
+            Self::ThumbnailRecorded { .. } => "ThumbnailRecorded",
             Self::MessageSent { .. } => "MessageSent",
             Self::MessageEdited { .. } => "MessageEdited",
             Self::MessageDeleted { .. } => "MessageDeleted",
@@ -268,6 +335,25 @@ struct MessageInfo {
     deleted: bool,
 }
 
+/// What the chat remembers of an announced attachment to decide whether a
+/// message may carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AttachmentInfo {
+    #[serde(rename = "b")]
+    announced_by: Uuid,
+    #[serde(rename = "n")]
+    size: u64,
+    #[serde(rename = "h")]
+    sha256: Sha256,
+    #[serde(rename = "u", default, skip_serializing_if = "std::ops::Not::not")]
+    used: bool,
+    /// Whether it is an image, of which Herald makes a thumbnail.
+    #[serde(rename = "i", default, skip_serializing_if = "std::ops::Not::not")]
+    image: bool,
+    #[serde(rename = "t", default, skip_serializing_if = "std::ops::Not::not")]
+    thumbnail: bool,
+}
+
 /// A conversation's decision state: membership, message ownership and read
 /// markers, but no message text, since decisions never need it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +367,9 @@ pub struct Chat {
     /// The newest message each member was reminded of.
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     reminded: HashMap<Uuid, u64>,
+    /// The attachments announced in the chat.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    attachments: HashMap<Uuid, AttachmentInfo>,
 }
 
 impl Chat {
@@ -317,6 +406,14 @@ impl Chat {
     /// The member's read marker, 0 when they have read nothing.
     pub fn read_up_to(&self, user_id: Uuid) -> u64 {
         self.read.get(&user_id).copied().unwrap_or(0)
+    }
+
+    /// Whether a message carries the attachment, an image with no thumbnail
+    /// recorded yet.
+    pub fn needs_thumbnail(&self, attachment_id: Uuid) -> bool {
+        self.attachments
+            .get(&attachment_id)
+            .is_some_and(|info| info.used && info.image && !info.thumbnail)
     }
 
     /// Decides what a command means for this chat without changing it, so the
@@ -381,10 +478,51 @@ impl Chat {
                     at,
                 }])
             }
+            ChatCommand::AnnounceAttachment {
+                actor,
+                attachment_id,
+                filename,
+                content_type,
+                size,
+                sha256,
+                limits,
+                at,
+            } => {
+                if !self.is_member(actor.user_id) {
+                    return Err(Permission::OnlyMembersMayAttachFiles.into());
+                }
+                limits.check(&content_type, size)?;
+                if self.attachments.contains_key(&attachment_id) {
+                    return Err(DomainError::AttachmentAlreadyExists);
+                }
+                Ok(vec![ChatEvent::AttachmentAnnounced {
+                    attachment_id,
+                    filename,
+                    content_type,
+                    size,
+                    sha256,
+                    announced_by: actor.user_id,
+                    at,
+                }])
+            }
+            ChatCommand::RecordThumbnail {
+                actor,
+                attachment_id,
+                at,
+            } => {
+                if actor.role != Role::System {
+                    return Err(Permission::OnlyHeraldRecordsThumbnails.into());
+                }
+                if !self.needs_thumbnail(attachment_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![ChatEvent::ThumbnailRecorded { attachment_id, at }])
+            }
             ChatCommand::SendMessage {
                 actor,
                 message_id,
                 body,
+                attachments,
                 at,
             } => {
                 if !self.is_member(actor.user_id) {
@@ -393,11 +531,20 @@ impl Chat {
                 if self.messages.contains_key(&message_id) {
                     return Err(DomainError::MessageAlreadyExists);
                 }
+                if body.is_none() && attachments.is_empty() {
+                    return Err(ValidationError::new(
+                        "body",
+                        "must not be empty unless the message carries attachments",
+                    )
+                    .into());
+                }
+                let attachments = self.attachable(actor, attachments)?;
                 Ok(vec![ChatEvent::MessageSent {
                     message_id,
                     seq: self.last_seq + 1,
                     author: actor.user_id,
                     body,
+                    attachments,
                     sent_at: at,
                 }])
             }
@@ -483,6 +630,52 @@ impl Chat {
                 Ok(vec![ChatEvent::UnreadReminded { reminders, at }])
             }
         }
+    }
+
+    /// The ids of the attachments a message of `actor` is to carry, once
+    /// each is known to be theirs, in this chat, not carried by another
+    /// message, and stored with the size and digest announced.
+    fn attachable(&self, actor: Actor, observed: Vec<Observed>) -> Result<Vec<Uuid>, DomainError> {
+        let refuse = |message: String| ValidationError::new("attachments", message).into();
+        if observed.len() > MAX_ATTACHMENTS_PER_MESSAGE {
+            return Err(refuse(format!(
+                "a message carries at most {MAX_ATTACHMENTS_PER_MESSAGE} attachments"
+            )));
+        }
+        let mut ids = Vec::with_capacity(observed.len());
+        for Observed {
+            attachment_id,
+            stored,
+        } in observed
+        {
+            let Some(info) = self
+                .attachments
+                .get(&attachment_id)
+                .filter(|info| info.announced_by == actor.user_id)
+            else {
+                return Err(refuse(format!(
+                    "{attachment_id} is not an attachment you announced in this chat"
+                )));
+            };
+            if info.used || ids.contains(&attachment_id) {
+                return Err(refuse(format!(
+                    "{attachment_id} is already carried by a message"
+                )));
+            }
+            match stored {
+                None => {
+                    return Err(refuse(format!("{attachment_id} has not been uploaded")));
+                }
+                Some((size, sha256)) if size != info.size || sha256 != info.sha256 => {
+                    return Err(refuse(format!(
+                        "the bytes uploaded for {attachment_id} do not match the size and \
+                         SHA-256 announced"
+                    )));
+                }
+                Some(_) => ids.push(attachment_id),
+            }
+        }
+        Ok(ids)
     }
 
     /// Each member's reminder of the messages from others up to
@@ -630,12 +823,43 @@ impl Aggregate for Chat {
                 self.read.remove(&user_id);
                 self.reminded.remove(&user_id);
             }
+            ChatEvent::AttachmentAnnounced {
+                attachment_id,
+                content_type,
+                size,
+                sha256,
+                announced_by,
+                ..
+            } => {
+                self.attachments.insert(
+                    attachment_id,
+                    AttachmentInfo {
+                        announced_by,
+                        size,
+                        sha256,
+                        used: false,
+                        image: content_type.is_image(),
+                        thumbnail: false,
+                    },
+                );
+            }
+            ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
+                if let Some(info) = self.attachments.get_mut(&attachment_id) {
+                    info.thumbnail = true;
+                }
+            }
             ChatEvent::MessageSent {
                 message_id,
                 seq,
                 author,
+                attachments,
                 ..
             } => {
+                for attachment_id in attachments {
+                    if let Some(info) = self.attachments.get_mut(&attachment_id) {
+                        info.used = true;
+                    }
+                }
                 self.last_seq = self.last_seq.max(seq);
                 self.messages.insert(
                     message_id,
@@ -731,7 +955,8 @@ mod tests {
             message_id: msg(seq as u128),
             seq,
             author: user(author),
-            body: body("hello"),
+            body: Some(body("hello")),
+            attachments: vec![],
             sent_at: at(),
         }
     }
@@ -815,7 +1040,8 @@ mod tests {
         ChatCommand::SendMessage {
             actor,
             message_id: msg(n),
-            body: body("hello"),
+            body: Some(body("hello")),
+            attachments: vec![],
             at: at(),
         }
     }
@@ -843,6 +1069,152 @@ mod tests {
             up_to_seq,
             at: at(),
         }
+    }
+
+    fn file(n: u128) -> Uuid {
+        Uuid::from_u128(2000 + n)
+    }
+
+    fn digest(byte: u8) -> Sha256 {
+        Sha256::of_digest([byte; 32])
+    }
+
+    fn announce(actor: Actor, n: u128, content_type: &str, size: u64) -> ChatCommand {
+        ChatCommand::AnnounceAttachment {
+            actor,
+            attachment_id: file(n),
+            filename: FileName::parse("scan.png").unwrap(),
+            content_type: ContentType::parse(content_type).unwrap(),
+            size,
+            sha256: digest(1),
+            limits: AttachmentLimits {
+                max_size: 1000,
+                ..AttachmentLimits::default()
+            },
+            at: at(),
+        }
+    }
+
+    fn announced(by: u128, n: u128) -> ChatEvent {
+        ChatEvent::AttachmentAnnounced {
+            attachment_id: file(n),
+            filename: FileName::parse("scan.png").unwrap(),
+            content_type: ContentType::parse("image/png").unwrap(),
+            size: 10,
+            sha256: digest(1),
+            announced_by: user(by),
+            at: at(),
+        }
+    }
+
+    /// Alice's message `seq`, without text, carrying attachment `n`.
+    fn carrying(seq: u64, n: u128) -> ChatEvent {
+        ChatEvent::MessageSent {
+            message_id: msg(seq as u128),
+            seq,
+            author: user(ALICE),
+            body: None,
+            attachments: vec![file(n)],
+            sent_at: at(),
+        }
+    }
+
+    /// Alice's message `n` carrying attachment 1, stored as `stored`.
+    fn send_file(n: u128, stored: Option<(u64, Sha256)>) -> ChatCommand {
+        ChatCommand::SendMessage {
+            actor: patient(ALICE),
+            message_id: msg(n),
+            body: None,
+            attachments: vec![Observed {
+                attachment_id: file(1),
+                stored,
+            }],
+            at: at(),
+        }
+    }
+
+    // --- Attachments ---
+
+    #[tokio::test]
+    async fn a_member_announces_an_allowed_file_within_the_size_limit() {
+        let command = announce(patient(ALICE), 1, "image/png", 10);
+        expect(group(), command, vec![announced(ALICE, 1)]).await;
+    }
+
+    #[tokio::test]
+    async fn an_announced_file_must_be_of_an_allowed_type_and_size_and_from_a_member() {
+        let exe = announce(patient(ALICE), 1, "application/x-msdownload", 10);
+        reject_invalid(group(), exe, "content_type").await;
+        reject_invalid(
+            group(),
+            announce(patient(ALICE), 1, "image/png", 1001),
+            "size",
+        )
+        .await;
+        let outsider = announce(patient(OUTSIDER), 1, "image/png", 10);
+        let error = DomainError::Forbidden(Permission::OnlyMembersMayAttachFiles);
+        reject(group(), outsider, error).await;
+        let again = announce(patient(ALICE), 1, "image/png", 10);
+        let given = with(group(), [announced(ALICE, 1)]);
+        reject(given, again, DomainError::AttachmentAlreadyExists).await;
+    }
+
+    #[tokio::test]
+    async fn a_message_of_an_uploaded_attachment_needs_no_text() {
+        let given = with(group(), [announced(ALICE, 1)]);
+        let event = carrying(1, 1);
+        expect(given, send_file(1, Some((10, digest(1)))), vec![event]).await;
+    }
+
+    #[tokio::test]
+    async fn herald_records_a_thumbnail_of_a_sent_image_once() {
+        let record = |actor| ChatCommand::RecordThumbnail {
+            actor,
+            attachment_id: file(1),
+            at: at(),
+        };
+        let carried = carrying(1, 1);
+        let recorded = ChatEvent::ThumbnailRecorded {
+            attachment_id: file(1),
+            at: at(),
+        };
+        let given = with(group(), [announced(ALICE, 1), carried]);
+        let system = Actor::system();
+        expect(given.clone(), record(system), vec![recorded.clone()]).await;
+        expect(with(given.clone(), [recorded]), record(system), vec![]).await;
+        expect(with(group(), [announced(ALICE, 1)]), record(system), vec![]).await;
+        let error = DomainError::Forbidden(Permission::OnlyHeraldRecordsThumbnails);
+        reject(given, record(patient(ALICE)), error).await;
+    }
+
+    #[tokio::test]
+    async fn a_message_needs_text_or_an_attachment() {
+        let mut command = send(patient(ALICE), 1);
+        if let ChatCommand::SendMessage { body, .. } = &mut command {
+            *body = None;
+        }
+        reject_invalid(group(), command, "body").await;
+    }
+
+    #[tokio::test]
+    async fn an_attachment_not_uploaded_or_whose_bytes_do_not_match_is_refused() {
+        let given = with(group(), [announced(ALICE, 1)]);
+        reject_invalid(given.clone(), send_file(1, None), "attachments").await;
+        let longer = send_file(1, Some((11, digest(1))));
+        reject_invalid(given.clone(), longer, "attachments").await;
+        let other = send_file(1, Some((10, digest(2))));
+        reject_invalid(given, other, "attachments").await;
+    }
+
+    #[tokio::test]
+    async fn an_attachment_of_another_chat_or_person_or_already_used_is_refused() {
+        let stored = Some((10, digest(1)));
+        reject_invalid(group(), send_file(1, stored.clone()), "attachments").await;
+        let bobs = with(group(), [announced(BOB, 1)]);
+        reject_invalid(bobs, send_file(1, stored.clone()), "attachments").await;
+        let mut used = with(group(), [announced(ALICE, 1)]);
+        used.push(carrying(1, 1));
+        reject_invalid(used, send_file(2, stored), "attachments").await;
     }
 
     // --- Create ---

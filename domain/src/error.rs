@@ -64,6 +64,9 @@ pub enum Permission {
     /// Only current participants speak in a chat, admins included.
     #[error("only members of the chat may send messages")]
     OnlyMembersMaySendMessages,
+    /// Files are shared among the chat's participants only.
+    #[error("only members of the chat may attach files")]
+    OnlyMembersMayAttachFiles,
     /// Nobody may put words in another person's mouth.
     #[error("only the author of a message may edit it")]
     OnlyTheAuthorMayEdit,
@@ -76,6 +79,9 @@ pub enum Permission {
     /// Reminders of unread messages are Herald's to send.
     #[error("only Herald itself reminds members of unread messages")]
     OnlyHeraldReminds,
+    /// Thumbnails are made by Herald from the stored bytes.
+    #[error("only Herald itself records thumbnails")]
+    OnlyHeraldRecordsThumbnails,
     /// Read markers only make sense for participants.
     #[error("only members of the chat may mark messages as read")]
     OnlyMembersMayMarkRead,
@@ -216,6 +222,9 @@ pub enum DomainError {
     /// Message ids are chosen by the caller; reusing one would be ambiguous.
     #[error("a message with this id already exists")]
     MessageAlreadyExists,
+    /// Attachment ids are Herald's to choose; one is announced once.
+    #[error("an attachment with this id already exists")]
+    AttachmentAlreadyExists,
     /// A deleted message can be neither edited nor deleted again.
     #[error("the message has already been deleted")]
     MessageAlreadyDeleted,
@@ -302,6 +311,7 @@ impl DomainError {
             | Self::AlreadyAMember
             | Self::DirectChatMembersAreFixed
             | Self::MessageAlreadyExists
+            | Self::AttachmentAlreadyExists
             | Self::MessageAlreadyDeleted
             | Self::BookingAlreadyExists
             | Self::BookingTransition { .. }

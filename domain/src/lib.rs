@@ -6,6 +6,7 @@
 //! as the current time, so the rules can be tested without infrastructure.
 
 pub mod access;
+pub mod attachment;
 pub mod booking;
 pub mod chat;
 mod error;

@@ -321,6 +321,7 @@ macro_rules! text_value {
         }
     };
 }
+pub(crate) use text_value;
 
 text_value!(
     /// Where a doctor should go for a home visit.

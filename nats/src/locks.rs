@@ -14,6 +14,9 @@ pub const RELAY: i64 = 0x4845_5241_4c44_0001;
 /// Held by the active payment process manager of a database.
 pub const PAYMENT_PROCESS: i64 = 0x4845_5241_4c44_0002;
 
+/// Held by the active maker of attachments' thumbnails of a database.
+pub const THUMBNAILS: i64 = 0x4845_5241_4c44_0003;
+
 /// The first of the locks that keep two replays of one projection apart; see
 /// [`replay`].
 pub const REPLAY: i64 = 0x4845_5241_4c44_0100;
@@ -86,7 +89,7 @@ mod tests {
 
     #[test]
     fn no_two_locks_share_an_id() {
-        let mut ids = vec![RELAY, PAYMENT_PROCESS];
+        let mut ids = vec![RELAY, PAYMENT_PROCESS, THUMBNAILS];
         ids.extend((0..16).map(replay));
         let count = ids.len();
         ids.sort_unstable();

@@ -147,7 +147,12 @@ impl Projection {
     /// The tables that hold this projection's read model, all written only by it.
     pub fn tables(self) -> &'static [&'static str] {
         match self {
-            Projection::Chats => &["rm_chats", "rm_chat_members", "rm_chat_messages"],
+            Projection::Chats => &[
+                "rm_chats",
+                "rm_chat_members",
+                "rm_chat_messages",
+                "rm_chat_attachments",
+            ],
             Projection::Bookings => &["rm_bookings", "rm_booking_payments"],
             Projection::Payments => &["rm_payments"],
             Projection::Summary => &[

@@ -147,7 +147,8 @@ fn sent(seq: u64, author: u128, body: &str) -> ChatEvent {
         message_id: message_id(seq),
         seq,
         author: user(author),
-        body: MessageBody::parse(body).unwrap(),
+        body: Some(MessageBody::parse(body).unwrap()),
+        attachments: vec![],
         sent_at: at(10 + i64::try_from(seq).unwrap()),
     }
 }
@@ -971,7 +972,8 @@ fn sent_elsewhere(seq: u64, author: u128, body: &str) -> ChatEvent {
         message_id: Uuid::from_u128(2_000 + u128::from(seq)),
         seq,
         author: user(author),
-        body: MessageBody::parse(body).unwrap(),
+        body: Some(MessageBody::parse(body).unwrap()),
+        attachments: vec![],
         sent_at: at(20 + i64::try_from(seq).unwrap()),
     }
 }

@@ -3,6 +3,7 @@
 use herald_nats::Topology;
 
 use super::BoxError;
+use crate::attachments::Attachments;
 use crate::auth::JwtKeys;
 use crate::config::UpArgs;
 use crate::db::migrated_pool;
@@ -94,6 +95,11 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
     let provider =
         PaymentProvider::from_config(&args.provider, args.dev, &public_url, &webhook_secret)?;
     let email = EmailConfig::from_args(&args.email, &public_url)?;
+    let jwt_secret = args
+        .jwt_secret
+        .clone()
+        .or_else(|| dev.as_ref().map(|dev| dev.jwt_secret.clone()));
+    let attachments = Attachments::from_args(&args.attachments, &public_url, jwt_secret)?;
     let greeting = dev.as_ref().map(|dev| dev.greeting(&keys, signed_with));
     let application = Application::build(Settings {
         listener,
@@ -117,6 +123,7 @@ pub(super) async fn up(args: UpArgs) -> Result<(), BoxError> {
             ..(&args.notify).into()
         },
         email,
+        attachments,
         parts: Parts::ALL,
     })
     .await?;

@@ -222,9 +222,15 @@ pub struct MessageChanged {
 struct SendMessage {
     /// The message's id; generated when absent.
     id: Option<Uuid>,
-    /// The text: not blank, at most 4000 characters.
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 4000)]
+    /// The text: not blank, at most 4000 characters; required unless the
+    /// message carries attachments.
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 4000)]
     body: Option<String>,
+    /// Attachments the caller announced in this chat and uploaded, at most
+    /// 10, each carried by one message only.
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    attachments: Vec<Uuid>,
 }
 
 /// Sends a message to a chat the caller is a member of.
@@ -258,13 +264,28 @@ async fn send_message(
     } = request;
     let message_id = body.id.unwrap_or_else(Uuid::now_v7);
     let mut fields = Fields::default();
-    let text = fields.parse("body", body.body, MessageBody::parse);
-    let command = fields.finish(text.map(|body| ChatCommand::SendMessage {
+    let text = if body.attachments.is_empty() {
+        fields
+            .parse("body", body.body, MessageBody::parse)
+            .map(Some)
+    } else {
+        fields.optional(body.body, MessageBody::parse)
+    };
+    let text = fields.finish(text)?;
+    // What the store holds is looked at now, so that the chat decides from
+    // the bytes actually uploaded.
+    let attachments = app
+        .attachments
+        .storage
+        .observe(chat_id, &body.attachments)
+        .await?;
+    let command = ChatCommand::SendMessage {
         actor,
         message_id,
-        body,
+        body: text,
+        attachments,
         at: Utc::now(),
-    }))?;
+    };
     let committed = app
         .write
         .execute::<Chat>(chat_id, command, &metadata)

@@ -503,7 +503,8 @@ async fn send_message(
     let command = ChatCommand::SendMessage {
         actor,
         message_id,
-        body,
+        body: Some(body),
+        attachments: Vec::new(),
         at: Utc::now(),
     };
     let committed = app

@@ -1,5 +1,6 @@
 //! The HTTP routes, one module per aggregate.
 
+pub mod attachments;
 pub mod audit;
 pub mod auth;
 pub mod bookings;

@@ -5,6 +5,7 @@
 mod common;
 
 mod accounts;
+mod attachments;
 mod audit;
 mod bookings;
 mod chats;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A mix of commands like the platform's: mostly chat messages, then reads,
-/// edits, deletions, bookings and their lifecycle, and payments. Returns how
+/// edits, deletions, attachments, bookings and their lifecycle, and payments. Returns how
 /// many were accepted.
 async fn mixed_workload(app: &TestApp, commands: usize) -> usize {
     let patients: Vec<Actor> = (0..6).map(|_| patient()).collect();
@@ -102,6 +102,17 @@ async fn mixed_workload(app: &TestApp, commands: usize) -> usize {
                             .await
                         }
                     }
+                    3 => {
+                        let file = format!("file {i}");
+                        let id =
+                            crate::attachments::uploaded(app, chat, patient, file.as_bytes()).await;
+                        app.post(
+                            &format!("/api/v1/chats/{chat}/messages"),
+                            patient,
+                            json!({ "attachments": [id] }),
+                        )
+                        .await
+                    }
                     n => {
                         let author = if n % 2 == 0 { patient } else { doctor };
                         app.post(
@@ -162,7 +173,9 @@ async fn the_projections_of_one_process_all_follow_the_stream_through_one_consum
 #[tokio::test]
 async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote() {
     use common::{delete, patch, post};
-    let app = TestApp::spawn_with_pipeline().await;
+    let mut app = TestApp::spawn_with_pipeline().await;
+    // It makes the thumbnails of images.
+    app.start_process_manager().await;
     let (alice, bob, carol, dan) = (patient(), doctor(), patient(), patient());
     for someone in [carol, dan] {
         app.enroll(someone).await;
@@ -220,6 +233,35 @@ async fn every_kind_of_chat_event_rebuilds_into_the_rows_the_live_worker_wrote()
     ok(alice, retract(first)).await;
     send(dan, "five").await;
     ok(alice, read(5)).await;
+    // Attachments: two carried by a message without text, in the order
+    // given; one by a message retracted after, so the preview goes back to
+    // the message without text; one announced and never sent.
+    let (scan, photo) = (
+        crate::attachments::uploaded(&app, ward, dan, b"scan").await,
+        crate::attachments::uploaded(&app, ward, dan, &crate::attachments::png(40, 30)).await,
+    );
+    // Sent plainly, and its thumbnail awaited: Herald's own command follows
+    // it, which `accepts` would take for the caller's.
+    let files = json!({ "attachments": [photo, scan] });
+    let reply = app.post(&messages, dan, files).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .events_after(0)
+        .await
+        .iter()
+        .all(|e| e.event_type != "ThumbnailRecorded")
+    {
+        assert!(Instant::now() < deadline, "no thumbnail was recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let note = crate::attachments::uploaded(&app, ward, alice, b"note").await;
+    crate::attachments::uploaded(&app, ward, alice, b"draft").await;
+    let with_file = json!({ "body": "with a file", "attachments": [note] });
+    let sent = app
+        .accepts(alice, post(&messages, with_file), StatusCode::CREATED)
+        .await;
+    ok(alice, retract(sent.reply.id())).await;
     // A chat whose newest message was retracted last, one whose only message
     // was, and one with none at all.
     for kept in [Some("kept"), None] {

@@ -35,6 +35,21 @@ pub(crate) struct Fold {
     /// Messages edited or deleted after they were written: their final text,
     /// edit time and deletion, by chat and seq.
     changed: HashMap<(Uuid, i64), Change>,
+    /// The attachments announced, by id.
+    attachments: HashMap<Uuid, Attachment>,
+}
+
+/// An announced attachment as `rm_chat_attachments` holds it.
+struct Attachment {
+    chat_id: Uuid,
+    filename: String,
+    content_type: String,
+    size: i64,
+    announced_by: Uuid,
+    announced_at: DateTime<Utc>,
+    /// The seq of the message carrying it, and its place there.
+    sent: Option<(i64, i32)>,
+    thumbnail: bool,
 }
 
 /// One chat as the fold keeps it.
@@ -82,7 +97,7 @@ struct Newest {
     id: Uuid,
     seq: i64,
     author: Uuid,
-    body: String,
+    body: Option<String>,
     sent_at: DateTime<Utc>,
     deleted: bool,
 }
@@ -148,7 +163,7 @@ impl rebuild::Fold for Fold {
                         newest.id,
                         newest.seq,
                         newest.author,
-                        &newest.body,
+                        newest.body.as_deref(),
                         newest.sent_at,
                     )
                     .to_string(),
@@ -180,6 +195,31 @@ impl rebuild::Fold for Fold {
                 conn,
                 "COPY rm_chat_members (chat_id, user_id, read_up_to, unread_count,
                                        joined_position, join_index)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let mut attachments = Rows::new();
+        for (attachment_id, attachment) in &self.attachments {
+            let row = attachments
+                .row(10)
+                .uuid(attachment_id.as_bytes())
+                .uuid(attachment.chat_id.as_bytes())
+                .text(Some(&attachment.filename))
+                .text(Some(&attachment.content_type))
+                .int8(attachment.size)
+                .uuid(attachment.announced_by.as_bytes())
+                .timestamptz(Some(attachment.announced_at));
+            match attachment.sent {
+                Some((seq, place)) => row.int8(seq).int4(place),
+                None => row.null().null(),
+            }
+            .bool(attachment.thumbnail);
+        }
+        attachments
+            .copy_into(
+                conn,
+                "COPY rm_chat_attachments (attachment_id, chat_id, filename, content_type, size,
+                                           announced_by, announced_at, seq, place, thumbnail)
                  FROM STDIN (FORMAT binary)",
             )
             .await?;
@@ -235,23 +275,60 @@ impl Fold {
             ChatEvent::MemberRemoved { user_id, .. } => {
                 chat.members.retain(|member| member.user_id != user_id);
             }
+            ChatEvent::AttachmentAnnounced {
+                attachment_id,
+                filename,
+                content_type,
+                size,
+                announced_by,
+                at,
+                ..
+            } => {
+                let attachment = Attachment {
+                    chat_id,
+                    filename: filename.into(),
+                    content_type: content_type.into(),
+                    size: i64::try_from(size).unwrap_or(i64::MAX),
+                    announced_by,
+                    announced_at: at,
+                    sent: None,
+                    thumbnail: false,
+                };
+                if self.attachments.insert(attachment_id, attachment).is_some() {
+                    return Err(ApplyError::Duplicate {
+                        position,
+                        row: format!("the attachment {attachment_id}"),
+                    });
+                }
+            }
             ChatEvent::MessageSent {
                 message_id,
                 seq,
                 author,
                 body,
+                attachments,
                 sent_at,
             } => {
                 let seq = to_i64(seq);
+                for (index, attachment_id) in attachments.iter().enumerate() {
+                    if let Some(attachment) = self
+                        .attachments
+                        .get_mut(attachment_id)
+                        .filter(|attachment| attachment.chat_id == chat_id)
+                    {
+                        let place = i32::try_from(index + 1).unwrap_or(i32::MAX);
+                        attachment.sent = Some((seq, place));
+                    }
+                }
                 // Postgres keeps microseconds, and the preview shows what it keeps.
                 let sent_at = sent_at.trunc_subsecs(6);
-                let body = String::from(body);
+                let body = body.map(String::from);
                 rows.row(8)
                     .uuid(chat_id.as_bytes())
                     .int8(seq)
                     .uuid(message_id.as_bytes())
                     .uuid(author.as_bytes())
-                    .text(Some(&body))
+                    .text(body.as_deref())
                     .timestamptz(Some(sent_at))
                     .null()
                     .bool(false);
@@ -277,7 +354,7 @@ impl Fold {
                 if chat.message(seq).is_some_and(|message| !message.deleted) {
                     let body = String::from(body);
                     if let Some(newest) = chat.newest.as_mut().filter(|newest| newest.seq == seq) {
-                        newest.body.clone_from(&body);
+                        newest.body = Some(body.clone());
                     }
                     let change = self.changed.entry((chat_id, seq)).or_default();
                     change.body = Some(body);
@@ -296,6 +373,15 @@ impl Fold {
                 }
             }
             ChatEvent::UnreadReminded { .. } => {}
+            ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
+                if let Some(attachment) = self
+                    .attachments
+                    .get_mut(&attachment_id)
+                    .filter(|attachment| attachment.chat_id == chat_id)
+                {
+                    attachment.thumbnail = true;
+                }
+            }
             ChatEvent::ReadUpTo {
                 user_id, up_to_seq, ..
             } => {
@@ -457,6 +543,9 @@ async fn write_changes(
     Ok(())
 }
 
+/// A chat's id, then its newest message's id, seq, author, text and time.
+type ChatPreview = (Uuid, Uuid, i64, Uuid, Option<String>, DateTime<Utc>);
+
 /// The preview of each chat's newest message not deleted, by chat.
 async fn newest_left(
     conn: &mut PgConnection,
@@ -465,10 +554,10 @@ async fn newest_left(
     if chat_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, Uuid, i64, Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<ChatPreview> = sqlx::query_as(
         "SELECT DISTINCT ON (chat_id) chat_id, message_id, seq, author, body, sent_at
            FROM rm_chat_messages
-          WHERE chat_id = ANY($1) AND NOT deleted AND body IS NOT NULL
+          WHERE chat_id = ANY($1) AND NOT deleted
           ORDER BY chat_id, seq DESC",
     )
     .bind(chat_ids)
@@ -479,7 +568,7 @@ async fn newest_left(
         .map(|(chat_id, id, seq, author, body, sent_at)| {
             (
                 chat_id,
-                last_message(id, seq, author, &body, sent_at).to_string(),
+                last_message(id, seq, author, body.as_deref(), sent_at).to_string(),
             )
         })
         .collect())

@@ -97,7 +97,8 @@ pub struct MessageRow {
     pub seq: i64,
     /// Who wrote it.
     pub author: Uuid,
-    /// The text; `null` once deleted, since a retracted text is not shown again.
+    /// The text; `null` once deleted, since a retracted text is not shown
+    /// again, and for a message of attachments only.
     pub body: Option<String>,
     /// When it was sent.
     pub sent_at: DateTime<Utc>,
@@ -105,6 +106,44 @@ pub struct MessageRow {
     pub edited_at: Option<DateTime<Utc>>,
     /// Whether it was retracted; kept in the history so `seq` stays gapless.
     pub deleted: bool,
+    /// The files it carries, in the order its author gave them, each
+    /// `{id, filename, content_type, size, thumbnail}`; none once it is deleted. Their
+    /// bytes are fetched through `GET /chats/{id}/attachments/{attachment_id}`.
+    #[schema(value_type = Vec<AttachmentInfo>)]
+    pub attachments: Value,
+}
+
+/// A file a message carries, as the message shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AttachmentInfo {
+    /// The attachment's id.
+    pub id: Uuid,
+    /// Its name, sanitised.
+    pub filename: String,
+    /// Its media type.
+    pub content_type: String,
+    /// Its size in bytes.
+    pub size: i64,
+    /// Whether a thumbnail of it (an image) is ready, for
+    /// `GET /chats/{id}/attachments/{attachment_id}` to link.
+    pub thumbnail: bool,
+}
+
+/// An attachment of a chat, for whoever may download it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AttachmentRow {
+    /// Its name, sanitised.
+    pub filename: String,
+    /// Its media type.
+    pub content_type: String,
+    /// Its size in bytes.
+    pub size: i64,
+    /// Who announced it.
+    pub announced_by: Uuid,
+    /// Whether a message still shown carries it.
+    pub sent: bool,
+    /// Whether a thumbnail of it is stored beside it.
+    pub thumbnail: bool,
 }
 
 /// Applies log entries, in order, to the chat tables; entries of other
@@ -226,21 +265,60 @@ async fn apply_event(
                 .execute(&mut *conn)
                 .await?;
         }
+        ChatEvent::AttachmentAnnounced {
+            attachment_id,
+            filename,
+            content_type,
+            size,
+            announced_by,
+            at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO rm_chat_attachments (attachment_id, chat_id, filename, content_type,
+                                                  size, announced_by, announced_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(attachment_id)
+            .bind(chat_id)
+            .bind(filename.as_str())
+            .bind(content_type.as_str())
+            .bind(i64::try_from(size).unwrap_or(i64::MAX))
+            .bind(announced_by)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
         ChatEvent::MessageSent {
             message_id,
             seq,
             author,
             body,
+            attachments,
             sent_at,
-        } => sent.push(
-            entry,
-            chat_id,
-            message_id,
-            seq,
-            author,
-            body.into(),
-            sent_at,
-        ),
+        } => {
+            if !attachments.is_empty() {
+                sqlx::query(
+                    "UPDATE rm_chat_attachments a SET seq = $2, place = c.place::integer
+                       FROM unnest($3::uuid[]) WITH ORDINALITY AS c (attachment_id, place)
+                      WHERE a.chat_id = $1 AND a.attachment_id = c.attachment_id",
+                )
+                .bind(chat_id)
+                .bind(to_i64(seq))
+                .bind(&attachments)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sent.push(
+                entry,
+                chat_id,
+                message_id,
+                seq,
+                author,
+                body.map(String::from),
+                sent_at,
+            );
+        }
         ChatEvent::MessageEdited {
             seq,
             body,
@@ -278,6 +356,16 @@ async fn apply_event(
         }
         // Reminders are the notifications' business.
         ChatEvent::UnreadReminded { .. } => {}
+        ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
+            sqlx::query(
+                "UPDATE rm_chat_attachments SET thumbnail = true
+                  WHERE chat_id = $1 AND attachment_id = $2",
+            )
+            .bind(chat_id)
+            .bind(attachment_id)
+            .execute(&mut *conn)
+            .await?;
+        }
         ChatEvent::ReadUpTo {
             user_id, up_to_seq, ..
         } => {
@@ -306,7 +394,7 @@ struct NewMessages {
     seqs: Vec<i64>,
     message_ids: Vec<Uuid>,
     authors: Vec<Uuid>,
-    bodies: Vec<String>,
+    bodies: Vec<Option<String>>,
     sent_at: Vec<DateTime<Utc>>,
     positions: Vec<i64>,
     previews: Vec<String>,
@@ -321,7 +409,7 @@ impl NewMessages {
         message_id: Uuid,
         seq: u64,
         author: Uuid,
-        body: String,
+        body: Option<String>,
         sent_at: DateTime<Utc>,
     ) {
         let seq = to_i64(seq);
@@ -329,7 +417,7 @@ impl NewMessages {
         // reads the same whether written here or recomputed later.
         let sent_at = sent_at.trunc_subsecs(6);
         self.previews
-            .push(last_message(message_id, seq, author, &body, sent_at).to_string());
+            .push(last_message(message_id, seq, author, body.as_deref(), sent_at).to_string());
         self.chat_ids.push(chat_id);
         self.seqs.push(seq);
         self.message_ids.push(message_id);
@@ -400,8 +488,15 @@ fn to_i64(seq: u64) -> i64 {
 }
 
 /// The chat-list preview of a message, built in one place so the live path and
-/// a recomputation after an edit or deletion produce identical JSON.
-fn last_message(id: Uuid, seq: i64, author: Uuid, body: &str, sent_at: DateTime<Utc>) -> Value {
+/// a recomputation after an edit or deletion produce identical JSON; `body`
+/// is `null` for a message of attachments only.
+fn last_message(
+    id: Uuid,
+    seq: i64,
+    author: Uuid,
+    body: Option<&str>,
+    sent_at: DateTime<Utc>,
+) -> Value {
     serde_json::json!({
         "id": id.to_string(),
         "seq": seq,
@@ -411,18 +506,22 @@ fn last_message(id: Uuid, seq: i64, author: Uuid, body: &str, sent_at: DateTime<
     })
 }
 
+/// A message's id, seq, author, text and time, as its preview shows them.
+type Preview = (Uuid, i64, Uuid, Option<String>, DateTime<Utc>);
+
 /// Points the chat's preview at its newest message that is still there.
 async fn refresh_last_message(conn: &mut PgConnection, chat_id: Uuid) -> Result<(), sqlx::Error> {
-    let newest: Option<(Uuid, i64, Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+    let newest: Option<Preview> = sqlx::query_as(
         "SELECT message_id, seq, author, body, sent_at FROM rm_chat_messages
-          WHERE chat_id = $1 AND NOT deleted AND body IS NOT NULL
+          WHERE chat_id = $1 AND NOT deleted
           ORDER BY seq DESC LIMIT 1",
     )
     .bind(chat_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let preview = newest
-        .map(|(id, seq, author, body, sent_at)| last_message(id, seq, author, &body, sent_at));
+    let preview = newest.map(|(id, seq, author, body, sent_at)| {
+        last_message(id, seq, author, body.as_deref(), sent_at)
+    });
     sqlx::query("UPDATE rm_chats SET last_message = $2 WHERE chat_id = $1")
         .bind(chat_id)
         .bind(preview)
@@ -492,11 +591,41 @@ pub async fn access<'c>(
 }
 
 /// Up to `limit` messages of `$1` with `seq` below `$3`, newest first.
-const MESSAGES: &str = "SELECT message_id AS id, seq, author, body, sent_at, edited_at, deleted
-                          FROM rm_chat_messages
+const MESSAGES: &str = "SELECT message_id AS id, seq, author, body, sent_at, edited_at, deleted,
+                               CASE WHEN deleted THEN '[]'::jsonb ELSE coalesce(
+                                 (SELECT jsonb_agg(jsonb_build_object(
+                                           'id', a.attachment_id, 'filename', a.filename,
+                                           'content_type', a.content_type, 'size', a.size,
+                                           'thumbnail', a.thumbnail)
+                                         ORDER BY a.place)
+                                    FROM rm_chat_attachments a
+                                   WHERE a.chat_id = x.chat_id AND a.seq = x.seq),
+                                 '[]'::jsonb) END AS attachments
+                          FROM rm_chat_messages x
                          WHERE chat_id = $1 AND seq < $3
                          ORDER BY seq DESC
                          LIMIT $4";
+
+/// The attachment `attachment_id` of the chat `chat_id`, with whether a
+/// message not deleted carries it; `None` when the chat has no such
+/// attachment.
+pub async fn attachment<'c>(
+    executor: impl PgExecutor<'c>,
+    chat_id: Uuid,
+    attachment_id: Uuid,
+) -> Result<Option<AttachmentRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.filename, a.content_type, a.size, a.announced_by,
+                coalesce(NOT m.deleted, false) AS sent, a.thumbnail
+           FROM rm_chat_attachments a
+           LEFT JOIN rm_chat_messages m ON m.chat_id = a.chat_id AND m.seq = a.seq
+          WHERE a.chat_id = $1 AND a.attachment_id = $2",
+    )
+    .bind(chat_id)
+    .bind(attachment_id)
+    .fetch_optional(executor)
+    .await
+}
 
 /// Up to `limit` messages with `seq` below `before_seq` (all when `None`),
 /// newest first, and whether `user_id` may read them ([`access`]); `None` for

@@ -82,8 +82,31 @@ pub struct TestApp {
     pub live: Option<Arc<LiveHub>>,
     /// How people are notified.
     pub notify: Arc<api::notify::NotifyConfig>,
+    /// Where attachments are stored.
+    pub attachments: Arc<api::attachments::Attachments>,
+    /// The directory of attachments this Herald made, removed when dropped.
+    attachments_dir: Option<AttachmentsDir>,
     /// The database and stream this Herald made, dropped last.
     leftovers: support::Leftovers,
+}
+
+/// The secret the test servers sign attachment URLs with.
+pub const ATTACHMENT_SECRET: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A directory of its own for one test's attachments, removed afterwards.
+pub struct AttachmentsDir(pub std::path::PathBuf);
+
+impl AttachmentsDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("herald-attachments-{}", Uuid::new_v4()));
+        Self(dir)
+    }
+}
+
+impl Drop for AttachmentsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How a test's Herald differs from the default one: a fresh database, a
@@ -112,6 +135,8 @@ pub struct Options {
     /// Background parts run inside the application, as `herald up` runs
     /// them, rather than started by the test.
     pub parts: Option<Parts>,
+    /// Another store of attachments than a directory of the test's own.
+    pub attachments: Option<api::attachments::Attachments>,
 }
 
 impl TestApp {
@@ -146,8 +171,8 @@ impl TestApp {
         app
     }
 
-    /// Starts a payment process manager and the reminders of unread
-    /// messages (again, after a stop).
+    /// Starts a payment process manager, the reminders of unread messages
+    /// and the maker of thumbnails (again, after a stop).
     pub async fn start_process_manager(&mut self) {
         let client = herald_nats::connect(&nats_url()).await.unwrap();
         let mut process = Background::default();
@@ -155,6 +180,7 @@ impl TestApp {
         process.process_manager(&self.write, &self.gateway, &source);
         let after = self.notify.unread_after;
         process.reminders(&self.write, &source, after);
+        process.thumbnails(&self.write, &self.attachments.storage, &source);
         self.process = Some(process);
     }
 
@@ -362,6 +388,17 @@ impl TestApp {
         if let Some(gateway) = options.gateway {
             provider.gateway = gateway;
         }
+        let (attachments, attachments_dir) = match options.attachments {
+            Some(attachments) => (attachments, None),
+            None => {
+                let dir = AttachmentsDir::new();
+                let limits = domain::attachment::AttachmentLimits::default();
+                let secret = SecretString::from(ATTACHMENT_SECRET);
+                let local =
+                    api::attachments::Attachments::local(&dir.0, &address, secret, limits).unwrap();
+                (local, Some(dir))
+            }
+        };
         let application = Application::build(Settings {
             listener,
             pool: api::db::migrated_pool(&DatabaseArgs {
@@ -381,6 +418,7 @@ impl TestApp {
             connections: options.connections.unwrap_or_default(),
             notify: options.notify.unwrap_or_default(),
             email: None,
+            attachments,
             parts: options.parts.unwrap_or(Parts::NONE),
         })
         .await
@@ -407,6 +445,8 @@ impl TestApp {
             mailer: None,
             live: state.live,
             notify: state.notify,
+            attachments: state.attachments,
+            attachments_dir,
             leftovers,
         }
     }
@@ -1011,6 +1051,80 @@ impl DevHerald {
 }
 
 impl Drop for DevHerald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An S3-compatible server (`s3s-fs`) on a free loopback port, storing in a
+/// directory of its own, with one bucket; stopped and removed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+    _dir: AttachmentsDir,
+}
+
+/// The credentials the test S3 server accepts.
+pub const S3_ACCESS_KEY: &str = "herald-test";
+pub const S3_SECRET_KEY: &str = "herald-test-secret";
+
+impl S3Server {
+    pub async fn start() -> Self {
+        let dir = AttachmentsDir::new();
+        let bucket = "herald".to_owned();
+        std::fs::create_dir_all(dir.0.join(&bucket)).unwrap();
+        let port = free_port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "s3s-fs is installed (cargo install s3s-fs --version 0.14.1 --features binary)",
+            );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket,
+            _dir: dir,
+        }
+    }
+
+    /// Herald's attachments kept in this server's bucket.
+    pub fn attachments(&self) -> api::attachments::Attachments {
+        let args = api::attachments::AttachmentArgs {
+            object_store_url: Some(format!("s3://{}", self.bucket).parse().unwrap()),
+            attachments_dir: "unused".into(),
+            s3_endpoint: Some(self.endpoint.parse().unwrap()),
+            s3_region: "us-east-1".to_owned(),
+            s3_access_key_id: Some(S3_ACCESS_KEY.to_owned()),
+            s3_secret_access_key: Some(SecretString::from(S3_SECRET_KEY)),
+            attachment_secret: None,
+            attachment_max_size: domain::attachment::DEFAULT_MAX_SIZE,
+            attachment_types: domain::attachment::DEFAULT_CONTENT_TYPES
+                .iter()
+                .map(|kind| (*kind).to_owned())
+                .collect(),
+            attachment_url_ttl: Duration::from_secs(600).into(),
+            attachment_unused_ttl: Duration::from_secs(86_400).into(),
+        };
+        api::attachments::Attachments::from_args(&args, "http://unused", None).unwrap()
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
