@@ -171,8 +171,9 @@ async fn the_pipeline_shows_each_projection_caught_up_a_dead_letter_and_the_comm
             "{projection}"
         );
     }
-    // The chats and activity projections and the reminders of unread
-    // messages all read messages, and all set the poison aside.
+    // The chats and activity projections, the reminders of unread messages
+    // and the thumbnails of their images all read messages, and all set the
+    // poison aside.
     let mut set_aside: Vec<&str> = pipeline["dead_letters"]
         .as_array()
         .unwrap()
@@ -180,7 +181,15 @@ async fn the_pipeline_shows_each_projection_caught_up_a_dead_letter_and_the_comm
         .map(|letter| letter["projection"].as_str().unwrap())
         .collect();
     set_aside.sort_unstable();
-    assert_eq!(set_aside, ["activity", "chat-reminders", "chats"]);
+    assert_eq!(
+        set_aside,
+        [
+            "activity",
+            "attachment-thumbnails",
+            "chat-reminders",
+            "chats"
+        ]
+    );
     assert_eq!(pipeline["websocket_connections"], 1);
     // The chat and the message, at least, were commands of the last minute.
     assert!(pipeline["commands_per_second"].as_f64().unwrap() >= 2.0 / 60.0);
@@ -504,7 +513,7 @@ async fn the_dashboard_in_a_browser_shows_the_apis_figures_and_a_command_within_
     assert_eq!(shown["head"], head.to_string());
     assert_eq!(shown["websockets"], "1");
     assert_eq!(shown["relay.state"], "active");
-    assert_eq!(shown["dead-letters"], "3 set aside");
+    assert_eq!(shown["dead-letters"], "4 set aside");
     // Projections' dead letters may be retried from the page; the other
     // followers' are listed for an operator.
     let retries: Value = page
