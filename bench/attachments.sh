@@ -7,14 +7,17 @@
 #
 #   bash bench/attachments.sh            # UPLOADS=20 by default
 #
+# Runs the release `herald` (built here unless BENCH_HERALD names one).
 # Needs Postgres and NATS as for the tests, curl, jq and s3s-fs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 UPLOADS=${UPLOADS:-20}
 SIZE=$((10 * 1024 * 1024))
-cargo build -q -p api --bin herald
-HERALD=target/debug/herald
+if [ -z "${BENCH_HERALD:-}" ]; then
+    cargo build --release -q -p api --bin herald
+fi
+HERALD=${BENCH_HERALD:-${CARGO_TARGET_DIR:-target}/release/herald}
 WORK=$(mktemp -d)
 PIDS=()
 DBS=()
@@ -123,7 +126,7 @@ cat <<EOF
 ## Attachments
 
 Measured by \`bash bench/attachments.sh\` (UPLOADS=$UPLOADS) on $(date -u +%F) at commit
-\`$(git rev-parse --short HEAD)\`, with a debug build of \`herald up --dev\`, on a 2-core
+\`$(git rev-parse --short HEAD)\`, with a release build of \`herald up --dev\`, on a 2-core
 machine shared with other work. One file of $SIZE bytes (10 MiB) of random data.
 
 ### S3 mode: a 10 MB upload does not pass through Herald
