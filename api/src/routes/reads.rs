@@ -580,9 +580,7 @@ async fn get_summary(
     consistency: Consistency,
     held: IfNoneMatch,
 ) -> Result<Read<Summary>, ApiError> {
-    if !actor.is_admin() {
-        return Err(ApiError::Forbidden("only admins see the dashboard"));
-    }
+    access::may_see_business_figures(actor)?;
     consistency::wait(&app, &consistency, &[Projection::Summary]).await?;
     let tag = || async {
         let head = list_head(&app, Projection::Summary).await?;
@@ -625,16 +623,17 @@ async fn get_activity(
     // The windows move with the clock, so the minute they end in is part of
     // the tag.
     let minute = now.timestamp() / 60;
-    let tag = ETag::new(
-        list_head(&app, Projection::Activity).await?.position,
-        minute,
-    );
-    if held.matches(&tag) {
-        return Ok(Read::NotModified(tag));
-    }
-    let series = app
-        .readers
-        .run(move |conn| activity::get(conn, now).boxed())
-        .await?;
-    Ok(Read::Full(tag, series))
+    let tag = || async {
+        let head = list_head(&app, Projection::Activity).await?;
+        Ok::<_, ApiError>(ETag::new(head.position, minute))
+    };
+    let build = async {
+        let tag = tag().await?;
+        let series = app
+            .readers
+            .run(move |conn| activity::get(conn, now).boxed())
+            .await?;
+        Ok((tag, series))
+    };
+    app.pages.answer(actor, &held, tag(), build).await
 }
