@@ -6,6 +6,7 @@ use crate::common;
 use crate::payment_flow::paid_through_the_sandbox;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -287,7 +288,8 @@ async fn the_page_and_its_assets_are_embedded_and_held_to_a_policy_without_inlin
 }
 
 /// A headless Chromium behind a chromedriver of its own, on a free port and
-/// with a profile directory of its own; both go when it is dropped.
+/// with a profile directory of its own; both go when it is dropped, the
+/// browser with the driver's process group, which it starts in.
 struct Browser {
     client: Client,
     driver: Child,
@@ -299,6 +301,7 @@ impl Browser {
         let port = common::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -385,7 +388,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
