@@ -63,7 +63,7 @@ start_herald() {
     TOKEN=$(grep -m1 '^  patient ' "$WORK/$name.out" | sed 's/.*token=//')
 }
 
-# Announces $WORK/file in a new chat; sets CHAT, AID, UPLOAD_URL.
+# Announces $WORK/file in a new chat; sets CHAT, AID, UPLOAD_URL, UPLOAD_HEADERS.
 announce() {
     count -X POST "$API/chats" -H "Authorization: Bearer $TOKEN" \
         -H 'Content-Type: application/json' -d '{"kind":"group","members":[]}'
@@ -73,6 +73,13 @@ announce() {
         -d "{\"filename\":\"file.pdf\",\"content_type\":\"application/pdf\",\"size\":$SIZE,\"sha256\":\"$SHA\"}"
     AID=$(jq -r .attachment_id "$WORK/answer")
     UPLOAD_URL=$(jq -r .upload_url "$WORK/answer")
+    UPLOAD_HEADERS=()
+    while read -r header; do UPLOAD_HEADERS+=(-H "$header"); done \
+        < <(jq -r '.upload_headers | to_entries[] | "\(.key): \(.value)"' "$WORK/answer")
+}
+
+upload() {
+    count -X PUT --data-binary @"$WORK/file" "${UPLOAD_HEADERS[@]}" "$UPLOAD_URL"
 }
 
 send() {
@@ -95,7 +102,7 @@ HERALD_PORT=${API#http://127.0.0.1:}
 HERALD_PORT=${HERALD_PORT%%/*}
 s3_rss_before=$(rss_kb "$PID")
 announce
-count -X PUT --data-binary @"$WORK/file" "$UPLOAD_URL"
+upload
 send
 stored=$(stat -c %s "$WORK/s3/bench/chats/$CHAT/$AID")
 to_herald=${SENT[$HERALD_PORT]:-0}
@@ -111,7 +118,7 @@ series=""
 started=$(date +%s.%N)
 for _ in $(seq 1 "$UPLOADS"); do
     announce
-    count -X PUT --data-binary @"$WORK/file" "$UPLOAD_URL"
+    upload
     send
     rss=$(rss_kb "$PID")
     series="$series $(( rss / 1024 ))"

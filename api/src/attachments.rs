@@ -15,7 +15,6 @@ use domain::attachment::{AttachmentLimits, ContentType, DEFAULT_CONTENT_TYPES, D
 use hmac::{Hmac, Mac};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
-use object_store::signer::Signer;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use url::Url;
@@ -23,10 +22,12 @@ use uuid::Uuid;
 
 use crate::startup::BoxError;
 
+mod sigv4;
+
 /// Settings of attachments.
 #[derive(Debug, Args)]
 pub struct AttachmentArgs {
-    /// Where attachments are stored: `s3://<bucket>[/<prefix>]` for an
+    /// Where attachments are stored: `s3://<bucket>` for an
     /// S3-compatible store (with `HERALD_S3_*`); when absent, the local
     /// directory `HERALD_ATTACHMENTS_DIR`, served by Herald itself.
     #[arg(long, env = "HERALD_OBJECT_STORE_URL")]
@@ -87,8 +88,15 @@ type HmacSha256 = Hmac<Sha256>;
 enum Urls {
     /// Herald serves them under `base`, signed with `secret`.
     Local { base: Url, secret: SecretString },
-    /// The S3-compatible store serves them, presigned.
-    S3(Arc<AmazonS3>),
+    /// The S3-compatible store serves them, presigned by Herald.
+    S3 {
+        /// The store, for its credentials.
+        s3: Arc<AmazonS3>,
+        /// The bucket's URL, which objects' keys follow.
+        bucket: Url,
+        /// The region URLs are signed for.
+        region: String,
+    },
 }
 
 /// Attachments as a running Herald keeps them.
@@ -110,6 +118,8 @@ pub struct Attachments {
 pub struct SignedUrl {
     /// The URL.
     pub url: Url,
+    /// Headers the request must carry as they are, part of what is signed.
+    pub headers: Vec<(&'static str, String)>,
     /// When it expires.
     pub expires_at: DateTime<Utc>,
 }
@@ -152,15 +162,21 @@ impl Attachments {
         url: &Url,
         limits: AttachmentLimits,
     ) -> Result<Self, BoxError> {
-        if url.scheme() != "s3" {
-            return Err("HERALD_OBJECT_STORE_URL must be s3://<bucket>".into());
-        }
-        let bucket = url
-            .host_str()
-            .ok_or("HERALD_OBJECT_STORE_URL must name a bucket: s3://<bucket>")?;
+        let bucket = match url.host_str() {
+            Some(bucket) if url.scheme() == "s3" && url.path().trim_matches('/').is_empty() => {
+                bucket
+            }
+            _ => return Err("HERALD_OBJECT_STORE_URL must be s3://<bucket>".into()),
+        };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(&args.s3_region);
+        // Path-style URLs, as object_store addresses the bucket too.
+        let service = match &args.s3_endpoint {
+            Some(endpoint) => endpoint.as_str().trim_end_matches('/').to_owned(),
+            None => format!("https://s3.{}.amazonaws.com", args.s3_region),
+        };
+        let bucket_url = Url::parse(&format!("{service}/{bucket}/"))?;
         if let Some(endpoint) = &args.s3_endpoint {
             builder = builder
                 .with_endpoint(endpoint.as_str().trim_end_matches('/'))
@@ -179,7 +195,11 @@ impl Attachments {
             limits,
             url_ttl: *args.attachment_url_ttl,
             unused_ttl: *args.attachment_unused_ttl,
-            urls: Urls::S3(s3),
+            urls: Urls::S3 {
+                s3,
+                bucket: bucket_url,
+                region: args.s3_region.clone(),
+            },
         })
     }
 
@@ -221,12 +241,15 @@ impl Attachments {
         matches!(self.urls, Urls::Local { .. })
     }
 
-    /// A URL the client `PUT`s exactly the attachment's bytes to.
+    /// A URL the client `PUT`s exactly the attachment's bytes to, once.
+    /// An S3-compatible store is made to check both: the URL signs the
+    /// bytes' SHA-256 and `If-None-Match: *`.
     pub async fn upload_url(
         &self,
         chat_id: Uuid,
         attachment_id: Uuid,
         size: u64,
+        sha256: &domain::attachment::Sha256,
     ) -> Result<SignedUrl, BoxError> {
         let expires_at = self.expiry();
         match &self.urls {
@@ -234,15 +257,23 @@ impl Attachments {
                 let grant = Grant::Upload { size };
                 Ok(SignedUrl {
                     url: local_url(base, secret, chat_id, attachment_id, &grant, expires_at)?,
+                    headers: Vec::new(),
                     expires_at,
                 })
             }
-            Urls::S3(s3) => {
-                let key = Storage::key(chat_id, attachment_id);
-                let url = s3
-                    .signed_url(reqwest::Method::PUT, &key, self.url_ttl)
+            Urls::S3 { .. } => {
+                let headers = vec![
+                    ("if-none-match", "*".to_owned()),
+                    ("x-amz-content-sha256", sha256.to_string()),
+                ];
+                let url = self
+                    .presign("PUT", &Storage::key(chat_id, attachment_id), &headers, &[])
                     .await?;
-                Ok(SignedUrl { url, expires_at })
+                Ok(SignedUrl {
+                    url,
+                    headers,
+                    expires_at,
+                })
             }
         }
     }
@@ -258,32 +289,63 @@ impl Attachments {
         thumbnail: bool,
     ) -> Result<SignedUrl, BoxError> {
         let expires_at = self.expiry();
-        match &self.urls {
+        let url = match &self.urls {
             Urls::Local { base, secret } => {
                 let grant = Grant::Download {
                     filename: filename.to_owned(),
                     content_type: content_type.to_owned(),
                     thumbnail,
                 };
-                Ok(SignedUrl {
-                    url: local_url(base, secret, chat_id, attachment_id, &grant, expires_at)?,
-                    expires_at,
-                })
+                local_url(base, secret, chat_id, attachment_id, &grant, expires_at)?
             }
-            Urls::S3(s3) => {
-                // object_store signs no response-header overrides, so the
-                // store answers with the headers the upload set.
+            Urls::S3 { .. } => {
                 let key = if thumbnail {
                     Storage::thumbnail_key(chat_id, attachment_id)
                 } else {
                     Storage::key(chat_id, attachment_id)
                 };
-                let url = s3
-                    .signed_url(reqwest::Method::GET, &key, self.url_ttl)
-                    .await?;
-                Ok(SignedUrl { url, expires_at })
+                // The store answers with the headers Herald's own route
+                // answers with: the URL asks for them.
+                let disposition = content_disposition(filename);
+                let answer = [
+                    ("response-cache-control", DOWNLOAD_CACHE_CONTROL),
+                    ("response-content-disposition", disposition.as_str()),
+                    ("response-content-type", content_type),
+                ];
+                self.presign("GET", &key, &[], &answer).await?
             }
-        }
+        };
+        Ok(SignedUrl {
+            url,
+            headers: Vec::new(),
+            expires_at,
+        })
+    }
+
+    /// A presigned URL of the object at `key` in the S3-compatible store.
+    async fn presign(
+        &self,
+        method: &str,
+        key: &object_store::path::Path,
+        headers: &[(&str, String)],
+        query: &[(&str, &str)],
+    ) -> Result<Url, BoxError> {
+        let Urls::S3 { s3, bucket, region } = &self.urls else {
+            return Err("only an S3-compatible store presigns URLs".into());
+        };
+        let credential = s3.credentials().get_credential().await?;
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let presign = sigv4::Presign {
+            method,
+            url: bucket.join(key.as_ref())?,
+            headers: &headers,
+            query,
+            expires_in: self.url_ttl,
+        };
+        Ok(presign.sign(&credential, region, Utc::now()))
     }
 
     /// Checks a signed local URL's parameters; `None` when the signature is
@@ -487,6 +549,9 @@ fn local_url(
     drop(query);
     Ok(url)
 }
+
+/// How a downloaded attachment may be cached: by nobody.
+pub const DOWNLOAD_CACHE_CONTROL: &str = "private, no-store";
 
 /// `attachment; filename="…"` for a sanitised name, with the RFC 6266
 /// `filename*` form for names beyond ASCII.

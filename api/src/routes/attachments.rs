@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::attachments::{content_disposition, Grant, LocalSigned};
+use crate::attachments::{content_disposition, Grant, LocalSigned, DOWNLOAD_CACHE_CONTROL};
 use crate::auth::Caller;
 use crate::command::{Accepted, Answer, CommandRequest, Fields, Path};
 use crate::error::ApiError;
@@ -75,6 +75,10 @@ pub struct AttachmentUpload {
     pub attachment_id: Uuid,
     /// `PUT` exactly the announced bytes here, once, before `expires_at`.
     pub upload_url: String,
+    /// Headers the `PUT` must carry, as they are: they are part of what
+    /// `upload_url` signs. Empty when Herald serves the URL itself.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub upload_headers: std::collections::BTreeMap<&'static str, String>,
     /// When `upload_url` stops working.
     pub expires_at: DateTime<Utc>,
 }
@@ -125,7 +129,7 @@ async fn announce(
         filename,
         content_type,
         size,
-        sha256,
+        sha256: sha256.clone(),
         limits: app.attachments.limits.clone(),
         at: Utc::now(),
     };
@@ -137,14 +141,15 @@ async fn announce(
         domain::chat::ChatEvent::AttachmentAnnounced {
             attachment_id,
             size,
+            sha256,
             ..
-        } => Some((*attachment_id, *size)),
+        } => Some((*attachment_id, *size, sha256.clone())),
         _ => None,
     });
-    let (attachment_id, size) = announced.unwrap_or((attachment_id, size));
+    let (attachment_id, size, sha256) = announced.unwrap_or((attachment_id, size, sha256));
     let signed = app
         .attachments
-        .upload_url(chat_id, attachment_id, size)
+        .upload_url(chat_id, attachment_id, size, &sha256)
         .await
         .map_err(|err| ApiError::Command(commands::CommandError::Internal(err)))?;
     Ok(Answer::created(
@@ -153,6 +158,7 @@ async fn announce(
             accepted: Accepted::of(&committed).naming(attachment_id),
             attachment_id,
             upload_url: signed.url.to_string(),
+            upload_headers: signed.headers.into_iter().collect(),
             expires_at: signed.expires_at,
         },
     ))
@@ -465,7 +471,7 @@ async fn download(
     }
     headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
+        HeaderValue::from_static(DOWNLOAD_CACHE_CONTROL),
     );
     Ok((headers, Body::from_stream(object.into_stream())).into_response())
 }
