@@ -11,7 +11,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use commands::attachments::Storage;
+use commands::{CommandError, Metadata, WriteSide};
 use domain::attachment::{AttachmentLimits, ContentType, DEFAULT_CONTENT_TYPES, DEFAULT_MAX_SIZE};
+use domain::chat::{Chat, ChatCommand};
+use domain::values::Actor;
+use domain::DomainError;
 use hmac::{Hmac, Mac};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
@@ -380,9 +384,16 @@ const SWEEP_BATCH: i64 = 100;
 
 impl Attachments {
     /// Deletes the stored bytes of uploads announced longer than
-    /// [`Attachments::unused_ttl`] ago that no message carries, as the chats
-    /// read model shows them, each once; answers how many.
-    pub async fn sweep_unused(&self, pool: &sqlx::PgPool) -> Result<usize, BoxError> {
+    /// [`Attachments::unused_ttl`] ago that no message carries, each once;
+    /// answers how many. The chats read model names the candidates; each
+    /// chat then gives its upload up (`ExpireAttachment`) before the bytes
+    /// go, so a message sent meanwhile either carries it, and keeps it, or
+    /// is refused.
+    pub async fn sweep_unused(
+        &self,
+        pool: &sqlx::PgPool,
+        write: &WriteSide,
+    ) -> Result<usize, BoxError> {
         let ttl = chrono::TimeDelta::from_std(self.unused_ttl)?;
         let unused: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "SELECT a.chat_id, a.attachment_id FROM rm_chat_attachments a
@@ -396,11 +407,30 @@ impl Attachments {
         .bind(SWEEP_BATCH)
         .fetch_all(pool)
         .await?;
-        for (chat_id, attachment_id) in &unused {
+        let mut deleted = 0;
+        for &(chat_id, attachment_id) in &unused {
+            let command = ChatCommand::ExpireAttachment {
+                actor: Actor::system(),
+                attachment_id,
+                at: Utc::now(),
+            };
+            let cause = format!("attachment-sweep/{attachment_id}");
+            let metadata = Metadata {
+                actor: Actor::system(),
+                correlation_id: cause.clone(),
+                causation_id: cause,
+                idempotency: None,
+            };
+            match write.execute::<Chat>(chat_id, command, &metadata).await {
+                Ok(_) => {}
+                // A message carries it after all; the read model will say so.
+                Err(CommandError::Rejected(DomainError::AttachmentInUse)) => continue,
+                Err(err) => return Err(err.into()),
+            }
             match self
                 .storage
                 .store()
-                .delete(&Storage::key(*chat_id, *attachment_id))
+                .delete(&Storage::key(chat_id, attachment_id))
                 .await
             {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -413,20 +443,22 @@ impl Attachments {
             .bind(attachment_id)
             .execute(pool)
             .await?;
+            deleted += 1;
         }
-        Ok(unused.len())
+        Ok(deleted)
     }
 
     /// Sweeps unused uploads every `every` until `stop` completes.
     pub async fn keep_sweeping(
         self: Arc<Self>,
         pool: sqlx::PgPool,
+        write: Arc<WriteSide>,
         every: Duration,
         stop: crate::background::StopSignal,
     ) {
         tokio::pin!(stop);
         loop {
-            match self.sweep_unused(&pool).await {
+            match self.sweep_unused(&pool, &write).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "deleted uploads no message carried"),
                 Err(err) => tracing::warn!(%err, "cannot delete unused uploads"),

@@ -165,7 +165,8 @@ impl Application {
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(3600),
             );
-            background.spawn(move |stop| sweeper.keep_sweeping(sweeping, every, stop));
+            let expiring = write.clone();
+            background.spawn(move |stop| sweeper.keep_sweeping(sweeping, expiring, every, stop));
         }
         let state = AppState {
             readers: Arc::new(db::Readers::new(

@@ -87,6 +87,16 @@ pub enum ChatCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Give up an upload no message carried in time, before its bytes are
+    /// deleted, so that no message can carry it afterwards.
+    ExpireAttachment {
+        /// Who asks: Herald itself, which sweeps unused uploads.
+        actor: Actor,
+        /// The attachment.
+        attachment_id: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Post a new message.
     SendMessage {
         /// Who asks; becomes the author.
@@ -192,6 +202,13 @@ pub enum ChatEvent {
         sha256: Sha256,
         /// Who announced it.
         announced_by: Uuid,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// An upload no message carried was given up; its bytes are deleted.
+    AttachmentExpired {
+        /// The attachment.
+        attachment_id: Uuid,
         /// When.
         at: DateTime<Utc>,
     },
@@ -308,6 +325,7 @@ impl DomainEvent for ChatEvent {
             Self::MemberAdded { .. } => "MemberAdded",
             Self::MemberRemoved { .. } => "MemberRemoved",
             Self::AttachmentAnnounced { .. } => "AttachmentAnnounced",
+            Self::AttachmentExpired { .. } => "AttachmentExpired",
             Self::ThumbnailRecorded { .. } => "ThumbnailRecorded",
             Self::MessageSent { .. } => "MessageSent",
             Self::MessageEdited { .. } => "MessageEdited",
@@ -352,6 +370,9 @@ struct AttachmentInfo {
     image: bool,
     #[serde(rename = "t", default, skip_serializing_if = "std::ops::Not::not")]
     thumbnail: bool,
+    /// Whether it was given up, no message having carried it in time.
+    #[serde(rename = "x", default, skip_serializing_if = "std::ops::Not::not")]
+    expired: bool,
 }
 
 /// A conversation's decision state: membership, message ownership and read
@@ -518,6 +539,22 @@ impl Chat {
                 }
                 Ok(vec![ChatEvent::ThumbnailRecorded { attachment_id, at }])
             }
+            ChatCommand::ExpireAttachment {
+                actor,
+                attachment_id,
+                at,
+            } => {
+                if actor.role != Role::System {
+                    return Err(Permission::OnlyHeraldExpiresAttachments.into());
+                }
+                match self.attachments.get(&attachment_id) {
+                    Some(info) if info.used => Err(DomainError::AttachmentInUse),
+                    Some(info) if !info.expired => {
+                        Ok(vec![ChatEvent::AttachmentExpired { attachment_id, at }])
+                    }
+                    _ => Ok(vec![]),
+                }
+            }
             ChatCommand::SendMessage {
                 actor,
                 message_id,
@@ -660,6 +697,11 @@ impl Chat {
             if info.used || ids.contains(&attachment_id) {
                 return Err(refuse(format!(
                     "{attachment_id} is already carried by a message"
+                )));
+            }
+            if info.expired {
+                return Err(refuse(format!(
+                    "{attachment_id} was deleted: no message carried it in time"
                 )));
             }
             match stored {
@@ -840,8 +882,14 @@ impl Aggregate for Chat {
                         used: false,
                         image: content_type.is_image(),
                         thumbnail: false,
+                        expired: false,
                     },
                 );
+            }
+            ChatEvent::AttachmentExpired { attachment_id, .. } => {
+                if let Some(info) = self.attachments.get_mut(&attachment_id) {
+                    info.expired = true;
+                }
             }
             ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
                 if let Some(info) = self.attachments.get_mut(&attachment_id) {
@@ -1185,6 +1233,29 @@ mod tests {
         expect(with(group(), [announced(ALICE, 1)]), record(system), vec![]).await;
         let error = DomainError::Forbidden(Permission::OnlyHeraldRecordsThumbnails);
         reject(given, record(patient(ALICE)), error).await;
+    }
+
+    #[tokio::test]
+    async fn herald_gives_up_an_upload_no_message_carries_and_no_message_carries_it_after() {
+        let expire = |actor| ChatCommand::ExpireAttachment {
+            actor,
+            attachment_id: file(1),
+            at: at(),
+        };
+        let expired = ChatEvent::AttachmentExpired {
+            attachment_id: file(1),
+            at: at(),
+        };
+        let given = with(group(), [announced(ALICE, 1)]);
+        let system = Actor::system();
+        expect(given.clone(), expire(system), vec![expired.clone()]).await;
+        let gone = with(given.clone(), [expired]);
+        expect(gone.clone(), expire(system), vec![]).await;
+        reject_invalid(gone, send_file(1, Some((10, digest(1)))), "attachments").await;
+        let carried = with(given.clone(), [carrying(1, 1)]);
+        reject(carried, expire(system), DomainError::AttachmentInUse).await;
+        let error = DomainError::Forbidden(Permission::OnlyHeraldExpiresAttachments);
+        reject(given, expire(patient(ALICE)), error).await;
     }
 
     #[tokio::test]

@@ -82,6 +82,9 @@ pub enum Permission {
     /// Thumbnails are made by Herald from the stored bytes.
     #[error("only Herald itself records thumbnails")]
     OnlyHeraldRecordsThumbnails,
+    /// Unused uploads are swept by Herald.
+    #[error("only Herald itself gives up unused uploads")]
+    OnlyHeraldExpiresAttachments,
     /// Read markers only make sense for participants.
     #[error("only members of the chat may mark messages as read")]
     OnlyMembersMayMarkRead,
@@ -225,6 +228,9 @@ pub enum DomainError {
     /// Attachment ids are Herald's to choose; one is announced once.
     #[error("an attachment with this id already exists")]
     AttachmentAlreadyExists,
+    /// A message carries the attachment, so its bytes are kept.
+    #[error("a message carries the attachment")]
+    AttachmentInUse,
     /// A deleted message can be neither edited nor deleted again.
     #[error("the message has already been deleted")]
     MessageAlreadyDeleted,
@@ -312,6 +318,7 @@ impl DomainError {
             | Self::DirectChatMembersAreFixed
             | Self::MessageAlreadyExists
             | Self::AttachmentAlreadyExists
+            | Self::AttachmentInUse
             | Self::MessageAlreadyDeleted
             | Self::BookingAlreadyExists
             | Self::BookingTransition { .. }

@@ -372,7 +372,7 @@ impl Fold {
                     change.deleted = true;
                 }
             }
-            ChatEvent::UnreadReminded { .. } => {}
+            ChatEvent::UnreadReminded { .. } | ChatEvent::AttachmentExpired { .. } => {}
             ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
                 if let Some(attachment) = self
                     .attachments

@@ -354,8 +354,9 @@ async fn apply_event(
             .await?;
             refresh_last_message(conn, chat_id).await?;
         }
-        // Reminders are the notifications' business.
-        ChatEvent::UnreadReminded { .. } => {}
+        // Reminders are the notifications' business; an expired upload no
+        // message carried changes no read.
+        ChatEvent::UnreadReminded { .. } | ChatEvent::AttachmentExpired { .. } => {}
         ChatEvent::ThumbnailRecorded { attachment_id, .. } => {
             sqlx::query(
                 "UPDATE rm_chat_attachments SET thumbnail = true
