@@ -377,7 +377,7 @@ async fn write_capped(
         // At most two parts in flight: memory stays a few chunks whatever
         // the file's size.
         writer.wait_for_capacity(2).await.map_err(unavailable)?;
-        writer.write(&chunk);
+        writer.put(chunk);
     }
     writer.finish().await.map_err(unavailable)?;
     Ok(written)
