@@ -449,16 +449,28 @@ async fn get_booking(
     Path(booking_id): Path<Uuid>,
     held: IfNoneMatch,
 ) -> Result<Read<BookingRow>, ApiError> {
+    const NOT_FOUND: ApiError = ApiError::NotFound("no booking with that id");
     let scope = BookingScope::of(actor)?;
     consistency::wait(&app, &consistency, &[Projection::Bookings]).await?;
-    let booking = app
-        .readers
-        .run(|conn| bookings::get(conn, booking_id).boxed())
-        .await?
-        .filter(|booking| scope.includes(booking.patient_id, booking.doctor_id))
-        .ok_or(ApiError::NotFound("no booking with that id"))?;
-    let tag = ETag::new(booking.version, booking.names_version);
-    Ok(held.answer(tag, booking))
+    let tag = async {
+        let version = app
+            .readers
+            .run(|conn| bookings::version(conn, booking_id).boxed())
+            .await?
+            .filter(|booking| scope.includes(booking.patient_id, booking.doctor_id))
+            .ok_or(NOT_FOUND)?;
+        Ok(ETag::new(version.version, version.names_version))
+    };
+    let build = async {
+        let booking = app
+            .readers
+            .run(|conn| bookings::get(conn, booking_id).boxed())
+            .await?
+            .filter(|booking| scope.includes(booking.patient_id, booking.doctor_id))
+            .ok_or(NOT_FOUND)?;
+        Ok((ETag::new(booking.version, booking.names_version), booking))
+    };
+    app.pages.answer(actor, &held, tag, build).await
 }
 
 /// One payment, for the booking's patient and admins.

@@ -903,7 +903,7 @@ async fn reads_show_peoples_names_and_a_new_name_gives_them_new_tags() {
 }
 
 #[tokio::test]
-async fn a_list_read_again_unchanged_answers_alike_and_after_a_change_shows_it() {
+async fn a_read_again_unchanged_answers_alike_and_after_a_change_shows_it() {
     let h = Herald::start().await;
     let (alice, bob, doc) = (patient(), patient(), doctor());
     let first = h.booking(alice).await;
@@ -919,7 +919,8 @@ async fn a_list_read_again_unchanged_answers_alike_and_after_a_change_shows_it()
         async move { app.send(Method::GET, &path, actor, None).await }
     };
 
-    for path in [list.to_owned(), messages.clone()] {
+    let one = format!("/api/v1/bookings/{first}");
+    for path in [list.to_owned(), messages.clone(), one.clone()] {
         let once = read(alice, path.clone()).await;
         let twice = read(alice, path.clone()).await;
         assert_eq!(twice.status, StatusCode::OK, "{path}: {}", twice.body);
@@ -946,6 +947,10 @@ async fn a_list_read_again_unchanged_answers_alike_and_after_a_change_shows_it()
     );
     let page = read(alice, messages).await;
     assert_eq!(page.body["items"][0]["body"], "again", "{}", page.body);
+    h.assign(doc, first, doc).await;
+    h.app.wait_for_projections().await;
+    let booking = read(alice, one).await;
+    assert_eq!(booking.body["status"], "assigned", "{}", booking.body);
 }
 
 #[tokio::test]

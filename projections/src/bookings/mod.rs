@@ -392,6 +392,38 @@ pub async fn list<'c>(
     Ok((head, page))
 }
 
+/// What one booking's answer depends on, and who may see it: read without
+/// the rest of the row, for a caller who may hold its answer already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct BookingVersion {
+    /// The patient.
+    pub patient_id: Uuid,
+    /// The doctor assigned, if any.
+    pub doctor_id: Option<Uuid>,
+    /// See [`BookingRow::version`].
+    pub version: i64,
+    /// See [`BookingRow::names_version`].
+    pub names_version: i64,
+}
+
+/// The version of one booking, whoever asks; callers check visibility with
+/// its `patient_id` and `doctor_id`.
+pub async fn version<'c>(
+    executor: impl PgExecutor<'c>,
+    booking_id: Uuid,
+) -> Result<Option<BookingVersion>, sqlx::Error> {
+    static QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT b.patient_id, b.doctor_id, b.version, {NAMES_VERSION}
+               FROM rm_bookings b WHERE b.booking_id = $1"
+        )
+    });
+    sqlx::query_as::<_, BookingVersion>(QUERY.as_str())
+        .bind(booking_id)
+        .fetch_optional(executor)
+        .await
+}
+
 /// One booking, whoever asks; callers check visibility with its
 /// `patient_id` and `doctor_id`.
 pub async fn get<'c>(
