@@ -8,9 +8,10 @@
 //! `304 Not Modified`, with no body, after the same access checks as a full
 //! read.
 //!
-//! A read whose tag is known before its answer (a list's) keeps the answer
-//! it built in [`Pages`], so that the next time the same caller asks the
-//! same, while the tag holds, the answer costs what a `304` does.
+//! A read whose tag can be read apart from its answer (a list's, or one
+//! booking's) keeps the answer it built in [`Pages`], so that the next time
+//! the same caller asks the same, while the tag holds, the answer costs what
+//! a `304` does.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -95,7 +96,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
     }
 }
 
-/// The answers of list reads as last built, each kept with its tag under the
+/// The answers of reads as last built, each kept with its tag under the
 /// caller and what they asked, within a budget of bytes; the first kept go
 /// first when it is spent.
 pub struct Pages {
