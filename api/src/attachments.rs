@@ -414,13 +414,7 @@ impl Attachments {
                 attachment_id,
                 at: Utc::now(),
             };
-            let cause = format!("attachment-sweep/{attachment_id}");
-            let metadata = Metadata {
-                actor: Actor::system(),
-                correlation_id: cause.clone(),
-                causation_id: cause,
-                idempotency: None,
-            };
+            let metadata = Metadata::of_herald(format!("attachment-sweep/{attachment_id}"));
             match write.execute::<Chat>(chat_id, command, &metadata).await {
                 Ok(_) => {}
                 // A message carries it after all; the read model will say so.

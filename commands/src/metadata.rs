@@ -31,6 +31,14 @@ impl Metadata {
         }
     }
 
+    /// Metadata of a command Herald issues on its own, for `cause`: a
+    /// timer's or a sweep's, which is both the correlation and the cause.
+    /// It needs no idempotency key: the aggregate decides from what it
+    /// knows, so issuing it again changes nothing.
+    pub fn of_herald(cause: impl Into<String>) -> Self {
+        Self::for_request(Actor::system(), cause)
+    }
+
     /// Adds the caller's idempotency key.
     pub fn with_idempotency(mut self, key: Option<IdempotencyKey>) -> Self {
         self.idempotency = key;

@@ -223,14 +223,8 @@ impl Reminders {
                 at: Utc::now(),
             };
             // The chat decides from what it knows, so issuing this again
-            // reminds nobody twice; it needs no idempotency key.
-            let cause = format!("{CHECKPOINT}/{chat_id}/{seq}");
-            let metadata = Metadata {
-                actor: Actor::system(),
-                correlation_id: cause.clone(),
-                causation_id: cause,
-                idempotency: None,
-            };
+            // reminds nobody twice.
+            let metadata = Metadata::of_herald(format!("{CHECKPOINT}/{chat_id}/{seq}"));
             match self
                 .write
                 .execute::<Chat>(chat_id, command, &metadata)

@@ -85,6 +85,20 @@ async fn link(app: &TestApp, chat: Uuid, who: domain::values::Actor, id: Uuid) -
     app.send(reqwest::Method::GET, &path, who, None).await
 }
 
+/// The bytes `who` downloads of the attachment `id` of `chat`, through the
+/// URL they are given, with the answer's headers.
+async fn download(
+    app: &TestApp,
+    chat: Uuid,
+    who: domain::values::Actor,
+    id: Uuid,
+) -> reqwest::Response {
+    let link = link(app, chat, who, id).await;
+    assert_eq!(link.status, StatusCode::OK, "{}", link.body);
+    let url = link.body["download_url"].as_str().unwrap();
+    app.client.get(url).send().await.unwrap()
+}
+
 /// `who` sends a message carrying `attachments` to `chat`.
 async fn send(app: &TestApp, chat: Uuid, who: domain::values::Actor, body: Value) -> Reply {
     app.post(&format!("/api/v1/chats/{chat}/messages"), who, body)
@@ -134,14 +148,8 @@ async fn a_picture_uploaded_through_its_signed_url_is_sent_shown_and_downloaded(
     );
 
     let link = link(&app, chat, bob, id).await;
-    assert_eq!(link.status, StatusCode::OK, "{}", link.body);
     assert_eq!(link.body["filename"], "x-ray _left_.png");
-    let download = app
-        .client
-        .get(link.body["download_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let download = download(&app, chat, bob, id).await;
     assert_eq!(download.status(), StatusCode::OK);
     assert_eq!(download.headers()["content-type"], "image/png");
     let disposition = download.headers()["content-disposition"].to_str().unwrap();
@@ -461,13 +469,7 @@ async fn an_upload_no_message_carried_in_time_is_deleted_and_can_no_longer_be_se
     app.start_pipeline().await;
     app.wait_for_projections().await;
     for (id, bytes) in [(kept, &b"kept"[..]), (late, &b"sent late"[..])] {
-        let link = link(&app, chat, alice, id).await;
-        let download = app
-            .client
-            .get(link.body["download_url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
+        let download = download(&app, chat, alice, id).await;
         assert_eq!(download.bytes().await.unwrap().as_ref(), bytes);
     }
 }
