@@ -954,6 +954,44 @@ async fn a_read_again_unchanged_answers_alike_and_after_a_change_shows_it() {
 }
 
 #[tokio::test]
+async fn a_patients_bookings_list_keeps_its_tag_while_others_change_and_moves_with_their_own() {
+    let h = Herald::start().await;
+    let (alice, bob, doc) = (patient(), patient(), doctor());
+    let first = h.booking(alice).await;
+    let chat = h.chat(alice, &[doc]).await.id;
+    let list = "/api/v1/bookings?limit=50";
+    let held = h.etag(alice, list).await;
+
+    // Another patient's booking and a chat message change other lists.
+    h.booking(bob).await;
+    h.run(doc, send(chat, "hello")).await;
+    h.app.wait_for_projections().await;
+    let unchanged = h.get_holding(alice, list, &held).await;
+    assert_eq!(
+        unchanged.status,
+        StatusCode::NOT_MODIFIED,
+        "{}",
+        unchanged.body
+    );
+
+    // Her own booking changing moves it, and so does a new one.
+    h.assign(doc, first, doc).await;
+    h.app.wait_for_projections().await;
+    let assigned = h.get_holding(alice, list, &held).await;
+    assert_eq!(assigned.status, StatusCode::OK, "{}", assigned.body);
+    assert_eq!(assigned.body["items"][0]["status"], "assigned");
+    let held = assigned.headers["etag"].to_str().unwrap().to_owned();
+    let second = h.booking(alice).await;
+    h.app.wait_for_projections().await;
+    let added = h.get_holding(alice, list, &held).await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    assert_eq!(
+        ids(added.body["items"].as_array().unwrap()),
+        [second, first]
+    );
+}
+
+#[tokio::test]
 async fn a_tag_held_by_someone_else_earns_no_304_and_tells_nothing() {
     let h = Herald::start().await;
     let (alice, bob, doc) = (patient(), patient(), doctor());

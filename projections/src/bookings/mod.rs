@@ -364,7 +364,7 @@ pub async fn list<'c>(
     limit: i64,
 ) -> Result<(ListHead, Vec<BookingRow>), sqlx::Error> {
     let mut query = QueryBuilder::<Postgres>::new("SELECT head.*, page.* FROM (");
-    push_list_head(&mut query, Projection::Bookings);
+    push_head(&mut query, filter);
     query.push(") head LEFT JOIN LATERAL (");
     // The names' version is the head's.
     query.push(select_bookings(""));
@@ -390,6 +390,35 @@ pub async fn list<'c>(
     let rows = query.build().fetch_all(executor).await?;
     let (head, page) = crate::head_and_page::<ListHead, BookingRow>(&rows)?.unwrap_or_default();
     Ok((head, page))
+}
+
+/// `SELECT` of the one-row [`ListHead`] of the bookings `filter` lists. Of
+/// one patient's bookings, whatever else narrows them, the newest version
+/// among all of them: a booking never changes patient, so any change to such
+/// a list, a booking added or one changing status or doctor, moves it, while
+/// other patients' bookings and other read models' events leave it be. Of any
+/// other list, the projection's checkpoint, since a booking can leave a
+/// doctor's or a status's list without any of the rows left in it changing.
+fn push_head(query: &mut QueryBuilder<'_, Postgres>, filter: BookingFilter) {
+    match filter.patient_id {
+        Some(patient_id) => {
+            query
+                .push("SELECT COALESCE((SELECT max(version) FROM rm_bookings WHERE patient_id = ")
+                .push_bind(patient_id)
+                .push(format_args!("), 0) AS position, {NAMES_VERSION}"));
+        }
+        None => push_list_head(query, Projection::Bookings),
+    }
+}
+
+/// The [`ListHead`] of the bookings `filter` lists now (see [`push_head`]).
+pub async fn head<'c>(
+    executor: impl PgExecutor<'c>,
+    filter: BookingFilter,
+) -> Result<ListHead, sqlx::Error> {
+    let mut query = QueryBuilder::new("");
+    push_head(&mut query, filter);
+    query.build_query_as().fetch_one(executor).await
 }
 
 /// What one booking's answer depends on, and who may see it: read without
