@@ -51,9 +51,28 @@ use crate::ops::Ops;
 use crate::provider::sandbox::Sandbox;
 use crate::provider::webhook::WebhookSecret;
 
-/// What every request handler shares.
+/// What every request handler shares. Every request's extractors take a
+/// copy of it, so a copy is one reference count, however many parts it has.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of `shared` parts.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// Executes commands against the event store.
     pub write: Arc<WriteSide>,
     /// The connections reads run on.

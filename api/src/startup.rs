@@ -27,7 +27,7 @@ use crate::notify::NotifyConfig;
 use crate::provider::webhook::WebhookSecret;
 use crate::provider::PaymentProvider;
 use crate::server::{serve, ConnectionArgs};
-use crate::{db, AppState, Surface};
+use crate::{db, AppState, Shared, Surface};
 
 /// Bytes of list answers kept in memory for their next reader
 /// ([`Pages`]).
@@ -168,7 +168,7 @@ impl Application {
             let expiring = write.clone();
             background.spawn(move |stop| sweeper.keep_sweeping(sweeping, expiring, every, stop));
         }
-        let state = AppState {
+        let state = AppState::new(Shared {
             readers: Arc::new(db::Readers::new(
                 &pool,
                 pool.options().get_max_connections() as usize / 2,
@@ -184,7 +184,7 @@ impl Application {
             notify: Arc::new(settings.notify),
             pages: Arc::new(Pages::new(KEPT_PAGES_BYTES)),
             attachments,
-        };
+        });
         let surface = Surface {
             nats: Some(client),
             relay,
