@@ -183,7 +183,7 @@ impl Attachments {
         let bucket_url = Url::parse(&format!("{service}/{bucket}/"))?;
         if let Some(endpoint) = &args.s3_endpoint {
             builder = builder
-                .with_endpoint(endpoint.as_str().trim_end_matches('/'))
+                .with_endpoint(&service)
                 .with_allow_http(endpoint.scheme() == "http")
                 .with_virtual_hosted_style_request(false);
         }
