@@ -93,14 +93,42 @@ enum Urls {
     /// Herald serves them under `base`, signed with `secret`.
     Local { base: Url, secret: SecretString },
     /// The S3-compatible store serves them, presigned by Herald.
-    S3 {
-        /// The store, for its credentials.
-        s3: Arc<AmazonS3>,
-        /// The bucket's URL, which objects' keys follow.
-        bucket: Url,
-        /// The region URLs are signed for.
-        region: String,
-    },
+    S3(S3Urls),
+}
+
+/// What Herald presigns an S3-compatible store's URLs with.
+#[derive(Debug)]
+struct S3Urls {
+    /// The store, for its credentials.
+    s3: Arc<AmazonS3>,
+    /// The bucket's URL, which objects' keys follow.
+    bucket: Url,
+    /// The region URLs are signed for.
+    region: String,
+}
+
+impl S3Urls {
+    /// A URL of the object at `key` that lets its holder make the
+    /// `method` request with `headers`, answered with the response headers
+    /// `query` asks for, for `ttl`.
+    async fn presign(
+        &self,
+        method: &str,
+        key: &object_store::path::Path,
+        headers: &[(&str, String)],
+        query: &[(&str, &str)],
+        ttl: Duration,
+    ) -> Result<Url, BoxError> {
+        let credential = self.s3.credentials().get_credential().await?;
+        let presign = sigv4::Presign {
+            method,
+            url: self.bucket.join(key.as_ref())?,
+            headers,
+            query,
+            expires_in: ttl,
+        };
+        Ok(presign.sign(&credential, &self.region, Utc::now()))
+    }
 }
 
 /// Attachments as a running Herald keeps them.
@@ -199,11 +227,11 @@ impl Attachments {
             limits,
             url_ttl: *args.attachment_url_ttl,
             unused_ttl: *args.attachment_unused_ttl,
-            urls: Urls::S3 {
+            urls: Urls::S3(S3Urls {
                 s3,
                 bucket: bucket_url,
                 region: args.s3_region.clone(),
-            },
+            }),
         })
     }
 
@@ -265,14 +293,13 @@ impl Attachments {
                     expires_at,
                 })
             }
-            Urls::S3 { .. } => {
+            Urls::S3(s3) => {
                 let headers = vec![
                     ("if-none-match", "*".to_owned()),
                     ("x-amz-content-sha256", sha256.to_string()),
                 ];
-                let url = self
-                    .presign("PUT", &Storage::key(chat_id, attachment_id), &headers, &[])
-                    .await?;
+                let key = Storage::key(chat_id, attachment_id);
+                let url = s3.presign("PUT", &key, &headers, &[], self.url_ttl).await?;
                 Ok(SignedUrl {
                     url,
                     headers,
@@ -302,7 +329,7 @@ impl Attachments {
                 };
                 local_url(base, secret, chat_id, attachment_id, &grant, expires_at)?
             }
-            Urls::S3 { .. } => {
+            Urls::S3(s3) => {
                 let key = if thumbnail {
                     Storage::thumbnail_key(chat_id, attachment_id)
                 } else {
@@ -316,7 +343,7 @@ impl Attachments {
                     ("response-content-disposition", disposition.as_str()),
                     ("response-content-type", content_type),
                 ];
-                self.presign("GET", &key, &[], &answer).await?
+                s3.presign("GET", &key, &[], &answer, self.url_ttl).await?
             }
         };
         Ok(SignedUrl {
@@ -324,32 +351,6 @@ impl Attachments {
             headers: Vec::new(),
             expires_at,
         })
-    }
-
-    /// A presigned URL of the object at `key` in the S3-compatible store.
-    async fn presign(
-        &self,
-        method: &str,
-        key: &object_store::path::Path,
-        headers: &[(&str, String)],
-        query: &[(&str, &str)],
-    ) -> Result<Url, BoxError> {
-        let Urls::S3 { s3, bucket, region } = &self.urls else {
-            return Err("only an S3-compatible store presigns URLs".into());
-        };
-        let credential = s3.credentials().get_credential().await?;
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(name, value)| (*name, value.as_str()))
-            .collect();
-        let presign = sigv4::Presign {
-            method,
-            url: bucket.join(key.as_ref())?,
-            headers: &headers,
-            query,
-            expires_in: self.url_ttl,
-        };
-        Ok(presign.sign(&credential, region, Utc::now()))
     }
 
     /// Checks a signed local URL's parameters; `None` when the signature is

@@ -22,7 +22,7 @@ pub struct Presign<'a> {
     pub url: Url,
     /// Headers besides `host` the request must carry with these values:
     /// lowercase names, values without surrounding spaces.
-    pub headers: &'a [(&'a str, &'a str)],
+    pub headers: &'a [(&'a str, String)],
     /// Query parameters besides the signature's own, such as
     /// `response-content-disposition`.
     pub query: &'a [(&'a str, &'a str)],
@@ -40,7 +40,11 @@ impl Presign<'_> {
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.headers.len() + 1);
         let host = &self.url[url::Position::BeforeHost..url::Position::AfterPort];
         headers.push(("host", host));
-        headers.extend_from_slice(self.headers);
+        headers.extend(
+            self.headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        );
         headers.sort_unstable();
         let signed_headers = headers
             .iter()
