@@ -10,6 +10,7 @@ COPY nats/Cargo.toml nats/
 COPY projections/Cargo.toml projections/
 COPY api/Cargo.toml api/
 COPY bench/Cargo.toml bench/
+COPY vendor/ vendor/
 RUN for crate in domain commands nats projections api bench; do \
         mkdir -p "$crate/src/bin" && touch "$crate/src/lib.rs"; \
     done \

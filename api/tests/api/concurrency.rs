@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use api::config::DatabaseArgs;
 use chrono::Utc;
 use commands::{CommandError, Metadata, NewId, WriteSide};
 use common::{patient, TestApp};
@@ -10,6 +11,7 @@ use domain::chat::{Chat, ChatCommand};
 use domain::values::{Actor, ChatKind};
 use domain::DomainError;
 use futures::future::join_all;
+use futures::FutureExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
@@ -231,4 +233,41 @@ async fn a_minted_id_the_log_already_holds_is_decided_again_on_what_the_log_hold
         .await
         .unwrap();
     assert_eq!(stored, 1);
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_while_it_begins_leaves_its_pooled_connection_outside_any_transaction(
+) {
+    let app = TestApp::spawn().await;
+    // One connection, so the pool hands the same one out again.
+    let pool = api::db::existing_pool(&DatabaseArgs {
+        database_url: app.database_url.clone(),
+        database_pool_size: 1,
+    })
+    .await
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    // Polled once, the `BEGIN` is on its way; the future is then dropped
+    // before Postgres answers, as a request's is when its client goes away.
+    // On a busy machine the answer may already be there when it is polled:
+    // that transaction is begun and dropped, and the next one tried.
+    let dropped_in_flight =
+        (0..100).any(|_| sqlx::Connection::begin(&mut *conn).now_or_never().is_none());
+    assert!(dropped_in_flight, "Postgres answered every BEGIN at once");
+    drop(conn);
+
+    let mut conn = pool.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        state, "idle",
+        "the pool gave out a connection still in the dropped transaction"
+    );
 }
