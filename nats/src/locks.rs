@@ -1,10 +1,7 @@
 //! Every Postgres advisory lock Herald takes, in one list, so that no two
 //! purposes ever share an id.
 //!
-//! The one-key (`bigint`) ids begin with "HERALD" in ASCII
-//! (`0x4845_5241_4c44`). Postgres keeps one-key and two-key locks apart
-//! (`objsubid` 1 and 2 in `pg_locks`), so [`NO_EVENT_WRITES`] cannot clash
-//! with them.
+//! The ids begin with "HERALD" in ASCII (`0x4845_5241_4c44`).
 
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
@@ -21,13 +18,6 @@ pub const THUMBNAILS: i64 = 0x4845_5241_4c44_0003;
 /// [`replay`].
 pub const REPLAY: i64 = 0x4845_5241_4c44_0100;
 
-/// The two-key lock `declare_no_event_writes()` takes, shared, for the rest of
-/// a transaction that never writes events; `event_horizon()` looks past the
-/// transactions holding it. Both live in SQL
-/// (`migrations/20261121000012_event_horizon.sql`); the first key is "HERA" in
-/// ASCII.
-pub const NO_EVENT_WRITES: (i32, i32) = (0x4845_5241, 2);
-
 /// Whether a transaction's commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -39,8 +29,10 @@ pub enum Commit {
 }
 
 /// Opens a transaction that never writes events, declared as such before
-/// anything else ([`NO_EVENT_WRITES`]), so that the relay does not wait for
-/// it; in one round trip.
+/// anything else (`declare_no_event_writes()`, which names the transaction in
+/// its session's `application_name`; `event_horizon()` looks past the
+/// transactions so named: `migrations/20261204000001_event_horizon_from_backend_status.sql`),
+/// so that the relay does not wait for it; in one round trip.
 pub async fn begin_without_events(
     conn: &mut PgConnection,
     commit: Commit,
@@ -76,16 +68,6 @@ pub async fn try_hold(pool: &PgPool, id: i64) -> Result<Option<PgConnection>, sq
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_migration_takes_the_listed_no_event_writes_lock() {
-        let migration = include_str!("../../migrations/20261121000012_event_horizon.sql");
-        let (class, object) = NO_EVENT_WRITES;
-        assert!(migration.contains(&format!("pg_advisory_xact_lock_shared({class}, {object})")));
-        assert!(migration.contains(&format!(
-            "declared.classid = {class} AND declared.objid = {object} AND declared.objsubid = 2"
-        )));
-    }
 
     #[test]
     fn no_two_locks_share_an_id() {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use herald_nats::testing as support;
+use herald_nats::Relay;
 use support::append;
 
 use std::collections::HashSet;
@@ -123,7 +124,14 @@ async fn an_open_transaction_that_may_write_events_holds_the_relay_back_until_it
     let (relay, _stop) = support::start_relay(&pool, &topology).await;
 
     let open = open_transaction_with_an_id(&url, false).await;
-    let mut writer = PgConnection::connect(&url).await.unwrap();
+    assert_held_back_until_it_commits(&url, &relay, open).await;
+    support::delete_stream(&topology).await;
+}
+
+/// Commits an event beside `open` and shows the relay holding it back until
+/// `open` commits.
+async fn assert_held_back_until_it_commits(url: &str, relay: &Relay, open: PgConnection) {
+    let mut writer = PgConnection::connect(url).await.unwrap();
     append(&mut writer, "chat", 1).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
@@ -133,8 +141,7 @@ async fn an_open_transaction_that_may_write_events_holds_the_relay_back_until_it
     );
 
     commit(open).await;
-    support::wait_until_published(&relay, 1).await;
-    support::delete_stream(&topology).await;
+    support::wait_until_published(relay, 1).await;
 }
 
 #[tokio::test]
@@ -154,6 +161,50 @@ async fn a_long_transaction_that_declared_it_writes_no_events_does_not_hold_the_
     commit(open).await;
     let entries = support::stream_entries(&topology).await;
     support::assert_complete_and_ordered(&entries, &all_event_ids(&pool).await);
+    support::delete_stream(&topology).await;
+}
+
+#[tokio::test]
+async fn a_transaction_after_a_declared_one_on_the_same_connection_holds_the_relay_back() {
+    let url = support::fresh_database().await;
+    let pool = support::migrated_pool(&url).await;
+    let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
+
+    // The declaration ends with its transaction; the next one may write events.
+    let mut connection = open_transaction_with_an_id(&url, true).await;
+    for statement in [
+        "COMMIT",
+        "BEGIN",
+        "INSERT INTO projection_checkpoints (projection) VALUES ('next-batch')",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    assert_held_back_until_it_commits(&url, &relay, connection).await;
+    support::delete_stream(&topology).await;
+}
+
+#[tokio::test]
+async fn a_transaction_open_in_another_database_does_not_hold_the_relay_back() {
+    let url = support::fresh_database().await;
+    let pool = support::migrated_pool(&url).await;
+    let elsewhere = support::fresh_database().await;
+    support::migrated_pool(&elsewhere).await;
+    let topology = support::fresh_topology().await;
+    let _leftovers = support::Leftovers::new(Some(url.clone()), Some(topology.clone()));
+    let _elsewhere = support::Leftovers::new(Some(elsewhere.clone()), None);
+    let (relay, _stop) = support::start_relay(&pool, &topology).await;
+
+    let open = open_transaction_with_an_id(&elsewhere, false).await;
+    let mut writer = PgConnection::connect(&url).await.unwrap();
+    append(&mut writer, "chat", 1).await;
+    support::wait_until_published(&relay, 1).await;
+
+    commit(open).await;
     support::delete_stream(&topology).await;
 }
 
